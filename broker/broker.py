@@ -1,0 +1,216 @@
+"""The broker process: two ROUTER sockets, one poll loop, group commit, shutdown.
+
+Each loop turn drains both sockets (up to a batch), lets `BrokerCore` act on the
+messages, dispatches queued jobs, commits the store once, and only then sends what the
+turn produced. Malformed input is answered or logged and dropped; it never ends the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+from broker.core import BrokerCore, CoreSettings
+from broker.datafile import DataFile
+from broker.security import CurveServer
+from broker.store import SqliteStore
+from protocol import config
+from protocol import messages as m
+from protocol.errors import ProtocolError
+from protocol.messages import Envelope
+
+log = logging.getLogger("lss.broker")
+
+BATCH = 1000  # messages read from one socket per loop turn
+EXPIRY_EVERY_S = 60.0
+ENDPOINTS_FILE = "broker.endpoints.json"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Everything the broker process is told (see broker.__main__ for the flags)."""
+
+    client_endpoint: str = config.CLIENT_ENDPOINT
+    worker_endpoint: str = config.WORKER_ENDPOINT
+    state_dir: str = config.STATE_DIR
+    data: str | None = None
+    core: CoreSettings | None = None
+    curve_dir: str | None = None
+    sqlite_synchronous: str = "NORMAL"
+    shutdown_linger_s: float = 1.0
+
+
+def default_core_settings() -> CoreSettings:
+    return CoreSettings(
+        heartbeat_interval_s=config.HEARTBEAT_INTERVAL_MS / 1000,
+        heartbeat_liveness=config.HEARTBEAT_LIVENESS,
+        job_timeout_s=config.JOB_TIMEOUT_S,
+        max_attempts=config.MAX_ATTEMPTS,
+        max_queue=config.MAX_QUEUE,
+        result_ttl_s=config.RESULT_TTL_S,
+        max_message_bytes=config.MAX_MESSAGE_BYTES,
+    )
+
+
+class Broker:
+    """Owns the sockets, the store and the loop; `run()` returns an exit code."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.core_settings = settings.core or default_core_settings()
+        state = Path(settings.state_dir)
+        self.store = SqliteStore(state / "jobs.sqlite3", synchronous=settings.sqlite_synchronous)
+        data = DataFile(settings.data) if settings.data else None
+        fingerprint = data.fingerprint if data else None
+        self.core = BrokerCore(
+            self.store, self.core_settings, fingerprint, data.chunk if data else None
+        )
+        self.context = zmq.Context()
+        self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None
+        self.frontend = self._bind(settings.client_endpoint)
+        self.backend = self._bind(settings.worker_endpoint)
+        self._signals = 0
+        self._write_endpoints(state)
+
+    def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.core_settings.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if self.curve:
+            self.curve.secure(sock)
+        sock.bind(endpoint)
+        return sock
+
+    def _write_endpoints(self, state: Path) -> None:
+        endpoints = {
+            "client": self.frontend.getsockopt_string(zmq.LAST_ENDPOINT),
+            "worker": self.backend.getsockopt_string(zmq.LAST_ENDPOINT),
+            "broker_id": self.core.broker_id,
+            "host": socket.gethostname(),
+        }
+        path = state / ENDPOINTS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(endpoints))
+        tmp.replace(path)
+        log.info(
+            "broker ready: clients on %s, workers on %s", endpoints["client"], endpoints["worker"]
+        )
+
+    def install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM drains; a second one stops at once."""
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.core.begin_shutdown(signal.Signals(signum).name)
+
+    def run(self) -> int:
+        """Serve until a drained shutdown (exit 0) or a second signal (exit 130)."""
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        tick_every_s = self.core_settings.heartbeat_interval_s / 2
+        next_tick = next_expiry = time.time()
+        drained_at: float | None = None
+        try:
+            while self._signals < 2:
+                ready = dict(poller.poll(int(tick_every_s * 1000)))
+                now = time.time()
+                self._turn(ready, now)
+                if now >= next_tick:
+                    self.core.tick(now)
+                    next_tick = now + tick_every_s
+                if now >= next_expiry:
+                    self._expire(now)
+                    next_expiry = now + EXPIRY_EVERY_S
+                drained_at = self._after_drain(drained_at, now)
+                self._flush()
+                if drained_at is not None and now - drained_at >= self.settings.shutdown_linger_s:
+                    log.info("all jobs finished; broker exits")
+                    return config.EXIT_OK
+            log.warning("second signal: exiting now; unfinished jobs resume at the next start")
+            return config.EXIT_INTERRUPTED
+        finally:
+            self.close()
+
+    def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
+        if self.frontend in ready:
+            self._drain(self.frontend, self.core.on_client, self._bad_client_message, now)
+        if self.backend in ready:
+            self._drain(self.backend, self.core.on_worker, self._bad_worker_message, now)
+        self.core.dispatch(now)
+
+    def _drain(
+        self,
+        sock: zmq.Socket[bytes],
+        handle: Callable[[Envelope, float], None],
+        on_error: Callable[[list[bytes], ProtocolError], None],
+        now: float,
+    ) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                envelope = m.decode(frames, routed=True)
+            except ProtocolError as exc:
+                on_error(frames, exc)
+                continue
+            handle(envelope, now)
+
+    def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
+        log.warning("malformed client message (%d frames): %s", len(frames), exc)
+        if len(frames) >= 2 and frames[1] == b"":
+            tag = frames[4] if len(frames) > 4 else b""
+            self.core.refuse(frames[0], tag[:64], exc.code, str(exc))
+
+    def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError) -> None:
+        log.warning("malformed worker message (%d frames): %s", len(frames), exc)
+        if len(frames) >= 2 and frames[1] == b"":
+            self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
+
+    def _expire(self, now: float) -> None:
+        removed = self.core.expire_results(now)
+        if removed:
+            log.info(
+                "expired %d result(s) older than %g s", removed, self.core_settings.result_ttl_s
+            )
+
+    def _after_drain(self, drained_at: float | None, now: float) -> float | None:
+        if drained_at is None and self.core.drained():
+            log.info("shutdown: every accepted job has finished; releasing workers")
+            self.core.release_workers(now)
+            return now
+        if drained_at is not None:
+            self.core.release_workers(now)  # workers that registered meanwhile
+        return drained_at
+
+    def _flush(self) -> None:
+        self.store.commit()
+        clients, workers = self.core.outbox.take()
+        for frames in clients:
+            self.frontend.send_multipart(frames)
+        for frames in workers:
+            self.backend.send_multipart(frames)
+
+    def close(self) -> None:
+        self.store.close()
+        for sock in (self.frontend, self.backend):
+            sock.close(linger=0)
+        if self.curve:
+            self.curve.stop()
+        self.context.term()

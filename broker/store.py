@@ -1,0 +1,265 @@
+"""The results store: every job's request, status and answer, keyed by job number.
+
+Two implementations share one interface (`Store`): `SqliteStore`, durable (WAL mode,
+one transaction per broker loop turn), and `MemoryStore` for unit tests. Job numbers
+are issued by the store and never reused, also after results expire or a restart.
+Counts by status are kept up to date in memory so that counting never scans.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from protocol.messages import JobStatus
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored: `request` is the msgpack body of the `Job` sent to workers."""
+
+    seq: int
+    request_id: str
+    request: bytes
+    status: JobStatus
+    attempts: int = 0
+    answer: bytes | None = None
+    reason: str | None = None
+    fingerprint: str | None = None
+    created_s: float = 0.0
+    finished_s: float | None = None
+
+
+class Store(Protocol):
+    """What the broker needs of a results store. Writes become durable at `commit()`."""
+
+    def add(self, request_id: str, request: bytes, now_s: float) -> int: ...
+    def find_request(self, request_id: str) -> int | None: ...
+    def get(self, seq: int) -> JobRecord | None: ...
+    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
+    def add_attempt(self, seq: int) -> int: ...
+    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]: ...
+    def unfinished(self) -> list[JobRecord]: ...
+    def count(self, status: JobStatus) -> int: ...
+    def last_seq(self) -> int: ...
+    def expire(self, finished_before_s: float) -> int: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: DONE with an msgpack answer, or ERROR with a reason."""
+
+    status: JobStatus
+    answer: bytes | None = None
+    reason: str | None = None
+    fingerprint: str | None = None
+
+
+class MemoryStore:
+    """A `Store` in a dict: fast, forgets everything at exit. For tests."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[int, JobRecord] = {}
+        self._by_request: dict[str, int] = {}
+        self._counts: Counter[JobStatus] = Counter()
+        self._last_seq = 0
+
+    def add(self, request_id: str, request: bytes, now_s: float) -> int:
+        self._last_seq += 1
+        seq = self._last_seq
+        self._jobs[seq] = JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s)
+        self._by_request[request_id] = seq
+        self._counts[JobStatus.RUNNING] += 1
+        return seq
+
+    def find_request(self, request_id: str) -> int | None:
+        return self._by_request.get(request_id)
+
+    def get(self, seq: int) -> JobRecord | None:
+        return self._jobs.get(seq)
+
+    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+        record = self._jobs[seq]
+        self._counts[record.status] -= 1
+        self._counts[outcome.status] += 1
+        self._jobs[seq] = replace(
+            record,
+            status=outcome.status,
+            answer=outcome.answer,
+            reason=outcome.reason,
+            fingerprint=outcome.fingerprint,
+            finished_s=now_s,
+        )
+
+    def add_attempt(self, seq: int) -> int:
+        record = self._jobs[seq]
+        self._jobs[seq] = replace(record, attempts=record.attempts + 1)
+        return record.attempts + 1
+
+    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
+        seqs = sorted(s for s in self._jobs if s > after)[:limit]
+        return [(s, self._jobs[s].status) for s in seqs]
+
+    def unfinished(self) -> list[JobRecord]:
+        return [r for _, r in sorted(self._jobs.items()) if r.status is JobStatus.RUNNING]
+
+    def count(self, status: JobStatus) -> int:
+        return self._counts[status]
+
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def expire(self, finished_before_s: float) -> int:
+        old = [
+            r
+            for r in self._jobs.values()
+            if r.finished_s is not None and r.finished_s < finished_before_s
+        ]
+        for record in old:
+            del self._jobs[record.seq]
+            self._by_request.pop(record.request_id, None)
+            self._counts[record.status] -= 1
+        return len(old)
+
+    def commit(self) -> None:
+        """Nothing to make durable."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    request BLOB NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    answer BLOB,
+    reason TEXT,
+    fingerprint TEXT,
+    created_s REAL NOT NULL,
+    finished_s REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
+"""
+_COLUMNS = (
+    "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s, finished_s"
+)
+
+
+class SqliteStore:
+    """A durable `Store` in one SQLite file (WAL). Call `commit()` once per batch."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level="DEFERRED", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={_checked_sync(synchronous)}")
+        self._db.executescript(_SCHEMA)
+        self._counts: Counter[JobStatus] = Counter()
+        for status, count in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+            self._counts[JobStatus(status)] = count
+        self._last_seq = self._read_last_seq()
+
+    def _read_last_seq(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        return int(row[0]) if row else 0
+
+    def add(self, request_id: str, request: bytes, now_s: float) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO jobs (request_id, request, status, created_s) VALUES (?, ?, ?, ?)",
+            (request_id, request, JobStatus.RUNNING.value, now_s),
+        )
+        seq = cursor.lastrowid
+        if seq is None:  # pragma: no cover - sqlite always sets it after an INSERT
+            raise RuntimeError("sqlite did not return a row id")
+        self._counts[JobStatus.RUNNING] += 1
+        self._last_seq = seq
+        return seq
+
+    def find_request(self, request_id: str) -> int | None:
+        row = self._db.execute(
+            "SELECT seq FROM jobs WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def get(self, seq: int) -> JobRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
+        return _record(row) if row else None
+
+    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+        self._db.execute(
+            "UPDATE jobs SET status = ?, answer = ?, reason = ?, fingerprint = ?, finished_s = ?"
+            " WHERE seq = ?",
+            (outcome.status.value, outcome.answer, outcome.reason, outcome.fingerprint, now_s, seq),
+        )
+        self._counts[JobStatus.RUNNING] -= 1
+        self._counts[outcome.status] += 1
+
+    def add_attempt(self, seq: int) -> int:
+        self._db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+        row = self._db.execute("SELECT attempts FROM jobs WHERE seq = ?", (seq,)).fetchone()
+        return int(row[0])
+
+    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
+        rows = self._db.execute(
+            "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [(int(seq), JobStatus(status)) for seq, status in rows]
+
+    def unfinished(self) -> list[JobRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
+        )
+        return [_record(row) for row in rows]
+
+    def count(self, status: JobStatus) -> int:
+        return self._counts[status]
+
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def expire(self, finished_before_s: float) -> int:
+        gone = self._db.execute(
+            "SELECT status, COUNT(*) FROM jobs WHERE finished_s < ? GROUP BY status",
+            (finished_before_s,),
+        ).fetchall()
+        self._db.execute("DELETE FROM jobs WHERE finished_s < ?", (finished_before_s,))
+        for status, count in gone:
+            self._counts[JobStatus(status)] -= count
+        return sum(count for _, count in gone)
+
+    def commit(self) -> None:
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.commit()
+        self._db.close()
+
+
+def _checked_sync(mode: str) -> str:
+    if mode.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise ValueError(f"unknown SQLite synchronous mode {mode!r}")
+    return mode.upper()
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    seq, request_id, request, status, attempts, answer, reason, fingerprint, created, finished = row
+    return JobRecord(
+        seq=seq,
+        request_id=request_id,
+        request=bytes(request),
+        status=JobStatus(status),
+        attempts=attempts,
+        answer=None if answer is None else bytes(answer),
+        reason=reason,
+        fingerprint=fingerprint,
+        created_s=created,
+        finished_s=finished,
+    )

@@ -1,0 +1,25 @@
+"""The LSS client side: the `Client` library, the `lss` command line, the HTTP gateway."""
+
+from clients.client import Client
+from clients.transport import Security
+from protocol.errors import (
+    BrokerUnavailable,
+    JobFailed,
+    JobTimeout,
+    LssError,
+    ProtocolError,
+    RequestRefused,
+    UnknownJob,
+)
+
+__all__ = [
+    "BrokerUnavailable",
+    "Client",
+    "JobFailed",
+    "JobTimeout",
+    "LssError",
+    "ProtocolError",
+    "RequestRefused",
+    "Security",
+    "UnknownJob",
+]

@@ -1,0 +1,241 @@
+"""The client's connection to the broker: one I/O thread, one DEALER, many callers.
+
+Callers on any thread hand a request to `Transport.request()` and get a `Future`; the
+I/O thread owns the socket, matches replies to requests by correlation tag, and keeps
+every unanswered request until it is answered. When the broker goes silent (no reply to
+heartbeat pings for LIVENESS x INTERVAL) the thread reconnects and resends everything
+pending; when a ping shows the broker restarted, it resends too. Resending is safe:
+submits carry a request id (same id, same job) and reads are idempotent.
+
+A submit with `notify=True` is answered twice: SUBMITTED, then the job's final state.
+After the first reply the pending entry becomes a WAIT for that job, so a resend asks
+for the answer rather than submitting again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import zmq
+
+from protocol import config
+from protocol import messages as m
+from protocol.curve import secure_client
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("lss.client")
+
+HEARTBEAT_TAG = b"hb"
+
+
+@dataclass
+class Pending:
+    """An unanswered request: what to (re)send and who waits for the answer."""
+
+    frames: list[bytes]
+    future: Future[m.Envelope]
+    notify: bool = False
+    submitted: Future[str] | None = None
+    sent_at: float = 0.0
+
+
+@dataclass
+class Security:
+    """CURVE client settings: the broker's public key file and this client's secret key file."""
+
+    server_key_file: str
+    secret_file: str
+
+
+@dataclass
+class _Shared:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: dict[bytes, Pending] = field(default_factory=dict)
+    outgoing: deque[bytes] = field(default_factory=deque)
+
+
+class Transport:
+    """Thread-safe request/reply over one DEALER socket, run by a background thread."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        security: Security | None = None,
+        heartbeat_interval_s: float = config.HEARTBEAT_INTERVAL_MS / 1000,
+        heartbeat_liveness: int = config.HEARTBEAT_LIVENESS,
+    ) -> None:
+        self.endpoint = endpoint
+        self._security = security
+        self._interval_s = heartbeat_interval_s
+        self._liveness = heartbeat_liveness
+        self._shared = _Shared()
+        self._tags = itertools.count(1)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._sock = self._open()
+        self._broker_id: str | None = None
+        self._last_heard = self._last_ping = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="lss-client-io", daemon=True)
+        self._thread.start()
+
+    # --- caller side (any thread) -------------------------------------------------
+
+    def request(self, message: m.Message, *, notify: bool = False) -> Pending:
+        """Queue `message`; the returned entry's future gets the (final) reply."""
+        tag = str(next(self._tags)).encode()
+        entry = Pending(m.encode(message, tag), Future(), notify=notify)
+        if notify:
+            entry.submitted = Future()
+        with self._shared.lock:
+            self._shared.pending[tag] = entry
+            self._shared.outgoing.append(tag)
+        self._wake()
+        return entry
+
+    def forget(self, entry: Pending) -> None:
+        """Stop waiting for `entry` (its caller gave up)."""
+        with self._shared.lock:
+            self._shared.pending.pop(entry.frames[3], None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the thread is awake anyway
+            os.write(self._wake_w, b"!")
+
+    # --- I/O thread ---------------------------------------------------------------
+
+    def _open(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if self._security:
+            secure_client(sock, self._security.server_key_file, self._security.secret_file)
+        sock.connect(self.endpoint)
+        sock.send_multipart(m.encode(m.Ping(), HEARTBEAT_TAG))
+        return sock
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._closed:
+                poller.register(self._sock, zmq.POLLIN)
+                ready = dict(poller.poll(int(self._interval_s * 500) or 1))
+                poller.unregister(self._sock)
+                if self._wake_r in ready:
+                    self._send_outgoing()
+                if self._sock in ready:
+                    self._receive()
+                self._keep_alive()
+        finally:
+            self._sock.close(linger=0)
+            self._context.term()
+            self._fail_all("client closed")
+
+    def _send_outgoing(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+        with self._shared.lock:
+            tags = list(self._shared.outgoing)
+            self._shared.outgoing.clear()
+            entries = [self._shared.pending.get(tag) for tag in tags]
+        now = time.monotonic()
+        for entry in entries:
+            if entry is not None:
+                entry.sent_at = now
+                self._sock.send_multipart(entry.frames)
+
+    def _receive(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = time.monotonic()
+            try:
+                envelope = m.decode(frames)
+            except ProtocolError as exc:
+                log.warning("malformed reply from the broker: %s", exc)
+                continue
+            self._deliver(envelope)
+
+    def _deliver(self, envelope: m.Envelope) -> None:
+        msg = envelope.message
+        if envelope.tag == HEARTBEAT_TAG:
+            if isinstance(msg, m.Pong):
+                self._on_pong(msg)
+            return
+        with self._shared.lock:
+            entry = self._shared.pending.get(envelope.tag)
+            if entry is None:
+                return  # a duplicate after a resend, or a request given up on
+            if entry.notify and isinstance(msg, m.Submitted):
+                entry.frames = m.encode(m.Wait(msg.job_id), envelope.tag)
+                if entry.submitted is not None and not entry.submitted.done():
+                    entry.submitted.set_result(msg.job_id)
+                return
+            del self._shared.pending[envelope.tag]
+        if not entry.future.done():
+            entry.future.set_result(envelope)
+
+    def _on_pong(self, pong: m.Pong) -> None:
+        if self._broker_id is not None and pong.broker_id != self._broker_id:
+            log.warning("the broker restarted; resending %d pending request(s)", self._count())
+            self._resend_all()
+        self._broker_id = pong.broker_id
+
+    def _keep_alive(self) -> None:
+        now = time.monotonic()
+        if not self._count():
+            self._last_heard = now
+            return
+        if now - self._last_heard > self._interval_s * self._liveness:
+            log.warning(
+                "no word from %s for %.1f s; reconnecting", self.endpoint, now - self._last_heard
+            )
+            self._sock.close(linger=0)
+            self._sock = self._open()
+            self._last_heard = now
+            self._resend_all()
+        elif now - max(self._last_heard, self._last_ping) >= self._interval_s:
+            self._sock.send_multipart(m.encode(m.Ping(), HEARTBEAT_TAG))
+            self._last_ping = now
+
+    def _resend_all(self) -> None:
+        with self._shared.lock:
+            self._shared.outgoing.extend(self._shared.pending)
+        self._send_outgoing()
+
+    def _count(self) -> int:
+        with self._shared.lock:
+            return len(self._shared.pending)
+
+    def _fail_all(self, reason: str) -> None:
+        with self._shared.lock:
+            entries = list(self._shared.pending.values())
+            self._shared.pending.clear()
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_exception(ConnectionError(reason))

@@ -1,0 +1,49 @@
+"""The LSS wire protocol: message types, encoding, errors and shared defaults.
+
+Broker, workers and clients all import this package and nothing of each other.
+The specification is docs/protocol.md.
+"""
+
+from protocol.errors import (
+    BrokerUnavailable,
+    JobFailed,
+    JobTimeout,
+    LssError,
+    ProtocolError,
+    RequestRefused,
+    UnknownJob,
+)
+from protocol.messages import (
+    PROTOCOL_ID,
+    PROTOCOL_VERSION,
+    Command,
+    Envelope,
+    ErrorCode,
+    JobStatus,
+    decode,
+    encode,
+    pack,
+    route,
+    unpack,
+)
+
+__all__ = [
+    "PROTOCOL_ID",
+    "PROTOCOL_VERSION",
+    "BrokerUnavailable",
+    "Command",
+    "Envelope",
+    "ErrorCode",
+    "JobFailed",
+    "JobStatus",
+    "JobTimeout",
+    "LssError",
+    "ProtocolError",
+    "RequestRefused",
+    "UnknownJob",
+    "decode",
+    "encode",
+    "pack",
+    "route",
+    "unpack",
+]

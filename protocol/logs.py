@@ -1,0 +1,32 @@
+"""Logging setup shared by every LSS process: UTC timestamps, stderr plus a rotating file."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import time
+from pathlib import Path
+
+FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s[%(process)d] %(message)s"
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+MAX_LOG_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
+
+
+def setup_logging(state_dir: str | Path, name: str, level: str = "INFO") -> None:
+    """Send logs to stderr and to `<state_dir>/logs/<name>.log`, rotated at 10 MiB."""
+    formatter = logging.Formatter(FORMAT, DATE_FORMAT)
+    formatter.converter = time.gmtime
+    log_dir = Path(state_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_dir / f"{name}.log", maxBytes=MAX_LOG_BYTES, backupCount=LOG_BACKUPS
+    )
+    stderr_handler = logging.StreamHandler()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in (file_handler, stderr_handler):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,453 @@
+"""Message types of the LSS wire protocol and their encoding (spec: docs/protocol.md).
+
+This module owns the shape of every message that crosses a socket. A message is a
+frozen dataclass with a fixed one-byte command; `encode()` turns it into the frames a
+DEALER sends, `decode()` turns received frames back into an `Envelope`, raising
+`ProtocolError` for anything malformed. No other module builds frames by hand.
+
+Frames, as a DEALER sends them (a ROUTER sees the peer identity in front):
+
+    [b"", PROTOCOL_ID, command, tag, body, payload?]
+
+`tag` is the client's correlation id (requests and their replies) or the job id (JOB,
+RESULT); `body` is a msgpack map of the dataclass fields; `payload` is an optional
+msgpack frame (a job's answer) that the broker stores and forwards without decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, Union
+
+import msgpack
+
+from protocol.errors import ProtocolError
+
+PROTOCOL_ID = b"LSS1"
+PROTOCOL_VERSION = 1
+
+
+class Command(enum.IntEnum):
+    """One-byte commands. 0x0_: client requests, 0x1_: broker replies, 0x2_: workers."""
+
+    SUBMIT = 0x01
+    GET = 0x02
+    WAIT = 0x03
+    LIST_JOBS = 0x04
+    NUM_JOBS = 0x05
+    SHUTDOWN = 0x06
+    PING = 0x07
+    STATS = 0x08
+    SUBMITTED = 0x11
+    JOB_STATUS = 0x12
+    JOB_LIST = 0x13
+    JOB_COUNT = 0x14
+    SHUTTING_DOWN = 0x15
+    PONG = 0x16
+    STATS_REPLY = 0x17
+    ERROR = 0x1F
+    READY = 0x21
+    JOB = 0x22
+    RESULT = 0x23
+    HEARTBEAT = 0x24
+    DISCONNECT = 0x25
+    FETCH_DATA = 0x26
+    DATA_CHUNK = 0x27
+
+
+class JobStatus(enum.StrEnum):
+    """A job's status as clients see it (queued and in-flight jobs are both RUNNING)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    ERROR = "error"
+
+
+class ErrorCode(enum.StrEnum):
+    """Machine-readable reasons carried by `ErrorReply.code`."""
+
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    BAD_VERSION = "bad_version"
+    INVALID_JOB_ID = "invalid_job_id"
+    EXPIRED = "expired"
+    QUEUE_FULL = "queue_full"
+    SHUTTING_DOWN = "shutting_down"
+    UNKNOWN_WORKER = "unknown_worker"
+    INTERNAL = "internal"
+
+
+class Message:
+    """Base of all message dataclasses; `COMMAND` ties a class to its command byte."""
+
+    COMMAND: ClassVar[Command]
+
+
+# --- client -> broker -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submit(Message):
+    """Create a job. `request_id` makes retries idempotent: same id, same job.
+
+    With `notify`, the broker also sends the job's final `JobState` once it finishes.
+    """
+
+    COMMAND: ClassVar[Command] = Command.SUBMIT
+    request_id: str
+    statistic: str
+    params: dict[str, Any]
+    notify: bool = False
+
+
+@dataclass(frozen=True)
+class Get(Message):
+    """Ask for a job's status (and answer, in the payload frame, once done)."""
+
+    COMMAND: ClassVar[Command] = Command.GET
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Wait(Message):
+    """Like `Get`, but the broker replies only once the job has finished."""
+
+    COMMAND: ClassVar[Command] = Command.WAIT
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ListJobs(Message):
+    """One page of the job list: up to `limit` jobs whose number is above `after`."""
+
+    COMMAND: ClassVar[Command] = Command.LIST_JOBS
+    after: int = 0
+    limit: int = 10_000
+
+
+@dataclass(frozen=True)
+class NumJobs(Message):
+    """Count the jobs accepted and not yet finished."""
+
+    COMMAND: ClassVar[Command] = Command.NUM_JOBS
+
+
+@dataclass(frozen=True)
+class Shutdown(Message):
+    """Start a graceful shutdown of the whole service."""
+
+    COMMAND: ClassVar[Command] = Command.SHUTDOWN
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    """Liveness probe; clients also use it as their heartbeat."""
+
+    COMMAND: ClassVar[Command] = Command.PING
+
+
+@dataclass(frozen=True)
+class Stats(Message):
+    """Ask for the broker's metrics."""
+
+    COMMAND: ClassVar[Command] = Command.STATS
+
+
+# --- broker -> client -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submitted(Message):
+    """The job is durably recorded under `job_id`."""
+
+    COMMAND: ClassVar[Command] = Command.SUBMITTED
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobState(Message):
+    """A job's status; a done job's answer travels in the payload frame."""
+
+    COMMAND: ClassVar[Command] = Command.JOB_STATUS
+    job_id: str
+    status: str
+    reason: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class JobList(Message):
+    """A page of `[job_id, status]` pairs; `next_after` is None on the last page."""
+
+    COMMAND: ClassVar[Command] = Command.JOB_LIST
+    jobs: list[Any]
+    next_after: int | None = None
+
+
+@dataclass(frozen=True)
+class JobCount(Message):
+    """Number of jobs accepted and not yet finished."""
+
+    COMMAND: ClassVar[Command] = Command.JOB_COUNT
+    num_jobs: int
+
+
+@dataclass(frozen=True)
+class ShuttingDown(Message):
+    """Shutdown acknowledged; `pending` jobs are still to finish."""
+
+    COMMAND: ClassVar[Command] = Command.SHUTTING_DOWN
+    pending: int
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    """Reply to `Ping`. `broker_id` changes at every broker start."""
+
+    COMMAND: ClassVar[Command] = Command.PONG
+    broker_id: str
+    version: int = PROTOCOL_VERSION
+    shutting_down: bool = False
+
+
+@dataclass(frozen=True)
+class StatsReply(Message):
+    """Broker metrics: workers, queue depth, jobs by status, recent rates."""
+
+    COMMAND: ClassVar[Command] = Command.STATS_REPLY
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    """A request that could not be served; `code` is an `ErrorCode` value."""
+
+    COMMAND: ClassVar[Command] = Command.ERROR
+    code: str
+    reason: str
+
+
+# --- workers <-> broker -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """A worker (re)registers, offering `credit` job slots, with its data fingerprint."""
+
+    COMMAND: ClassVar[Command] = Command.READY
+    credit: int
+    fingerprint: str
+    pid: int = 0
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class Job(Message):
+    """Work for a worker; the tag frame carries the job id."""
+
+    COMMAND: ClassVar[Command] = Command.JOB
+    statistic: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """A worker's outcome for the job in the tag frame; answer in the payload frame."""
+
+    COMMAND: ClassVar[Command] = Command.RESULT
+    status: str
+    fingerprint: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Sent both ways when a side has had nothing else to say for an interval."""
+
+    COMMAND: ClassVar[Command] = Command.HEARTBEAT
+
+
+@dataclass(frozen=True)
+class Disconnect(Message):
+    """The sender is leaving (worker) or drops the peer (broker)."""
+
+    COMMAND: ClassVar[Command] = Command.DISCONNECT
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FetchData(Message):
+    """A worker without the data file asks for `length` bytes at `offset`."""
+
+    COMMAND: ClassVar[Command] = Command.FETCH_DATA
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class DataChunk(Message):
+    """A piece of the service's data file, with the whole file's size and SHA-256."""
+
+    COMMAND: ClassVar[Command] = Command.DATA_CHUNK
+    offset: int
+    data: bytes
+    total_bytes: int
+    fingerprint: str
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats,
+    Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, ErrorReply,
+    Ready, Job, Result, Heartbeat, Disconnect, FetchData, DataChunk,
+)  # fmt: skip
+_BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded message with its routing: `identity` is set when read from a ROUTER."""
+
+    message: Message
+    tag: bytes = b""
+    payload: bytes | None = None
+    identity: bytes | None = None
+
+
+def encode(message: Message, tag: bytes = b"", payload: bytes | None = None) -> list[bytes]:
+    """Frames for `message`, as a DEALER sends them (prefix the identity on a ROUTER)."""
+    body = msgpack.packb(_to_map(message), use_bin_type=True)
+    frames = [b"", PROTOCOL_ID, bytes([message.COMMAND]), tag, body]
+    if payload is not None:
+        frames.append(payload)
+    return frames
+
+
+def decode(frames: Sequence[bytes], *, routed: bool = False) -> Envelope:
+    """Decode frames received on a DEALER (`routed=False`) or a ROUTER (`routed=True`).
+
+    Raises `ProtocolError` with a reason fit for an error reply; never `AssertionError`.
+    """
+    identity = None
+    if routed:
+        if not frames:
+            raise ProtocolError("empty message")
+        identity, frames = frames[0], frames[1:]
+    if len(frames) < 5 or frames[0] != b"":
+        raise ProtocolError(f"expected at least 5 frames after the identity, got {len(frames)}")
+    if frames[1] != PROTOCOL_ID:
+        raise ProtocolError(
+            f"unsupported protocol {frames[1][:16]!r}; this peer speaks {PROTOCOL_ID.decode()}",
+            code="bad_version",
+        )
+    cls = _message_class(frames[2])
+    payload = frames[5] if len(frames) > 5 else None
+    message = _from_body(cls, frames[4])
+    return Envelope(message, tag=frames[3], payload=payload, identity=identity)
+
+
+def route(
+    identity: bytes, message: Message, tag: bytes = b"", payload: bytes | None = None
+) -> list[bytes]:
+    """Frames for a ROUTER sending `message` to `identity`."""
+    return [identity, *encode(message, tag, payload)]
+
+
+def pack(value: Any) -> bytes:
+    """msgpack-encode a payload (a job's answer)."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes, max_bytes: int | None = None) -> Any:
+    """Decode a payload frame, raising `ProtocolError` if it is not valid msgpack."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ProtocolError(f"payload of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"payload is not valid msgpack: {exc}") from exc
+
+
+def _message_class(command: bytes) -> type[Message]:
+    if len(command) != 1:
+        raise ProtocolError(f"command frame must be 1 byte, got {len(command)}")
+    try:
+        return _BY_COMMAND[command[0]]
+    except KeyError as exc:
+        raise ProtocolError(f"unknown command 0x{command[0]:02x}", "unknown_command") from exc
+
+
+def _to_map(message: Message) -> dict[str, Any]:
+    return {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}  # type: ignore[arg-type]
+
+
+def decode_body(cls: type[M], body: bytes) -> M:
+    """Decode a msgpack body frame into a message of type `cls` (a forwarded `Job`)."""
+    return _from_body(cls, body)
+
+
+def _from_body(cls: type[M], body: bytes) -> M:
+    fields = unpack(body)
+    if not isinstance(fields, dict):
+        raise ProtocolError(f"{cls.__name__} body must be a map, got {type(fields).__name__}")
+    hints = _field_types(cls)
+    unexpected = sorted(set(fields) - set(hints))
+    if unexpected:
+        raise ProtocolError(f"{cls.__name__} has no field(s) {', '.join(map(str, unexpected))}")
+    for name, value in fields.items():
+        if not _matches(value, hints[name]):
+            raise ProtocolError(f"{cls.__name__}.{name} has the wrong type {type(value).__name__}")
+    try:
+        return cls(**fields)
+    except TypeError as exc:  # a required field is missing
+        raise ProtocolError(f"{cls.__name__}: {exc}") from exc
+
+
+_HINTS: dict[type[Message], dict[str, Any]] = {}
+
+
+def _field_types(cls: type[Message]) -> dict[str, Any]:
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return _HINTS[cls]
+
+
+_SCALAR_CHECKS: dict[Any, Any] = {
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    Any: lambda v: True,
+    type(None): lambda v: v is None,
+}
+
+
+def _matches(value: object, hint: Any) -> bool:
+    """Whether a decoded msgpack value fits a field annotation (bool is not an int here)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arm) for arm in typing.get_args(hint))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin is list:
+        return isinstance(value, list)
+    check = _SCALAR_CHECKS.get(hint)
+    return bool(check(value)) if check else isinstance(value, hint)
+
+
+def job_id(seq: int) -> str:
+    """The public id of job number `seq`."""
+    return f"job_id_{seq}"
+
+
+def job_seq(job_id_text: str) -> int | None:
+    """The job number in `job_id_N`, or None when the text is not a job id."""
+    prefix, _, number = job_id_text.rpartition("_")
+    if prefix != "job_id" or not (number.isascii() and number.isdigit()) or number[0] == "0":
+        return None
+    return int(number)

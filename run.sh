@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Le Stats Sportif: one entry point. `./run.sh help` lists the commands.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+STAMP="$VENV/.lss-installed"
+STANDIN="data/standin_nutrition_activity_obesity_usa.csv"
+SUBSET="data/nutrition_activity_obesity_usa_subset.csv"
+
+say() { printf '[run.sh] %s\n' "$*" >&2; }
+
+setup() {
+    # Create the venv and install the pinned requirements, once (again when they change).
+    if [[ -x "$PY" && -f "$STAMP" && "$STAMP" -nt requirements.txt && "$STAMP" -nt pyproject.toml ]]; then
+        return
+    fi
+    say "setting up $VENV (pinned requirements.txt)"
+    [[ -x "$PY" ]] || python3 -m venv "$VENV"
+    "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+    touch "$STAMP"
+}
+
+data_file() {
+    # $LSS_DATA, else the real subset if present, else a generated stand-in.
+    if [[ -n "${LSS_DATA:-}" ]]; then
+        echo "$LSS_DATA"
+    elif [[ -f "$SUBSET" ]]; then
+        echo "$SUBSET"
+    else
+        if [[ ! -f "$STANDIN" ]]; then
+            say "no data set found: generating a deterministic stand-in at $STANDIN"
+            say "(for the real CDC file run: ./run.sh fetch-data)"
+            "$PY" -m workers.standin --rows 18000 --out "$STANDIN" >&2
+        fi
+        echo "$STANDIN"
+    fi
+}
+
+serve() {
+    local data state pids=() http_addr
+    data="$(data_file)"
+    state="${LSS_STATE_DIR:-var}"
+    export LSS_DATA="$data" LSS_STATE_DIR="$state"
+    say "data: $data"
+    setsid "$PY" -m broker --data "$data" "$@" &
+    pids+=($!)
+    local broker=$!
+    "$PY" -c 'import sys, time
+from clients import Client
+with Client(timeout=30) as c: c.ping()' || { kill "$broker" 2>/dev/null; exit 1; }
+    setsid "$PY" -m workers &
+    pids+=($!)
+    http_addr="${LSS_HTTP_ADDR:-127.0.0.1:5000}"
+    if [[ "$http_addr" != "off" ]] && "$PY" -c 'import clients.gateway' 2>/dev/null; then
+        setsid "$PY" -m clients.gateway --listen "$http_addr" &
+        pids+=($!)
+        say "HTTP API (original REST routes) on http://$http_addr/api/"
+    fi
+    cat >&2 <<EOF
+[run.sh] service up: producers on ${LSS_CLIENT_ENDPOINT:-tcp://127.0.0.1:5555}, workers on ${LSS_WORKER_ENDPOINT:-tcp://127.0.0.1:5556}
+[run.sh] try:  .venv/bin/python -c 'from clients import Client; print(Client().global_mean("Percent of adults aged 18 years and older who have obesity"))'
+[run.sh] Ctrl-C shuts down gracefully (a second Ctrl-C stops at once)
+EOF
+    trap 'on_interrupt' INT TERM
+    SERVE_PIDS=("${pids[@]}")
+    wait_all
+}
+
+INTERRUPTS=0
+on_interrupt() {
+    INTERRUPTS=$((INTERRUPTS + 1))
+    if ((INTERRUPTS == 1)); then
+        say "graceful shutdown: finishing accepted jobs"
+        kill -TERM "${SERVE_PIDS[0]}" 2>/dev/null || true
+    else
+        say "stopping now"
+        kill -KILL "${SERVE_PIDS[@]}" 2>/dev/null || true
+    fi
+}
+
+wait_all() {
+    # The broker drains and then releases the workers; the gateway follows it.
+    local status=0
+    while kill -0 "${SERVE_PIDS[0]}" 2>/dev/null; do wait "${SERVE_PIDS[0]}" || status=$?; done
+    for pid in "${SERVE_PIDS[@]:1}"; do
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    say "stopped"
+    return "$status"
+}
+
+run_tests() {
+    "$PY" -m pytest "$@"
+}
+
+lint() {
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
+}
+
+usage() {
+    cat <<'EOF'
+usage: ./run.sh [command] [args...]
+
+  (no command)   set up, then run broker + workers (+ HTTP gateway) on the default data set
+  test [ARGS]    set up, then run the test suite (pytest ARGS; e.g. -m slow for soak/bench)
+  lint           ruff (lint + format check) and mypy --strict
+  broker [ARGS]  run the broker only           (python -m broker --help)
+  workers [ARGS] run the worker pool only      (python -m workers --help)
+  client [ARGS]  the lss command line          (lss --help)
+  fetch-data     download the real CDC file into data/ (needs network)
+  keys [DIR]     create CurveZMQ key pairs (default var/keys)
+  bench [ARGS]   benchmark against baselines   (python -m bench --help)
+  soak [ARGS]    random-kill soak test         (--minutes N)
+EOF
+}
+
+cmd="${1:-serve}"
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+    serve) setup; serve "$@" ;;
+    test) setup; run_tests "$@" ;;
+    lint) setup; lint ;;
+    broker) setup; exec "$PY" -m broker --data "$(data_file)" "$@" ;;
+    workers)
+        setup
+        if [[ -z "${LSS_DATA:-}" && ! " $* " =~ \ --(data|fetch-data) ]]; then
+            LSS_DATA="$(data_file)"
+            export LSS_DATA
+        fi
+        exec "$PY" -m workers "$@"
+        ;;
+    client) setup; exec "$VENV/bin/lss" "$@" ;;
+    fetch-data) setup; exec "$PY" -m workers.download --out "$SUBSET" "$@" ;;
+    keys) setup; exec "$PY" -m protocol.curve "${1:-var/keys}" worker client ;;
+    bench) setup; exec "$PY" -m bench "$@" ;;
+    soak) setup; exec "$PY" -m bench.soak "$@" ;;
+    help | -h | --help) usage ;;
+    *) usage; exit 2 ;;
+esac

@@ -1,0 +1,33 @@
+"""`python -m workers` / `lss-workers`: run N worker processes under a supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from protocol import config
+from protocol.logs import setup_logging
+from workers.settings import add_worker_flags, settings_from
+from workers.supervisor import Supervisor
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lss-workers", description="Run LSS worker processes.")
+    parser.add_argument(
+        "-n", "--workers", type=int, default=config.env_int("workers", os.cpu_count() or 1),
+        help="number of worker processes (LSS_WORKERS; default: the number of CPUs)",
+    )  # fmt: skip
+    add_worker_flags(parser)
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    settings = settings_from(args)
+    setup_logging(settings.state_dir, "supervisor", settings.log_level)
+    supervisor = Supervisor(settings, args.workers)
+    supervisor.install_signal_handlers()
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

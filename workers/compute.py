@@ -1,0 +1,108 @@
+"""Running one job: decode its request, compute the statistic, encode the outcome.
+
+`JobRunner` turns a forwarded `Job` body into a `Result` body and an answer payload. It
+never raises: a bad request or a failing statistic becomes an error outcome. Outcomes
+are cached by request bytes, since the data never changes while a worker lives.
+The runner also owns the diagnostic statistics (`_sleep`, `_crash`), which exist only
+when a worker is started with --diagnostics, for fault-injection tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import messages as m
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("lss.worker")
+
+Compute = Callable[[str, Mapping[str, object]], dict[str, Any]]
+CACHE_ENTRIES = 4096
+CRASH_EXIT_CODE = 86
+MAX_SLEEP_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The frames a worker sends back for one job: RESULT body and optional payload."""
+
+    body: bytes
+    payload: bytes | None
+
+
+class JobRunner:
+    """Computes jobs with `compute` (raising `expected_error` for a job's own error)."""
+
+    def __init__(
+        self,
+        compute: Compute,
+        expected_error: type[Exception],
+        fingerprint: str,
+        max_answer_bytes: int,
+        diagnostics: bool = False,
+    ) -> None:
+        self._compute = compute
+        self._expected_error = expected_error
+        self._fingerprint = fingerprint
+        self._max_answer_bytes = max_answer_bytes
+        self._diagnostics = diagnostics
+        self._cache: OrderedDict[bytes, Outcome] = OrderedDict()
+
+    def run(self, request: bytes) -> Outcome:
+        """The outcome of the job whose `Job` body is `request`."""
+        cached = self._cache.get(request)
+        if cached is not None:
+            self._cache.move_to_end(request)
+            return cached
+        try:
+            job = m.decode_body(m.Job, request)
+        except ProtocolError as exc:
+            return self._error(f"malformed job: {exc}")
+        if job.statistic.startswith("_") and self._diagnostics:
+            return self._diagnostic(job)
+        outcome = self._outcome(job)
+        self._remember(request, outcome)
+        return outcome
+
+    def _outcome(self, job: m.Job) -> Outcome:
+        try:
+            answer = self._compute(job.statistic, job.params)
+        except self._expected_error as exc:
+            return self._error(str(exc))
+        except Exception as exc:  # a bug must fail one job, not the worker
+            log.exception("statistic %s failed", job.statistic)
+            return self._error(f"internal error in {job.statistic}: {exc}")
+        payload = m.pack(answer)
+        if len(payload) > self._max_answer_bytes:
+            return self._error(f"answer of {len(payload)} bytes exceeds {self._max_answer_bytes}")
+        body = m.pack({"status": m.JobStatus.DONE.value, "fingerprint": self._fingerprint})
+        return Outcome(body, payload)
+
+    def _error(self, reason: str) -> Outcome:
+        body = m.pack(
+            {"status": m.JobStatus.ERROR.value, "fingerprint": self._fingerprint, "reason": reason}
+        )
+        return Outcome(body, None)
+
+    def _remember(self, request: bytes, outcome: Outcome) -> None:
+        self._cache[request] = outcome
+        if len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+
+    def _diagnostic(self, job: m.Job) -> Outcome:
+        """`_sleep` {seconds}: answer after a delay; `_crash`: the process dies at once."""
+        if job.statistic == "_crash":
+            log.warning("diagnostic _crash: exiting with code %d", CRASH_EXIT_CODE)
+            os._exit(CRASH_EXIT_CODE)
+        seconds = job.params.get("seconds")
+        if job.statistic != "_sleep" or not isinstance(seconds, int | float):
+            return self._error(f"unknown diagnostic {job.statistic!r} (or missing 'seconds')")
+        time.sleep(min(max(float(seconds), 0.0), MAX_SLEEP_S))
+        body = m.pack({"status": m.JobStatus.DONE.value, "fingerprint": self._fingerprint})
+        return Outcome(body, m.pack({"slept_s": float(seconds)}))

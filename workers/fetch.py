@@ -1,0 +1,90 @@
+"""Getting the data file onto a worker host: use the local file, or fetch it from the broker.
+
+The broker serves its data file in chunks (FETCH_DATA -> DATA_CHUNK). The download is
+written beside its final name, checked against the SHA-256 the broker announces, and only
+then renamed into place, so a torn download is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import zmq
+
+from protocol import config
+from protocol import messages as m
+from protocol.curve import secure_client
+from protocol.errors import BrokerUnavailable, ProtocolError
+from workers.settings import WorkerSettings
+
+log = logging.getLogger("lss.worker")
+
+CHUNK_TIMEOUT_MS = 10_000
+FETCH_RETRIES = 3
+
+
+def ensure_data(settings: WorkerSettings) -> Path:
+    """The local data file: `settings.data` if present, else a verified copy from the broker."""
+    path = Path(settings.data)
+    if path.exists():
+        return path
+    if not settings.fetch_data:
+        raise SystemExit(
+            f"data file {path} not found (pass --fetch-data to get it from the broker)"
+        )
+    target = Path(settings.state_dir) / "data" / path.name
+    fingerprint = fetch(settings, target)
+    log.info("fetched %s from the broker (sha256 %s)", target, fingerprint[:12])
+    return target
+
+
+def fetch(settings: WorkerSettings, target: Path) -> str:
+    """Download the broker's data file to `target`; return its verified SHA-256."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if settings.curve_server_key and settings.curve_secret:
+        secure_client(sock, settings.curve_server_key, settings.curve_secret)
+    sock.connect(settings.connect)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".partial")
+    try:
+        with open(partial, "wb") as out:
+            fingerprint = _download(sock, out)
+        os.replace(partial, target)
+        return fingerprint
+    finally:
+        sock.close(linger=0)
+        partial.unlink(missing_ok=True)
+
+
+def _download(sock: zmq.Socket[bytes], out: object) -> str:
+    digest = hashlib.sha256()
+    offset, total, announced = 0, None, ""
+    while total is None or offset < total:
+        chunk = _request_chunk(sock, offset)
+        if chunk.offset != offset:
+            raise ProtocolError(f"asked for offset {offset}, got {chunk.offset}")
+        total, announced = chunk.total_bytes, chunk.fingerprint
+        if not chunk.data and offset < total:
+            raise ProtocolError("empty chunk before the end of the file")
+        digest.update(chunk.data)
+        out.write(chunk.data)  # type: ignore[attr-defined]
+        offset += len(chunk.data)
+    if digest.hexdigest() != announced:
+        raise ProtocolError(f"download sha256 {digest.hexdigest()} != announced {announced}")
+    return announced
+
+
+def _request_chunk(sock: zmq.Socket[bytes], offset: int) -> m.DataChunk:
+    for _attempt in range(FETCH_RETRIES):
+        sock.send_multipart(m.encode(m.FetchData(offset, config.DATA_CHUNK_BYTES)))
+        if sock.poll(CHUNK_TIMEOUT_MS, zmq.POLLIN):
+            reply = m.decode(sock.recv_multipart()).message
+            if isinstance(reply, m.DataChunk):
+                return reply
+            if isinstance(reply, m.ErrorReply):
+                raise SystemExit(f"the broker cannot serve data: {reply.reason}")
+    raise BrokerUnavailable(f"no data chunk at offset {offset} after {FETCH_RETRIES} tries")

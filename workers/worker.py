@@ -1,0 +1,243 @@
+"""One worker process: a DEALER to the broker, and a compute thread.
+
+The socket thread registers (READY with credit and data fingerprint), heartbeats, hands
+jobs to the compute thread over an inproc pipe and sends results back, so a slow job
+never silences the heartbeat. A broker silent for LIVENESS x INTERVAL is presumed lost:
+the worker reconnects with exponential backoff and registers again. DISCONNECT
+"shutdown" from the broker, or SIGTERM/SIGINT, drains: finish held jobs, then exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+
+import zmq
+
+from protocol import config
+from protocol import messages as m
+from protocol.curve import secure_client
+from protocol.errors import ProtocolError
+from protocol.logs import setup_logging
+from workers.compute import JobRunner
+from workers.settings import WorkerSettings, add_worker_flags, settings_from
+
+log = logging.getLogger("lss.worker")
+
+PIPE = "inproc://lss-worker-compute"
+BATCH = 1000
+STOP = b""  # empty tag: tells the compute thread to end
+LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
+
+
+class Worker:
+    """The socket side of a worker process; `run()` returns an exit code."""
+
+    def __init__(self, settings: WorkerSettings, runner: JobRunner, fingerprint: str) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.fingerprint = fingerprint
+        self.context = zmq.Context()
+        self.pipe: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
+        self.pipe.bind(PIPE)
+        self.compute_thread = threading.Thread(
+            target=self._compute_loop, name="compute", daemon=True
+        )
+        self.connections = 0
+        self.sock = self._open_socket()
+        self.held = 0  # jobs handed to the compute thread and not yet answered
+        self.draining = False
+        self.signals = 0
+        self.backoff_s = config.RECONNECT_MIN_MS / 1000
+        self.last_heard = self.last_sent = time.monotonic()
+
+    # --- compute thread ----------------------------------------------------------
+
+    def _compute_loop(self) -> None:
+        pipe: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
+        pipe.connect(PIPE)
+        try:
+            while True:
+                tag, request = pipe.recv_multipart()
+                if tag == STOP:
+                    return
+                outcome = self.runner.run(request)
+                pipe.send_multipart([tag, outcome.body, outcome.payload or b""])
+        finally:
+            pipe.close(linger=0)
+
+    # --- socket thread -----------------------------------------------------------
+
+    def _open_socket(self) -> zmq.Socket[bytes]:
+        """A new DEALER with a new identity (host:pid:n), connected to the broker."""
+        self.connections += 1
+        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
+        sock.setsockopt(
+            zmq.IDENTITY, f"{socket.gethostname()}:{os.getpid()}:{self.connections}".encode()
+        )
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        if self.settings.curve_server_key and self.settings.curve_secret:
+            secure_client(sock, self.settings.curve_server_key, self.settings.curve_secret)
+        sock.connect(self.settings.connect)
+        return sock
+
+    def _register(self) -> None:
+        ready = m.Ready(self.settings.credit, self.fingerprint, os.getpid(), socket.gethostname())
+        self._send(ready)
+        self.last_heard = time.monotonic()
+        log.info("registering with %s (credit %d)", self.settings.connect, self.settings.credit)
+
+    def _reconnect(self) -> None:
+        time.sleep(self.backoff_s)
+        self.backoff_s = min(self.backoff_s * 2, config.RECONNECT_MAX_MS / 1000)
+        self.sock.close(linger=0)
+        self.sock = self._open_socket()
+        self._register()
+
+    def _send(self, message: m.Message, tag: bytes = b"", payload: bytes | None = None) -> None:
+        self.sock.send_multipart(m.encode(message, tag, payload))
+        self.last_sent = time.monotonic()
+
+    def run(self) -> int:
+        self.compute_thread.start()
+        self._register()
+        poller = zmq.Poller()
+        poller.register(self.pipe, zmq.POLLIN)
+        interval_ms = int(self.settings.heartbeat_interval_s * 1000)
+        try:
+            while self.signals < 2:
+                poller.register(self.sock, zmq.POLLIN)
+                ready = dict(poller.poll(interval_ms // 2 or 1))
+                self._turn(ready)
+                poller.unregister(self.sock)
+                if self.draining and self.held == 0:
+                    return self._leave()
+            return config.EXIT_INTERRUPTED
+        finally:
+            self._close()
+
+    def _turn(self, ready: dict[zmq.Socket[bytes], int]) -> None:
+        if self.sock in ready:
+            self._read_broker()
+        if self.pipe in ready:
+            self._read_results()
+        now = time.monotonic()
+        if now - self.last_sent >= self.settings.heartbeat_interval_s:
+            self._send(m.Heartbeat())
+        silence = self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
+        if now - self.last_heard > silence and not self.draining:
+            log.warning("broker silent for %.1f s; reconnecting in %.1f s", silence, self.backoff_s)
+            self._reconnect()
+
+    def _read_broker(self) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            self.backoff_s = config.RECONNECT_MIN_MS / 1000
+            try:
+                envelope = m.decode(frames)
+            except ProtocolError as exc:
+                log.warning("malformed message from the broker: %s", exc)
+                continue
+            self._on_broker(envelope, frames)
+
+    def _on_broker(self, envelope: m.Envelope, frames: list[bytes]) -> None:
+        msg = envelope.message
+        if isinstance(msg, m.Job):
+            if self.draining:
+                return  # the broker re-queues it when we leave
+            self.pipe.send_multipart([envelope.tag, frames[4]])
+            self.held += 1
+            log.debug("%s received", envelope.tag.decode(errors="replace"))
+        elif isinstance(msg, m.Disconnect):
+            self._on_disconnect(msg.reason)
+        elif isinstance(msg, m.ErrorReply):
+            log.warning("broker says: %s (%s)", msg.reason, msg.code)
+
+    def _on_disconnect(self, reason: str) -> None:
+        if reason == "shutdown":
+            log.info("broker shutting down: finishing %d held job(s), then exiting", self.held)
+            self.draining = True
+        else:
+            log.warning("broker dropped this worker (%s); registering again", reason)
+            self._reconnect()
+
+    def _read_results(self) -> None:
+        for _ in range(BATCH):
+            try:
+                tag, body, payload = self.pipe.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.held -= 1
+            frames = [b"", m.PROTOCOL_ID, bytes([m.Command.RESULT]), tag, body]
+            self.sock.send_multipart([*frames, payload] if payload else frames)
+            self.last_sent = time.monotonic()
+
+    def _leave(self) -> int:
+        self._send(m.Disconnect("worker exiting"))
+        log.info("worker exits")
+        return config.EXIT_OK
+
+    def _close(self) -> None:
+        self.pipe.send_multipart([STOP, b""])
+        self.compute_thread.join(timeout=1.0)
+        self.sock.close(linger=LEAVE_LINGER_MS)
+        self.pipe.close(linger=0)
+        self.context.term()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+        if not self.draining:
+            log.info(
+                "%s: finishing %d held job(s), then leaving", signal.Signals(signum).name, self.held
+            )
+        self.draining = True
+
+
+def build(settings: WorkerSettings) -> Worker:
+    """Load the data (fetching it from the broker if asked) and make a worker."""
+    from protocol.fingerprint import file_sha256
+    from workers.fetch import ensure_data
+    from workers.statistics import StatisticError, Statistics
+
+    data = ensure_data(settings)
+    started = time.monotonic()
+    statistics = Statistics.from_csv(data)
+    fingerprint = file_sha256(data)
+    log.info("loaded %s in %.2f s (sha256 %s)", data, time.monotonic() - started, fingerprint[:12])
+    runner = JobRunner(
+        statistics.compute, StatisticError, fingerprint, settings.max_message_bytes - 1024,
+        diagnostics=settings.diagnostics,
+    )  # fmt: skip
+    if settings.diagnostics:
+        log.warning("diagnostic statistics (_sleep, _crash) are ON: for tests only")
+    return Worker(settings, runner, fingerprint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lss-worker", description="Run one LSS worker process.")
+    add_worker_flags(parser)
+    settings = settings_from(parser.parse_args(argv))
+    setup_logging(settings.state_dir, settings.name, settings.log_level)
+    worker = build(settings)
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
