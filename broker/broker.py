@@ -170,7 +170,10 @@ class Broker:
             except ProtocolError as exc:
                 on_error(frames, exc)
                 continue
-            handle(envelope, now)
+            try:
+                handle(envelope, now)
+            except Exception:  # a bug must cost one message, never the broker
+                log.exception("failed to handle %s", type(envelope.message).__name__)
 
     def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
         log.warning("malformed client message (%d frames): %s", len(frames), exc)

@@ -218,7 +218,7 @@ class BrokerCore:
             log.info(
                 "ignored a result for %r from worker %s: not its job",
                 tag,
-                worker.peer_name(identity),
+                worker.name,
             )
             return
         self._finish(seq, self._outcome(msg, payload), now_s)
@@ -295,7 +295,7 @@ class BrokerCore:
                 [worker.identity, b"", m.PROTOCOL_ID, bytes([m.Command.JOB]),
                  job_id(seq).encode(), self._requests[seq]]
             )  # fmt: skip
-            log.debug("%s dispatched to %s", job_id(seq), worker.peer_name(identity))
+            log.debug("%s dispatched to %s", job_id(seq), worker.name)
 
     def tick(self, now_s: float) -> None:
         """Heartbeats, lost and hung workers, expired results."""

@@ -140,9 +140,10 @@ class Transport:
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._closed:
-                poller.register(self._sock, zmq.POLLIN)
+                polled = self._sock  # replaced when the thread reconnects
+                poller.register(polled, zmq.POLLIN)
                 ready = dict(poller.poll(int(self._interval_s * 500) or 1))
-                poller.unregister(self._sock)
+                poller.unregister(polled)
                 if self._wake_r in ready:
                     self._send_outgoing()
                 if self._sock in ready:

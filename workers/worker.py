@@ -114,10 +114,11 @@ class Worker:
         interval_ms = int(self.settings.heartbeat_interval_s * 1000)
         try:
             while self.signals < 2:
-                poller.register(self.sock, zmq.POLLIN)
+                polled = self.sock  # _turn may replace self.sock when it reconnects
+                poller.register(polled, zmq.POLLIN)
                 ready = dict(poller.poll(interval_ms // 2 or 1))
+                poller.unregister(polled)
                 self._turn(ready)
-                poller.unregister(self.sock)
                 if self.draining and self.held == 0:
                     return self._leave()
             return config.EXIT_INTERRUPTED

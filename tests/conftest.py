@@ -1,0 +1,58 @@
+"""Shared fixtures: a generated data set, and real services that always get stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.procs import Service
+from workers.standin import generate
+
+STANDIN_ROWS = 18_000
+
+
+@pytest.fixture(scope="session")
+def standin_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The deterministic 18,000-row stand-in, generated once per test session."""
+    path = tmp_path_factory.mktemp("data") / "standin.csv"
+    generate(path, rows=STANDIN_ROWS)
+    return path
+
+
+@pytest.fixture
+def service_factory(
+    tmp_path: Path, standin_csv: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Service]]:
+    """Make services (broker started, no workers yet); all are stopped at teardown."""
+    made: list[Service] = []
+
+    def make(data: Path | None = None, **broker_flags: Any) -> Service:
+        service = Service(tmp_path / f"state{len(made)}", data or standin_csv, **broker_flags)
+        made.append(service)
+        service.start_broker()
+        return service
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for service in made:
+        service.stop()
+        if failed is not None and failed.failed:
+            print(f"--- logs of {service.state_dir} ---\n{service.logs()[-20000:]}")
+
+
+@pytest.fixture
+def service(service_factory: Callable[..., Service]) -> Service:
+    """A broker with two real worker processes, registered and ready."""
+    svc = service_factory()
+    svc.start_workers(2)
+    return svc
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
