@@ -1,0 +1,1 @@
+"""Worker processes: load the data set and compute statistics."""

@@ -1,0 +1,320 @@
+"""The nine statistics of docs/statistics-contract.md, precomputed per question.
+
+This module owns the answers: the best/worst direction of the nine questions, parameter
+validation (every bad request ends in a `StatisticError` whose text a person can act on),
+and the exact JSON shapes. `Statistics` groups the counted rows once at construction and
+then keeps only small per-question tables, not the frame, so a `compute()` call costs time
+in proportion to the size of its answer, never to the size of the data set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from protocol.errors import LssError
+from workers.dataset import VALUE_COLUMN, keep_counted, load_frame
+
+BEST_IS_MIN = frozenset(
+    {
+        "Percent of adults aged 18 years and older who have an overweight classification",
+        "Percent of adults aged 18 years and older who have obesity",
+        "Percent of adults who engage in no leisure-time physical activity",
+        "Percent of adults who report consuming fruit less than one time daily",
+        "Percent of adults who report consuming vegetables less than one time daily",
+    }
+)
+BEST_IS_MAX = frozenset(
+    {
+        "Percent of adults who achieve at least 150 minutes a week of moderate-intensity aerobic "
+        "physical activity or 75 minutes a week of vigorous-intensity aerobic activity "
+        "(or an equivalent combination)",
+        "Percent of adults who achieve at least 150 minutes a week of moderate-intensity aerobic "
+        "physical activity or 75 minutes a week of vigorous-intensity aerobic physical activity "
+        "and engage in muscle-strengthening activities on 2 or more days a week",
+        "Percent of adults who achieve at least 300 minutes a week of moderate-intensity aerobic "
+        "physical activity or 150 minutes a week of vigorous-intensity aerobic activity "
+        "(or an equivalent combination)",
+        "Percent of adults who engage in muscle-strengthening activities on 2 or more days a week",
+    }
+)
+TOP_N = 5
+_QUESTION = "Question"
+_STATE = "LocationDesc"
+_CATEGORY = ("StratificationCategory1", "Stratification1")
+
+
+class StatisticError(LssError):
+    """A job cannot be answered; `str()` is the reason, written for the person who asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Question:
+    """Everything the nine statistics need about one question, ready to copy out."""
+
+    text: str
+    best_is_min: bool | None  # None: not one of the nine, so no best/worst
+    global_mean: float
+    ascending: tuple[tuple[str, float], ...]  # (state, mean), by mean then state name
+    state_means: dict[str, float]
+    by_category: dict[str, float]  # str((state, category, stratum)) -> mean
+    state_by_category: dict[str, dict[str, float]]  # state -> {str((category, stratum)): mean}
+
+    def state_mean(self, state: str) -> float:
+        """The mean of `state`, or a `StatisticError` when it has no counted rows."""
+        try:
+            return self.state_means[state]
+        except KeyError:
+            raise StatisticError(
+                f"no data for state {state!r} and question {self.text!r}"
+            ) from None
+
+    def best_first(self, best: bool) -> list[tuple[str, float]]:
+        """All states ordered from the best (`best=True`) or from the worst."""
+        if self.best_is_min is None:
+            raise StatisticError(
+                f"question {self.text!r} has no best/worst direction: best5 and worst5 only "
+                "answer the nine questions of the contract"
+            )
+        if best == self.best_is_min:
+            return list(self.ascending)
+        return sorted(self.ascending, key=lambda item: (-item[1], item[0]))
+
+
+QuestionHandler = Callable[[_Question], dict[str, Any]]
+StateHandler = Callable[[_Question, str], dict[str, Any]]
+
+
+def _states_mean(question: _Question) -> dict[str, Any]:
+    return dict(question.ascending)
+
+
+def _best5(question: _Question) -> dict[str, Any]:
+    return dict(question.best_first(best=True)[:TOP_N])
+
+
+def _worst5(question: _Question) -> dict[str, Any]:
+    return dict(question.best_first(best=False)[:TOP_N])
+
+
+def _global_mean(question: _Question) -> dict[str, Any]:
+    return {"global_mean": question.global_mean}
+
+
+def _diff_from_mean(question: _Question) -> dict[str, Any]:
+    return {state: question.global_mean - mean for state, mean in question.ascending}
+
+
+def _mean_by_category(question: _Question) -> dict[str, Any]:
+    return dict(question.by_category)
+
+
+def _state_mean(question: _Question, state: str) -> dict[str, Any]:
+    return {state: question.state_mean(state)}
+
+
+def _state_diff_from_mean(question: _Question, state: str) -> dict[str, Any]:
+    return {state: question.global_mean - question.state_mean(state)}
+
+
+def _state_mean_by_category(question: _Question, state: str) -> dict[str, Any]:
+    question.state_mean(state)  # the same "no data" error as the other per-state statistics
+    return {state: dict(question.state_by_category.get(state, {}))}
+
+
+_QUESTION_HANDLERS: dict[str, QuestionHandler] = {
+    "states_mean": _states_mean,
+    "best5": _best5,
+    "worst5": _worst5,
+    "global_mean": _global_mean,
+    "diff_from_mean": _diff_from_mean,
+    "mean_by_category": _mean_by_category,
+}
+_STATE_HANDLERS: dict[str, StateHandler] = {
+    "state_mean": _state_mean,
+    "state_diff_from_mean": _state_diff_from_mean,
+    "state_mean_by_category": _state_mean_by_category,
+}
+STATISTIC_NAMES = (
+    "states_mean",
+    "state_mean",
+    "best5",
+    "worst5",
+    "global_mean",
+    "diff_from_mean",
+    "state_diff_from_mean",
+    "mean_by_category",
+    "state_mean_by_category",
+)
+
+
+class Statistics:
+    """The nine statistics over one data set, precomputed for every question in it.
+
+    Answers are fresh dicts of `str` to plain `float` (or to such dicts) that the caller
+    may mutate. Means are arithmetic means of the counted `Data_Value`s (percent).
+    """
+
+    names: ClassVar[tuple[str, ...]] = STATISTIC_NAMES
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        """Precompute every answer table from `frame` (rows that do not count are dropped)."""
+        self._questions = _precompute(keep_counted(frame))
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike[str]) -> Statistics:
+        """Load the CSV at `path` (see `workers.dataset.load_frame`) and precompute."""
+        return cls(load_frame(path))
+
+    @property
+    def questions(self) -> tuple[str, ...]:
+        """The questions with at least one counted row, sorted."""
+        return tuple(sorted(self._questions))
+
+    def compute(self, statistic: str, params: Mapping[str, object]) -> dict[str, Any]:
+        """Answer `statistic` for `params` ({"question": Q} or {"question": Q, "state": S}).
+
+        Raises `StatisticError` for an unknown statistic, a missing, mistyped or unexpected
+        parameter, a question not in the data set, or a state without data for it.
+        """
+        if not isinstance(params, Mapping):
+            raise StatisticError(f"parameters must be a map, got {type(params).__name__}")
+        if not isinstance(statistic, str) or statistic not in STATISTIC_NAMES:
+            known = ", ".join(STATISTIC_NAMES)
+            raise StatisticError(f"unknown statistic {statistic!r}; known: {known}")
+        per_state = statistic in _STATE_HANDLERS
+        fields = ("question", "state") if per_state else ("question",)
+        _check_fields(statistic, params, fields)
+        values = {name: _text_param(params, name) for name in fields}
+        question = self._question(values["question"])
+        if per_state:
+            answer = _STATE_HANDLERS[statistic](question, values["state"])
+        else:
+            answer = _QUESTION_HANDLERS[statistic](question)
+        _check_finite(answer)
+        return answer
+
+    def _question(self, text: str) -> _Question:
+        try:
+            return self._questions[text]
+        except KeyError:
+            raise StatisticError(f"question not in the data set: {text!r}") from None
+
+
+def _check_fields(statistic: str, params: Mapping[str, object], allowed: tuple[str, ...]) -> None:
+    """Reject fields that `statistic` does not take."""
+    extra = sorted(repr(key) for key in params if key not in allowed)
+    if extra:
+        expected = ", ".join(allowed)
+        raise StatisticError(
+            f"unexpected parameter(s) {', '.join(extra)} for {statistic}; it takes: {expected}"
+        )
+
+
+def _text_param(params: Mapping[str, object], name: str) -> str:
+    """The string parameter `name`, or a `StatisticError` saying what is wrong with it."""
+    if name not in params:
+        raise StatisticError(f"missing parameter {name!r}")
+    value = params[name]
+    if not isinstance(value, str):
+        raise StatisticError(f"parameter {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _check_finite(answer: Mapping[str, Any]) -> None:
+    """Refuse to answer NaN or infinity (possible only through a float overflow)."""
+    for value in answer.values():
+        if isinstance(value, Mapping):
+            _check_finite(value)
+        elif not math.isfinite(value):
+            raise StatisticError("the mean is not a finite number (Data_Value overflow)")
+
+
+def _precompute(frame: pd.DataFrame) -> dict[str, _Question]:
+    """Group `frame` (counted rows only) into one `_Question` per question text.
+
+    One pass over the finest groups (question, state, category, stratum); the coarser means
+    are summed up from them, so that the data is grouped once whatever its size.
+    """
+    keys = [frame[name] for name in (_QUESTION, _STATE, *_CATEGORY)]
+    with np.errstate(over="ignore"):  # an overflowing sum is refused at compute() time
+        groups = (
+            frame[VALUE_COLUMN]
+            .groupby(keys, observed=True, dropna=False, sort=False)
+            .agg(["sum", "count"])
+        )
+    tables: dict[str, _Tables] = {}
+    sums, counts = groups["sum"].to_numpy(), groups["count"].to_numpy()
+    for key, total, count in zip(groups.index, sums, counts, strict=True):
+        text, state, category, stratum = key
+        if _missing(text):
+            continue  # nobody can ask for an empty question
+        tables.setdefault(str(text), _Tables()).add(state, category, stratum, total, count)
+    return {text: table.freeze(text) for text, table in tables.items()}
+
+
+def _missing(key: object) -> bool:
+    """True for an empty group key (NaN, None or pd.NA)."""
+    return key is None or key is pd.NA or (isinstance(key, float) and math.isnan(key))
+
+
+@dataclass(slots=True)
+class _Sum:
+    """A running sum and count of `Data_Value`s."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, total: float, count: int) -> None:
+        self.total += total
+        self.count += count
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+
+@dataclass(slots=True)
+class _Tables:
+    """The sums of one question while its groups are being read."""
+
+    overall: _Sum = field(default_factory=_Sum)
+    states: dict[str, _Sum] = field(default_factory=dict)
+    categories: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def add(
+        self, state: object, category: object, stratum: object, total: float, count: int
+    ) -> None:
+        """Add the sum and count of one (state, category, stratum) group.
+
+        A group without a state counts for the global mean only; one without a category or
+        stratum counts for its state but has no `mean_by_category` key.
+        """
+        self.overall.add(float(total), int(count))
+        if _missing(state):
+            return  # counts for the question's global mean, for no state
+        self.states.setdefault(str(state), _Sum()).add(float(total), int(count))
+        if not (_missing(category) or _missing(stratum)):
+            self.categories[(str(state), str(category), str(stratum))] = float(total) / int(count)
+
+    def freeze(self, text: str) -> _Question:
+        """The finished `_Question` for question `text`."""
+        state_means = {state: running.mean for state, running in self.states.items()}
+        state_by_category: dict[str, dict[str, float]] = {}
+        for (state, category, stratum), mean in sorted(self.categories.items()):
+            state_by_category.setdefault(state, {})[str((category, stratum))] = mean
+        return _Question(
+            text=text,
+            best_is_min=True if text in BEST_IS_MIN else False if text in BEST_IS_MAX else None,
+            global_mean=self.overall.mean,
+            ascending=tuple(sorted(state_means.items(), key=lambda item: (item[1], item[0]))),
+            state_means=state_means,
+            by_category={str(key): mean for key, mean in sorted(self.categories.items())},
+            state_by_category=state_by_category,
+        )
