@@ -27,6 +27,7 @@ from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.messages import Envelope
+from protocol.wire import send_frames
 
 log = logging.getLogger("lss.broker")
 
@@ -177,13 +178,13 @@ class Broker:
 
     def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
         log.warning("malformed client message (%d frames): %s", len(frames), exc)
-        if len(frames) >= 2 and frames[1] == b"":
-            tag = frames[4] if len(frames) > 4 else b""
-            self.core.refuse(frames[0], tag[:64], exc.code, str(exc))
+        if len(frames) >= 2:
+            tag = frames[1][len(m.PROTOCOL_ID) + 1 :][: m.MAX_TAG_BYTES]
+            self.core.refuse(frames[0], tag, exc.code, str(exc))
 
     def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError) -> None:
         log.warning("malformed worker message (%d frames): %s", len(frames), exc)
-        if len(frames) >= 2 and frames[1] == b"":
+        if len(frames) >= 2:
             self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
 
     def _expire(self, now: float) -> None:
@@ -206,9 +207,9 @@ class Broker:
         self.store.commit()
         clients, workers = self.core.outbox.take()
         for frames in clients:
-            self.frontend.send_multipart(frames)
+            send_frames(self.frontend, frames)
         for frames in workers:
-            self.backend.send_multipart(frames)
+            send_frames(self.backend, frames)
 
     def close(self) -> None:
         self.store.close()

@@ -18,7 +18,6 @@ from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, Store
 from protocol import messages as m
-from protocol.errors import ProtocolError
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
@@ -113,20 +112,23 @@ class BrokerCore:
         self.outbox.clients.append(m.route(identity, message, tag, payload))
 
     def _submit(self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float) -> None:
-        seq = self.store.find_request(msg.request_id) if msg.request_id else None
+        refusal = self._submit_refusal(msg)
+        seq = self.store.find_request(msg.request_id) if refusal else None
+        if refusal and seq is None:
+            self.refuse(identity, tag, *refusal)
+            return
         if seq is None:
-            refusal = self._submit_refusal(msg)
-            if refusal:
-                self.refuse(identity, tag, *refusal)
-                return
             seq = self._accept(msg, now_s)
-        self._reply(identity, tag, m.Submitted(job_id(seq)))
-        if msg.notify:
+        if msg.notify:  # the final state is the only reply
             self._read(identity, tag, job_id(seq), wait=True)
+        else:
+            self._reply(identity, tag, m.Submitted(job_id(seq)))
 
     def _accept(self, msg: m.Submit, now_s: float) -> int:
         body = m.pack({"statistic": msg.statistic, "params": msg.params})
-        seq = self.store.add(msg.request_id, body, now_s)
+        seq, new = self.store.add(msg.request_id, body, now_s)
+        if not new:
+            return seq
         self._requests[seq] = body
         self._queue.append(seq)
         self.rates.count("submitted", now_s)
@@ -291,10 +293,8 @@ class BrokerCore:
                 continue  # finished while queued (a poison job failed)
             worker = self.pool.assign(seq, lease)
             worker.last_sent_s = now_s
-            self.outbox.workers.append(
-                [worker.identity, b"", m.PROTOCOL_ID, bytes([m.Command.JOB]),
-                 job_id(seq).encode(), self._requests[seq]]
-            )  # fmt: skip
+            frames = m.frames_of(m.Command.JOB, job_id(seq).encode(), self._requests[seq])
+            self.outbox.workers.append([worker.identity, *frames])
             log.debug("%s dispatched to %s", job_id(seq), worker.name)
 
     def tick(self, now_s: float) -> None:
@@ -347,7 +347,9 @@ class BrokerCore:
 
 
 def _is_answer(payload: bytes) -> bool:
-    try:
-        return isinstance(m.unpack(payload), dict)
-    except ProtocolError:
-        return False
+    """A cheap check that a payload is a msgpack map (fixmap, map16 or map32).
+
+    Decoding whole answers (tens of kilobytes) on the broker's hot path would cost more
+    than the rest of the job; clients decode them, and reject malformed ones.
+    """
+    return bool(payload) and (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF))

@@ -36,7 +36,7 @@ class JobRecord:
 class Store(Protocol):
     """What the broker needs of a results store. Writes become durable at `commit()`."""
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> int: ...
+    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
@@ -69,13 +69,17 @@ class MemoryStore:
         self._counts: Counter[JobStatus] = Counter()
         self._last_seq = 0
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> int:
+    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
+        """The job for `request_id`: a new one (True), or the one it already has (False)."""
+        known = self._by_request.get(request_id)
+        if known is not None:
+            return known, False
         self._last_seq += 1
         seq = self._last_seq
         self._jobs[seq] = JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s)
         self._by_request[request_id] = seq
         self._counts[JobStatus.RUNNING] += 1
-        return seq
+        return seq, True
 
     def find_request(self, request_id: str) -> int | None:
         return self._by_request.get(request_id)
@@ -171,17 +175,28 @@ class SqliteStore:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
         return int(row[0]) if row else 0
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> int:
-        cursor = self._db.execute(
-            "INSERT INTO jobs (request_id, request, status, created_s) VALUES (?, ?, ?, ?)",
-            (request_id, request, JobStatus.RUNNING.value, now_s),
-        )
+    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
+        """The job for `request_id`: a new one (True), or the one it already has (False).
+
+        New requests are the common case, so this inserts first and looks up only
+        when the request id is already taken.
+        """
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO jobs (request_id, request, status, created_s) VALUES (?, ?, ?, ?)",
+                (request_id, request, JobStatus.RUNNING.value, now_s),
+            )
+        except sqlite3.IntegrityError:
+            known = self.find_request(request_id)
+            if known is None:
+                raise
+            return known, False
         seq = cursor.lastrowid
         if seq is None:  # pragma: no cover - sqlite always sets it after an INSERT
             raise RuntimeError("sqlite did not return a row id")
         self._counts[JobStatus.RUNNING] += 1
         self._last_seq = seq
-        return seq
+        return seq, True
 
     def find_request(self, request_id: str) -> int | None:
         row = self._db.execute(

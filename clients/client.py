@@ -97,7 +97,7 @@ class Client:
 
     def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        entry = self._transport.request(_submit(statistic, params, notify=True), notify=True)
+        entry = self._transport.request(_submit(statistic, params, notify=True))
         return _final_answer(self._result(entry, timeout, statistic))
 
     def map(self, jobs: Iterable[tuple[str, dict[str, Any]]], window: int = 64) -> Iterator[Answer]:
@@ -110,7 +110,7 @@ class Client:
         todo = iter(jobs)
         in_flight: deque[Pending] = deque()
         for statistic, params in todo:
-            in_flight.append(self._transport.request(_submit(statistic, params, True), notify=True))
+            in_flight.append(self._transport.request(_submit(statistic, params, notify=True)))
             if len(in_flight) >= window:
                 yield _final_answer(self._result(in_flight.popleft(), None, statistic))
         while in_flight:

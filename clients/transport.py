@@ -7,9 +7,8 @@ heartbeat pings for LIVENESS x INTERVAL) the thread reconnects and resends every
 pending; when a ping shows the broker restarted, it resends too. Resending is safe:
 submits carry a request id (same id, same job) and reads are idempotent.
 
-A submit with `notify=True` is answered twice: SUBMITTED, then the job's final state.
-After the first reply the pending entry becomes a WAIT for that job, so a resend asks
-for the answer rather than submitting again.
+A submit with `notify=True` is answered once, by the job's final state: resending it
+returns the same job (same request id), so it is as safe to resend as a WAIT.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import ProtocolError
+from protocol.wire import send_frames
 
 log = logging.getLogger("lss.client")
 
@@ -40,10 +40,9 @@ HEARTBEAT_TAG = b"hb"
 class Pending:
     """An unanswered request: what to (re)send and who waits for the answer."""
 
+    tag: bytes
     frames: list[bytes]
     future: Future[m.Envelope]
-    notify: bool = False
-    submitted: Future[str] | None = None
     sent_at: float = 0.0
 
 
@@ -92,12 +91,10 @@ class Transport:
 
     # --- caller side (any thread) -------------------------------------------------
 
-    def request(self, message: m.Message, *, notify: bool = False) -> Pending:
-        """Queue `message`; the returned entry's future gets the (final) reply."""
+    def request(self, message: m.Message) -> Pending:
+        """Queue `message`; the returned entry's future gets the reply."""
         tag = str(next(self._tags)).encode()
-        entry = Pending(m.encode(message, tag), Future(), notify=notify)
-        if notify:
-            entry.submitted = Future()
+        entry = Pending(tag, m.encode(message, tag), Future())
         with self._shared.lock:
             self._shared.pending[tag] = entry
             self._shared.outgoing.append(tag)
@@ -107,7 +104,7 @@ class Transport:
     def forget(self, entry: Pending) -> None:
         """Stop waiting for `entry` (its caller gave up)."""
         with self._shared.lock:
-            self._shared.pending.pop(entry.frames[3], None)
+            self._shared.pending.pop(entry.tag, None)
 
     def close(self) -> None:
         if self._closed:
@@ -132,7 +129,7 @@ class Transport:
         if self._security:
             secure_client(sock, self._security.server_key_file, self._security.secret_file)
         sock.connect(self.endpoint)
-        sock.send_multipart(m.encode(m.Ping(), HEARTBEAT_TAG))
+        send_frames(sock, m.encode(m.Ping(), HEARTBEAT_TAG))
         return sock
 
     def _run(self) -> None:
@@ -166,7 +163,7 @@ class Transport:
         for entry in entries:
             if entry is not None:
                 entry.sent_at = now
-                self._sock.send_multipart(entry.frames)
+                send_frames(self._sock, entry.frames)
 
     def _receive(self) -> None:
         for _ in range(1000):
@@ -192,11 +189,6 @@ class Transport:
             entry = self._shared.pending.get(envelope.tag)
             if entry is None:
                 return  # a duplicate after a resend, or a request given up on
-            if entry.notify and isinstance(msg, m.Submitted):
-                entry.frames = m.encode(m.Wait(msg.job_id), envelope.tag)
-                if entry.submitted is not None and not entry.submitted.done():
-                    entry.submitted.set_result(msg.job_id)
-                return
             del self._shared.pending[envelope.tag]
         if not entry.future.done():
             entry.future.set_result(envelope)
@@ -221,7 +213,7 @@ class Transport:
             self._last_heard = now
             self._resend_all()
         elif now - max(self._last_heard, self._last_ping) >= self._interval_s:
-            self._sock.send_multipart(m.encode(m.Ping(), HEARTBEAT_TAG))
+            send_frames(self._sock, m.encode(m.Ping(), HEARTBEAT_TAG))
             self._last_ping = now
 
     def _resend_all(self) -> None:

@@ -2,7 +2,8 @@
 
 `JobRunner` turns a forwarded `Job` body into a `Result` body and an answer payload. It
 never raises: a bad request or a failing statistic becomes an error outcome. Outcomes
-are cached by request bytes, since the data never changes while a worker lives.
+are cached by request bytes, since the data never changes while a worker lives; the
+socket thread answers cached jobs itself (`cached`), the compute thread the rest.
 The runner also owns the diagnostic statistics (`_sleep`, `_crash`), which exist only
 when a worker is started with --diagnostics, for fault-injection tests.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,13 +52,18 @@ class JobRunner:
         self._fingerprint = fingerprint
         self._max_answer_bytes = max_answer_bytes
         self._diagnostics = diagnostics
-        self._cache: OrderedDict[bytes, Outcome] = OrderedDict()
+        # Written by the compute thread only, read by both: plain dict operations are
+        # atomic under the GIL. Eviction is first-in first-out.
+        self._cache: dict[bytes, Outcome] = {}
+
+    def cached(self, request: bytes) -> Outcome | None:
+        """The outcome of an identical earlier job, if remembered."""
+        return self._cache.get(request)
 
     def run(self, request: bytes) -> Outcome:
         """The outcome of the job whose `Job` body is `request`."""
         cached = self._cache.get(request)
         if cached is not None:
-            self._cache.move_to_end(request)
             return cached
         try:
             job = m.decode_body(m.Job, request)
@@ -93,7 +98,7 @@ class JobRunner:
     def _remember(self, request: bytes, outcome: Outcome) -> None:
         self._cache[request] = outcome
         if len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+            del self._cache[next(iter(self._cache))]
 
     def _diagnostic(self, job: m.Job) -> Outcome:
         """`_sleep` {seconds}: answer after a delay; `_crash`: the process dies at once."""

@@ -26,6 +26,7 @@ from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import ProtocolError
 from protocol.logs import setup_logging
+from protocol.wire import send_frames
 from workers.compute import JobRunner
 from workers.settings import WorkerSettings, add_worker_flags, settings_from
 
@@ -103,7 +104,7 @@ class Worker:
         self._register()
 
     def _send(self, message: m.Message, tag: bytes = b"", payload: bytes | None = None) -> None:
-        self.sock.send_multipart(m.encode(message, tag, payload))
+        send_frames(self.sock, m.encode(message, tag, payload))
         self.last_sent = time.monotonic()
 
     def run(self) -> int:
@@ -147,21 +148,30 @@ class Worker:
             self.last_heard = time.monotonic()
             self.backoff_s = config.RECONNECT_MIN_MS / 1000
             try:
-                envelope = m.decode(frames)
+                self._on_frames(frames)
             except ProtocolError as exc:
                 log.warning("malformed message from the broker: %s", exc)
-                continue
-            self._on_broker(envelope, frames)
 
-    def _on_broker(self, envelope: m.Envelope, frames: list[bytes]) -> None:
-        msg = envelope.message
-        if isinstance(msg, m.Job):
-            if self.draining:
-                return  # the broker re-queues it when we leave
-            self.pipe.send_multipart([envelope.tag, frames[4]])
+    def _on_frames(self, frames: list[bytes]) -> None:
+        kind, tag = m.parse_header(frames[0])
+        if kind is m.Job and len(frames) == 2:
+            self._on_job(tag, frames[1])  # the body is decoded only if not cached
+        else:
+            self._on_broker(m.decode(frames).message)
+
+    def _on_job(self, tag: bytes, request: bytes) -> None:
+        if self.draining:
+            return  # the broker re-queues it when we leave
+        log.debug("%s received", tag.decode(errors="replace"))
+        outcome = self.runner.cached(request)
+        if outcome is not None:
+            self._send_result(tag, outcome.body, outcome.payload)
+        else:
+            self.pipe.send_multipart([tag, request])
             self.held += 1
-            log.debug("%s received", envelope.tag.decode(errors="replace"))
-        elif isinstance(msg, m.Disconnect):
+
+    def _on_broker(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Disconnect):
             self._on_disconnect(msg.reason)
         elif isinstance(msg, m.ErrorReply):
             log.warning("broker says: %s (%s)", msg.reason, msg.code)
@@ -181,9 +191,11 @@ class Worker:
             except zmq.Again:
                 return
             self.held -= 1
-            frames = [b"", m.PROTOCOL_ID, bytes([m.Command.RESULT]), tag, body]
-            self.sock.send_multipart([*frames, payload] if payload else frames)
-            self.last_sent = time.monotonic()
+            self._send_result(tag, body, payload or None)
+
+    def _send_result(self, tag: bytes, body: bytes, payload: bytes | None) -> None:
+        send_frames(self.sock, m.frames_of(m.Command.RESULT, tag, body, payload))
+        self.last_sent = time.monotonic()
 
     def _leave(self) -> int:
         self._send(m.Disconnect("worker exiting"))
