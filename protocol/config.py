@@ -15,7 +15,7 @@ STATE_DIR = "var"
 DATA_FILE = "data/nutrition_activity_obesity_usa_subset.csv"
 
 HEARTBEAT_INTERVAL_MS = 500
-HEARTBEAT_LIVENESS = 4  # intervals of silence before a peer counts as lost
+HEARTBEAT_LIVENESS = 5  # intervals of silence before a peer counts as lost (2.5 s)
 RECONNECT_MIN_MS = 100
 RECONNECT_MAX_MS = 5_000
 JOB_TIMEOUT_S = 60.0

@@ -51,6 +51,20 @@ def service(service_factory: Callable[..., Service]) -> Service:
     return svc
 
 
+@pytest.fixture(scope="module")
+def shared_service(
+    tmp_path_factory: pytest.TempPathFactory, standin_csv: Path
+) -> Iterator[Service]:
+    """Like `service`, but one per test module: for tests that only read and submit."""
+    svc = Service(tmp_path_factory.mktemp("shared") / "state", standin_csv)
+    try:
+        svc.start_broker()
+        svc.start_workers(2)
+        yield svc
+    finally:
+        svc.stop()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield

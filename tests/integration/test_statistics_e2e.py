@@ -1,0 +1,59 @@
+"""Every statistic, for every question and several states, through real processes,
+checked against an independent plain-Python computation (tests.reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Service
+from tests.reference import MINIMISED, QUESTIONS, Reference, assert_close
+
+pytestmark = pytest.mark.integration
+
+WHOLE = ["states_mean", "best5", "worst5", "global_mean", "diff_from_mean", "mean_by_category"]
+PER_STATE = ["state_mean", "state_diff_from_mean", "state_mean_by_category"]
+STATES = ["Ohio", "California", "National", "Guam", "District of Columbia"]
+
+
+@pytest.fixture(scope="module")
+def reference(standin_csv: Path) -> Reference:
+    return Reference(standin_csv)
+
+
+def test_every_statistic_for_every_question(service: Service, reference: Reference) -> None:
+    jobs = [(stat, {"question": q}) for q in QUESTIONS for stat in WHOLE]
+    jobs += [
+        (stat, {"question": q, "state": s}) for q in QUESTIONS for s in STATES for stat in PER_STATE
+    ]
+    with service.client(timeout=30) as client:
+        answers = list(client.map(jobs, window=32))
+    assert len(answers) == len(jobs) == 9 * 6 + 9 * 5 * 3
+    for (statistic, params), answer in zip(jobs, answers, strict=True):
+        expected = reference.answer(statistic, params["question"], params.get("state"))
+        assert_close(answer, expected, f"{statistic}{params}")
+
+
+def test_ordering_of_ranked_answers(service: Service) -> None:
+    with service.client() as client:
+        for question in QUESTIONS:
+            states_mean = list(client.states_mean(question).values())
+            best = list(client.best5(question).values())
+            worst = list(client.worst5(question).values())
+            assert states_mean == sorted(states_mean), question
+            ascending_best = question in MINIMISED
+            assert best == sorted(best, reverse=not ascending_best), question
+            assert worst == sorted(worst, reverse=ascending_best), question
+            assert len(best) == len(worst) == 5
+
+
+def test_job_ids_follow_submission_order(service: Service) -> None:
+    with service.client() as client:
+        ids = [client.submit("global_mean", question=QUESTIONS[0]) for _ in range(5)]
+        numbers = [int(job.rsplit("_", 1)[1]) for job in ids]
+        assert numbers == list(range(numbers[0], numbers[0] + 5))
+        for job in ids:
+            client.wait(job)
+        assert {job: "done" for job in ids}.items() <= client.jobs().items()
+        assert client.num_jobs() == 0
