@@ -1,0 +1,114 @@
+"""One behaviour, two stores: every test runs on MemoryStore and on SqliteStore."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.store import MemoryStore, Outcome, SqliteStore, Store
+from protocol.messages import JobStatus
+
+DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
+FAILED = Outcome(JobStatus.ERROR, reason="no data")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
+    yield made
+    made.close()
+
+
+def test_numbers_start_at_one_and_increase(store: Store) -> None:
+    assert [store.add(f"r{n}", b"req", 0.0) for n in range(3)] == [(1, True), (2, True), (3, True)]
+    assert store.last_seq() == 3
+
+
+def test_same_request_id_same_job(store: Store) -> None:
+    first = store.add("r", b"req", 0.0)
+    assert store.add("r", b"other", 1.0) == (first[0], False)
+    assert store.find_request("r") == first[0]
+    assert store.find_request("unknown") is None
+    assert store.count(JobStatus.RUNNING) == 1
+
+
+def test_finish_and_read_back(store: Store) -> None:
+    a, _ = store.add("a", b"req-a", 1.0)
+    b, _ = store.add("b", b"req-b", 1.0)
+    store.finish(a, DONE, 2.0)
+    store.finish(b, FAILED, 3.0)
+    record_a, record_b = store.get(a), store.get(b)
+    assert record_a is not None and record_b is not None
+    assert (record_a.status, record_a.answer, record_a.fingerprint) == (
+        JobStatus.DONE,
+        DONE.answer,
+        "f",
+    )
+    assert (record_b.status, record_b.reason, record_b.finished_s) == (
+        JobStatus.ERROR,
+        "no data",
+        3.0,
+    )
+    assert [store.count(s) for s in JobStatus] == [0, 1, 1]
+    assert store.get(99) is None
+
+
+def test_pages_and_unfinished(store: Store) -> None:
+    for n in range(5):
+        store.add(f"r{n}", b"req", 0.0)
+    store.finish(2, DONE, 1.0)
+    assert store.page(0, 2) == [(1, JobStatus.RUNNING), (2, JobStatus.DONE)]
+    assert store.page(2, 10) == [
+        (3, JobStatus.RUNNING),
+        (4, JobStatus.RUNNING),
+        (5, JobStatus.RUNNING),
+    ]
+    assert [r.seq for r in store.unfinished()] == [1, 3, 4, 5]
+
+
+def test_attempts_are_counted(store: Store) -> None:
+    seq, _ = store.add("r", b"req", 0.0)
+    assert [store.add_attempt(seq) for _ in range(3)] == [1, 2, 3]
+
+
+def test_expiry_forgets_old_results_but_never_reuses_numbers(store: Store) -> None:
+    old, _ = store.add("old", b"req", 0.0)
+    new, _ = store.add("new", b"req", 0.0)
+    running, _ = store.add("running", b"req", 0.0)
+    store.finish(old, DONE, 10.0)
+    store.finish(new, DONE, 100.0)
+    assert store.expire(finished_before_s=50.0) == 1
+    assert store.get(old) is None and store.get(new) is not None and store.get(running) is not None
+    assert store.count(JobStatus.DONE) == 1
+    assert store.add("later", b"req", 200.0) == (4, True)
+
+
+def test_sqlite_store_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    first = SqliteStore(path)
+    a, _ = first.add("a", b"req", 0.0)
+    first.add("b", b"req", 0.0)
+    first.finish(a, DONE, 1.0)
+    first.commit()
+    first.close()
+    again = SqliteStore(path)
+    assert again.last_seq() == 2
+    assert [again.count(s) for s in JobStatus] == [1, 1, 0]
+    assert [r.request_id for r in again.unfinished()] == ["b"]
+    assert again.add("a", b"req", 2.0) == (a, False)
+    again.close()
+
+
+def test_uncommitted_work_is_not_durable(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    first = SqliteStore(path)
+    first.add("committed", b"req", 0.0)
+    first.commit()
+    first.add("lost", b"req", 0.0)
+    reader = SqliteStore(path)
+    assert reader.find_request("committed") == 1
+    assert reader.find_request("lost") is None
+    reader.close()
+    first.close()
