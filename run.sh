@@ -9,6 +9,7 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.lss-installed"
 STANDIN="data/standin_nutrition_activity_obesity_usa.csv"
 SUBSET="data/nutrition_activity_obesity_usa_subset.csv"
+FULL="data/nutrition_activity_obesity_usa_full.csv"
 
 say() { printf '[run.sh] %s\n' "$*" >&2; }
 
@@ -25,11 +26,13 @@ setup() {
 }
 
 data_file() {
-    # $LSS_DATA, else the real subset if present, else a generated stand-in.
+    # $LSS_DATA, else the real subset or full file if present, else a generated stand-in.
     if [[ -n "${LSS_DATA:-}" ]]; then
         echo "$LSS_DATA"
     elif [[ -f "$SUBSET" ]]; then
         echo "$SUBSET"
+    elif [[ -f "$FULL" ]]; then
+        echo "$FULL"
     else
         if [[ ! -f "$STANDIN" ]]; then
             say "no data set found: generating a deterministic stand-in at $STANDIN"
@@ -96,6 +99,8 @@ wait_all() {
 }
 
 run_tests() {
+    # Lint first: a red lint is a red build, and it takes seconds.
+    lint
     "$PY" -m pytest "$@"
 }
 
@@ -110,7 +115,7 @@ usage() {
 usage: ./run.sh [command] [args...]
 
   (no command)   set up, then run broker + workers (+ HTTP gateway) on the default data set
-  test [ARGS]    set up, then run the test suite (pytest ARGS; e.g. -m slow for soak/bench)
+  test [ARGS]    set up, lint, then run the test suite (pytest ARGS; -m slow: soak/bench)
   lint           ruff (lint + format check) and mypy --strict
   broker [ARGS]  run the broker only           (python -m broker --help)
   workers [ARGS] run the worker pool only      (python -m workers --help)
@@ -138,7 +143,7 @@ case "$cmd" in
         exec "$PY" -m workers "$@"
         ;;
     client) setup; exec "$VENV/bin/lss" "$@" ;;
-    fetch-data) setup; exec "$PY" -m workers.download --out "$SUBSET" "$@" ;;
+    fetch-data) setup; exec "$PY" -m workers.download --out "$FULL" "$@" ;;
     keys) setup; exec "$PY" -m protocol.curve "${1:-var/keys}" worker client ;;
     bench) setup; exec "$PY" -m bench "$@" ;;
     soak) setup; exec "$PY" -m bench.soak "$@" ;;
