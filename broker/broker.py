@@ -136,7 +136,7 @@ class Broker:
                     next_tick = now + tick_every_s
                 if now >= next_expiry:
                     self._expire(now)
-                    next_expiry = now + EXPIRY_EVERY_S
+                    next_expiry = now + min(EXPIRY_EVERY_S, self.core_settings.result_ttl_s / 2)
                 drained_at = self._after_drain(drained_at, now)
                 self._flush()
                 if drained_at is not None and now - drained_at >= self.settings.shutdown_linger_s:

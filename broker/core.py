@@ -163,7 +163,7 @@ class BrokerCore:
 
     def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs) -> None:
         limit = max(1, min(msg.limit, self.settings.list_page_limit))
-        page = self.store.page(msg.after, limit)
+        page = self.store.page(min(max(msg.after, 0), self.store.last_seq()), limit)
         jobs = [[job_id(seq), status.value] for seq, status in page]
         next_after = page[-1][0] if len(page) == limit else None
         self._reply(identity, tag, m.JobList(jobs, next_after))
@@ -273,7 +273,8 @@ class BrokerCore:
             worker.last_sent_s = now_s
 
     def _send_chunk(self, identity: bytes, msg: m.FetchData) -> None:
-        chunk = self._data_chunk(msg.offset, msg.length) if self._data_chunk else None
+        length = min(msg.length, self.settings.max_message_bytes // 2)  # fits the peer's cap
+        chunk = self._data_chunk(msg.offset, length) if self._data_chunk else None
         if chunk is None:
             reply: m.Message = m.ErrorReply(
                 ErrorCode.BAD_REQUEST.value, "this broker serves no data"

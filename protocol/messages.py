@@ -367,6 +367,8 @@ def parse_header(header: bytes) -> tuple[type[Message], bytes]:
         )
     if len(header) < len(PROTOCOL_ID) + 1:
         raise ProtocolError("header frame has no command byte")
+    if len(header) > len(PROTOCOL_ID) + 1 + MAX_TAG_BYTES:  # its reply could not carry it
+        raise ProtocolError(f"tag longer than {MAX_TAG_BYTES} bytes")
     return _message_class(header[len(PROTOCOL_ID)]), header[len(PROTOCOL_ID) + 1 :]
 
 

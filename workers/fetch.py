@@ -45,11 +45,12 @@ def fetch(settings: WorkerSettings, target: Path) -> str:
     """Download the broker's data file to `target`; return its verified SHA-256."""
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, CHUNK_TIMEOUT_MS)  # a refused handshake leaves no connection
     if settings.curve_server_key and settings.curve_secret:
         secure_client(sock, settings.curve_server_key, settings.curve_secret)
     sock.connect(settings.connect)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # workers share dirs
     try:
         with open(partial, "wb") as out:
             fingerprint = _download(sock, out)
@@ -80,7 +81,10 @@ def _download(sock: zmq.Socket[bytes], out: object) -> str:
 
 def _request_chunk(sock: zmq.Socket[bytes], offset: int) -> m.DataChunk:
     for _attempt in range(FETCH_RETRIES):
-        sock.send_multipart(m.encode(m.FetchData(offset, config.DATA_CHUNK_BYTES)))
+        try:
+            sock.send_multipart(m.encode(m.FetchData(offset, config.DATA_CHUNK_BYTES)))
+        except zmq.Again:
+            continue
         if sock.poll(CHUNK_TIMEOUT_MS, zmq.POLLIN):
             reply = m.decode(sock.recv_multipart()).message
             if isinstance(reply, m.DataChunk):

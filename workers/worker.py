@@ -85,6 +85,7 @@ class Worker:
         )
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        sock.setsockopt(zmq.SNDTIMEO, 0)  # see _deliver
         if self.settings.curve_server_key and self.settings.curve_secret:
             secure_client(sock, self.settings.curve_server_key, self.settings.curve_secret)
         sock.connect(self.settings.connect)
@@ -104,7 +105,13 @@ class Worker:
         self._register()
 
     def _send(self, message: m.Message, tag: bytes = b"", payload: bytes | None = None) -> None:
-        send_frames(self.sock, m.encode(message, tag, payload))
+        self._deliver(m.encode(message, tag, payload))
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        try:
+            send_frames(self.sock, frames)
+        except zmq.Again:  # no connection (libzmq gives up after a refused CURVE handshake)
+            log.debug("no connection to the broker; message dropped, liveness will redial")
         self.last_sent = time.monotonic()
 
     def run(self) -> int:
@@ -146,7 +153,6 @@ class Worker:
             except zmq.Again:
                 return
             self.last_heard = time.monotonic()
-            self.backoff_s = config.RECONNECT_MIN_MS / 1000
             try:
                 self._on_frames(frames)
             except ProtocolError as exc:
@@ -154,6 +160,8 @@ class Worker:
 
     def _on_frames(self, frames: list[bytes]) -> None:
         kind, tag = m.parse_header(frames[0])
+        if kind is not m.Disconnect:  # being dropped is no reason to retry sooner
+            self.backoff_s = config.RECONNECT_MIN_MS / 1000
         if kind is m.Job and len(frames) == 2:
             self._on_job(tag, frames[1])  # the body is decoded only if not cached
         else:
@@ -194,8 +202,7 @@ class Worker:
             self._send_result(tag, body, payload or None)
 
     def _send_result(self, tag: bytes, body: bytes, payload: bytes | None) -> None:
-        send_frames(self.sock, m.frames_of(m.Command.RESULT, tag, body, payload))
-        self.last_sent = time.monotonic()
+        self._deliver(m.frames_of(m.Command.RESULT, tag, body, payload))
 
     def _leave(self) -> int:
         self._send(m.Disconnect("worker exiting"))
