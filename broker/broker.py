@@ -21,7 +21,7 @@ import zmq
 
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
-from broker.security import CurveServer
+from broker.security import CurveServer, warn_if_plaintext
 from broker.store import SqliteStore
 from protocol import config
 from protocol import messages as m
@@ -79,6 +79,9 @@ class Broker:
         self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None
         self.frontend = self._bind(settings.client_endpoint)
         self.backend = self._bind(settings.worker_endpoint)
+        warn_if_plaintext(
+            [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
+        )
         self._signals = 0
         self._write_endpoints(state)
 

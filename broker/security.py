@@ -2,7 +2,7 @@
 
 With security on, both broker sockets are CURVE servers: every byte on them is
 encrypted, and a ZAP authenticator thread admits only peers whose public key is a file
-in `<curve_dir>/authorized/` (reread when the directory changes, so keys can be added or
+in `<curve_dir>/authorized/` (reread when a key file changes, so keys can be added or
 revoked without a restart; see protocol.curve for the layout). Every refusal is logged at
 WARNING with the peer's address and public key (at most once per REPEAT_LOG_S for the
 same peer and key, with a count): unknown keys through ZAP, and peers that do not speak
@@ -12,6 +12,7 @@ address, only the endpoint they reached.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -67,11 +68,15 @@ class RefusalLog:
 
 
 class AllowList:
-    """The public keys in a directory, reread when the directory changes (a ZAP callback)."""
+    """The public keys in a directory, reread when a key file changes (a ZAP callback).
+
+    Checked at every handshake (connections are few): adding, deleting or rewriting a
+    `.key` file takes effect for the next connection, without a restart.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._stamp: int | None = None
+        self._stamp: tuple[tuple[str, int], ...] | None = None
         self._keys: dict[bytes, str] = {}
 
     def callback(self, _domain: str, key: bytes) -> bool:
@@ -85,16 +90,19 @@ class AllowList:
 
     def _reload_if_changed(self) -> None:
         try:
-            stamp = self.directory.stat().st_mtime_ns
-        except OSError:
+            stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in self._files()))
+        except OSError:  # a file vanished while listing: look again next time
             stamp = None
-        if stamp != self._stamp or stamp is None:
+        if stamp is None or stamp != self._stamp:
             self._stamp = stamp
             self._keys = self._load()
 
+    def _files(self) -> list[Path]:
+        return list(self.directory.glob("*.key"))
+
     def _load(self) -> dict[bytes, str]:
         keys = {}
-        for path in sorted(self.directory.glob("*.key")):
+        for path in sorted(self._files()):
             try:
                 keys[load_public_key(path)] = path.stem
             except ValueError as exc:
@@ -231,3 +239,28 @@ class CurveServer:
         """Stop the threads (after the broker's sockets are closed, before `context.term()`)."""
         self.watch.stop()
         self.authenticator.stop()
+
+
+def exposed(endpoint: str) -> bool:
+    """Whether a bound endpoint is reachable from other hosts (TCP, not on loopback)."""
+    if not endpoint.startswith("tcp://"):
+        return False  # ipc:// and inproc:// stay on this host
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # "*", an interface name or a host name
+
+
+def warn_if_plaintext(endpoints: list[str], curve_on: bool) -> list[str]:
+    """Log a WARNING for each endpoint other hosts can reach without CURVE; return them."""
+    open_to_all = [] if curve_on else [e for e in endpoints if exposed(e)]
+    for endpoint in open_to_all:
+        log.warning(
+            "%s is reachable from other hosts WITHOUT CurveZMQ: traffic is plaintext and anyone "
+            "who can connect may submit jobs and read answers (see docs/deployment.md)",
+            endpoint,
+        )
+    return open_to_all

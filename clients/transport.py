@@ -126,11 +126,17 @@ class Transport:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 0)  # never block: a refused CURVE peer has no connection
         if self._security:
             secure_client(sock, self._security.server_key_file, self._security.secret_file)
         sock.connect(self.endpoint)
-        send_frames(sock, m.encode(m.Ping(), HEARTBEAT_TAG))
+        self._send(sock, m.encode(m.Ping(), HEARTBEAT_TAG))
         return sock
+
+    @staticmethod
+    def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        with contextlib.suppress(zmq.Again):  # not connected: _keep_alive redials and resends
+            send_frames(sock, frames)
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -163,7 +169,7 @@ class Transport:
         for entry in entries:
             if entry is not None:
                 entry.sent_at = now
-                send_frames(self._sock, entry.frames)
+                self._send(self._sock, entry.frames)
 
     def _receive(self) -> None:
         for _ in range(1000):
@@ -213,7 +219,7 @@ class Transport:
             self._last_heard = now
             self._resend_all()
         elif now - max(self._last_heard, self._last_ping) >= self._interval_s:
-            send_frames(self._sock, m.encode(m.Ping(), HEARTBEAT_TAG))
+            self._send(self._sock, m.encode(m.Ping(), HEARTBEAT_TAG))
             self._last_ping = now
 
     def _resend_all(self) -> None:

@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     for name in [BROKER_KEY, *args.names]:
-        state = "created" if root / f"{name}.key" in made else "kept   "
-        print(f"{state} {root / name}.key (public) + {name}.key_secret (secret, mode 0600)")
+        created = root / f"{name}.key" in made
+        state, mode = ("created", ", mode 0600") if created else ("kept   ", "")
+        print(f"{state} {root / name}.key (public) + {name}.key_secret (secret{mode})")
     authorized = sorted(p.name for p in (root / AUTHORIZED_DIR).glob("*.key"))
     print(f"authorized ({root / AUTHORIZED_DIR}): {', '.join(authorized) or 'none'}")
     print(usage_note(root, args.names))
