@@ -1,5 +1,6 @@
 """The LSS client side: the `Client` library, the `lss` command line, the HTTP gateway."""
 
+from clients.aio import AsyncClient
 from clients.client import Client
 from clients.transport import Security
 from protocol.errors import (
@@ -13,6 +14,7 @@ from protocol.errors import (
 )
 
 __all__ = [
+    "AsyncClient",
     "BrokerUnavailable",
     "Client",
     "JobFailed",

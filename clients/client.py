@@ -72,8 +72,8 @@ class Client:
 
     def submit(self, statistic: str, /, **params: Any) -> str:
         """Create a job; returns its id (`job_id_N`). Raises `RequestRefused` if refused."""
-        reply = self._call(_submit(statistic, params))
-        return _expect(reply, m.Submitted).job_id
+        reply = self._call(submit_message(statistic, params))
+        return expect(reply, m.Submitted).job_id
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
@@ -83,9 +83,9 @@ class Client:
             if msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
                 return {"status": JobStatus.ERROR.value, "reason": msg.reason}
             raise RequestRefused(msg.code, msg.reason)
-        state = _expect(msg, m.JobState)
+        state = expect(msg, m.JobState)
         if state.status == JobStatus.DONE.value:
-            return {"status": state.status, "data": _answer(envelope)}
+            return {"status": state.status, "data": answer_of(envelope)}
         if state.status == JobStatus.ERROR.value:
             return {"status": state.status, "reason": state.reason or "failed"}
         return {"status": state.status}
@@ -93,12 +93,12 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
         entry = self._transport.request(m.Wait(job_id))
-        return _final_answer(self._result(entry, timeout, job_id))
+        return final_answer(self._result(entry, timeout, job_id))
 
     def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        entry = self._transport.request(_submit(statistic, params, notify=True))
-        return _final_answer(self._result(entry, timeout, statistic))
+        entry = self._transport.request(submit_message(statistic, params, notify=True))
+        return final_answer(self._result(entry, timeout, statistic))
 
     def map(self, jobs: Iterable[tuple[str, dict[str, Any]]], window: int = 64) -> Iterator[Answer]:
         """Answers to `(statistic, params)` jobs in input order, up to `window` in flight.
@@ -110,33 +110,35 @@ class Client:
         todo = iter(jobs)
         in_flight: deque[Pending] = deque()
         for statistic, params in todo:
-            in_flight.append(self._transport.request(_submit(statistic, params, notify=True)))
+            in_flight.append(
+                self._transport.request(submit_message(statistic, params, notify=True))
+            )
             if len(in_flight) >= window:
-                yield _final_answer(self._result(in_flight.popleft(), None, statistic))
+                yield final_answer(self._result(in_flight.popleft(), None, statistic))
         while in_flight:
-            yield _final_answer(self._result(in_flight.popleft(), None, "job"))
+            yield final_answer(self._result(in_flight.popleft(), None, "job"))
 
     def jobs(self) -> dict[str, str]:
         """Every job id with its status, in submission order."""
         listing: dict[str, str] = {}
         after: int | None = 0
         while after is not None:
-            page = _expect(self._call(m.ListJobs(after=after)), m.JobList)
+            page = expect(self._call(m.ListJobs(after=after)), m.JobList)
             listing.update((str(job), str(status)) for job, status in page.jobs)
             after = page.next_after
         return listing
 
     def num_jobs(self) -> int:
         """Jobs accepted and not yet finished."""
-        return _expect(self._call(m.NumJobs()), m.JobCount).num_jobs
+        return expect(self._call(m.NumJobs()), m.JobCount).num_jobs
 
     def shutdown(self) -> int:
         """Start a graceful shutdown; returns how many jobs are still to finish."""
-        return _expect(self._call(m.Shutdown()), m.ShuttingDown).pending
+        return expect(self._call(m.Shutdown()), m.ShuttingDown).pending
 
     def ping(self) -> dict[str, Any]:
         """The broker's id, protocol version and whether it is shutting down."""
-        pong = _expect(self._call(m.Ping()), m.Pong)
+        pong = expect(self._call(m.Ping()), m.Pong)
         return {
             "broker_id": pong.broker_id,
             "version": pong.version,
@@ -145,7 +147,7 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         """Workers, queue depth, jobs by status and recent rates."""
-        return _expect(self._call(m.Stats()), m.StatsReply).stats
+        return expect(self._call(m.Stats()), m.StatsReply).stats
 
     # --- the nine statistics ------------------------------------------------------
 
@@ -203,11 +205,11 @@ class Client:
             raise JobTimeout(f"{what} did not finish within {limit:g} s") from exc
 
 
-def _submit(statistic: str, params: dict[str, Any], notify: bool = False) -> m.Submit:
+def submit_message(statistic: str, params: dict[str, Any], notify: bool = False) -> m.Submit:
     return m.Submit(uuid.uuid4().hex, statistic, dict(params), notify=notify)
 
 
-def _expect(message: m.Message, kind: type[m.M]) -> m.M:
+def expect(message: m.Message, kind: type[m.M]) -> m.M:
     if isinstance(message, m.ErrorReply):
         raise RequestRefused(message.code, message.reason)
     if not isinstance(message, kind):
@@ -215,7 +217,7 @@ def _expect(message: m.Message, kind: type[m.M]) -> m.M:
     return message
 
 
-def _answer(envelope: m.Envelope) -> Answer:
+def answer_of(envelope: m.Envelope) -> Answer:
     if envelope.payload is None:
         raise ProtocolError("a done job's reply has no answer frame")
     data = m.unpack(envelope.payload)
@@ -224,13 +226,13 @@ def _answer(envelope: m.Envelope) -> Answer:
     return data
 
 
-def _final_answer(envelope: m.Envelope) -> Answer:
+def final_answer(envelope: m.Envelope) -> Answer:
     msg = envelope.message
     if isinstance(msg, m.ErrorReply):
         if msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
             raise UnknownJob(msg.reason)
         raise RequestRefused(msg.code, msg.reason)
-    state = _expect(msg, m.JobState)
+    state = expect(msg, m.JobState)
     if state.status == JobStatus.ERROR.value:
         raise JobFailed(state.reason or "failed")
-    return _answer(envelope)
+    return answer_of(envelope)

@@ -4,6 +4,8 @@ Broker, workers and clients all import this package and nothing of each other.
 The specification is docs/protocol.md.
 """
 
+import logging
+
 from protocol.errors import (
     BrokerUnavailable,
     JobFailed,
@@ -26,6 +28,9 @@ from protocol.messages import (
     route,
     unpack,
 )
+
+# A library stays quiet unless its application configures logging (lss processes do).
+logging.getLogger("lss").addHandler(logging.NullHandler())
 
 __all__ = [
     "PROTOCOL_ID",

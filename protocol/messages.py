@@ -30,6 +30,21 @@ import msgpack
 
 from protocol.errors import ProtocolError
 
+STATISTICS = (
+    "states_mean",
+    "state_mean",
+    "best5",
+    "worst5",
+    "global_mean",
+    "diff_from_mean",
+    "state_diff_from_mean",
+    "mean_by_category",
+    "state_mean_by_category",
+)
+"""The nine statistics of docs/statistics-contract.md, in the contract's order."""
+STATE_STATISTICS = frozenset({"state_mean", "state_diff_from_mean", "state_mean_by_category"})
+"""The statistics that take a `state` besides the `question`."""
+
 PROTOCOL_ID = b"LSS1"
 PROTOCOL_VERSION = 1
 MAX_TAG_BYTES = 255

@@ -25,7 +25,9 @@ T = TypeVar("T")
 STOP_TIMEOUT_S = 10.0
 
 
-def wait_until(check: Callable[[], T], timeout_s: float = 20.0, what: str = "condition") -> T:
+def wait_until(
+    check: Callable[[], T | None], timeout_s: float = 20.0, what: str = "condition"
+) -> T:
     """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from protocol.errors import LssError
+from protocol.messages import STATISTICS
 from workers.dataset import VALUE_COLUMN, keep_counted, load_frame
 
 BEST_IS_MIN = frozenset(
@@ -141,17 +142,7 @@ _STATE_HANDLERS: dict[str, StateHandler] = {
     "state_diff_from_mean": _state_diff_from_mean,
     "state_mean_by_category": _state_mean_by_category,
 }
-STATISTIC_NAMES = (
-    "states_mean",
-    "state_mean",
-    "best5",
-    "worst5",
-    "global_mean",
-    "diff_from_mean",
-    "state_diff_from_mean",
-    "mean_by_category",
-    "state_mean_by_category",
-)
+STATISTIC_NAMES = STATISTICS
 
 
 class Statistics:

@@ -1,0 +1,394 @@
+"""`lss`, the command line of an LSS service (also `python -m clients.cli`, `./run.sh client`).
+
+    lss submit best5 --question Q          -> job_id_7          (--wait prints the answer)
+    lss get job_id_7 / lss wait job_id_7   -> the job's state / its answer, as JSON
+    lss jobs / num-jobs / shutdown / status
+    lss report --question Q [--state S]    -> every statistic as tables
+    lss plot --question Q --out FILE.png   -> the states ranked, best and worst five marked
+    lss batch jobs.jsonl [--out answers.jsonl]
+
+This module owns the commands: parsing, talking to the broker through `Client` (or
+`AsyncClient` for batches), exit codes and error messages. A failure is one line on
+stderr (`lss: error: ...`) and a non-zero exit, never a traceback. What is printed is
+shaped by `clients.render`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, TextIO
+
+import zmq
+from tqdm import tqdm
+
+from clients import render
+from clients.aio import AsyncClient
+from clients.client import Client
+from protocol import config
+from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError
+from protocol.messages import STATE_STATISTICS, STATISTICS
+
+Handler = Callable[[argparse.Namespace], int]
+BATCH_WINDOW = 64
+EXIT_JOBS_FAILED = config.EXIT_FAILURE
+
+
+class UsageError(ValueError):
+    """A request the command line refuses before asking the broker."""
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    params = _params(args.statistic, args.question, args.state, args.param)
+    with _client(args) as client:
+        job_id = client.submit(args.statistic, **params)
+        _print_json(client.wait(job_id, args.timeout) if args.wait else job_id, raw=not args.wait)
+    return config.EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        state = client.get(args.job_id)
+    _print_json(state)
+    return config.EXIT_FAILURE if state["status"] == "error" else config.EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_json(client.wait(args.job_id, args.timeout))
+    return config.EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        listing = client.jobs()
+    print(json.dumps(listing) if args.json else render.jobs(listing))
+    return config.EXIT_OK
+
+
+def cmd_num_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(client.num_jobs())
+    return config.EXIT_OK
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        pending = client.shutdown()
+    print(f"shutting down: {pending} job(s) still to finish" if pending else "shutting down")
+    return config.EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.prometheus:
+            sys.stdout.write(_exposition(client))
+            return config.EXIT_OK
+        stats = client.stats()
+    print(json.dumps(stats, indent=2) if args.json else render.status(stats))
+    return config.EXIT_OK
+
+
+def _exposition(client: Client) -> str:
+    try:
+        from clients.metrics import render as exposition
+    except ImportError as exc:
+        raise UsageError("--prometheus needs prometheus-client: the 'metrics' extra") from exc
+    return exposition(client.stats)[0].decode()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    names = [s for s in STATISTICS if args.state is not None or s not in STATE_STATISTICS]
+    answers = _answers(args, names)
+    print(
+        json.dumps(answers, indent=2)
+        if args.json
+        else render.report(args.question, answers, args.state)
+    )
+    return config.EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401  (only to give a clear message when it is missing)
+    except ImportError as exc:
+        raise UsageError("plot needs matplotlib: pip install 'le-stats-sportif[plot]'") from exc
+    answers = _answers(args, ["states_mean", "global_mean", "best5", "worst5"])
+    render.plot_states(args.question, answers, args.out, dpi=args.dpi)
+    print(f"wrote {args.out} ({len(answers['states_mean'])} locations)", file=sys.stderr)
+    return config.EXIT_OK
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    jobs = list(_read_batch(args.file))
+    with _output(args.out) as out:
+        failed = asyncio.run(_run_batch(args, jobs, out))
+    if failed:
+        print(
+            f'lss: {failed} of {len(jobs)} job(s) failed (see "reason" in the output)',
+            file=sys.stderr,
+        )
+        return EXIT_JOBS_FAILED
+    return config.EXIT_OK
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.endpoint, timeout=args.timeout)
+
+
+def _print_json(value: Any, raw: bool = False) -> None:
+    print(value if raw else json.dumps(value, indent=2))
+
+
+def _params(
+    statistic: str, question: str | None, state: str | None, extra: Sequence[str]
+) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if question is not None:
+        params["question"] = question
+    if state is not None:
+        params["state"] = state
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param wants KEY=VALUE, got {item!r}")
+        params[key] = value
+    if statistic in STATE_STATISTICS and state is None:
+        raise UsageError(f"{statistic} needs --state")
+    return params
+
+
+def _answers(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """Run the statistics `names` for the question (and state), all at once."""
+    state = getattr(args, "state", None)
+    jobs = [(name, _params(name, args.question, _state_for(name, state), [])) for name in names]
+    with _client(args) as client:
+        client.ping()  # an unreachable broker is named as such, not as a job timeout
+        return dict(zip(names, client.map(jobs), strict=True))
+
+
+def _state_for(statistic: str, state: str | None) -> str | None:
+    return state if statistic in STATE_STATISTICS else None
+
+
+def _read_batch(path: str) -> Iterator[dict[str, Any]]:
+    """Jobs from JSON lines: {"statistic": S, "question": Q, ...} or {"statistic": S, "params": {}}.
+
+    An optional "id" is echoed in the output; a malformed line stops the batch before it runs.
+    """
+    with _input(path) as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                yield _batch_job(number, line)
+
+
+def _batch_job(number: int, line: str) -> dict[str, Any]:
+    try:
+        job = json.loads(line)
+    except ValueError as exc:
+        raise UsageError(f"line {number}: not JSON ({exc})") from exc
+    if not isinstance(job, dict) or not isinstance(job.get("statistic"), str):
+        raise UsageError(f'line {number}: want an object with a "statistic" string')
+    params = job.get("params", {k: v for k, v in job.items() if k not in ("statistic", "id")})
+    if not isinstance(params, dict):
+        raise UsageError(f'line {number}: "params" must be an object')
+    record = {"line": number, "statistic": job["statistic"], "params": params}
+    if "id" in job:
+        record["id"] = job["id"]
+    return record
+
+
+async def _run_batch(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO) -> int:
+    """Run `jobs` with up to `--window` in flight; write results in input order; count failures."""
+    failed = 0
+    progress = tqdm(
+        total=len(jobs), unit="job", file=sys.stderr, disable=args.hide_progress, dynamic_ncols=True
+    )
+    async with AsyncClient(args.endpoint, timeout=args.timeout) as client:
+        await client.ping()  # an unreachable broker fails the batch at once, not job by job
+        in_flight: deque[asyncio.Task[dict[str, Any]]] = deque()
+        for job in [*jobs, None]:
+            if job is not None:
+                in_flight.append(asyncio.ensure_future(_outcome(client, job, args.timeout)))
+            while in_flight and (job is None or len(in_flight) >= args.window):
+                result = await in_flight.popleft()
+                failed += result["status"] != "done"
+                out.write(json.dumps(result) + "\n")
+                progress.update()
+                progress.set_postfix(failed=failed, refresh=False)
+    progress.close()
+    return failed
+
+
+async def _outcome(client: AsyncClient, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    try:
+        state = await client.outcome(job["statistic"], job["params"], timeout)
+    except JobTimeout as exc:
+        state = {"status": "error", "reason": str(exc)}
+    return {**job, **state}
+
+
+def _input(path: str) -> AbstractContextManager[TextIO]:
+    return nullcontext(sys.stdin) if path == "-" else open(path, encoding="utf-8")
+
+
+def _output(path: str | None) -> AbstractContextManager[TextIO]:
+    return nullcontext(sys.stdout) if path in (None, "-") else open(path, "w", encoding="utf-8")
+
+
+# --- parser and main ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lss", description="Talk to a Le Stats Sportif service.")
+    parser.add_argument(
+        "--endpoint",
+        default=None,
+        help="the broker (default: $LSS_CLIENT_ENDPOINT or " + config.CLIENT_ENDPOINT + ")",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=config.CLIENT_TIMEOUT_S,
+        help="seconds to wait for the broker, and for each job (default %(default)g)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_submit, _add_reads, _add_admin, _add_report, _add_plot, _add_batch):
+        add(commands)
+    return parser
+
+
+def _command(commands: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _question_flags(sub: argparse.ArgumentParser, question_required: bool = True) -> None:
+    sub.add_argument(
+        "--question", required=question_required, help="the question, exactly as in the data"
+    )
+    sub.add_argument("--state", help="a location (LocationDesc), for the per-state statistics")
+
+
+def _add_submit(commands: Any) -> None:
+    sub = _command(commands, "submit", cmd_submit, "create a job; prints its id")
+    sub.add_argument("statistic", choices=STATISTICS)
+    _question_flags(sub, question_required=False)
+    sub.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another parameter (the workers reject unexpected ones)",
+    )
+    sub.add_argument("--wait", action="store_true", help="wait, and print the answer instead")
+
+
+def _add_reads(commands: Any) -> None:
+    get_help = "a job's status (and answer) as JSON; exits 1 when it is an error"
+    _command(commands, "get", cmd_get, get_help).add_argument("job_id")
+    _command(commands, "wait", cmd_wait, "wait for a job; print its answer").add_argument("job_id")
+    sub = _command(commands, "jobs", cmd_jobs, "every job with its status")
+    sub.add_argument("--json", action="store_true", help="as a JSON object")
+    _command(commands, "num-jobs", cmd_num_jobs, "how many jobs are not finished yet")
+
+
+def _add_admin(commands: Any) -> None:
+    _command(
+        commands, "shutdown", cmd_shutdown, "graceful shutdown: finish accepted jobs, then stop"
+    )
+    sub = _command(
+        commands, "status", cmd_status, "workers, queue depth, jobs by status, throughput"
+    )
+    group = sub.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="the raw stats as JSON")
+    group.add_argument("--prometheus", action="store_true", help="Prometheus text format")
+
+
+def _add_report(commands: Any) -> None:
+    sub = _command(
+        commands, "report", cmd_report, "every statistic for a question (and a state) as tables"
+    )
+    _question_flags(sub)
+    sub.add_argument("--json", action="store_true", help="the answers as one JSON object")
+
+
+def _add_plot(commands: Any) -> None:
+    sub = _command(commands, "plot", cmd_plot, "a PNG of the states ranked by mean for a question")
+    sub.add_argument("--question", required=True, help="the question, exactly as in the data")
+    sub.add_argument("--out", type=Path, required=True, help="the PNG file to write")
+    sub.add_argument("--dpi", type=int, default=120)
+
+
+def _add_batch(commands: Any) -> None:
+    sub = _command(
+        commands,
+        "batch",
+        cmd_batch,
+        "run the jobs of a JSON-lines file; write answers as JSON lines",
+    )
+    sub.add_argument(
+        "file", help='input, "-" for stdin: one {"statistic": ..., "question": ..., ...} a line'
+    )
+    sub.add_argument("--out", help="output file (default: stdout)")
+    sub.add_argument("--window", type=int, default=BATCH_WINDOW, help="jobs in flight at once")
+    bar = sub.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress",
+        dest="hide_progress",
+        action="store_false",
+        default=None,
+        help="show the progress bar even when stderr is not a terminal (default: only on one)",
+    )
+    bar.add_argument("--no-progress", dest="hide_progress", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.timeout <= 0 or getattr(args, "window", 1) < 1:
+        print("lss: error: --timeout and --window must be positive", file=sys.stderr)
+        return config.EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("lss: interrupted", file=sys.stderr)
+        return config.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        return config.EXIT_FAILURE
+    except (LssError, OSError, ValueError, zmq.ZMQError) as exc:
+        print(f"lss: error: {_one_line(exc)}", file=sys.stderr)
+        return config.EXIT_USAGE if isinstance(exc, UsageError) else config.EXIT_FAILURE
+    except Exception as exc:  # a bug: still one line, not a traceback
+        print(f"lss: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return config.EXIT_FAILURE
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, JobFailed):
+        text = f"the job failed: {text}"
+    elif isinstance(exc, zmq.ZMQError):
+        text = f"cannot use the endpoint: {text}"
+    if isinstance(exc, BrokerUnavailable):
+        text += " (is the service running? see --endpoint / LSS_CLIENT_ENDPOINT)"
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

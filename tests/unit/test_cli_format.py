@@ -1,0 +1,157 @@
+"""The command line's parsing and presentation, on hand-written answers (no service)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients import cli, render
+
+QUESTION = "Percent of adults aged 18 years and older who have obesity"
+ANSWERS: dict[str, dict[str, Any]] = {
+    "states_mean": {"Colorado": 20.0, "Ohio": 30.0, "Texas": 40.0},
+    "global_mean": {"global_mean": 31.0},
+    "best5": {"Colorado": 20.0, "Ohio": 30.0, "Texas": 40.0},
+    "worst5": {"Texas": 40.0, "Ohio": 30.0, "Colorado": 20.0},
+    "diff_from_mean": {"Colorado": 11.0, "Ohio": 1.0, "Texas": -9.0},
+    "mean_by_category": {
+        "('Ohio', 'Gender', 'Female')": 26.5,
+        "('Ohio', 'Gender', 'Male')": 22.25,
+    },
+    "state_mean": {"Ohio": 30.0},
+    "state_diff_from_mean": {"Ohio": 1.0},
+    "state_mean_by_category": {"Ohio": {"('Gender', 'Female')": 26.5}},
+}
+
+
+def test_table_aligns_numbers_right_and_text_left() -> None:
+    text = render.table(["state", "mean"], [("Ohio", 30.0), ("New York", 5.125)], indent="")
+    assert text.splitlines() == [
+        "state      mean",
+        "--------  -----",
+        "Ohio      30.00",
+        "New York   5.12",
+    ]
+
+
+def test_an_empty_table_has_its_header() -> None:
+    assert render.table(["job", "status"], [], indent="").splitlines()[0] == "job  status"
+
+
+@pytest.mark.parametrize(
+    ("key", "parts"),
+    [
+        ("('Ohio', 'Age (years)', '18 - 24')", ("Ohio", "Age (years)", "18 - 24")),
+        ("('Gender', 'Male')", ("Gender", "Male")),
+        ("not a tuple", ("not a tuple",)),
+        ("(1, 2)", ("(1, 2)",)),
+        ("__import__('os')", ("__import__('os')",)),
+    ],
+)
+def test_split_key_reads_only_tuples_of_strings(key: str, parts: tuple[str, ...]) -> None:
+    assert render.split_key(key) == parts
+
+
+def test_report_has_every_statistic_and_the_state_only_when_asked() -> None:
+    with_state = render.report(QUESTION, ANSWERS, "Ohio")
+    for text in ("summary", "31.00", "best5", "worst5", "mean_by_category", "Female", "22.25"):
+        assert text in with_state
+    assert "state_mean (Ohio)" in with_state and "state_mean_by_category (Ohio)" in with_state
+    without = render.report(QUESTION, ANSWERS)
+    assert "state_mean (Ohio)" not in without and "state_mean_by_category" not in without
+    ranking = [line.split()[1] for line in without.splitlines() if line.strip()[:2] in ("1 ", "3 ")]
+    assert ranking[:2] == ["Colorado", "Texas"]  # states_mean keeps the answer's order
+
+
+def test_status_shows_workers_queue_jobs_and_throughput() -> None:
+    stats = {
+        "broker_id": "b1",
+        "workers": [{"id": "w1", "pid": 7, "host": "h", "credit": 4, "in_flight": 2}],
+        "queue_depth": 3,
+        "in_flight": 2,
+        "jobs": {"running": 5, "done": 10, "error": 1},
+        "rates_per_s": {"10s": {"done": 2.5}, "60s": {}},
+        "shutting_down": True,
+    }
+    text = render.status(stats)
+    assert "b1 (shutting down)" in text and "3 waiting, 2 running" in text
+    assert "running 5   done 10   error 1" in text
+    assert "last 10s: done 2.5/s" in text and "last 60s: nothing" in text
+    assert "w1" in text.splitlines()[-1]
+
+
+def test_long_titles_are_wrapped() -> None:
+    title = render.wrap_title("word " * 40, width=30)
+    assert all(len(line) <= 30 for line in title.splitlines()) and title.count("\n") >= 5
+
+
+def test_plot_writes_a_png_without_a_display(tmp_path: Path) -> None:
+    out = tmp_path / "plot.png"
+    render.plot_states(QUESTION * 3, ANSWERS, out, dpi=50)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_first_follows_the_direction_of_best5() -> None:
+    assert [s for s, _ in render._best_first(ANSWERS)] == ["Colorado", "Ohio", "Texas"]
+    highest_best = {**ANSWERS, "best5": {"Texas": 40.0}}
+    assert [s for s, _ in render._best_first(highest_best)] == ["Texas", "Ohio", "Colorado"]
+
+
+def test_batch_lines_flat_or_with_params() -> None:
+    flat = cli._batch_job(1, '{"statistic": "state_mean", "question": "Q", "state": "S"}')
+    assert flat == {"line": 1, "statistic": "state_mean", "params": {"question": "Q", "state": "S"}}
+    nested = cli._batch_job(2, '{"id": 9, "statistic": "best5", "params": {"question": "Q"}}')
+    assert nested == {"line": 2, "statistic": "best5", "params": {"question": "Q"}, "id": 9}
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{oops", "line 4: not JSON"),
+        ("[1]", "line 4: want an object"),
+        ('{"statistic": 3}', "line 4: want an object"),
+        ('{"statistic": "best5", "params": [1]}', 'line 4: "params" must be an object'),
+    ],
+)
+def test_bad_batch_lines_name_their_line(line: str, reason: str) -> None:
+    with pytest.raises(cli.UsageError, match=reason):
+        cli._batch_job(4, line)
+
+
+def test_submit_parameters() -> None:
+    assert cli._params("best5", "Q", None, ["x=1"]) == {"question": "Q", "x": "1"}
+    with pytest.raises(cli.UsageError, match="needs --state"):
+        cli._params("state_mean", "Q", None, [])
+    with pytest.raises(cli.UsageError, match="KEY=VALUE"):
+        cli._params("best5", "Q", None, ["novalue"])
+
+
+def test_usage_errors_exit_2_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--timeout", "0", "num-jobs"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["no-such-command"])
+    assert exited.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_every_command_has_a_handler() -> None:
+    parser = cli.build_parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    names = set(actions[0].choices)
+    assert names == {
+        "submit",
+        "get",
+        "wait",
+        "jobs",
+        "num-jobs",
+        "shutdown",
+        "status",
+        "report",
+        "plot",
+        "batch",
+    }
+    for sub in actions[0].choices.values():
+        assert callable(sub.get_default("handler"))

@@ -1,0 +1,50 @@
+"""The Prometheus exposition of a `stats` reply, and of a broker that does not answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clients.metrics import render
+from protocol.errors import BrokerUnavailable
+
+STATS: dict[str, Any] = {
+    "broker_id": "b1",
+    "fingerprint": "abc",
+    "workers": [
+        {"id": "w1", "credit": 4, "in_flight": 1},
+        {"id": "w2", "credit": 2, "in_flight": 0},
+    ],
+    "queue_depth": 7,
+    "in_flight": 1,
+    "jobs": {"running": 8, "done": 100, "error": 3},
+    "rates_per_s": {"10s": {"done": 12.5, "submitted": 13.0}},
+    "shutting_down": False,
+}
+
+
+def test_every_stat_becomes_a_gauge() -> None:
+    body, content_type = render(lambda: STATS)
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    for line in (
+        "lss_up 1.0",
+        "lss_workers 2.0",
+        'lss_worker_credit{worker="w1"} 4.0',
+        'lss_worker_in_flight{worker="w1"} 1.0',
+        "lss_queue_depth 7.0",
+        "lss_in_flight 1.0",
+        'lss_jobs{status="done"} 100.0',
+        'lss_job_rate_per_second{event="done",window="10s"} 12.5',
+        "lss_shutting_down 0.0",
+        'lss_broker_info{broker_id="b1",fingerprint="abc"} 1.0',
+    ):
+        assert line in text.splitlines(), line
+
+
+def test_an_unreachable_broker_is_lss_up_0() -> None:
+    def fetch() -> dict[str, Any]:
+        raise BrokerUnavailable("no reply")
+
+    text = render(fetch)[0].decode()
+    assert "lss_up 0.0" in text.splitlines()
+    assert "lss_workers" not in text
