@@ -191,9 +191,12 @@ def _combinations(rng: random.Random) -> list[_Combo]:
     combos: list[_Combo] = []
     for location, location_health in zip(LOCATIONS, health, strict=True):
         geolocation = _geolocation(rng, location)
+        national = location[0] == "US"  # the nation sits near the middle of its states
         for which, question in enumerate(QUESTIONS):
             # A healthy location is low on "best is the minimum" questions, high on the others.
-            shift = 3.0 * location_health * (-1.0 if question[3] else 1.0) + rng.gauss(0.0, 2.5)
+            direction = -1.0 if question[3] else 1.0
+            noise = rng.gauss(0.0, 2.5) * (0.1 if national else 1.0)
+            shift = (0.0 if national else 3.0 * location_health * direction) + noise
             combos.extend(
                 _combo(location, geolocation, question, strat, shift + effects[strat][which])
                 for strat in _strata_subset(rng)
