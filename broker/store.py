@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from broker.checkpoint import Checkpointer
 from protocol.messages import JobStatus
 
 
@@ -47,6 +48,7 @@ class Store(Protocol):
     def last_seq(self) -> int: ...
     def expire(self, finished_before_s: float) -> int: ...
     def commit(self) -> None: ...
+    def has_new_jobs(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -133,6 +135,10 @@ class MemoryStore:
     def commit(self) -> None:
         """Nothing to make durable."""
 
+    def has_new_jobs(self) -> bool:
+        """Never: nothing waits for a commit here."""
+        return False
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -165,11 +171,18 @@ class SqliteStore:
         self._db = sqlite3.connect(str(path), isolation_level="DEFERRED", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={_checked_sync(synchronous)}")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
         self._db.executescript(_SCHEMA)
+        self._checkpointer = Checkpointer(path)
+        self._checkpointer.start()
         self._counts: Counter[JobStatus] = Counter()
         for status, count in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
             self._counts[JobStatus(status)] = count
         self._last_seq = self._read_last_seq()
+        # Outcomes recorded since the last commit, written by one executemany at commit:
+        # one statement per job cost more than the rest of the broker's work on it.
+        self._finished: dict[int, tuple[Outcome, float]] = {}
+        self._new_jobs = False
 
     def _read_last_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
@@ -196,6 +209,7 @@ class SqliteStore:
             raise RuntimeError("sqlite did not return a row id")
         self._counts[JobStatus.RUNNING] += 1
         self._last_seq = seq
+        self._new_jobs = True
         return seq, True
 
     def find_request(self, request_id: str) -> int | None:
@@ -206,16 +220,34 @@ class SqliteStore:
 
     def get(self, seq: int) -> JobRecord | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
-        return _record(row) if row else None
+        if row is None:
+            return None
+        record = _record(row)
+        if seq in self._finished:
+            outcome, finished_s = self._finished[seq]
+            record = replace(
+                record, status=outcome.status, answer=outcome.answer, reason=outcome.reason,
+                fingerprint=outcome.fingerprint, finished_s=finished_s,
+            )  # fmt: skip
+        return record
 
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        self._db.execute(
-            "UPDATE jobs SET status = ?, answer = ?, reason = ?, fingerprint = ?, finished_s = ?"
-            " WHERE seq = ?",
-            (outcome.status.value, outcome.answer, outcome.reason, outcome.fingerprint, now_s, seq),
-        )
+        self._finished[seq] = (outcome, now_s)
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
+
+    def _write_finished(self) -> None:
+        if not self._finished:
+            return
+        self._db.executemany(
+            "UPDATE jobs SET status = ?, answer = ?, reason = ?, fingerprint = ?, finished_s = ?"
+            " WHERE seq = ?",
+            [
+                (o.status.value, o.answer, o.reason, o.fingerprint, finished_s, seq)
+                for seq, (o, finished_s) in self._finished.items()
+            ],
+        )
+        self._finished.clear()
 
     def add_attempt(self, seq: int) -> int:
         self._db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE seq = ?", (seq,))
@@ -223,12 +255,14 @@ class SqliteStore:
         return int(row[0])
 
     def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
+        self._write_finished()
         rows = self._db.execute(
             "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
         return [(int(seq), JobStatus(status)) for seq, status in rows]
 
     def unfinished(self) -> list[JobRecord]:
+        self._write_finished()
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
         )
@@ -241,6 +275,7 @@ class SqliteStore:
         return self._last_seq
 
     def expire(self, finished_before_s: float) -> int:
+        self._write_finished()
         gone = self._db.execute(
             "SELECT status, COUNT(*) FROM jobs WHERE finished_s < ? GROUP BY status",
             (finished_before_s,),
@@ -251,10 +286,18 @@ class SqliteStore:
         return sum(count for _, count in gone)
 
     def commit(self) -> None:
+        self._write_finished()
         self._db.commit()
+        self._new_jobs = False
+
+    def has_new_jobs(self) -> bool:
+        """Whether jobs were added since the last commit (their ids must wait for it)."""
+        return self._new_jobs
 
     def close(self) -> None:
-        self._db.commit()
+        self.commit()
+        self._checkpointer.stop()
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._db.close()
 
 

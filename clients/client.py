@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any
 
+from clients.pipeline import Pipeline
 from clients.transport import Pending, Security, Transport
 from protocol import config
 from protocol import messages as m
@@ -52,7 +52,8 @@ class Client:
     ) -> None:
         self.endpoint = endpoint or config.env_str("client_endpoint", config.CLIENT_ENDPOINT)
         self.timeout = timeout
-        self._transport = Transport(self.endpoint, security=security or default_security())
+        self._security = security or default_security()
+        self._transport = Transport(self.endpoint, security=self._security)
 
     def __enter__(self) -> Client:
         return self
@@ -103,20 +104,15 @@ class Client:
     def map(self, jobs: Iterable[tuple[str, dict[str, Any]]], window: int = 64) -> Iterator[Answer]:
         """Answers to `(statistic, params)` jobs in input order, up to `window` in flight.
 
-        Raises `JobFailed` at the position of a failed job.
+        Raises `JobFailed` at the position of a failed job, and `JobTimeout` when a job
+        takes longer than the client's timeout. The jobs travel on a socket of their own
+        (clients.pipeline), so other threads' calls are not held up.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        todo = iter(jobs)
-        in_flight: deque[Pending] = deque()
-        for statistic, params in todo:
-            in_flight.append(
-                self._transport.request(submit_message(statistic, params, notify=True))
-            )
-            if len(in_flight) >= window:
-                yield final_answer(self._result(in_flight.popleft(), None, statistic))
-        while in_flight:
-            yield final_answer(self._result(in_flight.popleft(), None, "job"))
+        pipeline = Pipeline(self.endpoint, self._security, self.timeout)
+        for envelope in pipeline.run(jobs, window):
+            yield final_answer(envelope)
 
     def jobs(self) -> dict[str, str]:
         """Every job id with its status, in submission order."""

@@ -417,7 +417,7 @@ def _message_class(command: int) -> type[Message]:
 
 
 def _to_map(message: Message) -> dict[str, Any]:
-    return {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}  # type: ignore[arg-type]
+    return {name: getattr(message, name) for name in _checks_of(type(message))}
 
 
 def decode_body(cls: type[M], body: bytes) -> M:
