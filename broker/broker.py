@@ -26,12 +26,14 @@ from broker.store import SqliteStore
 from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
+from protocol.logs import Throttle
 from protocol.messages import Envelope
 from protocol.wire import send_frames
 
 log = logging.getLogger("lss.broker")
 
 BATCH = 1000  # messages read from one socket per loop turn
+HARD_LIMIT_FACTOR = 4
 EXPIRY_EVERY_S = 60.0
 # Finished jobs may wait this long for their commit: an answer is sent before it is
 # durable, since a crash only means the job runs again and gives the same answer.
@@ -86,13 +88,16 @@ class Broker:
             [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
         )
         self._signals = 0
+        self._malformed = Throttle(log, burst=200)
         self._last_commit = 0.0
         self._write_endpoints(state)
 
     def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.core_settings.max_message_bytes)
+        # Messages up to 4x the limit are read and refused with a reply; beyond that
+        # libzmq drops the connection before anything is read.
+        sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.core_settings.max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         if self.curve:
@@ -176,6 +181,7 @@ class Broker:
             except zmq.Again:
                 return
             try:
+                self._check_size(frames)
                 envelope = m.decode(frames, routed=True)
             except ProtocolError as exc:
                 on_error(frames, exc)
@@ -185,14 +191,22 @@ class Broker:
             except Exception:  # a bug must cost one message, never the broker
                 log.exception("failed to handle %s", type(envelope.message).__name__)
 
+    def _check_size(self, frames: list[bytes]) -> None:
+        size = sum(map(len, frames))
+        limit = self.core_settings.max_message_bytes
+        if size > limit:
+            raise ProtocolError(
+                f"message of {size} bytes exceeds the limit of {limit}", "too_large"
+            )
+
     def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
-        log.warning("malformed client message (%d frames): %s", len(frames), exc)
+        self._malformed.warning("malformed client message (%d frames): %s", len(frames), exc)
         if len(frames) >= 2:
             tag = frames[1][len(m.PROTOCOL_ID) + 1 :][: m.MAX_TAG_BYTES]
             self.core.refuse(frames[0], tag, exc.code, str(exc))
 
     def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError) -> None:
-        log.warning("malformed worker message (%d frames): %s", len(frames), exc)
+        self._malformed.warning("malformed worker message (%d frames): %s", len(frames), exc)
         if len(frames) >= 2:
             self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
 

@@ -18,6 +18,7 @@ from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, Store
 from protocol import messages as m
+from protocol.errors import ProtocolError
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
@@ -287,12 +288,11 @@ class BrokerCore:
 
     def dispatch(self, now_s: float) -> None:
         """Give queued jobs to free workers, least recently used first."""
-        lease = now_s + self.settings.job_timeout_s
         while self._queue and self.pool.has_free():
             seq = self._queue.popleft()
             if seq not in self._requests:
                 continue  # finished while queued (a poison job failed)
-            worker = self.pool.assign(seq, lease)
+            worker = self.pool.assign(seq, now_s, self.settings.job_timeout_s)
             worker.last_sent_s = now_s
             frames = m.frames_of(m.Command.JOB, job_id(seq).encode(), self._requests[seq])
             self.outbox.workers.append([worker.identity, *frames])
@@ -348,9 +348,8 @@ class BrokerCore:
 
 
 def _is_answer(payload: bytes) -> bool:
-    """A cheap check that a payload is a msgpack map (fixmap, map16 or map32).
-
-    Decoding whole answers (tens of kilobytes) on the broker's hot path would cost more
-    than the rest of the job; clients decode them, and reject malformed ones.
-    """
-    return bool(payload) and (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF))
+    """Whether a worker's payload is a whole msgpack map (else clients could not read it)."""
+    try:
+        return isinstance(m.unpack(payload), dict)
+    except ProtocolError:
+        return False

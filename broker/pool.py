@@ -85,11 +85,15 @@ class WorkerPool:
     def has_free(self) -> bool:
         return bool(self._free)
 
-    def assign(self, seq: int, deadline_s: float) -> WorkerInfo:
-        """Give job `seq` to the least recently used worker with a free slot."""
+    def assign(self, seq: int, now_s: float, lease_s: float) -> WorkerInfo:
+        """Give job `seq` to the least recently used worker with a free slot.
+
+        A worker runs its jobs one after another, so a job queued behind others there
+        gets a lease for each of them too.
+        """
         identity, _ = self._free.popitem(last=False)
         info = self._workers[identity]
-        info.jobs[seq] = deadline_s
+        info.jobs[seq] = now_s + lease_s * (len(info.jobs) + 1)
         if info.free_slots > 0:
             self._free[identity] = None
         return info

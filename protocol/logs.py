@@ -30,3 +30,27 @@ def setup_logging(state_dir: str | Path, name: str, level: str = "INFO") -> None
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class Throttle:
+    """Logs at most `burst` warnings per `window_s`, then one line counting the rest.
+
+    For input nobody controls (malformed messages): a flood must not flood the logs.
+    """
+
+    def __init__(self, logger: logging.Logger, burst: int = 20, window_s: float = 10.0) -> None:
+        self._log = logger
+        self._burst = burst
+        self._window_s = window_s
+        self._window_start = 0.0
+        self._count = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self._window_s:
+            if self._count > self._burst:
+                self._log.warning("... and %d more like it", self._count - self._burst)
+            self._window_start, self._count = now, 0
+        self._count += 1
+        if self._count <= self._burst:
+            self._log.warning(message, *args)

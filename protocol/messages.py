@@ -96,6 +96,7 @@ class ErrorCode(enum.StrEnum):
     EXPIRED = "expired"
     QUEUE_FULL = "queue_full"
     SHUTTING_DOWN = "shutting_down"
+    TOO_LARGE = "too_large"
     UNKNOWN_WORKER = "unknown_worker"
     INTERNAL = "internal"
 

@@ -101,13 +101,17 @@ class JobRunner:
             del self._cache[next(iter(self._cache))]
 
     def _diagnostic(self, job: m.Job) -> Outcome:
-        """`_sleep` {seconds}: answer after a delay; `_crash`: the process dies at once."""
+        """`_sleep` {seconds, only_pid?}: answer {"slept_s"} after a delay (none on a worker
+        whose pid is not `only_pid`, when given); `_crash`: the process dies at once."""
         if job.statistic == "_crash":
             log.warning("diagnostic _crash: exiting with code %d", CRASH_EXIT_CODE)
             os._exit(CRASH_EXIT_CODE)
-        seconds = job.params.get("seconds")
+        seconds, only_pid = job.params.get("seconds"), job.params.get("only_pid")
         if job.statistic != "_sleep" or not isinstance(seconds, int | float):
             return self._error(f"unknown diagnostic {job.statistic!r} (or missing 'seconds')")
-        time.sleep(min(max(float(seconds), 0.0), MAX_SLEEP_S))
+        slept = min(max(float(seconds), 0.0), MAX_SLEEP_S)
+        if isinstance(only_pid, int) and only_pid != os.getpid():
+            slept = 0.0
+        time.sleep(slept)
         body = m.pack({"status": m.JobStatus.DONE.value, "fingerprint": self._fingerprint})
-        return Outcome(body, m.pack({"slept_s": float(seconds)}))
+        return Outcome(body, m.pack({"slept_s": slept}))

@@ -1,0 +1,459 @@
+"""Random-kill soak (issue 3): no accepted job is lost or duplicated, whatever dies.
+
+`python -m bench.soak --minutes N` (`./run.sh soak --minutes N`) starts a broker and
+workers on loopback ports the OS picks, runs producer threads that submit jobs through
+`clients.Client` and record every job id they are given, and meanwhile SIGKILLs a random
+worker or the broker every few seconds and starts a replacement. Then it waits for every
+recorded id and prints jobs submitted, finished, lost (an id returned that never
+finished, or whose answer is wrong or unreadable) and duplicated (two ids for one request,
+one id for two requests, or more jobs in the broker than requests), with the detection
+and recovery times it saw. Exit status 0 only if lost and duplicated are both 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import re
+import shutil
+import signal
+import statistics as stats
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from clients import Client
+from protocol import config
+from protocol import messages as m
+from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError
+from protocol.logs import FORMAT
+from tests.procs import Service
+
+SUBMIT_TIMEOUT_S = 10.0  # then the same request is sent again (same request id)
+WAIT_TIMEOUT_S = 60.0
+SETTLE_S = 40.0  # after the chaos, how long every recorded job may take to finish
+SLEEP_SHARE, RESUBMIT_SHARE, WAIT_SHARE = 0.05, 0.1, 0.05
+RUN_SHARE, PUBLIC_SHARE = 0.1, 0.4  # Client.run, Client.submit; the rest: chosen request ids
+TOLERANCE = 0.01
+LOST_LINE = re.compile(r"^(\S+)Z .* worker \S+:(\d+):\d+ lost: heartbeat lost", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    """What to run: `minutes` of chaos with a kill every `kill_every_s` (min, max)."""
+
+    minutes: float = 1.0
+    workers: int = 3
+    producers: int = 4
+    rate_per_producer: float = 25.0  # jobs per second
+    kill_every_s: tuple[float, float] = (2.0, 5.0)
+    broker_share: float = 0.25  # of the kills
+    max_broker_down_s: float = 1.5
+    seed: int = 1
+    data: Path | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A job to submit and the outcome it must have: ("done", answer) or ("error", reason)."""
+
+    statistic: str
+    params: dict[str, Any]
+    expected: tuple[str, Any]
+
+
+@dataclass
+class Ledger:
+    """Every job id handed out, to whom, and what the producers saw (thread-safe)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    by_request: dict[str, str] = field(default_factory=dict)
+    by_job: dict[str, str] = field(default_factory=dict)
+    specs: dict[str, Spec] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def record(self, request: str, job: str, spec: Spec) -> None:
+        with self.lock:
+            if self.by_request.setdefault(request, job) != job:
+                self.counts["duplicated"] += 1  # one request, two ids
+            if self.by_job.setdefault(job, request) != request:
+                self.counts["duplicated"] += 1  # one id, two requests
+            self.specs[job] = spec
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.counts[what] += 1
+
+
+@dataclass
+class Times:
+    """What the chaos measured, in seconds."""
+
+    worker_kills: list[tuple[float, int]] = field(default_factory=list)  # (epoch, pid)
+    broker_serving: list[float] = field(default_factory=list)
+    broker_restart: list[float] = field(default_factory=list)  # start -> serving
+    broker_recovered: list[float] = field(default_factory=list)
+
+
+class Soak:
+    """One soak run on its own service; `run()` returns the report as a dict."""
+
+    def __init__(self, cfg: SoakConfig, service: Service, menu: list[Spec]) -> None:
+        self.cfg = cfg
+        self.svc = service
+        self.menu = [s for s in menu if not s.statistic.startswith("_")]
+        self.sleeps = [s for s in menu if s.statistic.startswith("_")]
+        self.ledger = Ledger()
+        self.times = Times()
+        self.stop = threading.Event()
+        self.rng = random.Random(cfg.seed)
+
+    def run(self) -> dict[str, Any]:
+        self.svc.start_broker()
+        self.svc.start_workers(self.cfg.workers, diagnostics=True)
+        producers = [
+            threading.Thread(target=self._produce, args=(n,), name=f"producer-{n}")
+            for n in range(self.cfg.producers)
+        ]
+        for thread in producers:
+            thread.start()
+        try:
+            self._chaos(time.monotonic() + self.cfg.minutes * 60)
+        finally:
+            self.stop.set()
+            for thread in producers:
+                thread.join()
+        return self._verdict()
+
+    # --- producers ------------------------------------------------------------------
+
+    def _produce(self, number: int) -> None:
+        rng = random.Random(self.cfg.seed * 1000 + number)
+        with Client(self.svc.client_endpoint, timeout=WAIT_TIMEOUT_S) as client:
+            while not self.stop.is_set():
+                spec = rng.choice(self.sleeps if rng.random() < SLEEP_SHARE else self.menu)
+                self._one_job(client, spec, rng)
+                self.stop.wait(rng.expovariate(self.cfg.rate_per_producer))
+
+    def _one_job(self, client: Client, spec: Spec, rng: random.Random) -> None:
+        mode = rng.random()
+        if mode < RUN_SHARE:
+            self._run(client, spec)
+            return
+        if mode < RUN_SHARE + PUBLIC_SHARE:
+            job = self._public_submit(client, spec)
+        else:
+            job = self._submit_with_retries(client, spec, rng)
+        if job is not None and rng.random() < WAIT_SHARE:
+            self._wait_now(client, job)
+
+    def _run(self, client: Client, spec: Spec) -> None:
+        """Submit-and-wait in one call: no job id to record, so judge the answer now."""
+        self.ledger.count("run_requests")
+        try:
+            answer: Any = client.run(spec.statistic, **spec.params)
+        except JobFailed as exc:
+            self.ledger.count("run:" + _judge_error(str(exc), spec))
+        except (JobTimeout, BrokerUnavailable):
+            self.ledger.count("run:unfinished")
+        else:
+            self.ledger.count("run:" + _judge_answer(answer, spec))
+
+    def _public_submit(self, client: Client, spec: Spec) -> str | None:
+        try:
+            job = client.submit(spec.statistic, **spec.params)
+        except BrokerUnavailable:
+            self.ledger.count("unconfirmed")  # may or may not have become a job
+            return None
+        self.ledger.record(uuid.uuid4().hex, job, spec)
+        return job
+
+    def _submit_with_retries(self, client: Client, spec: Spec, rng: random.Random) -> str | None:
+        request = uuid.uuid4().hex
+        job = _submit_until_answered(client, request, spec, self.ledger)
+        if job is not None:
+            self.ledger.record(request, job, spec)
+            if rng.random() < RESUBMIT_SHARE:
+                again = _submit_until_answered(client, request, spec, self.ledger)
+                if again is not None:
+                    self.ledger.record(request, again, spec)
+        return job
+
+    def _wait_now(self, client: Client, job: str) -> None:
+        try:
+            client.wait(job, timeout=WAIT_TIMEOUT_S)
+        except JobFailed:
+            pass  # judged at the end, like every other job
+        except (JobTimeout, LssError, ConnectionError):
+            self.ledger.count("waits_failed")
+            return
+        self.ledger.count("waits_ok")
+
+    # --- chaos ----------------------------------------------------------------------
+
+    def _chaos(self, deadline: float) -> None:
+        low, high = self.cfg.kill_every_s
+        while time.monotonic() < deadline:
+            if self.stop.wait(min(self.rng.uniform(low, high), deadline - time.monotonic())):
+                return
+            if time.monotonic() >= deadline:
+                return
+            kills = len(self.times.worker_kills) + len(self.times.broker_serving)
+            if kills == 1 or (kills > 1 and self.rng.random() < self.cfg.broker_share):
+                self._kill_broker()  # the first kill is a worker, the second the broker
+            else:
+                self._kill_worker()
+
+    def _kill_worker(self) -> None:
+        live = [w for w in self.svc.workers if w.poll() is None]
+        victim = self.rng.choice(live)
+        self.times.worker_kills.append((time.time(), victim.pid))
+        victim.kill()
+        victim.wait()
+        self.svc.start_worker(diagnostics=True)
+
+    def _kill_broker(self) -> None:
+        killed = time.monotonic()
+        self.svc.kill_broker()
+        self.stop.wait(self.rng.uniform(0, self.cfg.max_broker_down_s))
+        restarted = time.monotonic()
+        self.svc.start_broker()
+        self.times.broker_restart.append(time.monotonic() - restarted)
+        self.times.broker_serving.append(time.monotonic() - killed)
+        live = len([w for w in self.svc.workers if w.poll() is None])
+        self.svc.wait_workers(live)
+        self.times.broker_recovered.append(time.monotonic() - killed)
+
+    # --- the verdict ----------------------------------------------------------------
+
+    def _verdict(self) -> dict[str, Any]:
+        with Client(self.svc.client_endpoint, timeout=WAIT_TIMEOUT_S) as client:
+            outcomes = _judge_all(client, self.ledger.specs, time.monotonic() + SETTLE_S)
+            listing = client.jobs()
+        counts = self.ledger.counts
+        outcomes.update({k[4:]: n for k, n in counts.items() if k.startswith("run:")})
+        requests = len(self.ledger.by_request) + counts["run_requests"]
+        extra_jobs = max(0, len(listing) - requests - counts["unconfirmed"])
+        seqs = sorted(m.job_seq(job) or 0 for job in listing)
+        kills = {"worker": len(self.times.worker_kills), "broker": len(self.times.broker_serving)}
+        return {
+            "submitted": requests,
+            "finished": outcomes.total() - outcomes["unfinished"],
+            "lost": outcomes["unfinished"] + outcomes["wrong"] + outcomes["gave_up"],
+            "duplicated": counts["duplicated"] + extra_jobs,
+            "outcomes": dict(outcomes),
+            "runs": counts["run_requests"],
+            "unconfirmed_submits": counts["unconfirmed"],
+            "submit_retries": counts["submit_retries"],
+            "broker_jobs": len(listing),
+            "ids_contiguous": seqs == list(range(1, len(seqs) + 1)),
+            "waits_during_chaos": {"ok": counts["waits_ok"], "failed": counts["waits_failed"]},
+            "kills": kills,
+            "detection_s": _summary(_detections(self.svc, self.times.worker_kills)),
+            "broker_serving_s": _summary(self.times.broker_serving),
+            "broker_restart_s": _summary(self.times.broker_restart),
+            "broker_recovered_s": _summary(self.times.broker_recovered),
+        }
+
+
+def _submit_until_answered(client: Client, request: str, spec: Spec, ledger: Ledger) -> str | None:
+    """Submit under `request` until the broker answers (the same id each time it is asked)."""
+    message = m.Submit(request, spec.statistic, spec.params)
+    deadline = time.monotonic() + WAIT_TIMEOUT_S + SETTLE_S
+    while time.monotonic() < deadline:
+        entry = client._transport.request(message)
+        try:
+            reply = entry.future.result(timeout=SUBMIT_TIMEOUT_S).message
+        except FutureTimeout:
+            client._transport.forget(entry)
+            ledger.count("submit_retries")
+            continue
+        if isinstance(reply, m.Submitted):
+            return reply.job_id
+        ledger.count(f"refused: {getattr(reply, 'reason', reply)}")
+        return None
+    ledger.count("unconfirmed")
+    return None
+
+
+def _judge_all(client: Client, specs: dict[str, Spec], deadline: float) -> Counter[str]:
+    """Wait for every job (pipelined) and compare its outcome with its spec."""
+    verdicts: Counter[str] = Counter()
+    jobs = list(specs)
+    for start in range(0, len(jobs), 500):
+        batch = [(job, client._transport.request(m.Wait(job))) for job in jobs[start : start + 500]]
+        for job, entry in batch:
+            try:
+                envelope = entry.future.result(timeout=max(0.1, deadline - time.monotonic()))
+            except FutureTimeout:
+                client._transport.forget(entry)
+                verdicts["unfinished"] += 1
+                continue
+            verdicts[_judge(envelope, specs[job])] += 1
+    return verdicts
+
+
+def _judge(envelope: m.Envelope, spec: Spec) -> str:
+    state = envelope.message
+    if not isinstance(state, m.JobState):
+        return "unfinished"  # "Invalid job_id" or "expired": the id was lost
+    if state.status == m.JobStatus.ERROR.value:
+        return _judge_error(state.reason or "", spec)
+    try:
+        answer = m.unpack(envelope.payload or b"")
+    except LssError:
+        return "wrong"
+    return _judge_answer(answer, spec)
+
+
+def _judge_error(reason: str, spec: Spec) -> str:
+    if spec.expected == ("error", reason):
+        return "error"
+    return "gave_up" if "was lost 3 times" in reason else "wrong"
+
+
+def _judge_answer(answer: Any, spec: Spec) -> str:
+    want_status, want = spec.expected
+    return "done" if want_status == "done" and _same(answer, want) else "wrong"
+
+
+def _same(got: Any, want: Any) -> bool:
+    """Answers equal up to TOLERANCE on floats (the contract's comparison)."""
+    if isinstance(want, dict):
+        return (
+            isinstance(got, dict)
+            and got.keys() == want.keys()
+            and all(_same(got[k], want[k]) for k in want)
+        )
+    return isinstance(got, int | float) and abs(got - want) <= TOLERANCE
+
+
+def _detections(svc: Service, kills: list[tuple[float, int]]) -> list[float]:
+    """Seconds from each worker SIGKILL to the broker's "lost" line for it (if any)."""
+    log = (svc.state_dir / "broker.stderr").read_text(errors="replace")
+    lost = [(_epoch(stamp), int(pid)) for stamp, pid in LOST_LINE.findall(log)]
+    found = []
+    for killed_at, pid in kills:
+        times = [t for t, p in lost if p == pid and t >= killed_at - 0.001]
+        if times:  # none when the broker restarted before it noticed
+            found.append(min(times) - killed_at)
+    return found
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+
+
+def _summary(values: list[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "min": round(min(values), 3),
+        "median": round(stats.median(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def build_menu(data: Path) -> list[Spec]:
+    """The jobs producers draw from, with answers computed here, independently."""
+    from workers.statistics import StatisticError, Statistics
+
+    statistics = Statistics.from_csv(data)
+    questions = statistics.questions[:3]
+    known = list(statistics.compute("states_mean", {"question": questions[0]}))[:3]
+    states: list[str | None] = [*known, "Atlantis"]
+    per_state = ("state_mean", "state_diff_from_mean", "state_mean_by_category")
+    menu = []
+    for question, name in ((q, n) for q in questions for n in Statistics.names):
+        for params in _params(question, states if name in per_state else [None]):
+            try:
+                expected: tuple[str, Any] = ("done", statistics.compute(name, params))
+            except StatisticError as exc:
+                expected = ("error", str(exc))
+            menu.append(Spec(name, params, expected))
+    sleeps = [Spec("_sleep", {"seconds": s}, ("done", {"slept_s": s})) for s in (0.05, 0.1, 0.3)]
+    return menu + sleeps
+
+
+def _params(question: str, states: list[str | None]) -> Iterator[dict[str, Any]]:
+    for state in states:
+        yield {"question": question} if state is None else {"question": question, "state": state}
+
+
+def print_report(report: dict[str, Any], cfg: SoakConfig, out: Callable[[str], None]) -> None:
+    shape = f"{cfg.workers} workers, {cfg.producers} producers, seed {cfg.seed}"
+    out(f"soak: {cfg.minutes:g} min, {shape}")
+    for key in ("submitted", "finished", "lost", "duplicated"):
+        out(f"  {key:<11} {report[key]}")
+    out(f"  kills       {report['kills']}")
+    out(f"  detection   worker SIGKILL -> broker 'lost' line: {report['detection_s']}")
+    out(f"  recovery    broker SIGKILL -> serving: {report['broker_serving_s']}")
+    out(f"              (of which restart -> serving: {report['broker_restart_s']})")
+    out(f"              broker SIGKILL -> all workers back: {report['broker_recovered_s']}")
+    out("SOAK_RESULT " + json.dumps(report, sort_keys=True))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.soak", description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=1.0, help="length of the chaos (default 1)")
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--producers", type=int, default=4)
+    p.add_argument("--rate", type=float, default=25.0, help="jobs per second per producer")
+    p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    p.add_argument("--data", type=Path, help="CSV file (default: a generated stand-in)")
+    p.add_argument("--state-dir", type=Path, help="kept afterwards (default: a temp dir)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    state = args.state_dir or Path(tempfile.mkdtemp(prefix="lss-soak-"))
+    state.mkdir(parents=True, exist_ok=True)
+    cfg = SoakConfig(
+        minutes=args.minutes, workers=args.workers, producers=args.producers,
+        rate_per_producer=args.rate, seed=args.seed, data=args.data,
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, _interrupt)
+    logging.basicConfig(filename=state / "soak.log", level=logging.INFO, format=FORMAT)
+    data = cfg.data or _standin(state)
+    service = Service(state / "service", data)
+    try:
+        report = Soak(cfg, service, build_menu(data)).run()
+    finally:
+        service.stop()
+    print_report(report, cfg, print)
+    ok = report["lost"] == 0 and report["duplicated"] == 0
+    if ok and args.state_dir is None:
+        shutil.rmtree(state, ignore_errors=True)
+    elif not ok:
+        print(f"logs kept in {state}", file=sys.stderr)
+    return config.EXIT_OK if ok else config.EXIT_FAILURE
+
+
+def _standin(state: Path) -> Path:
+    from workers.standin import generate
+
+    path = state / "standin.csv"
+    generate(path, rows=18_000)
+    return path
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)  # runs the `finally` that stops all
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Fault injection on real processes: SIGKILL and SIGSTOP workers, SIGKILL the broker.
+
+Each test breaks something on purpose and checks the promise of issue 3: a job whose id
+was returned finishes with its answer, once; ids are never reused; detection is quick.
+Jobs that take time are the diagnostic `_sleep`/`_crash` statistics (workers started with
+--diagnostics). Times are read from the broker's log lines (UTC, millisecond stamps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from clients import Client
+from protocol import messages as m
+from protocol.errors import JobFailed, RequestRefused
+from tests.procs import ROOT, Service, stop_process, wait_until
+
+pytestmark = pytest.mark.integration
+
+OBESITY = "Percent of adults aged 18 years and older who have obesity"
+DETECTION_LIMIT_S = 3.0  # issue 3: a SIGKILLed worker is detected within 3 s by default
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ", re.MULTILINE)
+REAL_JOBS: list[tuple[str, dict[str, Any]]] = [
+    ("global_mean", {"question": OBESITY}),
+    ("best5", {"question": OBESITY}),
+    ("worst5", {"question": OBESITY}),
+    ("states_mean", {"question": OBESITY}),
+    ("state_mean", {"question": OBESITY, "state": "Ohio"}),
+    ("state_diff_from_mean", {"question": OBESITY, "state": "Texas"}),
+    ("mean_by_category", {"question": OBESITY}),
+    ("state_mean_by_category", {"question": OBESITY, "state": "Ohio"}),
+    ("state_mean", {"question": OBESITY, "state": "Atlantis"}),  # ends as an error
+]
+
+
+# --- log reading ------------------------------------------------------------------
+
+
+def log_text(svc: Service, name: str = "broker") -> str:
+    path = svc.state_dir / f"{name}.stderr"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def stamped(svc: Service, pattern: str, name: str = "broker") -> list[tuple[float, str]]:
+    """(epoch seconds, line) of every log line of `name` that matches `pattern`."""
+    found = []
+    for line in log_text(svc, name).splitlines():
+        stamp = STAMP.match(line)
+        if stamp and re.search(pattern, line):
+            when = datetime.strptime(stamp.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+            found.append((when.timestamp(), line))
+    return found
+
+
+def wait_log(svc: Service, pattern: str, after_s: float, timeout_s: float = 20.0) -> float:
+    """The time of the first line matching `pattern` logged at or after `after_s`."""
+
+    def logged() -> float | None:
+        times = [t for t, _ in stamped(svc, pattern) if t >= after_s - 0.001]
+        return min(times) if times else None
+
+    return wait_until(logged, timeout_s, f"a broker log line matching {pattern!r}")
+
+
+def holder(client: Client) -> dict[str, Any]:
+    """The registered worker that holds a job (waits until one does)."""
+
+    def busy() -> dict[str, Any] | None:
+        return next((w for w in client.stats()["workers"] if w["in_flight"]), None)
+
+    return wait_until(busy, 10, "a worker holding a job")
+
+
+def no_handler_crash(svc: Service) -> None:
+    text = log_text(svc)
+    assert "Traceback" not in text, text[text.index("Traceback") - 500 :][:3000]
+
+
+# --- workers die or hang ------------------------------------------------------------
+
+
+def test_sigkilled_worker_is_detected_within_3_s_and_its_job_done_elsewhere(
+    service_factory: Callable[..., Service],
+) -> None:
+    svc = service_factory(log_level="DEBUG")
+    svc.start_workers(2, diagnostics=True)
+    with svc.client(timeout=20) as client:
+        job = client.submit("_sleep", seconds=1.5)
+        victim = holder(client)
+        killed_at = time.time()
+        os.kill(victim["pid"], signal.SIGKILL)
+        lost_at = wait_log(svc, f"worker {re.escape(victim['id'])} lost: heartbeat lost", killed_at)
+        answer = client.wait(job, timeout=20)
+        done_after_s = time.time() - killed_at
+    detection_s = lost_at - killed_at
+    print(
+        f"SIGKILLed worker: detected after {detection_s:.2f} s, job done after {done_after_s:.2f} s"
+    )
+    assert detection_s < DETECTION_LIMIT_S
+    assert answer == {"slept_s": 1.5}
+    redispatch = stamped(svc, rf"{job} dispatched to ")
+    assert len(redispatch) == 2 and victim["id"] not in redispatch[1][1], redispatch
+    no_handler_crash(svc)
+
+
+def test_sigstopped_worker_is_dropped_and_its_late_answer_ignored(
+    service_factory: Callable[..., Service],
+) -> None:
+    svc = service_factory(log_level="DEBUG")
+    svc.start_workers(2, diagnostics=True)
+    with svc.client(timeout=20) as client:
+        job = client.submit("_sleep", seconds=1.0)
+        victim = holder(client)
+        stopped_at = time.time()
+        os.kill(victim["pid"], signal.SIGSTOP)
+        lost_at = wait_log(
+            svc, f"worker {re.escape(victim['id'])} lost: heartbeat lost", stopped_at
+        )
+        assert client.wait(job, timeout=20) == {"slept_s": 1.0}
+        os.kill(victim["pid"], signal.SIGCONT)
+        workers = svc.wait_workers(2)  # the hung worker comes back under a new identity
+        assert victim["pid"] in {w["pid"] for w in workers}
+        assert victim["id"] not in {w["id"] for w in workers}
+        assert client.get(job) == {"status": "done", "data": {"slept_s": 1.0}}
+        assert client.jobs() == {job: "done"}
+    print(f"SIGSTOPped worker: detected after {lost_at - stopped_at:.2f} s")
+    assert lost_at - stopped_at < DETECTION_LIMIT_S
+    no_handler_crash(svc)
+
+
+def test_a_job_past_its_lease_is_requeued_and_the_late_answer_ignored(
+    service_factory: Callable[..., Service],
+) -> None:
+    """The first worker heartbeats but holds job B past its 3 s lease (it sleeps 5 s there,
+    and not at all elsewhere, so the stored answer tells which worker gave it)."""
+    svc = service_factory(job_timeout_s=3, log_level="DEBUG")
+    slow = svc.start_workers(1, diagnostics=True, credit=1)[0]
+    with svc.client(timeout=20) as client:
+        job_b = client.submit("_sleep", seconds=5.0, only_pid=slow.pid)
+        wait_until(lambda: holder(client)["in_flight"] == 1, 10, "the job on the first worker")
+        first = holder(client)
+        svc.start_workers(1, diagnostics=True)
+        assert client.wait(job_b, timeout=20) == {"slept_s": 0.0}
+        lost_at = wait_log(
+            svc, f"worker {re.escape(first['id'])} lost: job lease of 3 s ran out", 0
+        )
+        ignored_at = wait_log(svc, f"ignored a result for b'{job_b}' from worker", lost_at)
+        assert client.jobs() == {job_b: "done"}
+    dispatches = [line for _, line in stamped(svc, rf"{job_b} dispatched to ")]
+    assert len(dispatches) == 2, dispatches
+    assert first["id"] in dispatches[0] and f":{slow.pid}:" not in dispatches[1], dispatches
+    assert ignored_at > lost_at
+    no_handler_crash(svc)
+
+
+@pytest.fixture
+def supervised(service_factory: Callable[..., Service]) -> Iterator[Service]:
+    """A broker and `python -m workers -n 2 --diagnostics` (restarts crashed workers).
+
+    The supervisor runs in its own process group, killed as a whole at teardown.
+    """
+    svc = service_factory()
+    log = (svc.state_dir / "supervisor.stderr").open("ab")
+    argv = [
+        sys.executable, "-m", "workers", "-n", "2", "--diagnostics",
+        f"--connect={svc.worker_endpoint}", f"--data={svc.data}", f"--state-dir={svc.state_dir}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=svc.env, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        svc.wait_workers(2)
+        yield svc
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group outlives a dead leader
+            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process(proc, signal.SIGKILL)
+        log.close()
+
+
+def test_a_poison_job_ends_as_an_error_after_3_worker_deaths(supervised: Service) -> None:
+    svc = supervised
+    with svc.client(timeout=20) as client:
+        submitted_at = time.time()
+        job = client.submit("_crash")
+        with pytest.raises(JobFailed, match="lost 3 times") as failure:
+            client.wait(job, timeout=60)
+        failed_after_s = time.time() - submitted_at
+        svc.wait_workers(2)  # the supervisor restarted the dead workers
+        assert client.global_mean(OBESITY)["global_mean"] > 0
+        assert client.jobs()[job] == "error"
+    assert len(stamped(svc, "lost: heartbeat lost")) == 3
+    assert "heartbeat lost" in str(failure.value)
+    print(f"poison job: ended as an error {failed_after_s:.1f} s after its submit")
+    no_handler_crash(svc)
+
+
+# --- the broker dies ------------------------------------------------------------------
+
+
+def test_a_worker_that_loses_the_broker_reconnects_with_backoff(
+    service_factory: Callable[..., Service],
+) -> None:
+    svc = service_factory()
+    worker = svc.start_workers(1)[0]
+    first = svc.wait_workers(1)[0]
+    killed_at = time.time()
+    svc.kill_broker()
+
+    def backoffs() -> list[float] | None:
+        lines = stamped(svc, "broker silent .* reconnecting in", name="worker-1")
+        delays = [float(line.rsplit(" in ", 1)[1].split()[0]) for t, line in lines if t > killed_at]
+        return delays if len(delays) >= 2 else None
+
+    delays = wait_until(backoffs, 30, "two reconnection attempts")
+    assert delays[0] < delays[1], delays
+    svc.start_broker()
+    again = svc.wait_workers(1)[0]
+    assert again["pid"] == worker.pid and again["id"] != first["id"]
+    with svc.client() as client:
+        assert client.global_mean(OBESITY)["global_mean"] > 0
+
+
+def test_broker_sigkill_and_restart_loses_nothing_and_reuses_no_id(
+    service_factory: Callable[..., Service],
+) -> None:
+    svc = service_factory()
+    svc.start_workers(2, diagnostics=True)
+    with svc.client(timeout=30) as client, svc.client(timeout=60) as waiter_client:
+        before = [client.submit(stat, **params) for stat, params in REAL_JOBS]
+        reference = [_outcome(client, job) for job in before]
+        sleepers = [client.submit("_sleep", seconds=1.0) for _ in range(4)]
+        again = [client.submit(stat, **params) for stat, params in REAL_JOBS]
+        waiter_client.ping()
+        waited = _in_thread(lambda: waiter_client.wait(sleepers[-1], timeout=60))
+        holder(client)
+        killed_at = time.monotonic()
+        svc.kill_broker()
+        during = _in_thread(lambda: waiter_client.submit("global_mean", question=OBESITY))
+        svc.start_broker()
+        serving_s = time.monotonic() - killed_at
+        assert waited.result(timeout_s=60) == {"slept_s": 1.0}
+        resumed_s = time.monotonic() - killed_at
+        outage_job = during.result(timeout_s=60)
+        issued = [*before, *sleepers, *again, outage_job]
+        outcomes = [_outcome(client, job) for job in issued]
+        after = client.submit("global_mean", question=OBESITY)
+        listing = client.jobs()
+    print(f"broker SIGKILL: serving again after {serving_s:.2f} s; a waiting client resumed")
+    print(f"  after {resumed_s:.2f} s")
+    assert outcomes[: len(before)] == reference
+    assert outcomes[len(before) : len(before) + 4] == [("done", {"slept_s": 1.0})] * 4
+    assert outcomes[len(before) + 4 : -1] == reference
+    assert outcomes[-1] == reference[0]
+    seqs = [_seq(job) for job in issued]
+    assert sorted(seqs) == list(range(1, len(issued) + 1)), "an id was reused or skipped"
+    assert _seq(after) == len(issued) + 1
+    assert list(listing) == [m.job_id(n) for n in range(1, len(issued) + 2)]
+
+
+def test_the_same_request_id_gets_the_same_job_also_across_a_restart(
+    service_factory: Callable[..., Service],
+) -> None:
+    svc = service_factory(max_queue=3)  # no workers: every job stays queued
+    with svc.client() as client:
+        first = _submit_as(client, "request-1")
+        assert _submit_as(client, "request-1") == first
+        second = _submit_as(client, "request-2")
+        assert _seq(second) == _seq(first) + 1
+        svc.kill_broker()
+        svc.start_broker()
+        assert _submit_as(client, "request-1") == first
+        assert _submit_as(client, "request-2") == second
+        third = _submit_as(client, "request-3")
+        assert _seq(third) == _seq(second) + 1
+        assert _submit_as(client, "request-2") == second  # the queue is full: still the same
+        with pytest.raises(RequestRefused, match="queue full"):
+            _submit_as(client, "request-4")
+        svc.start_workers(1)
+        assert client.wait(first, timeout=20)["global_mean"] > 0
+        assert client.jobs() == {first: "done", second: "done", third: "done"}
+
+
+# --- bounded memory -------------------------------------------------------------------
+
+
+def test_a_full_queue_refuses_submits(service_factory: Callable[..., Service]) -> None:
+    svc = service_factory(max_queue=5)
+    with svc.client() as client:
+        accepted = [client.submit("global_mean", question=OBESITY) for _ in range(5)]
+        with pytest.raises(RequestRefused, match="queue full") as refusal:
+            client.submit("global_mean", question=OBESITY)
+        assert refusal.value.code == m.ErrorCode.QUEUE_FULL
+        assert client.num_jobs() == 5
+        svc.start_workers(1)
+        for job in accepted:
+            assert client.wait(job, timeout=20)["global_mean"] > 0
+        assert client.submit("global_mean", question=OBESITY) == m.job_id(6)
+
+
+def test_an_expired_result_answers_expired_not_invalid(
+    service_factory: Callable[..., Service],
+) -> None:
+    svc = service_factory(result_ttl_s=1)
+    svc.start_workers(1)
+    with svc.client() as client:
+        job = client.submit("global_mean", question=OBESITY)
+        assert client.wait(job, timeout=20)["global_mean"] > 0
+        expired = {"status": "error", "reason": "expired"}
+        wait_until(lambda: client.get(job) == expired, 10, "the result to expire")
+        assert client.get("job_id_2") == {"status": "error", "reason": "Invalid job_id"}
+        assert client.submit("global_mean", question=OBESITY) == "job_id_2"
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+class _Result:
+    """The outcome of a call run on a thread, collected with a deadline."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def result(self, timeout_s: float) -> Any:
+        assert self.done.wait(timeout_s), f"no result within {timeout_s:g} s"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _in_thread(call: Callable[[], Any]) -> _Result:
+    outcome = _Result()
+
+    def run() -> None:
+        try:
+            outcome.value = call()
+        except BaseException as exc:  # handed to the test thread
+            outcome.error = exc
+        finally:
+            outcome.done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return outcome
+
+
+def _outcome(client: Client, job: str) -> tuple[str, Any]:
+    try:
+        return "done", client.wait(job, timeout=30)
+    except JobFailed as exc:
+        return "error", str(exc)
+
+
+def _seq(job: str) -> int:
+    number = m.job_seq(job)
+    assert number is not None, job
+    return number
+
+
+def _submit_as(client: Client, request_id: str) -> str:
+    """Submit with a chosen request id (what the Client does on a retry)."""
+    message = m.Submit(request_id, "global_mean", {"question": OBESITY})
+    entry = client._transport.request(message)
+    reply = entry.future.result(timeout=10).message
+    if isinstance(reply, m.ErrorReply):
+        raise RequestRefused(reply.code, reply.reason)
+    assert isinstance(reply, m.Submitted), reply
+    return reply.job_id
