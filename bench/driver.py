@@ -24,24 +24,15 @@ from typing import Any, Protocol
 
 from bench import procstat
 from bench.service import Processes, Target
+from protocol.messages import STATE_STATISTICS, STATISTICS
 from workers.standin import LOCATIONS, QUESTIONS
 
 Job = tuple[str, dict[str, Any]]
 
 SMALL_MIX = ("state_mean", "state_diff_from_mean", "global_mean", "best5", "worst5")
-FULL_MIX = (
-    "states_mean",
-    "state_mean",
-    "best5",
-    "worst5",
-    "global_mean",
-    "diff_from_mean",
-    "state_diff_from_mean",
-    "mean_by_category",
-    "state_mean_by_category",
-)
+FULL_MIX = STATISTICS
 MIXES = {"small": SMALL_MIX, "full": FULL_MIX}
-PER_STATE = frozenset({"state_mean", "state_diff_from_mean", "state_mean_by_category"})
+PER_STATE = STATE_STATISTICS
 QUESTION_TEXTS = tuple(question[-1] for question in QUESTIONS)
 STATE_NAMES = tuple(location[1] for location in LOCATIONS)
 READY_TIMEOUT_S = 120.0

@@ -28,13 +28,13 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
-from clients.client import answer_of, default_security, expect, final_answer, submit_message
+from clients.client import default_security, expect, final_answer, job_state, submit_message
 from clients.transport import HEARTBEAT_TAG, Security
 from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import BrokerUnavailable, JobTimeout, ProtocolError, RequestRefused
-from protocol.messages import ErrorCode, JobStatus
+from protocol.messages import JobStatus
 
 log = logging.getLogger("lss.client.aio")
 
@@ -118,7 +118,7 @@ class AsyncClient:
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
-        return _job_state(await self._call_envelope(m.Get(job_id)))
+        return job_state(await self._call_envelope(m.Get(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
@@ -142,7 +142,7 @@ class AsyncClient:
         envelope = await self._result(entry, statistic, timeout)
         if isinstance(envelope.message, m.ErrorReply):
             return {"status": JobStatus.ERROR.value, "reason": envelope.message.reason}
-        return _job_state(envelope)
+        return job_state(envelope)
 
     async def map(self, jobs: Jobs, window: int = 64) -> AsyncIterator[Answer]:
         """Answers to `(statistic, params)` jobs in input order, up to `window` in flight.
@@ -362,21 +362,6 @@ class AsyncClient:
             if not entry.future.done():
                 entry.future.set_exception(BrokerUnavailable(reason))
                 entry.future.exception()  # mark retrieved: nobody may be awaiting it any more
-
-
-def _job_state(envelope: m.Envelope) -> dict[str, Any]:
-    """A GET reply as {"status": ..., "data" | "reason": ...}, like `Client.get`."""
-    msg = envelope.message
-    if isinstance(msg, m.ErrorReply):
-        if msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
-            return {"status": JobStatus.ERROR.value, "reason": msg.reason}
-        raise RequestRefused(msg.code, msg.reason)
-    state = expect(msg, m.JobState)
-    if state.status == JobStatus.DONE.value:
-        return {"status": state.status, "data": answer_of(envelope)}
-    if state.status == JobStatus.ERROR.value:
-        return {"status": state.status, "reason": state.reason or "failed"}
-    return {"status": state.status}
 
 
 async def _aiter(jobs: Jobs) -> AsyncIterator[tuple[str, dict[str, Any]]]:

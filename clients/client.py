@@ -78,18 +78,7 @@ class Client:
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
-        envelope = self._call_envelope(m.Get(job_id))
-        msg = envelope.message
-        if isinstance(msg, m.ErrorReply):
-            if msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
-                return {"status": JobStatus.ERROR.value, "reason": msg.reason}
-            raise RequestRefused(msg.code, msg.reason)
-        state = expect(msg, m.JobState)
-        if state.status == JobStatus.DONE.value:
-            return {"status": state.status, "data": answer_of(envelope)}
-        if state.status == JobStatus.ERROR.value:
-            return {"status": state.status, "reason": state.reason or "failed"}
-        return {"status": state.status}
+        return job_state(self._call_envelope(m.Get(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
@@ -211,6 +200,21 @@ def expect(message: m.Message, kind: type[m.M]) -> m.M:
     if not isinstance(message, kind):
         raise ProtocolError(f"expected {kind.__name__}, got {type(message).__name__}")
     return message
+
+
+def job_state(envelope: m.Envelope) -> dict[str, Any]:
+    """A GET reply as the original service's {"status": ..., "data" | "reason": ...}."""
+    msg = envelope.message
+    if isinstance(msg, m.ErrorReply):
+        if msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
+            return {"status": JobStatus.ERROR.value, "reason": msg.reason}
+        raise RequestRefused(msg.code, msg.reason)
+    state = expect(msg, m.JobState)
+    if state.status == JobStatus.DONE.value:
+        return {"status": state.status, "data": answer_of(envelope)}
+    if state.status == JobStatus.ERROR.value:
+        return {"status": state.status, "reason": state.reason or "failed"}
+    return {"status": state.status}
 
 
 def answer_of(envelope: m.Envelope) -> Answer:
