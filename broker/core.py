@@ -73,9 +73,12 @@ class BrokerCore:
         self._queue: deque[int] = deque()
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
         self._waiters: dict[int, set[tuple[bytes, bytes]]] = {}
+        self._retried: set[int] = set()  # unfinished jobs whose worker was lost
         for record in store.unfinished():
             self._queue.append(record.seq)
             self._requests[record.seq] = record.request
+            if record.attempts:
+                self._retried.add(record.seq)
         if self._queue:
             log.info("recovered %d unfinished job(s) from the store", len(self._queue))
 
@@ -240,6 +243,7 @@ class BrokerCore:
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self.store.finish(seq, outcome, now_s)
         del self._requests[seq]
+        self._retried.discard(seq)
         self.rates.count(outcome.status.value, now_s)
         text = job_id(seq)
         log.debug(
@@ -258,6 +262,8 @@ class BrokerCore:
                 self._finish(seq, Outcome(JobStatus.ERROR, reason=reason), now_s)
             else:
                 self._queue.appendleft(seq)
+                if lost:
+                    self._retried.add(seq)
 
     def lose_worker(self, identity: bytes, why: str, now_s: float) -> None:
         """Drop a dead or hung worker and re-queue what it held."""
@@ -289,10 +295,15 @@ class BrokerCore:
     def dispatch(self, now_s: float) -> None:
         """Give queued jobs to free workers, least recently used first."""
         while self._queue and self.pool.has_free():
-            seq = self._queue.popleft()
+            seq = self._queue[0]
             if seq not in self._requests:
-                continue  # finished while queued (a poison job failed)
-            worker = self.pool.assign(seq, now_s, self.settings.job_timeout_s)
+                self._queue.popleft()  # finished while queued (a poison job failed)
+                continue
+            alone = seq in self._retried
+            worker = self.pool.assign(seq, now_s, self.settings.job_timeout_s, alone)
+            if worker is None:
+                return  # a retried job waits at the front for an idle worker
+            self._queue.popleft()
             worker.last_sent_s = now_s
             frames = m.frames_of(m.Command.JOB, job_id(seq).encode(), self._requests[seq])
             self.outbox.workers.append([worker.identity, *frames])

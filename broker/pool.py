@@ -29,6 +29,7 @@ class WorkerInfo:
     last_seen_s: float
     last_sent_s: float
     jobs: dict[int, float] = field(default_factory=dict)  # seq -> lease deadline
+    alone: bool = False  # running a retried job, which gets the worker to itself
 
     @property
     def name(self) -> str:
@@ -37,7 +38,7 @@ class WorkerInfo:
 
     @property
     def free_slots(self) -> int:
-        return self.credit - len(self.jobs)
+        return 0 if self.alone else self.credit - len(self.jobs)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -85,12 +86,18 @@ class WorkerPool:
     def has_free(self) -> bool:
         return bool(self._free)
 
-    def assign(self, seq: int, now_s: float, lease_s: float) -> WorkerInfo:
+    def assign(
+        self, seq: int, now_s: float, lease_s: float, alone: bool = False
+    ) -> WorkerInfo | None:
         """Give job `seq` to the least recently used worker with a free slot.
 
         A worker runs its jobs one after another, so a job queued behind others there
-        gets a lease for each of them too.
+        gets a lease for each of them too. An `alone` job (one whose worker died) goes
+        only to an idle worker and keeps it to itself, so that if it kills this worker
+        too no other job is blamed; None when no worker is idle.
         """
+        if alone:
+            return self._assign_alone(seq, now_s + lease_s)
         identity, _ = self._free.popitem(last=False)
         info = self._workers[identity]
         info.jobs[seq] = now_s + lease_s * (len(info.jobs) + 1)
@@ -98,11 +105,22 @@ class WorkerPool:
             self._free[identity] = None
         return info
 
+    def _assign_alone(self, seq: int, deadline_s: float) -> WorkerInfo | None:
+        idle = next((i for i in self._free if not self._workers[i].jobs), None)
+        if idle is None:
+            return None
+        del self._free[idle]
+        info = self._workers[idle]
+        info.jobs[seq] = deadline_s
+        info.alone = True
+        return info
+
     def release(self, identity: bytes, seq: int) -> bool:
         """Take job `seq` back from a worker; False if that worker did not hold it."""
         info = self._workers.get(identity)
         if info is None or info.jobs.pop(seq, None) is None:
             return False
+        info.alone = info.alone and bool(info.jobs)
         if identity not in self._free:
             self._free[identity] = None
         return True

@@ -150,6 +150,26 @@ def test_a_job_that_keeps_losing_workers_fails() -> None:
     assert "lost 3 times" in (state.reason or "")
 
 
+def test_a_retried_job_runs_alone_so_its_neighbours_are_not_blamed() -> None:
+    h = Harness()
+    h.worker(m.Ready(2, FP), b"w0")
+    h.submit(2)  # job 1 is the poison, job 2 an innocent neighbour on the same worker
+    h.sent()
+    h.core.lose_worker(b"w0", "died", h.now)
+    for n in (1, 2):  # the poison kills every worker that runs it, alone
+        h.worker(m.Ready(2, FP), f"w{n}".encode())
+        _, to_workers = h.sent()
+        assert h.jobs_to(to_workers) == [(f"w{n}".encode(), b"job_id_1")]
+        h.core.lose_worker(f"w{n}".encode(), "died", h.now)
+    h.worker(m.Ready(2, FP), b"w3")
+    _, to_workers = h.sent()
+    assert h.jobs_to(to_workers) == [(b"w3", b"job_id_2")]
+    h.result(b"w3", b"job_id_2")
+    poison, innocent = h.core.store.get(1), h.core.store.get(2)
+    assert poison is not None and poison.status is m.JobStatus.ERROR
+    assert innocent is not None and innocent.status is m.JobStatus.DONE
+
+
 def test_lease_expiry_requeues_and_the_late_answer_is_ignored() -> None:
     h = Harness()
     h.worker(m.Ready(1, FP), b"slow")
