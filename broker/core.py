@@ -23,6 +23,11 @@ from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
 
+# A job whose worker was lost this often runs alone on an idle worker from then on, so
+# that a job killing workers cannot take its neighbours to the poison limit with it.
+# After a single loss it goes back to any free worker: a lost host must fail over fast.
+ALONE_AFTER_LOSSES = 2
+
 
 @dataclass(frozen=True)
 class CoreSettings:
@@ -73,11 +78,11 @@ class BrokerCore:
         self._queue: deque[int] = deque()
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
         self._waiters: dict[int, set[tuple[bytes, bytes]]] = {}
-        self._retried: set[int] = set()  # unfinished jobs whose worker was lost
+        self._retried: set[int] = set()  # unfinished jobs that must run alone
         for record in store.unfinished():
             self._queue.append(record.seq)
             self._requests[record.seq] = record.request
-            if record.attempts:
+            if record.attempts >= ALONE_AFTER_LOSSES:
                 self._retried.add(record.seq)
         if self._queue:
             log.info("recovered %d unfinished job(s) from the store", len(self._queue))
@@ -262,7 +267,7 @@ class BrokerCore:
                 self._finish(seq, Outcome(JobStatus.ERROR, reason=reason), now_s)
             else:
                 self._queue.appendleft(seq)
-                if lost:
+                if attempts >= ALONE_AFTER_LOSSES:
                     self._retried.add(seq)
 
     def lose_worker(self, identity: bytes, why: str, now_s: float) -> None:
