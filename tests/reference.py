@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from protocol.messages import STATE_STATISTICS
+
 MINIMISED = {
     "Percent of adults aged 18 years and older who have an overweight classification",
     "Percent of adults aged 18 years and older who have obesity",
@@ -106,6 +108,24 @@ def _means(pairs: Any) -> dict[str, float]:
         sums[key] += value
         counts[key] += 1
     return {key: sums[key] / counts[key] for key in sums}
+
+
+def close_enough(got: Any, want: Any, tolerance: float = 0.01) -> bool:
+    """Same keys (recursively) and numbers within `tolerance`."""
+    if isinstance(want, dict):
+        return (
+            isinstance(got, dict)
+            and set(got) == set(want)
+            and all(close_enough(got[k], want[k], tolerance) for k in want)
+        )
+    return isinstance(got, int | float) and math.isclose(got, want, abs_tol=tolerance)
+
+
+def params_for(statistic: str, question: str, state: str) -> dict[str, Any]:
+    """The parameters a statistic takes: the question, and the state if it is per-state."""
+    if statistic in STATE_STATISTICS:
+        return {"question": question, "state": state}
+    return {"question": question}
 
 
 def assert_close(actual: Any, expected: Any, path: str = "answer") -> None:

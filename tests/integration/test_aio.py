@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from clients.aio import AsyncClient
 from protocol.errors import BrokerUnavailable, JobFailed, RequestRefused, UnknownJob
 from protocol.messages import STATE_STATISTICS, STATISTICS
 from tests.procs import Service
+from tests.reference import close_enough, params_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,23 +19,6 @@ OBESITY = "Percent of adults aged 18 years and older who have obesity"
 EXERCISE = (
     "Percent of adults who engage in muscle-strengthening activities on 2 or more days a week"
 )
-
-
-def close_enough(got: Any, want: Any, tolerance: float = 0.01) -> bool:
-    """Same keys (recursively) and numbers within `tolerance`."""
-    if isinstance(want, dict):
-        return (
-            isinstance(got, dict)
-            and set(got) == set(want)
-            and all(close_enough(got[k], want[k], tolerance) for k in want)
-        )
-    return isinstance(got, int | float) and math.isclose(got, want, abs_tol=tolerance)
-
-
-def params_for(statistic: str, question: str, state: str) -> dict[str, Any]:
-    if statistic in STATE_STATISTICS:
-        return {"question": question, "state": state}
-    return {"question": question}
 
 
 def test_concurrent_coroutines_match_the_sync_client(service: Service) -> None:

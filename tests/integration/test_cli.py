@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 import socket
 import struct
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.procs import ROOT, Service
+from tests.reference import close_enough
 
 pytestmark = pytest.mark.integration
 
@@ -59,16 +58,6 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lss: error: "), result.stderr
     return lines[0]
-
-
-def close_enough(got: Any, want: Any, tolerance: float = 0.01) -> bool:
-    if isinstance(want, dict):
-        return (
-            isinstance(got, dict)
-            and set(got) == set(want)
-            and all(close_enough(got[k], want[k], tolerance) for k in want)
-        )
-    return isinstance(got, int | float) and math.isclose(got, want, abs_tol=tolerance)
 
 
 def free_loopback_port() -> int:

@@ -7,7 +7,6 @@ few milliseconds until it is no longer running, and compare with the Python clie
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import urllib.error
@@ -18,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from protocol.messages import STATE_STATISTICS, STATISTICS
+from protocol.messages import STATISTICS
 from tests.procs import ROOT, Service, stop_process, wait_until
+from tests.reference import close_enough, params_for
 
 pytestmark = pytest.mark.integration
 
@@ -103,23 +103,6 @@ def gateway_for(tmp_path: Path) -> Iterator[Callable[..., Http]]:
     yield start
     for proc in started:
         stop_process(proc)
-
-
-def close_enough(got: Any, want: Any, tolerance: float = 0.01) -> bool:
-    """Same keys (recursively) and numbers within `tolerance`."""
-    if isinstance(want, dict):
-        return (
-            isinstance(got, dict)
-            and set(got) == set(want)
-            and all(close_enough(got[k], want[k], tolerance) for k in want)
-        )
-    return isinstance(got, int | float) and math.isclose(got, want, abs_tol=tolerance)
-
-
-def params_for(statistic: str, question: str, state: str) -> dict[str, Any]:
-    if statistic in STATE_STATISTICS:
-        return {"question": question, "state": state}
-    return {"question": question}
 
 
 def test_the_original_polling_pattern_for_every_statistic(
