@@ -82,13 +82,14 @@ class Reference:
 
     def answer(self, statistic: str, question: str, state: str | None = None) -> dict[str, Any]:
         """The contract's answer for a statistic (per-state ones take `state`)."""
+        where = str(state)
         if statistic == "state_mean":
-            return {state: self.states_mean(question)[str(state)]}
+            return {where: self.states_mean(question)[where]}
         if statistic == "state_diff_from_mean":
-            return {state: self.diff_from_mean(question)[str(state)]}
+            return {where: self.diff_from_mean(question)[where]}
         if statistic == "state_mean_by_category":
-            rows = (r for r in self.rows[question] if r[0] == state)
-            return {state: _means((str((r[1], r[2])), r[3]) for r in rows)}
+            rows = (r for r in self.rows[question] if r[0] == where)
+            return {where: _means((str((r[1], r[2])), r[3]) for r in rows)}
         answer: dict[str, Any] = getattr(self, statistic)(question)
         return answer
 

@@ -17,15 +17,19 @@ HEADER = (
 )
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output clean."""
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
     (root / "good.csv").write_text(HEADER + "2015,2015,Ohio,Q,30.1,Total,Total\n")
     (root / "bad.csv").write_text("YearStart,LocationDesc\n2015,Ohio\n")
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler = partial(QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.RequestHandlerClass.log_message = lambda *args: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
