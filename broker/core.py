@@ -310,9 +310,10 @@ class BrokerCore:
                 return  # a retried job waits at the front for an idle worker
             self._queue.popleft()
             worker.last_sent_s = now_s
-            frames = m.frames_of(m.Command.JOB, job_id(seq).encode(), self._requests[seq])
+            text = job_id(seq)
+            frames = m.frames_of(m.Command.JOB, text.encode(), self._requests[seq])
             self.outbox.workers.append([worker.identity, *frames])
-            log.debug("%s dispatched to %s", job_id(seq), worker.name)
+            log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
 
     def tick(self, now_s: float) -> None:
         """Heartbeats, lost and hung workers, expired results."""

@@ -31,6 +31,9 @@ class WorkerInfo:
     jobs: dict[int, float] = field(default_factory=dict)  # seq -> lease deadline
     alone: bool = False  # running a retried job, which gets the worker to itself
 
+    def __str__(self) -> str:
+        return self.name
+
     @property
     def name(self) -> str:
         """The identity as text (workers name themselves host:pid:n)."""

@@ -43,7 +43,6 @@ class Pending:
     tag: bytes
     frames: list[bytes]
     future: Future[m.Envelope]
-    sent_at: float = 0.0
 
 
 @dataclass
@@ -165,10 +164,8 @@ class Transport:
             tags = list(self._shared.outgoing)
             self._shared.outgoing.clear()
             entries = [self._shared.pending.get(tag) for tag in tags]
-        now = time.monotonic()
         for entry in entries:
             if entry is not None:
-                entry.sent_at = now
                 self._send(self._sock, entry.frames)
 
     def _receive(self) -> None:

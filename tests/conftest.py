@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import Service
+from tests.procs import Service, running
 from workers.standin import generate
 
 STANDIN_ROWS = 18_000
@@ -56,13 +56,8 @@ def shared_service(
     tmp_path_factory: pytest.TempPathFactory, standin_csv: Path
 ) -> Iterator[Service]:
     """Like `service`, but one per test module: for tests that only read and submit."""
-    svc = Service(tmp_path_factory.mktemp("shared") / "state", standin_csv)
-    try:
-        svc.start_broker()
-        svc.start_workers(2)
+    with running(tmp_path_factory.mktemp("shared") / "state", standin_csv) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,6 +135,20 @@ class Service:
         return "\n".join(
             p.read_text(errors="replace") for p in sorted(self.state_dir.glob("*.stderr"))
         )
+
+
+@contextlib.contextmanager
+def running(
+    state_dir: Path, data: Path, workers: int = 2, **broker_flags: Any
+) -> Iterator[Service]:
+    """A started broker with `workers` registered workers; stopped on leaving, whatever happens."""
+    svc = Service(state_dir, data, **broker_flags)
+    try:
+        svc.start_broker()
+        svc.start_workers(workers)
+        yield svc
+    finally:
+        svc.stop()
 
 
 def _flags(flags: dict[str, Any]) -> list[str]:

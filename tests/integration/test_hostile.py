@@ -22,7 +22,7 @@ import pytest
 import zmq
 
 from protocol import messages as m
-from tests.procs import Service, wait_until
+from tests.procs import Service, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -92,15 +92,9 @@ def peers() -> Iterator[Callable[[int, str], RawPeer]]:
 def capped(tmp_path_factory: pytest.TempPathFactory, standin_csv: Path) -> Iterator[Service]:
     """One broker with a small message cap and two real workers (no diagnostics), shared
     by this module's tests; stopped at the end of the module."""
-    svc = Service(
-        tmp_path_factory.mktemp("hostile"), standin_csv, max_message_bytes=MAX_MESSAGE_BYTES
-    )
-    try:
-        svc.start_broker()
-        svc.start_workers(2)
+    state = tmp_path_factory.mktemp("hostile")
+    with running(state, standin_csv, max_message_bytes=MAX_MESSAGE_BYTES) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def raw(command: int, body: Any, tag: bytes = b"t", proto: bytes = m.PROTOCOL_ID) -> list[bytes]:
