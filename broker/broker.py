@@ -1,8 +1,10 @@
 """The broker process: two ROUTER sockets, one poll loop, group commit, shutdown.
 
 Each loop turn drains both sockets (up to a batch), lets `BrokerCore` act on the
-messages, dispatches queued jobs, commits the store once, and only then sends what the
-turn produced. Malformed input is answered or logged and dropped; it never ends the loop.
+messages, dispatches queued jobs, sends the jobs, commits the store once, and only then
+answers clients, so no client hears of a job id before it is durable. Several messages
+for one peer in a turn travel as one BATCH. Malformed input is answered or logged and
+dropped; it never ends the loop.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.logs import Throttle
 from protocol.messages import Envelope
-from protocol.wire import send_frames
+from protocol.wire import send_frames, waiting
 
 log = logging.getLogger("lss.broker")
 
@@ -175,21 +177,32 @@ class Broker:
         on_error: Callable[[list[bytes], ProtocolError], None],
         now: float,
     ) -> None:
-        for _ in range(BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in waiting(sock, BATCH):
             try:
                 self._check_size(frames)
-                envelope = m.decode(frames, routed=True)
+                messages = m.messages_in(frames, routed=True)
             except ProtocolError as exc:
                 on_error(frames, exc)
                 continue
-            try:
-                handle(envelope, now)
-            except Exception:  # a bug must cost one message, never the broker
-                log.exception("failed to handle %s", type(envelope.message).__name__)
+            for message in messages:
+                self._handle(message, handle, on_error, now)
+
+    def _handle(
+        self,
+        frames: list[bytes],
+        handle: Callable[[Envelope, float], None],
+        on_error: Callable[[list[bytes], ProtocolError], None],
+        now: float,
+    ) -> None:
+        try:
+            envelope = m.decode(frames, routed=True)
+        except ProtocolError as exc:
+            on_error(frames, exc)
+            return
+        try:
+            handle(envelope, now)
+        except Exception:  # a bug must cost one message, never the broker
+            log.exception("failed to handle %s", type(envelope.message).__name__)
 
     def _check_size(self, frames: list[bytes]) -> None:
         size = sum(map(len, frames))
@@ -227,14 +240,21 @@ class Broker:
         return drained_at
 
     def _flush(self, now: float) -> None:
-        """Commit if a reply names a new job (or finished jobs waited long enough), then send."""
+        """Send jobs, commit, then answer clients, batching what goes to the same peer.
+
+        Jobs leave before the commit so that workers compute while SQLite writes: a
+        job lost with an uncommitted id was never acknowledged, so its client sends it
+        again (same request id), and its worker's result is refused by the next broker.
+        A reply that names a job waits for the commit.
+        """
+        clients, workers = self.core.outbox.take()
+        limit = self.core_settings.max_message_bytes
+        for frames in group_by_peer(workers, limit):
+            send_frames(self.backend, frames)
         if self.store.has_new_jobs() or now - self._last_commit >= COMMIT_FINISHED_EVERY_S:
             self.store.commit()
             self._last_commit = now
-        clients, workers = self.core.outbox.take()
-        for frames in workers:  # jobs first: their workers start while clients read
-            send_frames(self.backend, frames)
-        for frames in clients:
+        for frames in group_by_peer(clients, limit):
             send_frames(self.frontend, frames)
 
     def close(self) -> None:
@@ -244,3 +264,17 @@ class Broker:
         if self.curve:
             self.curve.stop()
         self.context.term()
+
+
+def group_by_peer(routed: list[list[bytes]], max_bytes: int) -> list[list[bytes]]:
+    """ROUTER frame lists, several messages to one peer grouped into BATCHes, in order."""
+    if len(routed) < 2:
+        return routed
+    by_peer: dict[bytes, list[list[bytes]]] = {}
+    for frames in routed:
+        by_peer.setdefault(frames[0], []).append(frames[1:])
+    return [
+        [identity, *frames]
+        for identity, messages in by_peer.items()
+        for frames in m.batches(messages, max_bytes)
+    ]

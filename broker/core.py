@@ -2,8 +2,8 @@
 
 `BrokerCore` takes decoded messages and the current time, updates the store and its
 in-memory state, and queues the frames to send in an `Outbox`. The socket loop
-(broker.broker) commits the store and only then sends the outbox, so that a job id
-or an answer never leaves the broker before it is durable.
+(broker.broker) commits the store before it sends the clients' part of the outbox, so
+that a job id or an answer never reaches a client before it is durable.
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ class BrokerCore:
             return
         if seq is None:
             seq = self._accept(msg, now_s)
-        if msg.notify:  # the final state is the only reply
+        if msg.notify and seq in self._requests:  # the final state will be the only reply
+            self._waiters.setdefault(seq, set()).add((identity, tag))
+        elif msg.notify:
             self._read(identity, tag, job_id(seq), wait=True)
         else:
             self._reply(identity, tag, m.Submitted(job_id(seq)))
@@ -249,12 +251,11 @@ class BrokerCore:
         self.store.finish(seq, outcome, now_s)
         del self._requests[seq]
         self._retried.discard(seq)
-        self.rates.count(outcome.status.value, now_s)
+        status = str(outcome.status)
+        self.rates.count(status, now_s)
         text = job_id(seq)
-        log.debug(
-            "%s %s%s", text, outcome.status.value, f": {outcome.reason}" if outcome.reason else ""
-        )
-        state = m.JobState(text, outcome.status.value, outcome.reason, outcome.fingerprint)
+        log.debug("%s %s%s", text, status, f": {outcome.reason}" if outcome.reason else "")
+        state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
         for identity, tag in self._waiters.pop(seq, ()):
             self._reply(identity, tag, state, outcome.answer)
 

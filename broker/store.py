@@ -158,6 +158,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
 """
+_RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
 _COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s, finished_s"
 )
@@ -197,7 +198,7 @@ class SqliteStore:
         try:
             cursor = self._db.execute(
                 "INSERT INTO jobs (request_id, request, status, created_s) VALUES (?, ?, ?, ?)",
-                (request_id, request, JobStatus.RUNNING.value, now_s),
+                (request_id, request, _RUNNING, now_s),
             )
         except sqlite3.IntegrityError:
             known = self.find_request(request_id)
@@ -243,7 +244,7 @@ class SqliteStore:
             "UPDATE jobs SET status = ?, answer = ?, reason = ?, fingerprint = ?, finished_s = ?"
             " WHERE seq = ?",
             [
-                (o.status.value, o.answer, o.reason, o.fingerprint, finished_s, seq)
+                (str(o.status), o.answer, o.reason, o.fingerprint, finished_s, seq)
                 for seq, (o, finished_s) in self._finished.items()
             ],
         )

@@ -302,11 +302,12 @@ class AsyncClient:
             frames = await sock.recv_multipart()
             self._last_heard = time.monotonic()
             try:
-                envelope = m.decode(frames)
+                envelopes = [m.decode(message) for message in m.messages_in(frames)]
             except ProtocolError as exc:
                 log.warning("malformed reply from the broker: %s", exc)
                 continue
-            await self._deliver(envelope)
+            for envelope in envelopes:
+                await self._deliver(envelope)
 
     async def _deliver(self, envelope: m.Envelope) -> None:
         msg = envelope.message

@@ -4,9 +4,10 @@ The shared I/O thread (clients.transport) is right for calls from many threads, 
 of its requests costs a future, a lock and two thread hand-offs. A pipeline is driven by
 one caller, so it keeps its own DEALER and does without them: it sends submit-and-wait
 requests up to the window, reads the final states as they come, and yields answers in
-input order. Like the transport, it pings a silent broker, resends everything in flight
-after a broker restart or a reconnect (the request ids make that safe), and gives up on
-a job only after the caller's timeout.
+input order. Jobs submitted while answers are at hand are sent together, as one BATCH,
+once no answer is at hand (or after MAX_HOLD_S at most). Like the transport, it pings
+a silent broker, resends everything in flight after a broker restart or a reconnect
+(the request ids make that safe), and gives up on a job only after the caller's timeout.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import JobTimeout, ProtocolError
-from protocol.wire import send_frames
+from protocol.wire import send_frames, waiting
 
 Job = tuple[str, dict[str, Any]]
+RECEIVE_BATCH = 1000  # messages read before the pipeline looks at its clock again
+MAX_HOLD_S = 0.001  # the longest a submitted job waits to be sent with others
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Pipeline:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self._open()
         self.in_flight: dict[bytes, InFlight] = {}
+        self.request_prefix = uuid.uuid4().hex + "-"  # + the tag: unique, and cheap per job
+        self.unsent: list[list[bytes]] = []
+        self.unsent_since = 0.0
         self.broker_id: str | None = None
         self.last_heard = self.last_ping = time.monotonic()
 
@@ -72,20 +78,35 @@ class Pipeline:
                 while len(order) - head >= window:
                     yield self._take(order[head])
                     head += 1
+                if head == len(order) or self.in_flight[order[head]].reply is None:
+                    self._send_unsent()  # before `jobs`, which may keep us waiting
             for tag in order[head:]:
                 yield self._take(tag)
         finally:
             self.sock.close(linger=0)
 
     def _send(self, tag: bytes, statistic: str, params: dict[str, Any]) -> None:
-        submit = m.Submit(uuid.uuid4().hex, statistic, dict(params), notify=True)
+        request_id = self.request_prefix + tag.decode()
+        submit = m.Submit(request_id, statistic, dict(params), notify=True)
         frames = m.encode(submit, tag)
-        self.in_flight[tag] = InFlight(frames, time.monotonic())
-        send_frames(self.sock, frames)
+        now = time.monotonic()
+        self.in_flight[tag] = InFlight(frames, now)
+        if not self.unsent:
+            self.unsent_since = now
+        self.unsent.append(frames)
+
+    def _send_unsent(self) -> None:
+        for frames in m.batches(self.unsent, config.CLIENT_BATCH_BYTES):
+            send_frames(self.sock, frames)
+        self.unsent = []
 
     def _take(self, tag: bytes) -> m.Envelope:
         """Wait for the reply to `tag`, serving other replies and liveness meanwhile."""
         entry = self.in_flight[tag]
+        if self.unsent and (
+            entry.reply is None or time.monotonic() - self.unsent_since > MAX_HOLD_S
+        ):
+            self._send_unsent()
         while entry.reply is None:
             if time.monotonic() - entry.sent_at > self.timeout_s:
                 raise JobTimeout(f"job {tag.decode()} of this map took over {self.timeout_s:g} s")
@@ -96,20 +117,17 @@ class Pipeline:
         return entry.reply
 
     def _receive(self) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in waiting(self.sock, RECEIVE_BATCH):
             self.last_heard = time.monotonic()
             try:
-                envelope = m.decode(frames)
+                envelopes = [m.decode(message) for message in m.messages_in(frames)]
             except ProtocolError:
                 continue
-            if envelope.tag == HEARTBEAT_TAG:
-                self._on_pong(envelope.message)
-            elif envelope.tag in self.in_flight:
-                self.in_flight[envelope.tag].reply = envelope
+            for envelope in envelopes:
+                if envelope.tag == HEARTBEAT_TAG:
+                    self._on_pong(envelope.message)
+                elif envelope.tag in self.in_flight:
+                    self.in_flight[envelope.tag].reply = envelope
 
     def _on_pong(self, message: m.Message) -> None:
         if not isinstance(message, m.Pong):
@@ -130,9 +148,9 @@ class Pipeline:
             self.last_ping = now
 
     def _resend(self) -> None:
-        for entry in self.in_flight.values():
-            if entry.reply is None:
-                send_frames(self.sock, entry.frames)
+        """Send again every job without a reply (the unsent ones among them)."""
+        self.unsent = [entry.frames for entry in self.in_flight.values() if entry.reply is None]
+        self._send_unsent()
 
     def _open(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)

@@ -164,9 +164,9 @@ class Transport:
             tags = list(self._shared.outgoing)
             self._shared.outgoing.clear()
             entries = [self._shared.pending.get(tag) for tag in tags]
-        for entry in entries:
-            if entry is not None:
-                self._send(self._sock, entry.frames)
+        messages = [entry.frames for entry in entries if entry is not None]
+        for frames in m.batches(messages, config.CLIENT_BATCH_BYTES):
+            self._send(self._sock, frames)
 
     def _receive(self) -> None:
         for _ in range(1000):
@@ -176,11 +176,12 @@ class Transport:
                 return
             self._last_heard = time.monotonic()
             try:
-                envelope = m.decode(frames)
+                envelopes = [m.decode(message) for message in m.messages_in(frames)]
             except ProtocolError as exc:
                 log.warning("malformed reply from the broker: %s", exc)
                 continue
-            self._deliver(envelope)
+            for envelope in envelopes:
+                self._deliver(envelope)
 
     def _deliver(self, envelope: m.Envelope) -> None:
         msg = envelope.message

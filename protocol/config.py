@@ -25,6 +25,8 @@ RESULT_TTL_S = 7 * 24 * 3600.0
 MAX_MESSAGE_BYTES = 1 << 20
 WORKER_CREDIT = 4  # jobs a worker may hold at once
 DATA_CHUNK_BYTES = 256 * 1024
+# Clients batch requests up to this size: far below any sensible broker message limit.
+CLIENT_BATCH_BYTES = 64 * 1024
 CLIENT_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 30.0
 

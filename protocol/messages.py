@@ -13,7 +13,9 @@ Frames, as a DEALER sends them (a ROUTER sees the peer identity in front):
 RESULT); `body` is a msgpack map of the dataclass fields; `payload` is an optional
 msgpack frame (a job's answer) that the broker stores and forwards without decoding.
 Protocol id, command and tag share one frame because every frame costs the broker
-several microseconds in pyzmq (docs/protocol.md has the measurement).
+several microseconds in pyzmq (docs/protocol.md has the measurement). For the same
+reason a peer with several messages for the same peer at once may send them as one
+BATCH (`batches`); every receiver unpacks it with `messages_in` before `decode`.
 """
 
 from __future__ import annotations
@@ -48,10 +50,15 @@ STATE_STATISTICS = frozenset({"state_mean", "state_diff_from_mean", "state_mean_
 PROTOCOL_ID = b"LSS1"
 PROTOCOL_VERSION = 1
 MAX_TAG_BYTES = 255
+MAX_BATCH = 10_000
+"""The most messages one BATCH may carry."""
+BATCH_ITEM_OVERHEAD = 16
+"""Bytes a message adds to a BATCH beyond its frames (msgpack array and bin headers)."""
 
 
 class Command(enum.IntEnum):
-    """One-byte commands. 0x0_: client requests, 0x1_: broker replies, 0x2_: workers."""
+    """One-byte commands. 0x0_: client requests, 0x1_: broker replies, 0x2_: workers,
+    0x3_: transport (BATCH, which any peer may send and every peer must accept)."""
 
     SUBMIT = 0x01
     GET = 0x02
@@ -76,6 +83,7 @@ class Command(enum.IntEnum):
     DISCONNECT = 0x25
     FETCH_DATA = 0x26
     DATA_CHUNK = 0x27
+    BATCH = 0x30
 
 
 class JobStatus(enum.StrEnum):
@@ -356,6 +364,66 @@ def frames_of(
     return [header, body] if payload is None else [header, body, payload]
 
 
+BATCH_HEADER = PROTOCOL_ID + bytes([Command.BATCH])
+
+
+def batch(messages: Sequence[Sequence[bytes]]) -> list[bytes]:
+    """One BATCH carrying `messages` (each the frames a DEALER would send on its own).
+
+    A BATCH costs one frame pair however many messages it carries: pyzmq's cost per
+    frame, not msgpack's per byte, is what limits the broker (docs/protocol.md).
+    """
+    return [BATCH_HEADER, msgpack.packb(messages, use_bin_type=True)]
+
+
+def batches(messages: Sequence[list[bytes]], max_bytes: int) -> list[list[bytes]]:
+    """`messages` for one peer, in order, as few frame lists as fit `max_bytes` each.
+
+    A lone message (or one too big to share a batch) goes as itself, so a peer that
+    is sent one message at a time never sees a BATCH.
+    """
+    out: list[list[bytes]] = []
+    group: list[list[bytes]] = []
+    size = 0
+    for frames in messages:
+        cost = sum(map(len, frames)) + BATCH_ITEM_OVERHEAD
+        if group and (size + cost > max_bytes or len(group) >= MAX_BATCH):
+            out.append(group[0] if len(group) == 1 else batch(group))
+            group, size = [], 0
+        group.append(frames)
+        size += cost
+    if group:
+        out.append(group[0] if len(group) == 1 else batch(group))
+    return out
+
+
+def messages_in(frames: list[bytes], *, routed: bool = False) -> list[list[bytes]]:
+    """The messages a received frame list holds: itself, or the contents of a BATCH.
+
+    With `routed`, the identity in front of a BATCH is put in front of each message.
+    Raises `ProtocolError` for a malformed BATCH (a message inside is checked by
+    `decode` as if it had come alone).
+    """
+    header_at = 1 if routed else 0
+    if len(frames) <= header_at or frames[header_at] != BATCH_HEADER:
+        return [frames]
+    if len(frames) != header_at + 2:
+        raise ProtocolError(f"BATCH has {len(frames) - header_at} frames, expected 2")
+    items = unpack(frames[header_at + 1])
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+        raise ProtocolError(f"BATCH body must be a list of 1 to {MAX_BATCH} messages")
+    for item in items:
+        if not (
+            isinstance(item, list)
+            and len(item) in (2, 3)
+            and all(isinstance(frame, bytes) for frame in item)
+        ):
+            raise ProtocolError("a BATCH item must be a list of 2 or 3 binary frames")
+        if item[0][: len(BATCH_HEADER)] == BATCH_HEADER:
+            raise ProtocolError("a BATCH must not contain a BATCH")
+    return [[frames[0], *item] for item in items] if routed else items
+
+
 def decode(frames: Sequence[bytes], *, routed: bool = False) -> Envelope:
     """Decode frames received on a DEALER (`routed=False`) or a ROUTER (`routed=True`).
 
@@ -470,7 +538,10 @@ def _check_for(hint: Any) -> Check:
     """A predicate telling whether a decoded msgpack value fits `hint` (bool is no int here)."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        arms = [_check_for(arm) for arm in typing.get_args(hint)]
+        options = typing.get_args(hint)
+        if all(isinstance(arm, type) and arm not in (int, float, dict, list) for arm in options):
+            return lambda v: isinstance(v, options)  # e.g. `str | None`: one call, on hot paths
+        arms = [_check_for(arm) for arm in options]
         return lambda v: any(arm(v) for arm in arms)
     simple = _SIMPLE_CHECKS.get(origin or hint)
     return simple if simple else lambda v: isinstance(v, hint)

@@ -1,10 +1,11 @@
 """One worker process: a DEALER to the broker, and a compute thread.
 
 The socket thread registers (READY with credit and data fingerprint), heartbeats, hands
-jobs to the compute thread over an inproc pipe and sends results back, so a slow job
-never silences the heartbeat. A broker silent for LIVENESS x INTERVAL is presumed lost:
-the worker reconnects with exponential backoff and registers again. DISCONNECT
-"shutdown" from the broker, or SIGTERM/SIGINT, drains: finish held jobs, then exit 0.
+jobs to the compute thread over an inproc pipe and sends results back (those of one
+loop turn as one BATCH), so a slow job never silences the heartbeat. A broker silent
+for LIVENESS x INTERVAL is presumed lost: the worker reconnects with exponential
+backoff and registers again. DISCONNECT "shutdown" from the broker, or SIGTERM/SIGINT,
+drains: finish held jobs, then exit 0.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import ProtocolError
 from protocol.logs import setup_logging
-from protocol.wire import send_frames
+from protocol.wire import send_frames, waiting
 from workers.compute import JobRunner
 from workers.settings import WorkerSettings, add_worker_flags, settings_from
 
@@ -54,6 +55,7 @@ class Worker:
         self.connections = 0
         self.sock = self._open_socket()
         self.held = 0  # jobs handed to the compute thread and not yet answered
+        self.outgoing: list[list[bytes]] = []  # results of this turn, sent at its end
         self.draining = False
         self.signals = 0
         self.backoff_s = config.RECONNECT_MIN_MS / 1000
@@ -66,11 +68,11 @@ class Worker:
         pipe.connect(PIPE)
         try:
             while True:
-                tag, request = pipe.recv_multipart()
+                tag, request, connection = pipe.recv_multipart()
                 if tag == STOP:
                     return
                 outcome = self.runner.run(request)
-                pipe.send_multipart([tag, outcome.body, outcome.payload or b""])
+                pipe.send_multipart([tag, outcome.body, outcome.payload or b"", connection])
         finally:
             pipe.close(linger=0)
 
@@ -101,6 +103,7 @@ class Worker:
         time.sleep(self.backoff_s)
         self.backoff_s = min(self.backoff_s * 2, config.RECONNECT_MAX_MS / 1000)
         self.sock.close(linger=0)
+        self.outgoing.clear()  # results for the broker we leave (see _read_results)
         self.sock = self._open_socket()
         self._register()
 
@@ -120,12 +123,15 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.pipe, zmq.POLLIN)
         interval_ms = int(self.settings.heartbeat_interval_s * 1000)
+        polled = self.sock
+        poller.register(polled, zmq.POLLIN)
         try:
             while self.signals < 2:
-                polled = self.sock  # _turn may replace self.sock when it reconnects
-                poller.register(polled, zmq.POLLIN)
+                if polled is not self.sock:  # _turn replaced it when it reconnected
+                    poller.unregister(polled)
+                    polled = self.sock
+                    poller.register(polled, zmq.POLLIN)
                 ready = dict(poller.poll(interval_ms // 2 or 1))
-                poller.unregister(polled)
                 self._turn(ready)
                 if self.draining and self.held == 0:
                     return self._leave()
@@ -138,6 +144,7 @@ class Worker:
             self._read_broker()
         if self.pipe in ready:
             self._read_results()
+        self._send_results()
         now = time.monotonic()
         if now - self.last_sent >= self.settings.heartbeat_interval_s:
             self._send(m.Heartbeat())
@@ -147,14 +154,14 @@ class Worker:
             self._reconnect()
 
     def _read_broker(self) -> None:
-        for _ in range(BATCH):
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        sock = self.sock
+        for frames in waiting(sock, BATCH):
             self.last_heard = time.monotonic()
             try:
-                self._on_frames(frames)
+                for message in m.messages_in(frames):
+                    self._on_frames(message)
+                    if self.sock is not sock:
+                        return  # dropped and reconnected: the rest was for the old socket
             except ProtocolError as exc:
                 log.warning("malformed message from the broker: %s", exc)
 
@@ -175,7 +182,7 @@ class Worker:
         if outcome is not None:
             self._send_result(tag, outcome.body, outcome.payload)
         else:
-            self.pipe.send_multipart([tag, request])
+            self.pipe.send_multipart([tag, request, self._connection_tag()])
             self.held += 1
 
     def _on_broker(self, msg: m.Message) -> None:
@@ -192,25 +199,41 @@ class Worker:
             log.warning("broker dropped this worker (%s); registering again", reason)
             self._reconnect()
 
+    def _connection_tag(self) -> bytes:
+        return str(self.connections).encode()
+
     def _read_results(self) -> None:
-        for _ in range(BATCH):
-            try:
-                tag, body, payload = self.pipe.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in waiting(self.pipe, BATCH):
+            tag, body, payload, connection = frames
             self.held -= 1
+            if connection != self._connection_tag():
+                # A job of a broker we have since left: the job number may now name
+                # another job (the broker may have died before recording it), and
+                # whoever holds the job now runs it again.
+                log.debug("%s dropped: received on an earlier connection", tag.decode())
+                continue
             self._send_result(tag, body, payload or None)
 
     def _send_result(self, tag: bytes, body: bytes, payload: bytes | None) -> None:
-        self._deliver(m.frames_of(m.Command.RESULT, tag, body, payload))
+        self.outgoing.append(m.frames_of(m.Command.RESULT, tag, body, payload))
+
+    def _send_results(self) -> None:
+        """Send this turn's results, several as one BATCH."""
+        if len(self.outgoing) == 1:
+            self._deliver(self.outgoing.pop())
+        elif self.outgoing:
+            outgoing, self.outgoing = self.outgoing, []
+            for frames in m.batches(outgoing, self.settings.max_message_bytes):
+                self._deliver(frames)
 
     def _leave(self) -> int:
+        self._send_results()
         self._send(m.Disconnect("worker exiting"))
         log.info("worker exits")
         return config.EXIT_OK
 
     def _close(self) -> None:
-        self.pipe.send_multipart([STOP, b""])
+        self.pipe.send_multipart([STOP, b"", b""])
         self.compute_thread.join(timeout=1.0)
         self.sock.close(linger=LEAVE_LINGER_MS)
         self.pipe.close(linger=0)

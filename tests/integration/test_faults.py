@@ -64,14 +64,16 @@ def stamped(svc: Service, pattern: str, name: str = "broker") -> list[tuple[floa
     return found
 
 
-def wait_log(svc: Service, pattern: str, after_s: float, timeout_s: float = 20.0) -> float:
-    """The time of the first line matching `pattern` logged at or after `after_s`."""
+def wait_log(
+    svc: Service, pattern: str, after_s: float, timeout_s: float = 20.0, name: str = "broker"
+) -> float:
+    """The time of the first line of `name` matching `pattern` logged at or after `after_s`."""
 
     def logged() -> float | None:
-        times = [t for t, _ in stamped(svc, pattern) if t >= after_s - 0.001]
+        times = [t for t, _ in stamped(svc, pattern, name) if t >= after_s - 0.001]
         return min(times) if times else None
 
-    return wait_until(logged, timeout_s, f"a broker log line matching {pattern!r}")
+    return wait_until(logged, timeout_s, f"a {name} log line matching {pattern!r}")
 
 
 def holder(client: Client) -> dict[str, Any]:
@@ -144,9 +146,10 @@ def test_a_job_past_its_lease_is_requeued_and_the_late_answer_ignored(
     service_factory: Callable[..., Service],
 ) -> None:
     """The first worker heartbeats but holds job B past its 3 s lease (it sleeps 5 s there,
-    and not at all elsewhere, so the stored answer tells which worker gave it)."""
+    and not at all elsewhere, so the stored answer tells which worker gave it). The broker
+    drops that worker, which registers again and throws the late answer away."""
     svc = service_factory(job_timeout_s=3, log_level="DEBUG")
-    slow = svc.start_workers(1, diagnostics=True, credit=1)[0]
+    slow = svc.start_workers(1, diagnostics=True, credit=1, log_level="DEBUG")[0]
     with svc.client(timeout=20) as client:
         job_b = client.submit("_sleep", seconds=5.0, only_pid=slow.pid)
         wait_until(lambda: holder(client)["in_flight"] == 1, 10, "the job on the first worker")
@@ -156,12 +159,15 @@ def test_a_job_past_its_lease_is_requeued_and_the_late_answer_ignored(
         lost_at = wait_log(
             svc, f"worker {re.escape(first['id'])} lost: job lease of 3 s ran out", 0
         )
-        ignored_at = wait_log(svc, f"ignored a result for b'{job_b}' from worker", lost_at)
+        dropped_at = wait_log(
+            svc, f"{job_b} dropped: received on an earlier connection", lost_at, name="worker-1"
+        )
         assert client.jobs() == {job_b: "done"}
     dispatches = [line for _, line in stamped(svc, rf"{job_b} dispatched to ")]
     assert len(dispatches) == 2, dispatches
     assert first["id"] in dispatches[0] and f":{slow.pid}:" not in dispatches[1], dispatches
-    assert ignored_at > lost_at
+    assert dropped_at > lost_at
+    assert not stamped(svc, f"ignored a result for b'{job_b}'"), "the late answer was sent"
     no_handler_crash(svc)
 
 

@@ -59,6 +59,15 @@ class RawPeer:
         assert reply is not None, f"no reply within {timeout_s:g} s to {frames!r:.200}"
         return m.decode(reply)
 
+    def envelopes(self, count: int, timeout_s: float = REPLY_TIMEOUT_S) -> list[m.Envelope]:
+        """The next `count` messages, batched or not, decoded; fail the test on a timeout."""
+        got: list[m.Envelope] = []
+        while len(got) < count:
+            frames = self.recv(timeout_s)
+            assert frames is not None, f"{len(got)} of {count} replies within {timeout_s:g} s"
+            got.extend(m.decode(message) for message in m.messages_in(frames))
+        return got
+
     def drain(self) -> int:
         """Discard whatever has arrived; return how many messages that was."""
         count = 0
@@ -151,6 +160,13 @@ MALFORMED_CLIENT_REQUESTS: list[tuple[str, list[bytes], str]] = [
      "invalid_job_id"),
     ("not a job id", raw(C.WAIT, {"job_id": "job_id_007"}), "invalid_job_id"),
     ("negative job id", raw(C.GET, {"job_id": "job_id_-1"}), "invalid_job_id"),
+    ("a batch that is a map", raw(C.BATCH, {"a": 1}, b""), "bad_request"),
+    ("an empty batch", raw(C.BATCH, [], b""), "bad_request"),
+    ("a batch of text frames", raw(C.BATCH, [["LSS1", "x"]], b""), "bad_request"),
+    ("a batch in a batch", raw(C.BATCH, [raw(C.BATCH, [raw(C.PING, {})], b"")], b""),
+     "bad_request"),
+    ("a batch with a payload frame", [*raw(C.BATCH, [raw(C.PING, {})], b""), b"x"],
+     "bad_request"),
 ]  # fmt: skip
 
 
@@ -257,6 +273,24 @@ def test_oversize_messages_are_refused_or_dropped_on_both_endpoints(
     wait_until(pong, 10, "a pong on a socket that sent an oversize message")
 
 
+def test_a_batch_gets_a_reply_for_each_of_its_requests_bad_ones_included(
+    capped: Service, peers: Callable[[int, str], RawPeer]
+) -> None:
+    peer = peers(zmq.DEALER, capped.client_endpoint)
+    submits = [
+        m.encode(m.Submit(f"batch-{n}", "global_mean", {"question": OBESITY}, True), b"s%d" % n)
+        for n in range(5)
+    ]
+    inside = [raw(C.PING, {}, b"p"), raw(C.GET, {"job_id": 5}, b"bad"), *submits]
+    peer.send(m.batch(inside))
+    replies = {envelope.tag: envelope.message for envelope in peer.envelopes(len(inside))}
+    assert isinstance(replies[b"p"], m.Pong)
+    expect_error(m.Envelope(replies[b"bad"]), "bad_request")
+    states = [replies[b"s%d" % n] for n in range(5)]
+    assert all(isinstance(s, m.JobState) and s.status == "done" for s in states), states
+    assert len({s.job_id for s in states if isinstance(s, m.JobState)}) == 5
+
+
 # --- the worker endpoint ----------------------------------------------------------
 
 MALFORMED_WORKER_MESSAGES: list[tuple[str, list[bytes], str]] = [
@@ -271,6 +305,9 @@ MALFORMED_WORKER_MESSAGES: list[tuple[str, list[bytes], str]] = [
      "bad_request"),
     ("header only", [m.PROTOCOL_ID + bytes([C.HEARTBEAT])], "bad_request"),
     ("four frames", [*raw(C.HEARTBEAT, {}), b"", b""], "bad_request"),
+    ("a batch that is not msgpack", raw(C.BATCH, b"\xc1", b""), "bad_request"),
+    ("a batch in a batch", raw(C.BATCH, [raw(C.BATCH, [raw(C.HEARTBEAT, {})], b"")], b""),
+     "bad_request"),
 ]  # fmt: skip
 
 
@@ -430,10 +467,10 @@ class Fuzzer:
 
     def _wrong_field_types(self, frames: list[bytes]) -> list[bytes]:
         body = msgpack.unpackb(frames[1], raw=False)
-        for key in body:
+        for key in list(body) if isinstance(body, dict) else range(len(body)):  # a BATCH: list
             if self.rng.random() < 0.5:
                 body[key] = self._junk(2)
-        if self.rng.random() < 0.2:
+        if self.rng.random() < 0.2 and isinstance(body, dict):
             body[self._junk(0)] = self._junk(1)
         frames[1] = msgpack.packb(body, use_bin_type=True)
         return frames
@@ -472,7 +509,8 @@ def _client_seeds() -> list[list[bytes]]:
         submit, m.Get("job_id_1"), m.Wait("job_id_1"), m.ListJobs(0, 5), m.NumJobs(),
         m.Ping(), m.Stats(), m.Submit("fuzz-2", "state_mean", {"question": OBESITY, "state": "x"}),
     ]  # fmt: skip
-    return [m.encode(message, b"tag") for message in messages]
+    seeds = [m.encode(message, b"tag") for message in messages]
+    return [*seeds, m.batch(seeds[:4])]
 
 
 def _worker_seeds() -> list[list[bytes]]:
@@ -481,14 +519,17 @@ def _worker_seeds() -> list[list[bytes]]:
         m.Ready(4, bogus, 1, "fuzz"), m.Heartbeat(), m.Disconnect("fuzz"), m.FetchData(0, 100),
         m.Result("done", bogus), m.Result("error", bogus, "reason"),
     ]  # fmt: skip
-    return [m.encode(message, b"job_id_1", m.pack({"a": 1.0})) for message in messages]
+    seeds = [m.encode(message, b"job_id_1", m.pack({"a": 1.0})) for message in messages]
+    return [*seeds, m.batch(seeds[1:4])]
 
 
 def _defused(frames: list[bytes]) -> list[bytes]:
     """Never send a SHUTDOWN: it is a legitimate request (without CURVE), not an attack."""
-    shutdown = m.PROTOCOL_ID + bytes([C.SHUTDOWN])
+    shutdown, ping = m.PROTOCOL_ID + bytes([C.SHUTDOWN]), m.PROTOCOL_ID + bytes([C.PING])
     if frames[0].startswith(shutdown):
-        frames[0] = m.PROTOCOL_ID + bytes([C.PING]) + frames[0][len(shutdown) :]
+        frames[0] = ping + frames[0][len(shutdown) :]
+    if frames[0] == m.BATCH_HEADER and len(frames) > 1:  # headers inside are plain bytes
+        frames[1] = frames[1].replace(shutdown, ping)
     return frames
 
 

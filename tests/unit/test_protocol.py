@@ -110,3 +110,72 @@ def test_job_ids(text: str, seq: int | None) -> None:
 def test_messages_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.Get("job_id_1").job_id = "job_id_2"  # type: ignore[misc]
+
+
+# --- BATCH ---------------------------------------------------------------------------
+
+
+def test_a_batch_carries_messages_in_order_and_a_router_sees_the_identity_on_each() -> None:
+    messages = [
+        m.encode(m.Submit(f"r{n}", "best5", {"question": "Q"}, notify=True), str(n).encode())
+        for n in range(3)
+    ]
+    (batched,) = m.batches(messages, max_bytes=1 << 20)
+    assert batched[0] == m.BATCH_HEADER and len(batched) == 2
+    assert m.messages_in(batched) == messages
+    routed = m.messages_in([b"peer", *batched], routed=True)
+    assert [m.decode(frames, routed=True).identity for frames in routed] == [b"peer"] * 3
+    assert [m.decode(frames, routed=True).tag for frames in routed] == [b"0", b"1", b"2"]
+
+
+def test_a_lone_message_is_sent_as_itself_and_received_as_itself() -> None:
+    lone = m.encode(m.Ping(), b"7")
+    assert m.batches([lone], max_bytes=10) == [lone]
+    assert m.messages_in(lone) == [lone]
+    assert m.messages_in([b"peer", *lone], routed=True) == [[b"peer", *lone]]
+
+
+def test_batches_keep_under_the_size_limit_and_an_oversize_message_goes_alone() -> None:
+    payloads = [bytes(100), bytes(100), bytes(100), bytes(1000), bytes(100)]
+    messages = [m.encode(m.Result("done", "f"), b"t", payload) for payload in payloads]
+    out = m.batches(messages, max_bytes=400)
+    assert [len(m.messages_in(frames)) for frames in out] == [2, 1, 1, 1]
+    batched = [frames for frames in out if frames[0] == m.BATCH_HEADER]
+    assert batched and all(sum(map(len, frames)) <= 400 for frames in batched)
+    assert [f for frames in out for f in m.messages_in(frames)] == messages  # order kept
+
+
+def _batch_of(body: Any) -> list[bytes]:
+    return [m.BATCH_HEADER, msgpack.packb(body, use_bin_type=True)]
+
+
+BAD_BATCHES = [
+    ("no body", [m.BATCH_HEADER]),
+    ("an extra frame", [*_batch_of([[b"LSS1\x07", b"\x80"]]), b"x"]),
+    ("body not msgpack", [m.BATCH_HEADER, b"\xc1"]),
+    ("body a map", _batch_of({"a": 1})),
+    ("empty", _batch_of([])),
+    ("an item not a list", _batch_of([b"LSS1\x07"])),
+    ("an item of one frame", _batch_of([[b"LSS1\x07"]])),
+    ("an item of four frames", _batch_of([[b"LSS1\x07", b"\x80", b"", b""]])),
+    ("a frame that is text", _batch_of([["LSS1\x07", b"\x80"]])),
+    ("a batch in a batch", _batch_of([[m.BATCH_HEADER, b"\x90"]])),
+    ("too many", _batch_of([[b"LSS1\x07", b"\x80"]] * (m.MAX_BATCH + 1))),
+]
+
+
+@pytest.mark.parametrize(("why", "frames"), BAD_BATCHES, ids=[why for why, _ in BAD_BATCHES])
+def test_malformed_batches_raise_protocol_error(why: str, frames: list[bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        m.messages_in(frames)
+    with pytest.raises(ProtocolError):
+        m.messages_in([b"peer", *frames], routed=True)
+
+
+def test_a_bad_message_inside_a_batch_fails_only_its_own_decode() -> None:
+    good = m.encode(m.Ping(), b"1")
+    bad = [b"LSS1\x07", b"\xc1"]
+    inside = m.messages_in(m.batch([good, bad]))
+    assert m.decode(inside[0]).message == m.Ping()
+    with pytest.raises(ProtocolError):
+        m.decode(inside[1])
