@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.service import Processes, Target, wait_until
+from protocol.config import WORKER_CREDIT
 
 TASK = "lss.compute"
-PREFETCH = 4  # as our workers' credit (protocol.config.WORKER_CREDIT)
+PREFETCH = WORKER_CREDIT  # as our workers' credit
 RESULT_TIMEOUT_S = 30.0
 Job = tuple[str, dict[str, Any]]
 

@@ -6,7 +6,7 @@ that hold up to `credit` jobs each and send every request straight back. What it
 achieves is what any Python broker on this machine could hope for.
 
     python -m bench.echo broker --endpoints-file F    # binds loopback ports, writes F
-    python -m bench.echo worker --connect E [--credit 4]
+    python -m bench.echo worker --connect E [--credit 8]
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import msgpack
 import zmq
 
 from bench.service import Processes, Target, read_json, wait_until
+from protocol.config import WORKER_CREDIT
 
 READY = b"READY"
 BATCH = 1000
-CREDIT = 4  # as our workers' default (protocol.config.WORKER_CREDIT)
+CREDIT = WORKER_CREDIT  # as our workers' default
 Job = tuple[str, dict[str, Any]]
 
 

@@ -23,7 +23,9 @@ MAX_ATTEMPTS = 3  # worker deaths on one job before it ends as an error
 MAX_QUEUE = 100_000
 RESULT_TTL_S = 7 * 24 * 3600.0
 MAX_MESSAGE_BYTES = 1 << 20
-WORKER_CREDIT = 4  # jobs a worker may hold at once
+# Jobs a worker may hold at once. Eight lets the broker send a worker its jobs in one
+# BATCH; a lost worker's jobs wait for the heartbeat, so more would cost at failover.
+WORKER_CREDIT = 8
 DATA_CHUNK_BYTES = 256 * 1024
 # Clients batch requests up to this size: far below any sensible broker message limit.
 CLIENT_BATCH_BYTES = 64 * 1024
