@@ -30,4 +30,15 @@ def waiting(sock: zmq.Socket[bytes], limit: int) -> Iterator[list[bytes]]:
     for _ in range(limit):
         if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
             return
-        yield sock.recv_multipart(_NOBLOCK)
+        yield receive_frames(sock)
+
+
+def receive_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """The next message's frames, without blocking (`recv_multipart` asks the socket
+    for RCVMORE after each frame; a received frame knows it, for less)."""
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames
