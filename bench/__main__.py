@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import report
 from bench.data import dataset
-from bench.driver import Shape, run
+from bench.driver import Shape, run, wait_for_quiet
 from bench.echo import EchoService
 from bench.original import OriginalService
 from bench.plan import BASE_ROWS, ORIGINAL_MAX_WINDOW, Plan, parse_args, plan_from
@@ -58,6 +58,7 @@ class Bench:
         runs = []
         for number in range(1, (reps or self.plan.repetitions) + 1):
             service.settle()
+            wait_for_quiet()
             result = run(service, shape)
             say(
                 f"{service.name} {shape.mix} {shape.producers}x{shape.window} run {number}: "
@@ -83,7 +84,9 @@ class Bench:
         with self.started(EchoService(self.work_dir / "echo", n)) as echo:
             rows += [self.measure(echo, s, workers=n) for s in (loaded, single)]
         with self.started(OursService(self.work_dir / "ours", data, n)) as ours:
-            shapes = (loaded, self.shape(p, w, "full"), single)
+            # The full mix writes hundreds of megabytes of answers, whose write-back
+            # would still be busy during a run after it: latency is measured first.
+            shapes = (loaded, single, self.shape(p, w, "full"))
             rows += [self.measure(ours, s, workers=n) for s in shapes]
         if self.plan.skip_original:
             skipped.append({"system": "original", "reason": "--skip-original"})

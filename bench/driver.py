@@ -37,6 +37,7 @@ QUESTION_TEXTS = tuple(question[-1] for question in QUESTIONS)
 STATE_NAMES = tuple(location[1] for location in LOCATIONS)
 READY_TIMEOUT_S = 120.0
 START_DELAY_S = 0.05
+QUIET_BUSY_SHARE = 0.15  # of all cores: a machine this busy between runs is still settling
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,22 @@ def _producer(target: Target, shape: Shape, index: int, conn: Connection) -> Non
 def _own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_quiet(
+    busy_share: float = QUIET_BUSY_SHARE, window_s: float = 0.25, timeout_s: float = 10.0
+) -> bool:
+    """Wait (up to `timeout_s`) for a `window_s` in which the machine's CPUs were busy
+    less than `busy_share` of the time, e.g. once a previous run's disk write-back is
+    done; whether it came."""
+    cores = os.cpu_count() or 1
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = _machine_busy_s()
+        time.sleep(window_s)
+        if (_machine_busy_s() - before) / (window_s * cores) < busy_share:
+            return True
+    return False
 
 
 def _machine_busy_s() -> float:
