@@ -244,8 +244,8 @@ class Broker:
 
         Jobs leave before the commit so that workers compute while SQLite writes: a
         job lost with an uncommitted id was never acknowledged, so its client sends it
-        again (same request id), and its worker's result is refused by the next broker.
-        A reply that names a job waits for the commit.
+        again (same request id), and its worker drops the answer when it registers
+        with the next broker. A reply that names a job waits for the commit.
         """
         clients, workers = self.core.outbox.take()
         limit = self.core_settings.max_message_bytes

@@ -33,7 +33,7 @@ from clients.transport import HEARTBEAT_TAG, Security
 from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
-from protocol.errors import BrokerUnavailable, JobTimeout, ProtocolError, RequestRefused
+from protocol.errors import BrokerUnavailable, JobTimeout, RequestRefused
 from protocol.messages import JobStatus
 
 log = logging.getLogger("lss.client.aio")
@@ -301,11 +301,9 @@ class AsyncClient:
                 return
             frames = await sock.recv_multipart()
             self._last_heard = time.monotonic()
-            try:
-                envelopes = [m.decode(message) for message in m.messages_in(frames)]
-            except ProtocolError as exc:
+            envelopes, malformed = m.decode_all(frames)
+            for exc in malformed:
                 log.warning("malformed reply from the broker: %s", exc)
-                continue
             for envelope in envelopes:
                 await self._deliver(envelope)
 

@@ -25,7 +25,7 @@ from clients.transport import HEARTBEAT_TAG, Security
 from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
-from protocol.errors import JobTimeout, ProtocolError
+from protocol.errors import JobTimeout
 from protocol.wire import send_frames, waiting
 
 Job = tuple[str, dict[str, Any]]
@@ -119,10 +119,7 @@ class Pipeline:
     def _receive(self) -> None:
         for frames in waiting(self.sock, RECEIVE_BATCH):
             self.last_heard = time.monotonic()
-            try:
-                envelopes = [m.decode(message) for message in m.messages_in(frames)]
-            except ProtocolError:
-                continue
+            envelopes, _malformed = m.decode_all(frames)  # a broker never sends those
             for envelope in envelopes:
                 if envelope.tag == HEARTBEAT_TAG:
                     self._on_pong(envelope.message)

@@ -28,7 +28,6 @@ import zmq
 from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
-from protocol.errors import ProtocolError
 from protocol.wire import send_frames
 
 log = logging.getLogger("lss.client")
@@ -175,11 +174,9 @@ class Transport:
             except zmq.Again:
                 return
             self._last_heard = time.monotonic()
-            try:
-                envelopes = [m.decode(message) for message in m.messages_in(frames)]
-            except ProtocolError as exc:
+            envelopes, malformed = m.decode_all(frames)
+            for exc in malformed:
                 log.warning("malformed reply from the broker: %s", exc)
-                continue
             for envelope in envelopes:
                 self._deliver(envelope)
 

@@ -424,6 +424,23 @@ def messages_in(frames: list[bytes], *, routed: bool = False) -> list[list[bytes
     return [[frames[0], *item] for item in items] if routed else items
 
 
+def decode_all(frames: list[bytes]) -> tuple[list[Envelope], list[ProtocolError]]:
+    """Every message a frame list received on a DEALER holds (one, or a BATCH's),
+    decoded; a malformed one becomes an error without costing the others."""
+    envelopes: list[Envelope] = []
+    errors: list[ProtocolError] = []
+    try:
+        messages = messages_in(frames)
+    except ProtocolError as exc:
+        return envelopes, [exc]
+    for message in messages:
+        try:
+            envelopes.append(decode(message))
+        except ProtocolError as exc:
+            errors.append(exc)
+    return envelopes, errors
+
+
 def decode(frames: Sequence[bytes], *, routed: bool = False) -> Envelope:
     """Decode frames received on a DEALER (`routed=False`) or a ROUTER (`routed=True`).
 

@@ -158,12 +158,17 @@ class Worker:
         for frames in waiting(sock, BATCH):
             self.last_heard = time.monotonic()
             try:
-                for message in m.messages_in(frames):
-                    self._on_frames(message)
-                    if self.sock is not sock:
-                        return  # dropped and reconnected: the rest was for the old socket
+                messages = m.messages_in(frames)
             except ProtocolError as exc:
                 log.warning("malformed message from the broker: %s", exc)
+                continue
+            for message in messages:
+                try:
+                    self._on_frames(message)
+                except ProtocolError as exc:
+                    log.warning("malformed message from the broker: %s", exc)
+                if self.sock is not sock:
+                    return  # dropped and reconnected: the rest was for the old socket
 
     def _on_frames(self, frames: list[bytes]) -> None:
         kind, tag = m.parse_header(frames[0])

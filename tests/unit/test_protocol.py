@@ -179,3 +179,12 @@ def test_a_bad_message_inside_a_batch_fails_only_its_own_decode() -> None:
     assert m.decode(inside[0]).message == m.Ping()
     with pytest.raises(ProtocolError):
         m.decode(inside[1])
+
+
+def test_decode_all_keeps_the_good_messages_of_a_batch_with_a_bad_one() -> None:
+    good = [m.encode(m.Pong("b" * 32), b"1"), m.encode(m.JobCount(3), b"3")]
+    envelopes, errors = m.decode_all(m.batch([good[0], [b"LSS1\x16", b"\xc1"], good[1]]))
+    assert [e.tag for e in envelopes] == [b"1", b"3"] and len(errors) == 1
+    envelopes, errors = m.decode_all([m.BATCH_HEADER, b"\xc1"])
+    assert envelopes == [] and len(errors) == 1
+    assert m.decode_all(good[1]) == ([m.Envelope(m.JobCount(3), tag=b"3")], [])
