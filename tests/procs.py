@@ -2,41 +2,25 @@
 
 `Service` runs `python -m broker` and worker processes on loopback ports the OS picks,
 with its own state directory. Every wait is a condition polled against a deadline;
-`stop()` terminates, waits, then kills, and is safe to call twice.
+`stop()` terminates, waits, then kills, and is safe to call twice. The waiting helpers
+are the bench's (bench.service), re-exported for the tests.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from bench.service import ROOT, STOP_TIMEOUT_S, read_json, wait_until
 from clients import Client
 
-ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
-STOP_TIMEOUT_S = 10.0
-
-
-def wait_until(
-    check: Callable[[], T | None], timeout_s: float = 20.0, what: str = "condition"
-) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
+__all__ = ["ROOT", "STOP_TIMEOUT_S", "Service", "running", "stop_process", "wait_until"]
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
@@ -82,7 +66,7 @@ class Service:
                 f"--client-endpoint={self.client_endpoint}",
                 f"--worker-endpoint={self.worker_endpoint}", *_flags(flags)]  # fmt: skip
         self.broker = self._spawn(args, "broker")
-        bound = wait_until(lambda: _read_json(endpoints), 20, "the broker's endpoints file")
+        bound = wait_until(lambda: read_json(endpoints), 20, "the broker's endpoints file")
         self.client_endpoint, self.worker_endpoint = bound["client"], bound["worker"]
         with self.client(timeout=10) as client:
             client.ping()
@@ -160,11 +144,3 @@ def _flags(flags: dict[str, Any]) -> list[str]:
         elif value is not False and value is not None:
             out.append(f"{flag}={value}")
     return out
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        loaded: dict[str, Any] = json.loads(path.read_text())
-        return loaded
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

@@ -14,6 +14,16 @@ from typing import Any
 
 from protocol.messages import STATE_STATISTICS
 
+CSV_HEADER_LINE = (
+    ",YearStart,YearEnd,LocationAbbr,LocationDesc,Datasource,Class,Topic,Question,"
+    "Data_Value_Unit,Data_Value_Type,Data_Value,Data_Value_Alt,Data_Value_Footnote_Symbol,"
+    "Data_Value_Footnote,Low_Confidence_Limit,High_Confidence_Limit ,Sample_Size,Total,"
+    "Age(years),Education,Gender,Income,Race/Ethnicity,GeoLocation,ClassID,TopicID,QuestionID,"
+    "DataValueTypeID,LocationID,StratificationCategory1,Stratification1,"
+    "StratificationCategoryId1,StratificationID1"
+)
+"""The subset file's header as docs/dataset-format.md shows it (the full file's too)."""
+
 MINIMISED = {
     "Percent of adults aged 18 years and older who have an overweight classification",
     "Percent of adults aged 18 years and older who have obesity",

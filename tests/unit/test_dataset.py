@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.reference import CSV_HEADER_LINE
 from workers.dataset import REQUIRED_COLUMNS, DatasetError, keep_counted, load_frame
 
 OBESITY = "Percent of adults aged 18 years and older who have obesity"
@@ -20,14 +21,6 @@ AEROBIC_300 = (
     "(or an equivalent combination)"
 )
 
-SUBSET_HEADER = (
-    ",YearStart,YearEnd,LocationAbbr,LocationDesc,Datasource,Class,Topic,Question,"
-    "Data_Value_Unit,Data_Value_Type,Data_Value,Data_Value_Alt,Data_Value_Footnote_Symbol,"
-    "Data_Value_Footnote,Low_Confidence_Limit,High_Confidence_Limit ,Sample_Size,Total,"
-    "Age(years),Education,Gender,Income,Race/Ethnicity,GeoLocation,ClassID,TopicID,QuestionID,"
-    "DataValueTypeID,LocationID,StratificationCategory1,Stratification1,"
-    "StratificationCategoryId1,StratificationID1"
-)
 # The three real rows of docs/dataset-format.md, verbatim (split only to fit the line length).
 OHIO_ROW = (
     "0,2017,2017,OH,Ohio,Behavioral Risk Factor Surveillance System,Obesity / Weight Status,"
@@ -69,7 +62,7 @@ def subset_file(tmp_path: Path) -> Path:
     return _write(
         tmp_path / "subset.csv",
         [
-            SUBSET_HEADER,
+            CSV_HEADER_LINE,
             OHIO_ROW,
             WEST_VIRGINIA_ROW,
             NATIONAL_ROW,
@@ -115,7 +108,7 @@ def test_junk_values_count_as_empty(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "junk.csv",
         [
-            SUBSET_HEADER,
+            CSV_HEADER_LINE,
             OHIO_ROW,
             _ohio(1, "2015", "2015", "n/a"),
             _ohio(2, "soon", "2015", "40.0"),
@@ -166,7 +159,7 @@ def test_full_file_layout_without_index_column_and_with_sex(tmp_path: Path) -> N
 
 
 def test_missing_columns_are_named(tmp_path: Path) -> None:
-    header = SUBSET_HEADER.replace(",Data_Value,", ",Value,").replace(
+    header = CSV_HEADER_LINE.replace(",Data_Value,", ",Value,").replace(
         ",Stratification1,", ",Strat,"
     )
     path = _write(tmp_path / "bad.csv", [header, OHIO_ROW])

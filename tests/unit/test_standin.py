@@ -11,18 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.reference import CSV_HEADER_LINE
 from workers.dataset import load_frame
 from workers.standin import generate, main
 from workers.statistics import BEST_IS_MAX, BEST_IS_MIN, Statistics
 
-HEADER_LINE = (
-    ",YearStart,YearEnd,LocationAbbr,LocationDesc,Datasource,Class,Topic,Question,"
-    "Data_Value_Unit,Data_Value_Type,Data_Value,Data_Value_Alt,Data_Value_Footnote_Symbol,"
-    "Data_Value_Footnote,Low_Confidence_Limit,High_Confidence_Limit ,Sample_Size,Total,"
-    "Age(years),Education,Gender,Income,Race/Ethnicity,GeoLocation,ClassID,TopicID,QuestionID,"
-    "DataValueTypeID,LocationID,StratificationCategory1,Stratification1,"
-    "StratificationCategoryId1,StratificationID1"
-)
 STRATA = {
     "Age (years)": {"18 - 24", "25 - 34", "35 - 44", "45 - 54", "55 - 64", "65 or older"},
     "Education": {
@@ -88,7 +81,7 @@ def rows(standin: Path) -> list[dict[str, str]]:
 
 def test_header_is_exact_and_index_runs(standin: Path, rows: list[dict[str, str]]) -> None:
     with standin.open(encoding="utf-8") as source:
-        assert source.readline() == HEADER_LINE + "\n"
+        assert source.readline() == CSV_HEADER_LINE + "\n"
     assert len(rows) == 18_000
     assert [row[""] for row in rows[:3]] == ["0", "1", "2"]
     assert rows[-1][""] == "17999"
@@ -189,7 +182,7 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
 
 def test_row_count_is_exact_beyond_one_round(tmp_path: Path) -> None:
     generate(tmp_path / "none.csv", rows=0)
-    assert (tmp_path / "none.csv").read_text(encoding="utf-8") == HEADER_LINE + "\n"
+    assert (tmp_path / "none.csv").read_text(encoding="utf-8") == CSV_HEADER_LINE + "\n"
     generate(tmp_path / "many.csv", rows=40_000, seed=1)  # about three rows per combination
     with (tmp_path / "many.csv").open(encoding="utf-8") as source:
         assert sum(1 for _ in source) == 40_001
@@ -232,4 +225,4 @@ def test_module_runs_as_a_program(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "wrote 10 rows" in done.stdout
-    assert out.read_text(encoding="utf-8").startswith(HEADER_LINE + "\n0,")
+    assert out.read_text(encoding="utf-8").startswith(CSV_HEADER_LINE + "\n0,")
