@@ -95,7 +95,7 @@ class BrokerCore:
         if isinstance(msg, m.Submit):
             self._submit(identity, tag, msg, now_s)
         elif isinstance(msg, m.Get | m.Wait):
-            self._read(identity, tag, msg.job_id, wait=isinstance(msg, m.Wait))
+            self._read(identity, tag, job_seq(msg.job_id), wait=isinstance(msg, m.Wait))
         elif isinstance(msg, m.ListJobs):
             self._list(identity, tag, msg)
         elif isinstance(msg, m.NumJobs):
@@ -128,10 +128,8 @@ class BrokerCore:
             return
         if seq is None:
             seq = self._accept(msg, now_s)
-        if msg.notify and seq in self._requests:  # the final state will be the only reply
-            self._waiters.setdefault(seq, set()).add((identity, tag))
-        elif msg.notify:
-            self._read(identity, tag, job_id(seq), wait=True)
+        if msg.notify:  # the final state is the only reply
+            self._read(identity, tag, seq, wait=True)
         else:
             self._reply(identity, tag, m.Submitted(job_id(seq)))
 
@@ -155,21 +153,23 @@ class BrokerCore:
             return ErrorCode.QUEUE_FULL, f"queue full ({self.settings.max_queue} jobs waiting)"
         return None
 
-    def _read(self, identity: bytes, tag: bytes, text: str, *, wait: bool) -> None:
-        seq = job_seq(text)
+    def _read(self, identity: bytes, tag: bytes, seq: int | None, *, wait: bool) -> None:
+        """Answer with job `seq`'s state, or (`wait`) register for its final one."""
         if seq is None or seq > self.store.last_seq():
             self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
         elif seq in self._requests:
             if wait:
                 self._waiters.setdefault(seq, set()).add((identity, tag))
             else:
-                self._reply(identity, tag, m.JobState(text, JobStatus.RUNNING.value))
+                self._reply(identity, tag, m.JobState(job_id(seq), JobStatus.RUNNING.value))
         else:
             record = self.store.get(seq)
             if record is None:
                 self.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
             else:
-                state = m.JobState(text, record.status.value, record.reason, record.fingerprint)
+                state = m.JobState(
+                    job_id(seq), record.status.value, record.reason, record.fingerprint
+                )
                 self._reply(identity, tag, state, record.answer)
 
     def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs) -> None:
