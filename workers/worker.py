@@ -82,9 +82,9 @@ class Worker:
         """A new DEALER with a new identity (host:pid:n), connected to the broker."""
         self.connections += 1
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        sock.setsockopt(
-            zmq.IDENTITY, f"{socket.gethostname()}:{os.getpid()}:{self.connections}".encode()
-        )
+        # Unique per connection: it also marks which connection a job came on.
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{self.connections}".encode()
+        sock.setsockopt(zmq.IDENTITY, self.identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         sock.setsockopt(zmq.SNDTIMEO, 0)  # see _deliver
@@ -187,7 +187,7 @@ class Worker:
         if outcome is not None:
             self._send_result(tag, outcome.body, outcome.payload)
         else:
-            self.pipe.send_multipart([tag, request, self._connection_tag()])
+            self.pipe.send_multipart([tag, request, self.identity])
             self.held += 1
 
     def _on_broker(self, msg: m.Message) -> None:
@@ -204,14 +204,11 @@ class Worker:
             log.warning("broker dropped this worker (%s); registering again", reason)
             self._reconnect()
 
-    def _connection_tag(self) -> bytes:
-        return str(self.connections).encode()
-
     def _read_results(self) -> None:
         for frames in waiting(self.pipe, BATCH):
             tag, body, payload, connection = frames
             self.held -= 1
-            if connection != self._connection_tag():
+            if connection != self.identity:
                 # A job of a broker we have since left: the job number may now name
                 # another job (the broker may have died before recording it), and
                 # whoever holds the job now runs it again.
@@ -224,9 +221,7 @@ class Worker:
 
     def _send_results(self) -> None:
         """Send this turn's results, several as one BATCH."""
-        if len(self.outgoing) == 1:
-            self._deliver(self.outgoing.pop())
-        elif self.outgoing:
+        if self.outgoing:
             outgoing, self.outgoing = self.outgoing, []
             for frames in m.batches(outgoing, self.settings.max_message_bytes):
                 self._deliver(frames)
