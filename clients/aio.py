@@ -29,10 +29,9 @@ import zmq
 import zmq.asyncio
 
 from clients.client import default_security, expect, final_answer, job_state, submit_message
-from clients.transport import HEARTBEAT_TAG, Security
+from clients.transport import HEARTBEAT_TAG, Security, connect_to_broker
 from protocol import config
 from protocol import messages as m
-from protocol.curve import secure_client
 from protocol.errors import BrokerUnavailable, JobTimeout, RequestRefused
 from protocol.messages import JobStatus
 
@@ -276,14 +275,7 @@ class AsyncClient:
 
     def _open(self) -> zmq.asyncio.Socket:
         sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        if self._security:
-            # only socket options are set, which an asyncio socket shares with a plain one
-            keys = self._security.server_key_file, self._security.secret_file
-            secure_client(sock, *keys)  # type: ignore[arg-type]
-        sock.connect(self.endpoint)
+        connect_to_broker(sock, self.endpoint, self._security)  # options only: same on asyncio
         return sock
 
     async def _run(self) -> None:

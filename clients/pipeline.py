@@ -21,15 +21,13 @@ from typing import Any
 
 import zmq
 
-from clients.transport import HEARTBEAT_TAG, Security
+from clients.transport import HEARTBEAT_TAG, RECEIVE_BATCH, Security, connect_to_broker
 from protocol import config
 from protocol import messages as m
-from protocol.curve import secure_client
 from protocol.errors import JobTimeout
 from protocol.wire import send_frames, waiting
 
 Job = tuple[str, dict[str, Any]]
-RECEIVE_BATCH = 1000  # messages read before the pipeline looks at its clock again
 MAX_HOLD_S = 0.001  # the longest a submitted job waits to be sent with others
 
 
@@ -151,11 +149,6 @@ class Pipeline:
 
     def _open(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        if self.security:
-            secure_client(sock, self.security.server_key_file, self.security.secret_file)
-        sock.connect(self.endpoint)
+        connect_to_broker(sock, self.endpoint, self.security)
         send_frames(sock, m.encode(m.Ping(), HEARTBEAT_TAG))
         return sock

@@ -22,17 +22,19 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
 from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
-from protocol.wire import send_frames
+from protocol.wire import send_frames, waiting
 
 log = logging.getLogger("lss.client")
 
 HEARTBEAT_TAG = b"hb"
+RECEIVE_BATCH = 1000  # replies read before the I/O thread serves its callers again
 
 
 @dataclass
@@ -50,6 +52,17 @@ class Security:
 
     server_key_file: str
     secret_file: str
+
+
+def connect_to_broker(sock: zmq.Socket[Any], endpoint: str, security: Security | None) -> None:
+    """Set up a new client DEALER as every client does (no linger, queues bounded only by
+    memory, CURVE when asked) and connect it to `endpoint`."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    if security:
+        secure_client(sock, security.server_key_file, security.secret_file)
+    sock.connect(endpoint)
 
 
 @dataclass
@@ -121,13 +134,8 @@ class Transport:
 
     def _open(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SNDTIMEO, 0)  # never block: a refused CURVE peer has no connection
-        if self._security:
-            secure_client(sock, self._security.server_key_file, self._security.secret_file)
-        sock.connect(self.endpoint)
+        connect_to_broker(sock, self.endpoint, self._security)
         self._send(sock, m.encode(m.Ping(), HEARTBEAT_TAG))
         return sock
 
@@ -168,11 +176,7 @@ class Transport:
             self._send(self._sock, frames)
 
     def _receive(self) -> None:
-        for _ in range(1000):
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in waiting(self._sock, RECEIVE_BATCH):
             self._last_heard = time.monotonic()
             envelopes, malformed = m.decode_all(frames)
             for exc in malformed:
