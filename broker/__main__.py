@@ -7,6 +7,7 @@ import sys
 
 from broker.broker import Broker, BrokerSettings
 from broker.core import CoreSettings
+from broker.store import SYNCHRONOUS_MODES
 from protocol import config
 from protocol.logs import setup_logging
 
@@ -62,7 +63,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=env_str("curve_dir", "") or None,
         help="turn CurveZMQ on with the keys in this directory (LSS_CURVE_DIR)",
     )
-    p.add_argument("--sqlite-synchronous", default="NORMAL", choices=["OFF", "NORMAL", "FULL"])
+    p.add_argument(
+        "--sqlite-synchronous",
+        type=str.upper,
+        default=env_str("sqlite_synchronous", config.SQLITE_SYNCHRONOUS),
+        choices=SYNCHRONOUS_MODES,
+        help="SQLite's synchronous mode; what each costs: README (LSS_SQLITE_SYNCHRONOUS)",
+    )
+    p.add_argument(
+        "--disk-reserve-mb",
+        type=float,
+        default=env_float("disk_reserve_mb", config.DISK_RESERVE_MB),
+        help="refuse submits while the state dir has less free space (LSS_DISK_RESERVE_MB)",
+    )
     p.add_argument("--log-level", default=env_str("log_level", "INFO"))
     return p.parse_args(argv)  # fmt: skip
 
@@ -85,6 +98,7 @@ def settings_from(args: argparse.Namespace) -> BrokerSettings:
         core=core,
         curve_dir=args.curve_dir,
         sqlite_synchronous=args.sqlite_synchronous,
+        disk_reserve_mb=args.disk_reserve_mb,
     )
 
 

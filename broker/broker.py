@@ -2,8 +2,9 @@
 
 Each loop turn drains both sockets (up to a batch), lets `BrokerCore` act on the
 messages, dispatches queued jobs, sends the jobs, commits the store once, and only then
-answers clients, so no client hears of a job id before it is durable. Several messages
-for one peer in a turn travel as one BATCH. Malformed input is answered or logged and
+answers clients: the durability rule of docs/protocol.md ("Durability"). A store error
+rolls the transaction back and the core with it; the loop goes on. Several messages for
+one peer in a turn travel as one BATCH. Malformed input is answered or logged and
 dropped; it never ends the loop.
 """
 
@@ -24,7 +25,8 @@ import zmq
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
 from broker.security import CurveServer, warn_if_plaintext
-from broker.store import SqliteStore
+from broker.storage_guard import MB, StorageGuard
+from broker.store import SqliteStore, StorageError
 from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
@@ -37,9 +39,6 @@ log = logging.getLogger("lss.broker")
 BATCH = 1000  # messages read from one socket per loop turn
 HARD_LIMIT_FACTOR = 4
 EXPIRY_EVERY_S = 60.0
-# Finished jobs may wait this long for their commit: an answer is sent before it is
-# durable, since a crash only means the job runs again and gives the same answer.
-COMMIT_FINISHED_EVERY_S = 0.05
 ENDPOINTS_FILE = "broker.endpoints.json"
 
 
@@ -53,7 +52,8 @@ class BrokerSettings:
     data: str | None = None
     core: CoreSettings | None = None
     curve_dir: str | None = None
-    sqlite_synchronous: str = "NORMAL"
+    sqlite_synchronous: str = config.SQLITE_SYNCHRONOUS
+    disk_reserve_mb: float = config.DISK_RESERVE_MB
     shutdown_linger_s: float = 1.0
 
 
@@ -77,6 +77,7 @@ class Broker:
         self.core_settings = settings.core or default_core_settings()
         state = Path(settings.state_dir)
         self.store = SqliteStore(state / "jobs.sqlite3", synchronous=settings.sqlite_synchronous)
+        self.guard = StorageGuard(state, int(settings.disk_reserve_mb * MB))
         data = DataFile(settings.data) if settings.data else None
         fingerprint = data.fingerprint if data else None
         self.core = BrokerCore(
@@ -91,7 +92,7 @@ class Broker:
         )
         self._signals = 0
         self._malformed = Throttle(log, burst=200)
-        self._last_commit = 0.0
+        self._storage_errors = Throttle(log, burst=5, window_s=60.0)
         self._write_endpoints(state)
 
     def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
@@ -146,12 +147,13 @@ class Broker:
             while self._signals < 2:
                 ready = dict(poller.poll(int(tick_every_s * 1000)))
                 now = time.time()
+                self.core.storage_refusal = self.guard.refusal(now)
                 self._turn(ready, now)
                 if now >= next_tick:
-                    self.core.tick(now)
+                    self._guarded(self.core.tick, now)
                     next_tick = now + tick_every_s
                 if now >= next_expiry:
-                    self._expire(now)
+                    self._guarded(self._expire, now)
                     next_expiry = now + min(EXPIRY_EVERY_S, self.core_settings.result_ttl_s / 2)
                 drained_at = self._after_drain(drained_at, now)
                 self._flush(now)
@@ -165,10 +167,39 @@ class Broker:
 
     def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
         if self.frontend in ready:
-            self._drain(self.frontend, self.core.on_client, self._bad_client_message, now)
+            self._drain(self.frontend, self._on_client, self._bad_client_message, now)
         if self.backend in ready:
-            self._drain(self.backend, self.core.on_worker, self._bad_worker_message, now)
+            self._drain(self.backend, self._on_worker, self._bad_worker_message, now)
         self.core.dispatch(now)
+
+    def _on_client(self, envelope: Envelope, now: float) -> None:
+        try:
+            self.core.on_client(envelope, now)
+        except StorageError as exc:
+            reason = self._storage_failed(exc, now)
+            self.core.refuse(envelope.identity or b"", envelope.tag, m.ErrorCode.STORAGE, reason)
+
+    def _on_worker(self, envelope: Envelope, now: float) -> None:
+        self._guarded(lambda at: self.core.on_worker(envelope, at), now)
+
+    def _guarded(self, step: Callable[[float], object], now: float) -> None:
+        try:
+            step(now)
+        except StorageError as exc:
+            self._storage_failed(exc, now)
+
+    def _storage_failed(self, exc: StorageError, now: float) -> str:
+        """Roll the store and the core back, refuse submits for a while; the reason."""
+        self._storage_errors.warning("storage failed, transaction rolled back: %s", exc)
+        try:
+            self.store.rollback()
+        except StorageError as again:
+            log.error("rollback failed too: %s", again)
+        reason = f"storage failed: {exc}"
+        self.core.rolled_back(reason)
+        self.guard.failed(exc, now)
+        self.core.storage_refusal = self.guard.refusal(now)
+        return reason
 
     def _drain(
         self,
@@ -242,20 +273,22 @@ class Broker:
     def _flush(self, now: float) -> None:
         """Send jobs, commit, then answer clients, batching what goes to the same peer.
 
-        Jobs leave before the commit so that workers compute while SQLite writes: a
-        job lost with an uncommitted id was never acknowledged, so its client sends it
-        again (same request id), and its worker drops the answer when it registers
-        with the next broker. A reply that names a job waits for the commit.
+        The order is the durability rule of docs/protocol.md ("Durability").
         """
-        clients, workers = self.core.outbox.take()
+        outbox = self.core.outbox
+        workers, outbox.workers = outbox.workers, []
         limit = self.core_settings.max_message_bytes
         for frames in group_by_peer(workers, limit):
             send_frames(self.backend, frames)
-        if self.store.has_new_jobs() or now - self._last_commit >= COMMIT_FINISHED_EVERY_S:
-            self.store.commit()
-            self._last_commit = now
+        if self.store.has_changes():
+            self._guarded(self._commit, now)
+        clients, outbox.clients = outbox.clients, []
         for frames in group_by_peer(clients, limit):
             send_frames(self.frontend, frames)
+
+    def _commit(self, _now: float) -> None:
+        self.store.commit()
+        self.core.committed()
 
     def close(self) -> None:
         self.store.close()

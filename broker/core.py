@@ -1,9 +1,10 @@
 """The broker's logic, without sockets: jobs, workers, waiters, shutdown.
 
 `BrokerCore` takes decoded messages and the current time, updates the store and its
-in-memory state, and queues the frames to send in an `Outbox`. The socket loop
-(broker.broker) commits the store before it sends the clients' part of the outbox, so
-that a job id or an answer never reaches a client before it is durable.
+in-memory state, and queues the frames to send in an `Outbox`. What the socket loop
+(broker.broker) commits before it sends which part of the outbox is the durability rule
+in docs/protocol.md ("Durability"); when the store fails, `rolled_back` undoes what the
+failed transaction did here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from broker import undo
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, Store
@@ -45,7 +47,10 @@ class CoreSettings:
 
 @dataclass
 class Outbox:
-    """Frames waiting for the store's commit: to clients and to workers."""
+    """Frames to send at the end of the loop turn: to clients and to workers.
+
+    When each part leaves relative to the commit: docs/protocol.md, "Durability".
+    """
 
     clients: list[list[bytes]] = field(default_factory=list)
     workers: list[list[bytes]] = field(default_factory=list)
@@ -79,6 +84,12 @@ class BrokerCore:
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
         self._waiters: dict[int, set[tuple[bytes, bytes]]] = {}
         self._retried: set[int] = set()  # unfinished jobs that must run alone
+        # Why submits are refused while storage fails or space is short (set by the loop).
+        self.storage_refusal: str | None = None
+        # What the store's open transaction did here, for `rolled_back`: jobs added, and
+        # jobs finished (with their request and the waiters that were answered).
+        self._added: set[int] = set()
+        self._finished: dict[int, tuple[bytes, set[undo.Waiter]]] = {}
         for record in store.unfinished():
             self._queue.append(record.seq)
             self._requests[record.seq] = record.request
@@ -140,6 +151,7 @@ class BrokerCore:
             return seq
         self._requests[seq] = body
         self._queue.append(seq)
+        self._added.add(seq)
         self.rates.count("submitted", now_s)
         log.debug("%s accepted: %s", job_id(seq), msg.statistic)
         return seq
@@ -147,6 +159,8 @@ class BrokerCore:
     def _submit_refusal(self, msg: m.Submit) -> tuple[ErrorCode, str] | None:
         if self.shutting_down:
             return ErrorCode.SHUTTING_DOWN, "shutting down"
+        if self.storage_refusal:
+            return ErrorCode.STORAGE, self.storage_refusal
         if not msg.request_id:
             return ErrorCode.BAD_REQUEST, "request_id must not be empty"
         if len(self._requests) >= self.settings.max_queue:
@@ -227,7 +241,7 @@ class BrokerCore:
         self, worker: WorkerInfo, tag: bytes, msg: m.Result, payload: bytes | None, now_s: float
     ) -> None:
         seq = job_seq(tag.decode("utf-8", "replace"))
-        if seq is None or not self.pool.release(worker.identity, seq):
+        if seq is None or not self.pool.release(worker.identity, seq) or seq not in self._requests:
             log.info(
                 "ignored a result for %r from worker %s: not its job",
                 tag,
@@ -249,19 +263,22 @@ class BrokerCore:
 
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self.store.finish(seq, outcome, now_s)
-        del self._requests[seq]
+        waiters = self._waiters.pop(seq, set())
+        self._finished[seq] = (self._requests.pop(seq), waiters)
         self._retried.discard(seq)
         status = str(outcome.status)
         self.rates.count(status, now_s)
         text = job_id(seq)
         log.debug("%s %s%s", text, status, f": {outcome.reason}" if outcome.reason else "")
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
-        for identity, tag in self._waiters.pop(seq, ()):
+        for identity, tag in waiters:
             self._reply(identity, tag, state, outcome.answer)
 
     def _requeue(self, seqs: list[int], lost: str | None, now_s: float) -> None:
         """Put a lost worker's jobs back at the front; a job lost too often fails."""
         for seq in reversed(seqs):
+            if seq not in self._requests:
+                continue  # its number was rolled back (see `rolled_back`)
             attempts = self.store.add_attempt(seq) if lost else 0
             if attempts >= self.settings.max_attempts:
                 reason = f"job failed: the worker running it was lost {attempts} times ({lost})"
@@ -333,6 +350,54 @@ class BrokerCore:
     def expire_results(self, now_s: float) -> int:
         """Delete results older than the retention period; their ids answer 'expired'."""
         return self.store.expire(now_s - self.settings.result_ttl_s)
+
+    # --- storage -----------------------------------------------------------------
+
+    def committed(self) -> None:
+        """The store committed: what its transaction did here is durable now."""
+        self._added.clear()
+        self._finished.clear()
+
+    def rolled_back(self, reason: str) -> None:
+        """The store rolled back: undo here what its transaction did.
+
+        Jobs added are forgotten, and each request that named one gets a `storage`
+        error instead; jobs finished are unfinished again and run again, their waiters
+        waiting again. Nothing queued on the strength of the lost writes leaves.
+        """
+        added, finished = set(self._added), dict(self._finished)
+        self.committed()
+        restored = self._unfinish(finished, added)
+        self.outbox.clients = undo.client_replies(
+            self.outbox.clients, added | finished.keys(), restored, reason
+        )
+        self.outbox.workers, taken = undo.worker_jobs(self.outbox.workers, added)
+        for identity, seq in taken:
+            self.pool.release(identity, seq)
+        for seq in added:
+            self._requests.pop(seq, None)
+            self._retried.discard(seq)
+            for identity, tag in self._waiters.pop(seq, ()):
+                self.refuse(identity, tag, ErrorCode.STORAGE, reason)
+        self._requeue_unheld()
+
+    def _unfinish(
+        self, finished: dict[int, tuple[bytes, set[undo.Waiter]]], added: set[int]
+    ) -> set[undo.Waiter]:
+        restored: set[undo.Waiter] = set()
+        for seq, (body, waiters) in finished.items():
+            if seq not in added:
+                self._requests[seq] = body
+                self._waiters.setdefault(seq, set()).update(waiters)
+                restored |= waiters
+        return restored
+
+    def _requeue_unheld(self) -> None:
+        """Queue exactly the unfinished jobs no worker holds; the front for the unqueued."""
+        held = {seq for worker in self.pool.all() for seq in worker.jobs}
+        queued = [seq for seq in self._queue if seq in self._requests and seq not in held]
+        missing = sorted(set(self._requests) - held - set(queued))
+        self._queue = deque(missing + queued)
 
     # --- shutdown ----------------------------------------------------------------
 

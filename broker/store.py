@@ -1,21 +1,39 @@
 """The results store: every job's request, status and answer, keyed by job number.
 
-Two implementations share one interface (`Store`): `SqliteStore`, durable (WAL mode,
-one transaction per broker loop turn), and `MemoryStore` for unit tests. Job numbers
-are issued by the store and never reused, also after results expire or a restart.
-Counts by status are kept up to date in memory so that counting never scans.
+Two implementations share one interface (`Store`): `SqliteStore`, durable (WAL mode),
+and `MemoryStore` for unit tests. Writes form one transaction until `commit()`; a
+failed write or commit raises `StorageError`, after which the caller calls
+`rollback()`. What the broker commits before it sends what is the durability rule in
+docs/protocol.md ("Durability"). Job numbers are issued by the store and never reused:
+not after results expire, a rollback, a restart or a power loss. Counts by status are
+kept up to date in memory so that counting never scans.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
-from broker.checkpoint import Checkpointer
+from broker.checkpoint import WAL_LIMIT_BYTES, Checkpointer
 from protocol.messages import JobStatus
+
+log = logging.getLogger("lss.broker.store")
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Job numbers are reserved durably this many at a time (one WAL fsync per block), so
+# that after a power loss numbering resumes above every number ever told to anyone.
+SEQ_BLOCK = 1000
+
+
+class StorageError(Exception):
+    """The store could not read or write; the open transaction must be rolled back."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +53,12 @@ class JobRecord:
 
 
 class Store(Protocol):
-    """What the broker needs of a results store. Writes become durable at `commit()`."""
+    """What the broker needs of a results store.
+
+    Writes become durable at `commit()`; `rollback()` undoes every write since the last
+    commit, except that job numbers handed out stay used. Any method may raise
+    `StorageError`.
+    """
 
     def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
@@ -48,7 +71,8 @@ class Store(Protocol):
     def last_seq(self) -> int: ...
     def expire(self, finished_before_s: float) -> int: ...
     def commit(self) -> None: ...
-    def has_new_jobs(self) -> bool: ...
+    def rollback(self) -> None: ...
+    def has_changes(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -63,13 +87,17 @@ class Outcome:
 
 
 class MemoryStore:
-    """A `Store` in a dict: fast, forgets everything at exit. For tests."""
+    """A `Store` in a dict: fast, forgets everything at exit. For tests.
+
+    Rollback is real (an undo log), so that the broker's tests can run on either store.
+    """
 
     def __init__(self) -> None:
         self._jobs: dict[int, JobRecord] = {}
         self._by_request: dict[str, int] = {}
         self._counts: Counter[JobStatus] = Counter()
         self._last_seq = 0
+        self._undo: list[Callable[[], object]] = []
 
     def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False)."""
@@ -78,10 +106,20 @@ class MemoryStore:
             return known, False
         self._last_seq += 1
         seq = self._last_seq
-        self._jobs[seq] = JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s)
+        self._put(seq, JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s))
         self._by_request[request_id] = seq
-        self._counts[JobStatus.RUNNING] += 1
+        self._undo.append(lambda: self._by_request.pop(request_id, None))
         return seq, True
+
+    def _put(self, seq: int, record: JobRecord | None) -> None:
+        """Set (or with None delete) job `seq`, keeping counts and the undo log."""
+        old = self._jobs.pop(seq, None)
+        if old is not None:
+            self._counts[old.status] -= 1
+        if record is not None:
+            self._jobs[seq] = record
+            self._counts[record.status] += 1
+        self._undo.append(lambda: self._put(seq, old))
 
     def find_request(self, request_id: str) -> int | None:
         return self._by_request.get(request_id)
@@ -90,21 +128,11 @@ class MemoryStore:
         return self._jobs.get(seq)
 
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        record = self._jobs[seq]
-        self._counts[record.status] -= 1
-        self._counts[outcome.status] += 1
-        self._jobs[seq] = replace(
-            record,
-            status=outcome.status,
-            answer=outcome.answer,
-            reason=outcome.reason,
-            fingerprint=outcome.fingerprint,
-            finished_s=now_s,
-        )
+        self._put(seq, _finished(self._jobs[seq], outcome, now_s))
 
     def add_attempt(self, seq: int) -> int:
         record = self._jobs[seq]
-        self._jobs[seq] = replace(record, attempts=record.attempts + 1)
+        self._put(seq, replace(record, attempts=record.attempts + 1))
         return record.attempts + 1
 
     def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
@@ -127,20 +155,36 @@ class MemoryStore:
             if r.finished_s is not None and r.finished_s < finished_before_s
         ]
         for record in old:
-            del self._jobs[record.seq]
-            self._by_request.pop(record.request_id, None)
-            self._counts[record.status] -= 1
+            self._put(record.seq, None)
+            del self._by_request[record.request_id]
+            self._undo.append(
+                functools.partial(self._by_request.setdefault, record.request_id, record.seq)
+            )
         return len(old)
 
     def commit(self) -> None:
-        """Nothing to make durable."""
+        """Nothing to make durable: forget the undo log."""
+        self._undo = []
 
-    def has_new_jobs(self) -> bool:
-        """Never: nothing waits for a commit here."""
-        return False
+    def rollback(self) -> None:
+        """Undo every write since the last commit; numbers handed out stay used."""
+        undo, self._undo = self._undo, []
+        for step in reversed(undo):
+            step()
+        self._undo = []  # what the steps themselves logged
+
+    def has_changes(self) -> bool:
+        return bool(self._undo)
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _finished(record: JobRecord, outcome: Outcome, now_s: float) -> JobRecord:
+    return replace(
+        record, status=outcome.status, answer=outcome.answer, reason=outcome.reason,
+        fingerprint=outcome.fingerprint, finished_s=now_s,
+    )  # fmt: skip
 
 
 _SCHEMA = """
@@ -164,61 +208,94 @@ _COLUMNS = (
 )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _storage_op(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn any SQLite or file error of `method` into a `StorageError`."""
+
+    @functools.wraps(method)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{method.__name__}: {exc}") from exc
+
+    return translated
+
+
 class SqliteStore:
     """A durable `Store` in one SQLite file (WAL). Call `commit()` once per batch."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
+    ) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level="DEFERRED", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={_checked_sync(synchronous)}")
+        self._db.execute(f"PRAGMA synchronous={checked_sync(synchronous)}")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
+        self._db.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
         self._db.executescript(_SCHEMA)
-        self._checkpointer = Checkpointer(path)
+        self._checkpointer = Checkpointer(path, wal_limit_bytes=wal_limit_bytes)
         self._checkpointer.start()
-        self._counts: Counter[JobStatus] = Counter()
-        for status, count in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-            self._counts[JobStatus(status)] = count
-        self._last_seq = self._read_last_seq()
+        self._counts = self._read_counts()
+        # The highest number handed out, and the highest one durably reserved: after
+        # a rollback or a crash, numbering goes on above both (see SEQ_BLOCK).
+        self._issued = self._reserved = self._read_last_seq()
         # Outcomes recorded since the last commit, written by one executemany at commit:
         # one statement per job cost more than the rest of the broker's work on it.
         self._finished: dict[int, tuple[Outcome, float]] = {}
-        self._new_jobs = False
+        self._changed = False
+        self._wal_path = f"{self._path}-wal"
+
+    def _read_counts(self) -> Counter[JobStatus]:
+        rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return Counter({JobStatus(status): count for status, count in rows})
 
     def _read_last_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
         return int(row[0]) if row else 0
 
+    @_storage_op
     def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False).
 
         New requests are the common case, so this inserts first and looks up only
-        when the request id is already taken.
+        when the request id is already taken. The number is chosen here, not by
+        AUTOINCREMENT, whose counter a rollback would rewind.
         """
+        seq = self._issued + 1
         try:
-            cursor = self._db.execute(
-                "INSERT INTO jobs (request_id, request, status, created_s) VALUES (?, ?, ?, ?)",
-                (request_id, request, _RUNNING, now_s),
+            self._db.execute(
+                "INSERT INTO jobs (seq, request_id, request, status, created_s)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (seq, request_id, request, _RUNNING, now_s),
             )
         except sqlite3.IntegrityError:
             known = self.find_request(request_id)
             if known is None:
                 raise
             return known, False
-        seq = cursor.lastrowid
-        if seq is None:  # pragma: no cover - sqlite always sets it after an INSERT
-            raise RuntimeError("sqlite did not return a row id")
+        self._issued = seq
         self._counts[JobStatus.RUNNING] += 1
-        self._last_seq = seq
-        self._new_jobs = True
+        self._changed = True
         return seq, True
 
+    @_storage_op
     def find_request(self, request_id: str) -> int | None:
         row = self._db.execute(
             "SELECT seq FROM jobs WHERE request_id = ?", (request_id,)
         ).fetchone()
         return int(row[0]) if row else None
 
+    @_storage_op
     def get(self, seq: int) -> JobRecord | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
         if row is None:
@@ -226,16 +303,14 @@ class SqliteStore:
         record = _record(row)
         if seq in self._finished:
             outcome, finished_s = self._finished[seq]
-            record = replace(
-                record, status=outcome.status, answer=outcome.answer, reason=outcome.reason,
-                fingerprint=outcome.fingerprint, finished_s=finished_s,
-            )  # fmt: skip
+            record = _finished(record, outcome, finished_s)
         return record
 
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self._finished[seq] = (outcome, now_s)
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
+        self._changed = True
 
     def _write_finished(self) -> None:
         if not self._finished:
@@ -250,60 +325,118 @@ class SqliteStore:
         )
         self._finished.clear()
 
+    @_storage_op
     def add_attempt(self, seq: int) -> int:
+        self._changed = True
         self._db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE seq = ?", (seq,))
         row = self._db.execute("SELECT attempts FROM jobs WHERE seq = ?", (seq,)).fetchone()
         return int(row[0])
 
+    @_storage_op
     def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
-        self._write_finished()
         rows = self._db.execute(
             "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
-        return [(int(seq), JobStatus(status)) for seq, status in rows]
+        finished = self._finished
+        return [
+            (int(seq), finished[seq][0].status if seq in finished else JobStatus(status))
+            for seq, status in rows
+        ]
 
+    @_storage_op
     def unfinished(self) -> list[JobRecord]:
-        self._write_finished()
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
         )
-        return [_record(row) for row in rows]
+        return [_record(row) for row in rows if row[0] not in self._finished]
 
     def count(self, status: JobStatus) -> int:
         return self._counts[status]
 
     def last_seq(self) -> int:
-        return self._last_seq
+        return self._issued
 
+    @_storage_op
     def expire(self, finished_before_s: float) -> int:
         self._write_finished()
         gone = self._db.execute(
             "SELECT status, COUNT(*) FROM jobs WHERE finished_s < ? GROUP BY status",
             (finished_before_s,),
         ).fetchall()
+        if not gone:
+            return 0
+        self._changed = True
         self._db.execute("DELETE FROM jobs WHERE finished_s < ?", (finished_before_s,))
         for status, count in gone:
             self._counts[JobStatus(status)] -= count
         return sum(count for _, count in gone)
 
+    @_storage_op
     def commit(self) -> None:
+        """Make every write since the last commit durable (per `synchronous`)."""
         self._write_finished()
+        reserve = self._issued > self._reserved
+        if reserve:
+            self._set_sequence(self._issued + SEQ_BLOCK)
         self._db.commit()
-        self._new_jobs = False
+        if reserve:
+            _fsync(self._wal_path)  # the reservation is on disk before a number is told
+            self._reserved = self._issued + SEQ_BLOCK
+        self._changed = False
 
-    def has_new_jobs(self) -> bool:
-        """Whether jobs were added since the last commit (their ids must wait for it)."""
-        return self._new_jobs
+    def _set_sequence(self, value: int) -> None:
+        updated = self._db.execute(
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (value,)
+        ).rowcount
+        if not updated:
+            self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (value,))
+
+    @_storage_op
+    def _give_back_reserved(self) -> None:
+        """After a clean stop, numbering resumes right after the last number issued."""
+        self._set_sequence(self._issued)
+        self._db.commit()
+        self._reserved = self._issued
+
+    @_storage_op
+    def rollback(self) -> None:
+        """Undo every write since the last commit; numbers handed out stay used."""
+        self._finished.clear()
+        self._changed = False
+        self._db.rollback()
+        self._counts = self._read_counts()
+
+    def has_changes(self) -> bool:
+        """Whether anything was written since the last commit."""
+        return self._changed
 
     def close(self) -> None:
-        self.commit()
+        """Commit, give back the unused reserved numbers, checkpoint, close."""
+        try:
+            self.commit()
+            if self._reserved > self._issued:
+                self._give_back_reserved()
+        except StorageError as exc:
+            log.error("could not commit at close; uncommitted writes are lost: %s", exc)
         self._checkpointer.stop()
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("final WAL checkpoint failed: %s", exc)
         self._db.close()
 
 
-def _checked_sync(mode: str) -> str:
-    if mode.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checked_sync(mode: str) -> str:
+    """`mode` as SQLite's `PRAGMA synchronous` spells it; ValueError if it is none."""
+    if mode.upper() not in SYNCHRONOUS_MODES:
         raise ValueError(f"unknown SQLite synchronous mode {mode!r}")
     return mode.upper()
 

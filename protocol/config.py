@@ -31,6 +31,12 @@ DATA_CHUNK_BYTES = 256 * 1024
 CLIENT_BATCH_BYTES = 64 * 1024
 CLIENT_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 30.0
+# SQLite's `synchronous` for the results store; which failures each survives and what
+# it costs: README, "Durability settings".
+SQLITE_SYNCHRONOUS = "NORMAL"
+# Free space in the state directory below which submits are refused (`storage`): room
+# for the answers of accepted jobs, the WAL between checkpoints (16 MiB) and the logs.
+DISK_RESERVE_MB = 64.0
 
 ENV = {
     "client_endpoint": "LSS_CLIENT_ENDPOINT",
@@ -49,6 +55,8 @@ ENV = {
     "curve_dir": "LSS_CURVE_DIR",
     "diagnostics": "LSS_DIAGNOSTICS",
     "http_addr": "LSS_HTTP_ADDR",
+    "sqlite_synchronous": "LSS_SQLITE_SYNCHRONOUS",
+    "disk_reserve_mb": "LSS_DISK_RESERVE_MB",
 }
 
 

@@ -7,6 +7,8 @@ import logging.handlers
 import time
 from pathlib import Path
 
+from protocol.files import private_state_dir
+
 FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s[%(process)d] %(message)s"
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 MAX_LOG_BYTES = 10 * 1024 * 1024
@@ -14,7 +16,9 @@ LOG_BACKUPS = 5
 
 
 def setup_logging(state_dir: str | Path, name: str, level: str = "INFO") -> None:
-    """Send logs to stderr and to `<state_dir>/logs/<name>.log`, rotated at 10 MiB."""
+    """Make the process's files private (`protocol.files`), then send logs to stderr and
+    to `<state_dir>/logs/<name>.log`, rotated at 10 MiB."""
+    former_mode = private_state_dir(state_dir)
     formatter = logging.Formatter(FORMAT, DATE_FORMAT)
     formatter.converter = time.gmtime
     log_dir = Path(state_dir) / "logs"
@@ -30,6 +34,10 @@ def setup_logging(state_dir: str | Path, name: str, level: str = "INFO") -> None
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level.upper())
+    if former_mode is not None:
+        logging.getLogger("lss").info(
+            "state directory %s was mode %o; tightened to owner only", state_dir, former_mode
+        )
 
 
 class Throttle:

@@ -107,6 +107,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNKNOWN_WORKER = "unknown_worker"
     INTERNAL = "internal"
+    STORAGE = "storage"
 
 
 class Message:

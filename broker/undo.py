@@ -1,0 +1,69 @@
+"""Taking back what a failed store transaction had queued to send (see BrokerCore.rolled_back).
+
+When a write or the commit fails, the store rolls back, and nothing queued on the
+strength of those writes may leave: no reply naming a job that is not in the committed
+store, no answer that is not recorded, no `JOB` for a number that was never committed.
+These functions filter the outbox's frame lists; they run only after such a failure,
+so they decode frames rather than make the hot path carry bookkeeping.
+"""
+
+from __future__ import annotations
+
+from protocol import messages as m
+from protocol.errors import ProtocolError
+from protocol.messages import ErrorCode, job_seq
+
+Waiter = tuple[bytes, bytes]  # (client identity, request tag)
+
+
+def client_replies(
+    routed: list[list[bytes]], void: set[int], dropped: set[Waiter], reason: str
+) -> list[list[bytes]]:
+    """`routed` without the replies to `dropped` waiters (they will be answered later),
+    and with every other reply naming a job in `void` turned into a `storage` error."""
+    kept: list[list[bytes]] = []
+    for frames in routed:
+        envelope = m.decode(frames, routed=True)
+        who = (envelope.identity or b"", envelope.tag)
+        if who in dropped:
+            continue
+        if _named_jobs(envelope.message) & void:
+            kept.append(m.route(who[0], m.ErrorReply(ErrorCode.STORAGE.value, reason), who[1]))
+        else:
+            kept.append(frames)
+    return kept
+
+
+def worker_jobs(
+    routed: list[list[bytes]], void: set[int]
+) -> tuple[list[list[bytes]], list[tuple[bytes, int]]]:
+    """`routed` without the `JOB`s for jobs in `void`, and those as (worker, job number)."""
+    kept: list[list[bytes]] = []
+    taken: list[tuple[bytes, int]] = []
+    for frames in routed:
+        seq = _job_of(frames)
+        if seq in void:
+            taken.append((frames[0], seq))
+        else:
+            kept.append(frames)
+    return kept, taken
+
+
+def _named_jobs(message: m.Message) -> set[int]:
+    if isinstance(message, m.Submitted | m.JobState):
+        ids = [message.job_id]
+    elif isinstance(message, m.JobList):
+        ids = [str(entry[0]) for entry in message.jobs]
+    else:
+        return set()
+    return {seq for seq in map(job_seq, ids) if seq is not None}
+
+
+def _job_of(frames: list[bytes]) -> int | None:
+    try:
+        envelope = m.decode(frames, routed=True)
+    except ProtocolError:
+        return None
+    if not isinstance(envelope.message, m.Job):
+        return None
+    return job_seq(envelope.tag.decode("ascii", "replace"))
