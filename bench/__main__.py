@@ -28,6 +28,9 @@ from bench.echo import EchoService
 from bench.original import OriginalService
 from bench.plan import BASE_ROWS, ORIGINAL_MAX_WINDOW, Plan, parse_args, plan_from
 from bench.service import ROOT, OursService, Processes
+from protocol import config
+
+SYNC_MODES = ("OFF", "NORMAL", "FULL")
 
 
 def say(text: str) -> None:
@@ -110,6 +113,18 @@ class Bench:
         service = celery_app.CeleryService(self.work_dir / "celery", data, self.plan.workers)
         with self.started(service) as celery:
             rows.append(self.measure(celery, shape, workers=self.plan.workers))
+
+    def sync_modes(self, data: Path) -> list[dict[str, Any]]:
+        """The loaded small mix on ours per SQLite `synchronous` mode, beside echo."""
+        p, w, n = self.plan.producers, self.plan.window, self.plan.workers
+        with self.started(EchoService(self.work_dir / "echo", n)) as echo:
+            rows = [self.measure(echo, self.shape(p, w), workers=n)]
+        for mode in SYNC_MODES:
+            ours = OursService(self.work_dir / f"ours-{mode}", data, n)
+            ours.env[config.ENV["sqlite_synchronous"]] = mode
+            with self.started(ours) as running:
+                rows.append(self.measure(running, self.shape(p, w), workers=n, sync=mode))
+        return rows
 
     def scaling(self, data: Path) -> list[dict[str, Any]]:
         """Our throughput over workers x producers (small mix), a fresh service per worker count."""
@@ -209,6 +224,9 @@ def execute(plan: Plan, work_dir: Path) -> dict[str, Any]:
     bench = Bench(plan, work_dir)
     data = dataset(BASE_ROWS, plan.data_dir)
     results: dict[str, Any] = {"meta": meta(plan)}
+    if plan.sync_modes:
+        results["sync_modes"] = bench.sync_modes(data)
+        return results
     results["comparison"], results["skipped"] = bench.comparison(data)
     results["scaling"] = [] if plan.skip_scaling else bench.scaling(data)
     results["rows"] = [] if plan.skip_rows else bench.data_sizes()
@@ -230,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     shutil.rmtree(work_dir, ignore_errors=True)
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    if plan.sync_modes:
+        print(report.sync_modes_markdown(results["sync_modes"]))
+        say(f"done in {results['meta']['elapsed_s']:g} s")
+        return 0
     json_path, md_path = report.save(results, plan.out_dir)
     print(report.markdown(results))
     if "profile" in results:

@@ -36,6 +36,7 @@ class Plan:
     skip_scaling: bool = False
     skip_rows: bool = False
     profile: bool = False
+    sync_modes: bool = False
     data_dir: Path = DATA_DIR
     out_dir: Path = RESULTS_DIR
 
@@ -86,6 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for part in ("original", "celery", "scaling", "rows"):
         p.add_argument(f"--skip-{part}", action="store_true", help=f"do not measure {part}")
     p.add_argument("--profile", action="store_true", help="also run the broker under cProfile")
+    p.add_argument(
+        "--sync-modes",
+        action="store_true",
+        help="only ours per SQLite synchronous mode (and echo), loaded small mix",
+    )
     p.add_argument("--data-dir", type=Path, help="where generated data sets are cached")
     p.add_argument("--out-dir", type=Path, help="where latest.json and latest.md go")
     return p.parse_args(argv)
@@ -108,4 +114,5 @@ def plan_from(args: argparse.Namespace) -> Plan:
     for part in ("original", "celery", "scaling", "rows"):
         given[f"skip_{part}"] = True if getattr(args, f"skip_{part}") else None
     given["profile"] = args.profile or None
+    given["sync_modes"] = args.sync_modes or None
     return replace(plan, **{k: v for k, v in given.items() if v is not None})

@@ -239,3 +239,21 @@ def save(results: dict[str, Any], out_dir: Path = RESULTS_DIR) -> tuple[Path, Pa
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     md_path.write_text(markdown(results))
     return json_path, md_path
+
+
+def sync_modes_markdown(rows: list[dict[str, Any]]) -> str:
+    """The `--sync-modes` table: ours per SQLite synchronous mode, beside echo."""
+    echo = find(rows, system="echo")
+    normal = find(rows, system="ours", sync="NORMAL")
+    lines = [
+        "| system | synchronous | jobs/s | p50 ms | p99 ms | / NORMAL jobs/s | / echo jobs/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        m = row["median"]
+        to_normal, to_echo = (_ratio(row, base, "jobs_per_s") for base in (normal, echo))
+        lines.append(
+            f"| {row['system']} | {row.get('sync', '')} | {_num(m['jobs_per_s'])} "
+            f"| {_num(m['p50_ms'])} | {_num(m['p99_ms'])} | {_num(to_normal)} | {_num(to_echo)} |"
+        )
+    return "\n".join(lines)

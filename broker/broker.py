@@ -191,12 +191,7 @@ class Broker:
     def _storage_failed(self, exc: StorageError, now: float) -> str:
         """Roll the store and the core back, refuse submits for a while; the reason."""
         self._storage_errors.warning("storage failed, transaction rolled back: %s", exc)
-        try:
-            self.store.rollback()
-        except StorageError as again:
-            log.error("rollback failed too: %s", again)
-        reason = f"storage failed: {exc}"
-        self.core.rolled_back(reason)
+        reason = self.core.roll_back(exc)
         self.guard.failed(exc, now)
         self.core.storage_refusal = self.guard.refusal(now)
         return reason
@@ -281,14 +276,10 @@ class Broker:
         for frames in group_by_peer(workers, limit):
             send_frames(self.backend, frames)
         if self.store.has_changes():
-            self._guarded(self._commit, now)
+            self._guarded(lambda _: self.core.commit(), now)
         clients, outbox.clients = outbox.clients, []
         for frames in group_by_peer(clients, limit):
             send_frames(self.frontend, frames)
-
-    def _commit(self, _now: float) -> None:
-        self.store.commit()
-        self.core.committed()
 
     def close(self) -> None:
         self.store.close()

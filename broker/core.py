@@ -3,22 +3,22 @@
 `BrokerCore` takes decoded messages and the current time, updates the store and its
 in-memory state, and queues the frames to send in an `Outbox`. What the socket loop
 (broker.broker) commits before it sends which part of the outbox is the durability rule
-in docs/protocol.md ("Durability"); when the store fails, `rolled_back` undoes what the
-failed transaction did here.
+in docs/protocol.md ("Durability"); it calls `commit`, and `roll_back` when the store
+fails, which undoes what the failed transaction did here too.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker import undo
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
-from broker.store import Outcome, Store
+from broker.store import Outcome, StorageError, Store
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
@@ -86,10 +86,11 @@ class BrokerCore:
         self._retried: set[int] = set()  # unfinished jobs that must run alone
         # Why submits are refused while storage fails or space is short (set by the loop).
         self.storage_refusal: str | None = None
-        # What the store's open transaction did here, for `rolled_back`: jobs added, and
+        # What the store's open transaction did here, for `roll_back`: jobs added, and
         # jobs finished (with their request and the waiters that were answered).
         self._added: set[int] = set()
         self._finished: dict[int, tuple[bytes, set[undo.Waiter]]] = {}
+        self._storage_failures: Counter[str] = Counter()  # by the store method that failed
         for record in store.unfinished():
             self._queue.append(record.seq)
             self._requests[record.seq] = record.request
@@ -278,7 +279,7 @@ class BrokerCore:
         """Put a lost worker's jobs back at the front; a job lost too often fails."""
         for seq in reversed(seqs):
             if seq not in self._requests:
-                continue  # its number was rolled back (see `rolled_back`)
+                continue  # its number was rolled back (see `roll_back`)
             attempts = self.store.add_attempt(seq) if lost else 0
             if attempts >= self.settings.max_attempts:
                 reason = f"job failed: the worker running it was lost {attempts} times ({lost})"
@@ -353,20 +354,28 @@ class BrokerCore:
 
     # --- storage -----------------------------------------------------------------
 
-    def committed(self) -> None:
-        """The store committed: what its transaction did here is durable now."""
+    def commit(self) -> None:
+        """Commit the store's transaction; raises `StorageError` (then call `roll_back`)."""
+        self.store.commit()
         self._added.clear()
         self._finished.clear()
 
-    def rolled_back(self, reason: str) -> None:
-        """The store rolled back: undo here what its transaction did.
+    def roll_back(self, failure: StorageError) -> str:
+        """Roll the store's transaction back after `failure`, and undo here what it did.
 
         Jobs added are forgotten, and each request that named one gets a `storage`
         error instead; jobs finished are unfinished again and run again, their waiters
         waiting again. Nothing queued on the strength of the lost writes leaves.
+        Returns the reason given in those errors.
         """
-        added, finished = set(self._added), dict(self._finished)
-        self.committed()
+        reason = f"storage failed: {failure}"
+        self._storage_failures[failure.operation] += 1
+        try:
+            self.store.rollback()
+        except StorageError as exc:
+            log.error("rollback failed too: %s", exc)
+        added, finished = self._added, self._finished
+        self._added, self._finished = set(), {}
         restored = self._unfinish(finished, added)
         self.outbox.clients = undo.client_replies(
             self.outbox.clients, added | finished.keys(), restored, reason
@@ -380,6 +389,7 @@ class BrokerCore:
             for identity, tag in self._waiters.pop(seq, ()):
                 self.refuse(identity, tag, ErrorCode.STORAGE, reason)
         self._requeue_unheld()
+        return reason
 
     def _unfinish(
         self, finished: dict[int, tuple[bytes, set[undo.Waiter]]], added: set[int]
@@ -427,6 +437,7 @@ class BrokerCore:
             "rates_per_s": self.rates.rates(now_s),
             "shutting_down": self.shutting_down,
             "fingerprint": self.fingerprint,
+            "storage_failures": dict(self._storage_failures),
         }
 
 

@@ -22,18 +22,28 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from broker.checkpoint import WAL_LIMIT_BYTES, Checkpointer
+from protocol import config
 from protocol.messages import JobStatus
 
 log = logging.getLogger("lss.broker.store")
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-# Job numbers are reserved durably this many at a time (one WAL fsync per block), so
-# that after a power loss numbering resumes above every number ever told to anyone.
+SYNCED_COMMITS = ("FULL", "EXTRA")  # every commit is on disk when it returns
+# Where commits are not synced, job numbers are reserved durably this many at a time
+# (one WAL fsync per block), so that after a power loss numbering resumes above every
+# number ever told to anyone; after a crash, the rest of the block is skipped.
 SEQ_BLOCK = 1000
 
 
 class StorageError(Exception):
-    """The store could not read or write; the open transaction must be rolled back."""
+    """The store could not read or write; the open transaction must be rolled back.
+
+    `operation` names the store method that failed (`add`, `commit`...).
+    """
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"{operation}: {reason}")
+        self.operation = operation
 
 
 @dataclass(frozen=True)
@@ -220,7 +230,7 @@ def _storage_op(method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"{method.__name__}: {exc}") from exc
+            raise StorageError(method.__name__, str(exc)) from exc
 
     return translated
 
@@ -232,18 +242,20 @@ class SqliteStore:
         self,
         path: str | Path,
         *,
-        synchronous: str = "NORMAL",
+        synchronous: str = config.SQLITE_SYNCHRONOUS,
         wal_limit_bytes: int = WAL_LIMIT_BYTES,
     ) -> None:
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level="DEFERRED", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._synced = checked_sync(synchronous) in SYNCED_COMMITS
         self._db.execute(f"PRAGMA synchronous={checked_sync(synchronous)}")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
         self._db.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
         self._db.executescript(_SCHEMA)
         self._checkpointer = Checkpointer(path, wal_limit_bytes=wal_limit_bytes)
+        self._wal_limit_bytes = wal_limit_bytes
         self._checkpointer.start()
         self._counts = self._read_counts()
         # The highest number handed out, and the highest one durably reserved: after
@@ -258,6 +270,9 @@ class SqliteStore:
     def _read_counts(self) -> Counter[JobStatus]:
         rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return Counter({JobStatus(status): count for status, count in rows})
+
+    def _read_max_seq(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
 
     def _read_last_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
@@ -375,14 +390,33 @@ class SqliteStore:
     def commit(self) -> None:
         """Make every write since the last commit durable (per `synchronous`)."""
         self._write_finished()
-        reserve = self._issued > self._reserved
+        reserve = self._issued > self._reserved and not self._synced
         if reserve:
             self._set_sequence(self._issued + SEQ_BLOCK)
         self._db.commit()
-        if reserve:
-            _fsync(self._wal_path)  # the reservation is on disk before a number is told
-            self._reserved = self._issued + SEQ_BLOCK
         self._changed = False
+        self._after_commit(reserve)
+
+    def _after_commit(self, reserved: bool) -> None:
+        """Sync a new reservation, bound the WAL. Never raises: the commit is done."""
+        try:
+            if reserved:
+                _fsync(self._wal_path)  # the reservation is on disk before a number is told
+                self._reserved = self._issued + SEQ_BLOCK
+            if os.stat(self._wal_path).st_size > self._wal_limit_bytes:
+                self._restart_wal()
+        except (OSError, sqlite3.Error) as exc:  # the next commit tries again
+            log.error("after a commit: %s", exc)
+
+    def _restart_wal(self) -> None:
+        """Copy the rest of the WAL into the database so that the next commit rewinds it.
+
+        Under constant commits the checkpointer thread's PASSIVE checkpoints never catch
+        up with the writer, so the writer finishes the copy itself (see broker.checkpoint).
+        """
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        if busy:
+            log.warning("the WAL could not be restarted (a reader is busy); it may grow")
 
     def _set_sequence(self, value: int) -> None:
         updated = self._db.execute(
@@ -394,7 +428,7 @@ class SqliteStore:
     @_storage_op
     def _give_back_reserved(self) -> None:
         """After a clean stop, numbering resumes right after the last number issued."""
-        self._set_sequence(self._issued)
+        self._set_sequence(max(self._issued, self._read_max_seq()))
         self._db.commit()
         self._reserved = self._issued
 

@@ -1,4 +1,4 @@
-"""Taking back what a failed store transaction had queued to send (see BrokerCore.rolled_back).
+"""Taking back what a failed store transaction had queued to send (BrokerCore.roll_back).
 
 When a write or the commit fails, the store rolls back, and nothing queued on the
 strength of those writes may leave: no reply naming a job that is not in the committed

@@ -1,11 +1,14 @@
-"""The broker's logic without sockets: BrokerCore fed with envelopes, on a MemoryStore."""
+"""The broker's logic without sockets: BrokerCore fed with envelopes, on both stores."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from broker.core import BrokerCore, CoreSettings
-from broker.store import MemoryStore
+from broker.store import MemoryStore, SqliteStore, StorageError, Store
 from protocol import messages as m
 
 FP = "f" * 64
@@ -15,11 +18,18 @@ SETTINGS = CoreSettings(
 )  # fmt: skip
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
+    yield made
+    made.close()
+
+
 class Harness:
     """A core plus helpers to speak for clients and workers and read what it sends."""
 
-    def __init__(self, settings: CoreSettings = SETTINGS) -> None:
-        self.core = BrokerCore(MemoryStore(), settings, FP)
+    def __init__(self, store: Store, settings: CoreSettings = SETTINGS) -> None:
+        self.core = BrokerCore(store, settings, FP)
         self.now = 1000.0
         self.requests = 0
 
@@ -54,8 +64,8 @@ class Harness:
         self.worker(m.Result("done", FP), who, job, m.pack(answer or {"global_mean": 1.0}))
 
 
-def test_least_recently_used_worker_gets_the_next_job() -> None:
-    h = Harness()
+def test_least_recently_used_worker_gets_the_next_job(store: Store) -> None:
+    h = Harness(store)
     for w in (b"w1", b"w2", b"w3"):
         h.worker(m.Ready(1, FP), w)
     h.submit(2)
@@ -67,8 +77,8 @@ def test_least_recently_used_worker_gets_the_next_job() -> None:
     assert h.jobs_to(to_workers) == [(b"w3", b"job_id_3")]
 
 
-def test_credit_bounds_jobs_per_worker_and_spreads_them() -> None:
-    h = Harness()
+def test_credit_bounds_jobs_per_worker_and_spreads_them(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(2, FP), b"w1")
     h.worker(m.Ready(2, FP), b"w2")
     h.submit(6)
@@ -77,8 +87,8 @@ def test_credit_bounds_jobs_per_worker_and_spreads_them() -> None:
     assert h.core.stats(h.now)["queue_depth"] == 2
 
 
-def test_results_reach_waiters_and_gets() -> None:
-    h = Harness()
+def test_results_reach_waiters_and_gets(store: Store) -> None:
+    h = Harness(store)
     (job,) = h.submit(1)
     h.client(m.Wait(job), who=b"waiter", tag=b"w")
     h.client(m.Get(job), who=b"reader", tag=b"g")
@@ -92,8 +102,8 @@ def test_results_reach_waiters_and_gets() -> None:
     assert m.unpack(clients[0].payload or b"") == {"global_mean": 2.5}
 
 
-def test_submit_with_notify_is_answered_once_by_the_final_state() -> None:
-    h = Harness()
+def test_submit_with_notify_is_answered_once_by_the_final_state(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     h.client(m.Submit("r", "global_mean", {"question": "Q"}, notify=True), tag=b"n")
     clients, to_workers = h.sent()
@@ -105,15 +115,15 @@ def test_submit_with_notify_is_answered_once_by_the_final_state() -> None:
     ]
 
 
-def test_duplicate_request_id_gets_the_same_job() -> None:
-    h = Harness()
+def test_duplicate_request_id_gets_the_same_job(store: Store) -> None:
+    h = Harness(store)
     first = h.submit(1, ["same"])
     again = h.submit(1, ["same"])
     assert first == again == ["job_id_1"]
 
 
-def test_only_the_assigned_worker_can_finish_a_job() -> None:
-    h = Harness()
+def test_only_the_assigned_worker_can_finish_a_job(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     h.worker(m.Ready(1, FP), b"w2")
     h.submit(1)
@@ -124,8 +134,8 @@ def test_only_the_assigned_worker_can_finish_a_job() -> None:
     assert h.core.store.count(m.JobStatus.DONE) == 1
 
 
-def test_silent_worker_is_dropped_and_its_job_requeued() -> None:
-    h = Harness()
+def test_silent_worker_is_dropped_and_its_job_requeued(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     h.submit(1)
     h.sent()
@@ -137,8 +147,8 @@ def test_silent_worker_is_dropped_and_its_job_requeued() -> None:
     assert any(isinstance(e.message, m.Disconnect) and e.identity == b"w1" for e in to_workers)
 
 
-def test_a_job_that_keeps_losing_workers_fails() -> None:
-    h = Harness()
+def test_a_job_that_keeps_losing_workers_fails(store: Store) -> None:
+    h = Harness(store)
     h.submit(1)
     for n in range(3):
         worker = f"w{n}".encode()
@@ -150,8 +160,8 @@ def test_a_job_that_keeps_losing_workers_fails() -> None:
     assert "lost 3 times" in (state.reason or "")
 
 
-def test_a_retried_job_runs_alone_so_its_neighbours_are_not_blamed() -> None:
-    h = Harness()
+def test_a_retried_job_runs_alone_so_its_neighbours_are_not_blamed(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(2, FP), b"w0")
     h.submit(2)  # job 1 is the poison, job 2 an innocent neighbour on the same worker
     h.sent()
@@ -173,8 +183,8 @@ def test_a_retried_job_runs_alone_so_its_neighbours_are_not_blamed() -> None:
     assert innocent is not None and innocent.status is m.JobStatus.DONE
 
 
-def test_lease_expiry_requeues_and_the_late_answer_is_ignored() -> None:
-    h = Harness()
+def test_lease_expiry_requeues_and_the_late_answer_is_ignored(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(1, FP), b"slow")
     h.submit(1)
     h.sent()
@@ -190,8 +200,8 @@ def test_lease_expiry_requeues_and_the_late_answer_is_ignored() -> None:
     assert record is not None and m.unpack(record.answer or b"") == {"global_mean": 1.0}
 
 
-def test_wrong_fingerprint_is_refused() -> None:
-    h = Harness()
+def test_wrong_fingerprint_is_refused(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(1, "0" * 64), b"odd")
     _, to_workers = h.sent()
     assert [e.message for e in to_workers] == [m.Disconnect("data fingerprint mismatch")]
@@ -206,9 +216,9 @@ def test_wrong_fingerprint_is_refused() -> None:
     ],
 )
 def test_submits_refused_when_full_or_shutting_down(
-    settings: CoreSettings, prepare: str, reason: str
+    store: Store, settings: CoreSettings, prepare: str, reason: str
 ) -> None:
-    h = Harness(settings)
+    h = Harness(store, settings)
     if prepare == "fill":
         h.submit(2)
     else:
@@ -219,8 +229,8 @@ def test_submits_refused_when_full_or_shutting_down(
     assert clients[-1].message.reason.startswith(reason)
 
 
-def test_expired_and_invalid_ids_differ() -> None:
-    h = Harness()
+def test_expired_and_invalid_ids_differ(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     h.submit(1)
     h.sent()
@@ -236,8 +246,8 @@ def test_expired_and_invalid_ids_differ() -> None:
     ]
 
 
-def test_shutdown_drains_then_releases_workers() -> None:
-    h = Harness()
+def test_shutdown_drains_then_releases_workers(store: Store) -> None:
+    h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     h.submit(1)
     h.sent()
@@ -250,8 +260,8 @@ def test_shutdown_drains_then_releases_workers() -> None:
     assert [e.message for e in to_workers] == [m.Disconnect("shutdown")]
 
 
-def test_job_list_pages_and_counts() -> None:
-    h = Harness()
+def test_job_list_pages_and_counts(store: Store) -> None:
+    h = Harness(store)
     h.submit(3)
     h.client(m.ListJobs(after=1, limit=1))
     h.client(m.NumJobs())
@@ -260,3 +270,89 @@ def test_job_list_pages_and_counts() -> None:
         m.JobList([["job_id_2", "running"]], next_after=2),
         m.JobCount(3),
     ]
+
+
+# --- storage failures (docs/protocol.md, "Durability") ---------------------------------
+
+
+def failing(monkeypatch: pytest.MonkeyPatch, store: Store, method: str) -> None:
+    """Make `store.<method>` fail as a full disk does, until the monkeypatch is undone."""
+
+    def full(*_args: object) -> None:
+        raise StorageError(method, "database or disk is full")
+
+    monkeypatch.setattr(store, method, full)
+
+
+def replies(clients: list[m.Envelope]) -> dict[bytes, m.Message]:
+    return {e.tag: e.message for e in clients}
+
+
+STORAGE_ERROR = m.ErrorReply("storage", "storage failed: commit: database or disk is full")
+
+
+def test_a_failed_commit_takes_back_every_id_and_answer_of_the_transaction(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(2, FP), b"w1")
+    (first,) = h.submit(1)
+    h.core.commit()
+    h.sent()  # job 1 to w1
+    h.client(m.Wait(first), who=b"waiter", tag=b"w")
+    h.result(b"w1", first.encode(), {"global_mean": 2.5})
+    h.client(m.Submit("plain", "global_mean", {"question": "Q"}), tag=b"p")
+    h.client(m.Submit("notify", "global_mean", {"question": "Q"}, notify=True), tag=b"n")
+    h.client(m.Get(first), who=b"reader", tag=b"g")
+    h.core.dispatch(h.now)
+    sent_before_commit = h.core.outbox.workers  # jobs leave before the commit
+    h.core.outbox.workers = []
+    assert h.jobs_to([m.decode(f, routed=True) for f in sent_before_commit]) == [
+        (b"w1", b"job_id_2"),
+        (b"w1", b"job_id_3"),
+    ]
+    failing(monkeypatch, store, "commit")
+    with pytest.raises(StorageError) as failure:
+        h.core.commit()
+    h.core.roll_back(failure.value)
+    monkeypatch.undo()
+    clients, to_workers = h.sent()
+    # No id and no answer of the failed transaction leaves; the waiter still waits.
+    assert replies(clients) == {b"p": STORAGE_ERROR, b"n": STORAGE_ERROR, b"g": STORAGE_ERROR}
+    assert h.jobs_to(to_workers) == []  # w1's slots stay taken by the void jobs 2 and 3
+    assert h.core.store.find_request("plain") is None
+    # The late answer to a void job is ignored and frees its slot; job 1 runs again.
+    h.result(b"w1", b"job_id_2")
+    _, to_workers = h.sent()
+    assert h.jobs_to(to_workers) == [(b"w1", first.encode())]
+    # Numbers are never reused: the next job is 4, not 2.
+    assert h.submit(1) == ["job_id_4"]
+    h.result(b"w1", first.encode(), {"global_mean": 2.5})
+    h.core.commit()
+    clients, _ = h.sent()
+    assert [(e.identity, e.tag, e.message) for e in clients] == [
+        (b"waiter", b"w", m.JobState(first, "done", None, FP))
+    ]
+    assert store.count(m.JobStatus.DONE) == 1 and store.get(2) is None
+    assert h.core.stats(h.now)["storage_failures"] == {"commit": 1}
+
+
+def test_a_failed_insert_voids_the_transaction_and_refuses_submits_meanwhile(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(store)
+    h.client(m.Submit("early", "global_mean", {"question": "Q"}), tag=b"e")
+    failing(monkeypatch, store, "add")
+    with pytest.raises(StorageError) as failure:
+        h.client(m.Submit("late", "global_mean", {"question": "Q"}), tag=b"l")
+    h.core.roll_back(failure.value)
+    monkeypatch.undo()
+    h.core.storage_refusal = "storage failed: add: database or disk is full"
+    h.client(m.Submit("meanwhile", "global_mean", {"question": "Q"}), tag=b"m")
+    clients, to_workers = h.sent()
+    assert [e.message.code for e in clients] == ["storage", "storage"]  # type: ignore[attr-defined]
+    assert [e.tag for e in clients] == [b"e", b"m"]
+    assert to_workers == [] and h.core.stats(h.now)["queue_depth"] == 0
+    assert store.find_request("early") is None
+    h.core.storage_refusal = None
+    assert h.submit(1, ["early"]) == ["job_id_2"]  # job_id_1 was never told: not reused

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.store import MemoryStore, Outcome, SqliteStore, Store
+from broker.store import SEQ_BLOCK, MemoryStore, Outcome, SqliteStore, StorageError, Store
 from protocol.messages import JobStatus
+from tests.tmpfs import leave_free, small_tmpfs
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
 FAILED = Outcome(JobStatus.ERROR, reason="no data")
@@ -112,3 +113,113 @@ def test_uncommitted_work_is_not_durable(tmp_path: Path) -> None:
     assert reader.find_request("lost") is None
     reader.close()
     first.close()
+
+
+def test_a_rollback_undoes_every_write_but_never_a_number(store: Store) -> None:
+    a, _ = store.add("a", b"req", 0.0)
+    store.commit()
+    b, _ = store.add("b", b"req", 1.0)
+    store.finish(a, DONE, 1.0)
+    assert store.has_changes()
+    store.rollback()
+    assert not store.has_changes()
+    assert store.find_request("b") is None and store.get(b) is None
+    record = store.get(a)
+    assert record is not None and record.status is JobStatus.RUNNING
+    assert [store.count(s) for s in JobStatus] == [1, 0, 0]
+    assert store.add("c", b"req", 2.0) == (b + 1, True)
+
+
+@pytest.mark.parametrize(("synchronous", "skipped"), [("NORMAL", SEQ_BLOCK), ("FULL", 0)])
+def test_numbers_resume_above_every_number_told_after_a_crash(
+    tmp_path: Path, synchronous: str, skipped: int
+) -> None:
+    """Unsynced commits reserve numbers durably by blocks; a crash skips the rest."""
+    path = tmp_path / "jobs.sqlite3"
+    first = SqliteStore(path, synchronous=synchronous)
+    for n in range(3):
+        first.add(f"r{n}", b"req", 0.0)
+    first.commit()
+    # As after a crash: the next broker opens the file without the first having closed it.
+    second = SqliteStore(path, synchronous=synchronous)
+    assert second.add("after", b"req", 1.0) == (3 + skipped + 1, True)
+    second.commit()
+    second.close()
+    first.close()
+    third = SqliteStore(path, synchronous=synchronous)
+    assert third.add("clean", b"req", 2.0) == (3 + skipped + 2, True)
+    third.close()
+
+
+def test_a_full_disk_never_reissues_a_told_number(tmp_path: Path) -> None:
+    """The issue's reproduction: small adds, big ones with little space left, more small."""
+    with small_tmpfs(tmp_path / "disk", 4 << 20) as disk:
+        store = SqliteStore(disk / "jobs.sqlite3")
+        turn = Turn(store)
+        leave_free(disk, 1_500_000)
+        for n in range(50):
+            turn.add(f"small-{n}", 100)
+        for n in range(4):
+            turn.add(f"big-{n}", 900_000)
+        for n in range(50):
+            turn.add(f"more-{n}", 100)
+        turn.commit()
+        assert turn.failures, "the disk never filled: this test proves nothing"
+        assert len(set(turn.issued)) == len(turn.issued), "a number was issued twice"
+        assert len(turn.told) >= 50
+        for seq, request_id in turn.told:
+            record = store.get(seq)
+            assert record is not None and record.request_id == request_id
+        store.close()
+
+
+def test_the_wal_stays_bounded_under_constant_writes(tmp_path: Path) -> None:
+    limit = 1 << 20
+    store = SqliteStore(tmp_path / "jobs.sqlite3", synchronous="OFF", wal_limit_bytes=limit)
+    wal = tmp_path / "jobs.sqlite3-wal"
+    largest = written = 0
+    for turn in range(2_000):  # about 40 MB of jobs and answers, 40x the limit
+        for n in range(10):
+            seq, _ = store.add(f"r{turn}-{n}", b"q" * 1000, 0.0)
+            store.finish(seq, Outcome(JobStatus.DONE, answer=b"a" * 1000), 1.0)
+            written += 2000
+        store.commit()
+        largest = max(largest, wal.stat().st_size)
+    store.close()
+    assert written > 30 * limit
+    assert largest <= 4 * limit, f"the WAL grew to {largest / limit:.1f} times its limit"
+
+
+class Turn:
+    """Drives a store as the broker's loop does: a failure rolls the transaction back,
+    and only what a successful commit stored is told."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.pending: list[tuple[int, str]] = []
+        self.told: list[tuple[int, str]] = []
+        self.issued: list[int] = []
+        self.failures: list[str] = []
+
+    def add(self, request_id: str, size: int) -> None:
+        try:
+            seq, _ = self.store.add(request_id, b"p" * size, 0.0)
+        except StorageError as exc:
+            self._failed(exc)
+            return
+        self.issued.append(seq)
+        self.pending.append((seq, request_id))
+
+    def commit(self) -> None:
+        try:
+            self.store.commit()
+        except StorageError as exc:
+            self._failed(exc)
+            return
+        self.told += self.pending
+        self.pending = []
+
+    def _failed(self, exc: StorageError) -> None:
+        self.failures.append(exc.operation)
+        self.store.rollback()
+        self.pending = []
