@@ -6,12 +6,15 @@ Mounting needs root (CI runs as root); elsewhere the test is skipped and says wh
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+CHUNK_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
@@ -34,8 +37,18 @@ def free_bytes(directory: Path) -> int:
 
 
 def leave_free(directory: Path, left_bytes: int, name: str = "filler") -> Path:
-    """Grow the file `directory/name` until about `left_bytes` are free (whole pages)."""
+    """Grow the file `directory/name` until about `left_bytes` are free (whole pages).
+
+    Others may be writing meanwhile: if the disk fills first, it stays full.
+    """
     filler = directory / name
-    with filler.open("ab") as out:
-        out.write(b"\0" * max(0, free_bytes(directory) - left_bytes))
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while (missing := free_bytes(directory) - left_bytes) > 0:
+            os.write(fd, bytes(min(missing, CHUNK_BYTES)))
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
     return filler
