@@ -335,7 +335,7 @@ class BrokerCore:
             log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
 
     def tick(self, now_s: float) -> None:
-        """Heartbeats, lost and hung workers, expired results."""
+        """Heartbeats, lost and hung workers (results expire in `expire_results`)."""
         interval = self.settings.heartbeat_interval_s
         cutoff = now_s - interval * self.settings.heartbeat_liveness
         for identity in self.pool.silent_since(cutoff):

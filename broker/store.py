@@ -166,7 +166,7 @@ class MemoryStore:
         ]
         for record in old:
             self._put(record.seq, None)
-            del self._by_request[record.request_id]
+            self._by_request.pop(record.request_id, None)
             self._undo.append(
                 functools.partial(self._by_request.setdefault, record.request_id, record.seq)
             )

@@ -23,7 +23,11 @@ def client_replies(
     and with every other reply naming a job in `void` turned into a `storage` error."""
     kept: list[list[bytes]] = []
     for frames in routed:
-        envelope = m.decode(frames, routed=True)
+        try:
+            envelope = m.decode(frames, routed=True)
+        except ProtocolError:  # not ours to judge: it names no job of the transaction
+            kept.append(frames)
+            continue
         who = (envelope.identity or b"", envelope.tag)
         if who in dropped:
             continue

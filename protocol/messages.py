@@ -192,7 +192,7 @@ class Stats(Message):
 
 @dataclass(frozen=True)
 class Submitted(Message):
-    """The job is durably recorded under `job_id`."""
+    """The job is committed to the store under `job_id` (docs/protocol.md, Durability)."""
 
     COMMAND: ClassVar[Command] = Command.SUBMITTED
     job_id: str

@@ -27,7 +27,7 @@ import zmq
 from clients import Client
 from protocol import messages as m
 from protocol.errors import RequestRefused
-from tests.procs import Service, wait_until
+from tests.procs import Service, running, wait_until
 from tests.producer import job_mix
 from tests.reference import QUESTIONS, Reference, assert_close
 from tests.tmpfs import leave_free, small_tmpfs
@@ -83,13 +83,8 @@ def service_on_small_disk(tmp_path: Path, data: Path, **flags: Any) -> Iterator[
         (state / "logs").symlink_to(logs)  # a full disk must not cost us the logs
         for name in ["broker", *(f"worker-{n}" for n in range(1, WORKERS + 1))]:
             (state / f"{name}.stderr").symlink_to(logs / f"{name}.stderr")
-        service = Service(state, data, **flags)
-        try:
-            service.start_broker()
-            service.start_workers(WORKERS)
+        with running(state, data, WORKERS, **flags) as service:
             yield service
-        finally:
-            service.stop()
 
 
 def storage_failures(service: Service) -> dict[str, int]:
@@ -98,10 +93,24 @@ def storage_failures(service: Service) -> dict[str, int]:
     return failures
 
 
-def check_everything(
-    service: Service, producers: list[Producer], reference: Reference, others: list[str]
-) -> int:
+def once_space_returns(
+    service: Service, filler: Path, producers: list[Producer], others: list[str]
+) -> tuple[dict[str, int], int]:
+    """Free the space, check the same broker serves again, stop the producers, check
+    every job; the broker's storage failures, and the jobs checked."""
+    assert service.broker is not None
+    pid = service.broker.pid
+    filler.unlink()
+    serves_again(service, pid)
+    for producer in producers:
+        producer.join()
+    failures = storage_failures(service)
+    return failures, check_everything(service, producers, others)
+
+
+def check_everything(service: Service, producers: list[Producer], others: list[str]) -> int:
     """Distinct ids; each acknowledged job answered as its own request asked. The count."""
+    reference = Reference(service.data)
     jobs = [job for p in producers for job in p.acknowledged]
     ids = [job for job, _, _ in jobs] + others
     assert len(ids) == len(set(ids)), "an id was handed out twice"
@@ -136,41 +145,26 @@ def serves_again(service: Service, pid: int) -> None:
 
 
 def test_commit_time_disk_full(tmp_path: Path, standin_csv: Path) -> None:
-    reference = Reference(standin_csv)
     with service_on_small_disk(tmp_path, standin_csv, disk_reserve_mb=0) as svc:
-        assert svc.broker is not None
-        pid = svc.broker.pid
         producers = run_producers(svc)
         filler = leave_free(svc.state_dir, 48 * 1024)  # a few commits' worth of WAL
         wait_until(lambda: storage_failures(svc).get("commit"), 60, "a failed commit")
         wait_until(lambda: all("storage" in p.refusals for p in producers), 30, "refusals")
         with svc.client() as reader:  # reads go on while writes fail
             job, statistic, params = producers[0].acknowledged[0]
-            assert_close(reader.wait(job, 30), reference.answer(statistic, **params))
-        filler.unlink()
-        serves_again(svc, pid)
-        for producer in producers:
-            producer.join()
-        failures = storage_failures(svc)
-        checked = check_everything(svc, producers, reference, [])
+            answer = Reference(standin_csv).answer(statistic, **params)
+            assert_close(reader.wait(job, 30), answer)
+        failures, checked = once_space_returns(svc, filler, producers, [])
     print(f"commit-time disk full: failures {failures}, {checked} acknowledged jobs checked")
     assert set(failures) == {"commit"}
 
 
 def test_insert_time_disk_full(tmp_path: Path, standin_csv: Path) -> None:
-    reference = Reference(standin_csv)
     with service_on_small_disk(tmp_path, standin_csv, disk_reserve_mb=0) as svc:
-        assert svc.broker is not None
-        pid = svc.broker.pid
         producers = run_producers(svc)
         filler, burst = burst_submits(svc, 6 << 20, leave_bytes=1 << 20)
         wait_until(lambda: storage_failures(svc).get("add"), 30, "a failed INSERT")
-        filler.unlink()
-        serves_again(svc, pid)
-        for producer in producers:
-            producer.join()
-        failures = storage_failures(svc)
-        checked = check_everything(svc, producers, reference, burst)
+        failures, checked = once_space_returns(svc, filler, producers, burst)
     print(f"insert-time disk full: failures {failures}, {checked} acknowledged jobs checked")
     print(f"  a burst of submits in one loop turn: {len(burst)} acknowledged")
 
