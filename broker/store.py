@@ -21,7 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from broker import numbering
 from broker.checkpoint import WAL_LIMIT_BYTES, Checkpointer
+from broker.numbering import SEQ_BLOCK
 from protocol import config
 from protocol.messages import JobStatus
 
@@ -29,10 +31,6 @@ log = logging.getLogger("lss.broker.store")
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 SYNCED_COMMITS = ("FULL", "EXTRA")  # every commit is on disk when it returns
-# Where commits are not synced, job numbers are reserved durably this many at a time
-# (one WAL fsync per block), so that after a power loss numbering resumes above every
-# number ever told to anyone; after a crash, the rest of the block is skipped.
-SEQ_BLOCK = 1000
 
 
 class StorageError(Exception):
@@ -197,7 +195,8 @@ def _finished(record: JobRecord, outcome: Outcome, now_s: float) -> JobRecord:
     )  # fmt: skip
 
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL UNIQUE,
@@ -212,6 +211,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
 """
+    + numbering.SCHEMA
+)
 _RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
 _COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s, finished_s"
@@ -244,7 +245,9 @@ class SqliteStore:
         *,
         synchronous: str = config.SQLITE_SYNCHRONOUS,
         wal_limit_bytes: int = WAL_LIMIT_BYTES,
+        boot: str | None = None,
     ) -> None:
+        """`boot` names this boot of the machine (default: the kernel's boot id)."""
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level="DEFERRED", check_same_thread=False)
@@ -258,9 +261,10 @@ class SqliteStore:
         self._wal_limit_bytes = wal_limit_bytes
         self._checkpointer.start()
         self._counts = self._read_counts()
-        # The highest number handed out, and the highest one durably reserved: after
-        # a rollback or a crash, numbering goes on above both (see SEQ_BLOCK).
-        self._issued = self._reserved = self._read_last_seq()
+        # The highest number handed out, and the highest one reserved on disk: numbering
+        # goes on above both, whatever fails (broker.numbering).
+        self._boot = numbering.current_boot() if boot is None else boot
+        self._issued = self._reserved = numbering.highest_told(self._db, self._boot)
         # Outcomes recorded since the last commit, written by one executemany at commit:
         # one statement per job cost more than the rest of the broker's work on it.
         self._finished: dict[int, tuple[Outcome, float]] = {}
@@ -270,13 +274,6 @@ class SqliteStore:
     def _read_counts(self) -> Counter[JobStatus]:
         rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return Counter({JobStatus(status): count for status, count in rows})
-
-    def _read_max_seq(self) -> int:
-        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
-
-    def _read_last_seq(self) -> int:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-        return int(row[0]) if row else 0
 
     @_storage_op
     def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
@@ -392,7 +389,7 @@ class SqliteStore:
         self._write_finished()
         reserve = self._issued > self._reserved and not self._synced
         if reserve:
-            self._set_sequence(self._issued + SEQ_BLOCK)
+            numbering.reserve(self._db, self._issued + SEQ_BLOCK, self._boot)
         self._db.commit()
         self._changed = False
         self._after_commit(reserve)
@@ -418,17 +415,10 @@ class SqliteStore:
         if busy:
             log.warning("the WAL could not be restarted (a reader is busy); it may grow")
 
-    def _set_sequence(self, value: int) -> None:
-        updated = self._db.execute(
-            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (value,)
-        ).rowcount
-        if not updated:
-            self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (value,))
-
     @_storage_op
     def _give_back_reserved(self) -> None:
         """After a clean stop, numbering resumes right after the last number issued."""
-        self._set_sequence(max(self._issued, self._read_max_seq()))
+        numbering.reserve(self._db, self._issued, self._boot)
         self._db.commit()
         self._reserved = self._issued
 

@@ -33,7 +33,7 @@ CLIENT_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
 # it costs: README, "Durability settings".
-SQLITE_SYNCHRONOUS = "FULL"
+SQLITE_SYNCHRONOUS = "NORMAL"
 # Free space in the state directory below which submits are refused (`storage`): room
 # for the answers of accepted jobs, the WAL between checkpoints (16 MiB) and the logs.
 DISK_RESERVE_MB = 64.0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.store import SEQ_BLOCK, MemoryStore, Outcome, SqliteStore, StorageError, Store
+from broker.numbering import SEQ_BLOCK
+from broker.store import MemoryStore, Outcome, SqliteStore, StorageError, Store
 from protocol.messages import JobStatus
 from tests.tmpfs import leave_free, small_tmpfs
 
@@ -130,23 +131,32 @@ def test_a_rollback_undoes_every_write_but_never_a_number(store: Store) -> None:
     assert store.add("c", b"req", 2.0) == (b + 1, True)
 
 
-@pytest.mark.parametrize(("synchronous", "skipped"), [("NORMAL", SEQ_BLOCK), ("FULL", 0)])
+@pytest.mark.parametrize(
+    ("synchronous", "reboot", "skipped"),
+    [
+        ("NORMAL", False, 0),
+        ("NORMAL", True, SEQ_BLOCK),
+        ("FULL", True, 0),
+        ("OFF", True, SEQ_BLOCK),
+    ],
+)
 def test_numbers_resume_above_every_number_told_after_a_crash(
-    tmp_path: Path, synchronous: str, skipped: int
+    tmp_path: Path, synchronous: str, reboot: bool, skipped: int
 ) -> None:
-    """Unsynced commits reserve numbers durably by blocks; a crash skips the rest."""
+    """Unsynced commits reserve numbers on disk by blocks: a reboot skips the rest."""
     path = tmp_path / "jobs.sqlite3"
-    first = SqliteStore(path, synchronous=synchronous)
+    first = SqliteStore(path, synchronous=synchronous, boot="boot-1")
     for n in range(3):
         first.add(f"r{n}", b"req", 0.0)
     first.commit()
     # As after a crash: the next broker opens the file without the first having closed it.
-    second = SqliteStore(path, synchronous=synchronous)
+    boot = "boot-2" if reboot else "boot-1"
+    second = SqliteStore(path, synchronous=synchronous, boot=boot)
     assert second.add("after", b"req", 1.0) == (3 + skipped + 1, True)
     second.commit()
     second.close()
     first.close()
-    third = SqliteStore(path, synchronous=synchronous)
+    third = SqliteStore(path, synchronous=synchronous, boot="boot-3")
     assert third.add("clean", b"req", 2.0) == (3 + skipped + 2, True)
     third.close()
 

@@ -1,0 +1,47 @@
+"""Job numbers that are never reused: not after a rollback, a crash or a power loss.
+
+The store numbers jobs itself (`SqliteStore.add`), above the highest number it handed
+out in this process, so a rollback cannot rewind it. Across restarts, SQLite's
+`sqlite_sequence` row for `jobs` holds the highest number ever committed (expired jobs
+included). That is enough when each commit is on disk before anyone hears of it
+(`synchronous=FULL`), and after a process crash in any mode, since the operating
+system still holds what was written. A power loss, though, can take the last commits
+of `NORMAL` or `OFF` with it, and with them numbers already told. So in those modes the
+store reserves numbers on disk, `SEQ_BLOCK` at a time (one fsync), before it tells any
+of them, and records the boot it did so in: after a reboot, numbering resumes above
+the reservation, skipping the rest of the block.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SEQ_BLOCK = 1000
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")  # changes at every boot (Linux)
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS seq_reservation (upper INTEGER NOT NULL, boot TEXT NOT NULL);"
+
+
+def current_boot() -> str:
+    """This boot's id; "" where the system does not tell (then every start skips)."""
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+def highest_told(db: sqlite3.Connection, boot: str) -> int:
+    """The highest job number anyone may have heard of: numbering resumes above it."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+    committed = int(row[0]) if row else 0
+    reservation = db.execute("SELECT upper, boot FROM seq_reservation").fetchone()
+    if reservation is None or (boot and reservation[1] == boot):
+        return committed  # no reboot since the reservation: every commit is still there
+    return max(committed, int(reservation[0]))
+
+
+def reserve(db: sqlite3.Connection, upper: int, boot: str) -> None:
+    """Record, in the open transaction, that numbers up to `upper` may be told."""
+    db.execute("DELETE FROM seq_reservation")
+    db.execute("INSERT INTO seq_reservation (upper, boot) VALUES (?, ?)", (upper, boot))
