@@ -180,7 +180,10 @@ class Broker:
             self.core.refuse(envelope.identity or b"", envelope.tag, m.ErrorCode.STORAGE, reason)
 
     def _on_worker(self, envelope: Envelope, now: float) -> None:
-        self._guarded(lambda at: self.core.on_worker(envelope, at), now)
+        try:
+            self.core.on_worker(envelope, now)
+        except StorageError as exc:
+            self._storage_failed(exc, now)
 
     def _guarded(self, step: Callable[[float], object], now: float) -> None:
         try:
