@@ -1,9 +1,10 @@
 """The broker process: two ROUTER sockets, one poll loop, group commit, shutdown.
 
-Each loop turn drains both sockets (up to a batch), lets `BrokerCore` act on the
-messages, dispatches queued jobs, sends the jobs, commits the store once, and only then
-answers clients, so no client hears of a job id before it is durable. Several messages
-for one peer in a turn travel as one BATCH. Malformed input is answered or logged and
+Each loop turn drains both sockets (up to a batch, and up to PEER_MESSAGES_PER_TURN
+from any one peer), lets `BrokerCore` act on the messages (with the sender's role when
+CURVE is on, broker.access), dispatches queued jobs, sends the jobs, commits the store
+once, and only then answers clients, so no client hears of a job id before it is
+durable. Several messages for one peer in a turn travel as one BATCH. Malformed input is answered or logged and
 dropped; it never ends the loop.
 """
 
@@ -14,13 +15,14 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import zmq
 
+from broker.access import Caller, Callers
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
 from broker.security import CurveServer, warn_if_plaintext
@@ -28,19 +30,26 @@ from broker.store import SqliteStore
 from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
-from protocol.logs import Throttle
+from protocol.logs import Throttle, shown
 from protocol.messages import Envelope
-from protocol.wire import send_frames, waiting
+from protocol.wire import send_frames, waiting, waiting_from
 
 log = logging.getLogger("lss.broker")
 
 BATCH = 1000  # messages read from one socket per loop turn
 HARD_LIMIT_FACTOR = 4
+# Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
+# so a peer that stops reading holds at most this many messages (each at most the
+# message limit) in the broker. Peers that read never get near it: every turn sends
+# a peer one BATCH per MESSAGE limit's worth. Inbound, the HWM only slows the sender.
+SOCKET_HWM = 32
+PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
 EXPIRY_EVERY_S = 60.0
 # Finished jobs may wait this long for their commit: an answer is sent before it is
 # durable, since a crash only means the job runs again and gives the same answer.
 COMMIT_FINISHED_EVERY_S = 0.05
 ENDPOINTS_FILE = "broker.endpoints.json"
+RESULT_HEADER = m.PROTOCOL_ID + bytes([m.Command.RESULT])
 
 
 @dataclass(frozen=True)
@@ -84,26 +93,27 @@ class Broker:
         )
         self.context = zmq.Context()
         self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None
-        self.frontend = self._bind(settings.client_endpoint)
-        self.backend = self._bind(settings.worker_endpoint)
+        self.frontend = self._bind(settings.client_endpoint, "client")
+        self.backend = self._bind(settings.worker_endpoint, "worker")
         warn_if_plaintext(
             [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
         )
         self._signals = 0
-        self._malformed = Throttle(log, burst=200)
+        self._malformed = Throttle(log)
+        self._callers = Callers()
         self._last_commit = 0.0
         self._write_endpoints(state)
 
-    def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
+    def _bind(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # Messages up to 4x the limit are read and refused with a reply; beyond that
         # libzmq drops the connection before anything is read.
         sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.core_settings.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         if self.curve:
-            self.curve.secure(sock)
+            self.curve.secure(sock, domain)
         sock.bind(endpoint)
         return sock
 
@@ -173,26 +183,58 @@ class Broker:
     def _drain(
         self,
         sock: zmq.Socket[bytes],
-        handle: Callable[[Envelope, float], None],
+        handle: Callable[[Envelope, float, Caller], None],
         on_error: Callable[[list[bytes], ProtocolError], None],
         now: float,
     ) -> None:
-        for frames in waiting(sock, BATCH):
+        per_peer: dict[bytes, int] = {}
+        for frames, user in self._waiting(sock):
+            too_large = self._size_error(frames)
+            if too_large is not None:
+                if not (sock is self.backend and self._oversize_result(frames, too_large, now)):
+                    on_error(frames, ProtocolError(too_large, "too_large"))
+                continue
             try:
-                self._check_size(frames)
                 messages = m.messages_in(frames, routed=True)
             except ProtocolError as exc:
                 on_error(frames, exc)
                 continue
+            if not self._within_turn_budget(frames[0], len(messages), per_peer, sock):
+                continue
+            caller = self._callers.of(user)
             for message in messages:
-                self._handle(message, handle, on_error, now)
+                self._handle(message, handle, on_error, now, caller)
+
+    def _waiting(self, sock: zmq.Socket[bytes]) -> Iterator[tuple[list[bytes], str]]:
+        """The messages waiting on `sock`, with their sender's User-Id (CURVE only: the
+        lookup costs a little per message, and without CURVE there is none)."""
+        if self.curve:
+            return waiting_from(sock, BATCH)
+        return ((frames, "") for frames in waiting(sock, BATCH))
+
+    def _within_turn_budget(
+        self, identity: bytes, count: int, per_peer: dict[bytes, int], sock: zmq.Socket[bytes]
+    ) -> bool:
+        """Count a peer's messages this turn; False (logged) once it is over its share,
+        so that one peer's flood costs bounded memory for its replies."""
+        total = per_peer.get(identity, 0) + count
+        per_peer[identity] = total
+        if total <= PEER_MESSAGES_PER_TURN:
+            return True
+        side = "client" if sock is self.frontend else "worker"
+        self._malformed.warning(
+            ("flood", identity), "dropped %d message(s) from %s peer %s: over %d in one turn",
+            count, side, shown(identity), PEER_MESSAGES_PER_TURN,
+        )  # fmt: skip
+        return False
 
     def _handle(
         self,
         frames: list[bytes],
-        handle: Callable[[Envelope, float], None],
+        handle: Callable[[Envelope, float, Caller], None],
         on_error: Callable[[list[bytes], ProtocolError], None],
         now: float,
+        caller: Caller,
     ) -> None:
         try:
             envelope = m.decode(frames, routed=True)
@@ -200,26 +242,39 @@ class Broker:
             on_error(frames, exc)
             return
         try:
-            handle(envelope, now)
+            handle(envelope, now, caller)
         except Exception:  # a bug must cost one message, never the broker
             log.exception("failed to handle %s", type(envelope.message).__name__)
 
-    def _check_size(self, frames: list[bytes]) -> None:
+    def _size_error(self, frames: list[bytes]) -> str | None:
         size = sum(map(len, frames))
         limit = self.core_settings.max_message_bytes
-        if size > limit:
-            raise ProtocolError(
-                f"message of {size} bytes exceeds the limit of {limit}", "too_large"
-            )
+        return f"message of {size} bytes exceeds the limit of {limit}" if size > limit else None
+
+    def _oversize_result(self, frames: list[bytes], reason: str, now: float) -> bool:
+        """An oversize RESULT from the worker holding its job ends that job as an error
+        (the worker stays); True if it was one."""
+        if len(frames) < 2 or frames[1][: len(RESULT_HEADER)] != RESULT_HEADER:
+            return False
+        tag = frames[1][len(RESULT_HEADER) :]
+        return self.core.fail_oversize(frames[0], tag, reason, now)
 
     def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
-        self._malformed.warning("malformed client message (%d frames): %s", len(frames), exc)
+        peer = frames[0] if frames else b""
+        self._malformed.warning(
+            ("malformed client", peer), "malformed client message (%d frames) from %s: %s",
+            len(frames), shown(peer), exc,
+        )  # fmt: skip
         if len(frames) >= 2:
             tag = frames[1][len(m.PROTOCOL_ID) + 1 :][: m.MAX_TAG_BYTES]
             self.core.refuse(frames[0], tag, exc.code, str(exc))
 
     def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError) -> None:
-        self._malformed.warning("malformed worker message (%d frames): %s", len(frames), exc)
+        peer = frames[0] if frames else b""
+        self._malformed.warning(
+            ("malformed worker", peer), "malformed worker message (%d frames) from %s: %s",
+            len(frames), shown(peer), exc,
+        )  # fmt: skip
         if len(frames) >= 2:
             self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
 

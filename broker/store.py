@@ -32,17 +32,22 @@ class JobRecord:
     fingerprint: str | None = None
     created_s: float = 0.0
     finished_s: float | None = None
+    owner: str = ""  # the submitter's public key with CURVE on, else ""
 
 
 class Store(Protocol):
     """What the broker needs of a results store. Writes become durable at `commit()`."""
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]: ...
+    def add(
+        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+    ) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
     def add_attempt(self, seq: int) -> int: ...
-    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]: ...
+    def page(
+        self, after: int, limit: int, owner: str | None = None
+    ) -> list[tuple[int, JobStatus]]: ...
     def unfinished(self) -> list[JobRecord]: ...
     def count(self, status: JobStatus) -> int: ...
     def last_seq(self) -> int: ...
@@ -71,14 +76,18 @@ class MemoryStore:
         self._counts: Counter[JobStatus] = Counter()
         self._last_seq = 0
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
+    def add(
+        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+    ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False)."""
         known = self._by_request.get(request_id)
         if known is not None:
             return known, False
         self._last_seq += 1
         seq = self._last_seq
-        self._jobs[seq] = JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s)
+        self._jobs[seq] = JobRecord(
+            seq, request_id, request, JobStatus.RUNNING, created_s=now_s, owner=owner
+        )
         self._by_request[request_id] = seq
         self._counts[JobStatus.RUNNING] += 1
         return seq, True
@@ -107,8 +116,10 @@ class MemoryStore:
         self._jobs[seq] = replace(record, attempts=record.attempts + 1)
         return record.attempts + 1
 
-    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
-        seqs = sorted(s for s in self._jobs if s > after)[:limit]
+    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
+        mine = (s for s, r in self._jobs.items() if owner is None or r.owner == owner)
+        seqs = sorted(s for s in mine if s > after)[:limit]
         return [(s, self._jobs[s].status) for s in seqs]
 
     def unfinished(self) -> list[JobRecord]:
@@ -154,13 +165,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     fingerprint TEXT,
     created_s REAL NOT NULL,
-    finished_s REAL
+    finished_s REAL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
 """
+# Jobs by owner, for a client key's listing; partial, so that without CURVE (owner '')
+# inserts pay nothing for it. Queries must say `owner != ''` to use it.
+_OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner != ''"
 _RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
 _COLUMNS = (
-    "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s, finished_s"
+    "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
+    " finished_s, owner"
 )
 
 
@@ -174,6 +190,7 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={_checked_sync(synchronous)}")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
         self._db.executescript(_SCHEMA)
+        _add_owner_column(self._db)
         self._checkpointer = Checkpointer(path)
         self._checkpointer.start()
         self._counts: Counter[JobStatus] = Counter()
@@ -189,7 +206,9 @@ class SqliteStore:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
         return int(row[0]) if row else 0
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
+    def add(
+        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+    ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False).
 
         New requests are the common case, so this inserts first and looks up only
@@ -197,8 +216,9 @@ class SqliteStore:
         """
         try:
             cursor = self._db.execute(
-                "INSERT INTO jobs (request_id, request, status, created_s) VALUES (?, ?, ?, ?)",
-                (request_id, request, _RUNNING, now_s),
+                "INSERT INTO jobs (request_id, request, status, created_s, owner)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (request_id, request, _RUNNING, now_s, owner),
             )
         except sqlite3.IntegrityError:
             known = self.find_request(request_id)
@@ -255,11 +275,19 @@ class SqliteStore:
         row = self._db.execute("SELECT attempts FROM jobs WHERE seq = ?", (seq,)).fetchone()
         return int(row[0])
 
-    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
+    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
         self._write_finished()
-        rows = self._db.execute(
-            "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        )
+        if owner is None:
+            rows = self._db.execute(
+                "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT seq, status FROM jobs WHERE owner = ? AND owner != '' AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (owner, after, limit),
+            )
         return [(int(seq), JobStatus(status)) for seq, status in rows]
 
     def unfinished(self) -> list[JobRecord]:
@@ -308,8 +336,18 @@ def _checked_sync(mode: str) -> str:
     return mode.upper()
 
 
+def _add_owner_column(db: sqlite3.Connection) -> None:
+    """Give a store made before job owners existed its `owner` column (jobs: no owner)."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    if "owner" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+    db.execute(_OWNER_INDEX)
+    db.commit()
+
+
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    seq, request_id, request, status, attempts, answer, reason, fingerprint, created, finished = row
+    seq, request_id, request, status, attempts, answer, reason, fingerprint, created = row[:9]
+    finished, owner = row[9:]
     return JobRecord(
         seq=seq,
         request_id=request_id,
@@ -321,4 +359,5 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
         fingerprint=fingerprint,
         created_s=created,
         finished_s=finished,
+        owner=owner,
     )

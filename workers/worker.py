@@ -37,6 +37,9 @@ PIPE = "inproc://lss-worker-compute"
 BATCH = 1000
 STOP = b""  # empty tag: tells the compute thread to end
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
+# Messages queued each way; finite so that a broker that stops reading cannot grow a
+# worker without bound (a worker holds at most MAX_WORKER_CREDIT jobs at once anyway).
+SOCKET_HWM = 1000
 
 
 class Worker:
@@ -88,6 +91,8 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         sock.setsockopt(zmq.SNDTIMEO, 0)  # see _deliver
+        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         if self.settings.curve_server_key and self.settings.curve_secret:
             secure_client(sock, self.settings.curve_server_key, self.settings.curve_secret)
         sock.connect(self.settings.connect)
