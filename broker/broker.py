@@ -4,8 +4,8 @@ Each loop turn drains both sockets (up to a batch, and up to PEER_MESSAGES_PER_T
 from any one peer), lets `BrokerCore` act on the messages (with the sender's role when
 CURVE is on, broker.access), dispatches queued jobs, sends the jobs, commits the store
 once, and only then answers clients, so no client hears of a job id before it is
-durable. Several messages for one peer in a turn travel as one BATCH. Malformed input is answered or logged and
-dropped; it never ends the loop.
+durable. Several messages for one peer in a turn travel as one BATCH. Malformed input
+is answered or logged and dropped; it never ends the loop.
 """
 
 from __future__ import annotations
