@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass
 
 MAX_CACHED_CALLERS = 10_000
+Z85_KEY_CHARS = 40  # a CURVE public key as z85 text
 
 
 class Role(enum.StrEnum):
@@ -51,7 +52,8 @@ OPEN = Caller(None)
 
 
 def user_id(role: str, key: str, name: str) -> str:
-    """The ZAP user id that names an admitted peer (read back by `caller_of`)."""
+    """The ZAP user id that names an admitted peer (read back by `Callers.of`); `key` is
+    the z85 public key (40 characters)."""
     return f"{role}:{key}:{name}"
 
 
@@ -76,7 +78,7 @@ class Callers:
 
 def _parse(user: str) -> Caller:
     role, _, rest = user.partition(":")
-    key, _, name = rest.partition(":")
+    key, name = rest[:Z85_KEY_CHARS], rest[Z85_KEY_CHARS + 1 :]  # z85 text may hold ":"
     try:
         return Caller(Role(role), key, name)
     except ValueError:  # not ours (another ZAP handler): the least a key may do

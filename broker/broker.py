@@ -39,10 +39,13 @@ log = logging.getLogger("lss.broker")
 BATCH = 1000  # messages read from one socket per loop turn
 HARD_LIMIT_FACTOR = 4
 # Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
-# so a peer that stops reading holds at most this many messages (each at most the
-# message limit) in the broker. Peers that read never get near it: every turn sends
-# a peer one BATCH per MESSAGE limit's worth. Inbound, the HWM only slows the sender.
-SOCKET_HWM = 32
+# so such a peer holds at most this many messages (each at most the message limit) in
+# the broker. Peers that read never get near it: a turn sends a peer one message per
+# message limit's worth of replies, and their ZeroMQ I/O thread reads them at once.
+SEND_HWM = 16
+# Messages read ahead from one peer (each up to HARD_LIMIT_FACTOR x the limit); a full
+# queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
+RECEIVE_HWM = 8
 PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
 EXPIRY_EVERY_S = 60.0
 # Finished jobs may wait this long for their commit: an answer is sent before it is
@@ -110,8 +113,8 @@ class Broker:
         # Messages up to 4x the limit are read and refused with a reply; beyond that
         # libzmq drops the connection before anything is read.
         sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.core_settings.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
-        sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         if self.curve:
             self.curve.secure(sock, domain)
         sock.bind(endpoint)

@@ -506,6 +506,7 @@ class BrokerCore:
             "workers": [w.describe() for w in self.pool.all()],
             "queue_depth": len(self._queue),
             "in_flight": self.pool.in_flight(),
+            "waiters": self._waiting.total(),
             "jobs": {s.value: self.store.count(s) for s in JobStatus},
             "last_job": job_id(self.store.last_seq()) if self.store.last_seq() else None,
             "rates_per_s": self.rates.rates(now_s),

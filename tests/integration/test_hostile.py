@@ -12,7 +12,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,9 +38,17 @@ STALL_LIMIT_S = 5.0  # a busy 2-core machine may take this long to answer; a sta
 class RawPeer:
     """A bare ZeroMQ socket with a deadline on every receive."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        kind: int,
+        endpoint: str,
+        options: Mapping[int, int | bytes] | None = None,
+    ) -> None:
         self.sock: zmq.Socket[bytes] = context.socket(kind)
         self.sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            self.sock.setsockopt(option, value)
         self.sock.connect(endpoint)
 
     def send(self, frames: list[bytes]) -> None:
@@ -81,13 +89,14 @@ class RawPeer:
 
 
 @pytest.fixture
-def peers() -> Iterator[Callable[[int, str], RawPeer]]:
-    """Make raw sockets; all of them, and their context, are closed at teardown."""
+def peers() -> Iterator[Callable[..., RawPeer]]:
+    """Make raw sockets (kind, endpoint, socket options before connecting); all of them,
+    and their context, are closed at teardown."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     made: list[RawPeer] = []
 
-    def make(kind: int, endpoint: str) -> RawPeer:
-        peer = RawPeer(context, kind, endpoint)
+    def make(kind: int, endpoint: str, options: Mapping[int, int | bytes] | None = None) -> RawPeer:
+        peer = RawPeer(context, kind, endpoint, options)
         made.append(peer)
         return peer
 
