@@ -37,11 +37,11 @@ def setup_logging(state_dir: str | Path, name: str, level: str = "INFO") -> None
 
 SHOWN_CHARS = 100
 """How much of a peer's value a log line or an error reply repeats."""
-_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {
+# Control characters (C0, DEL and C1) as Python writes them; backslashes stay as they are.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))} | {
     ord("\n"): "\\n",
     ord("\r"): "\\r",
     ord("\t"): "\\t",
-    ord("\\"): "\\\\",
 }
 
 
