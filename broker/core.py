@@ -120,6 +120,7 @@ class BrokerCore:
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
         self._waiters: dict[int, set[tuple[bytes, bytes]]] = {}
         self._waiting: Counter[bytes] = Counter()  # waiters per peer
+        self._waiting_total = 0
         self._retried: set[int] = set()  # unfinished jobs that must run alone
         self._owners: dict[int, str] = {}  # unfinished jobs submitted with CURVE: seq -> key
         self._running_by_owner: Counter[str] = Counter()
@@ -286,7 +287,7 @@ class BrokerCore:
             self._reply(identity, tag, m.JobState(job_id(seq), JobStatus.RUNNING.value))
 
     def _add_waiter(self, identity: bytes, tag: bytes, seq: int) -> None:
-        if self._waiting[identity] >= MAX_WAITERS_PER_PEER or self._waiting.total() >= MAX_WAITERS:
+        if self._waiting[identity] >= MAX_WAITERS_PER_PEER or self._waiting_total >= MAX_WAITERS:
             why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
             self.refuse(identity, tag, ErrorCode.OVER_LIMIT, why)
             return
@@ -294,6 +295,7 @@ class BrokerCore:
         if (identity, tag) not in waiters:
             waiters.add((identity, tag))
             self._waiting[identity] += 1
+            self._waiting_total += 1
 
     def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs, caller: Caller) -> None:
         limit = max(1, min(msg.limit, self.settings.list_page_limit))
@@ -323,7 +325,8 @@ class BrokerCore:
         if isinstance(msg, m.Result):
             self._finish_from(worker, env.tag, msg, env.payload, now_s)
         elif isinstance(msg, m.Disconnect):
-            log.info("worker %s (pid %d) left: %s", peer_name(identity), worker.pid, msg.reason)
+            log.info("worker %s (pid %d) left: %s", peer_name(identity), worker.pid,
+                     shown(msg.reason))  # fmt: skip
             self._requeue(self.pool.remove(identity), lost=None, now_s=now_s)
         elif not isinstance(msg, m.Heartbeat):
             self._warn.warning(
@@ -397,6 +400,7 @@ class BrokerCore:
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
         for identity, tag in self._waiters.pop(seq, ()):
             self._waiting[identity] -= 1
+            self._waiting_total -= 1
             if not self._waiting[identity]:
                 del self._waiting[identity]
             self._reply(identity, tag, state, outcome.answer)
@@ -506,7 +510,7 @@ class BrokerCore:
             "workers": [w.describe() for w in self.pool.all()],
             "queue_depth": len(self._queue),
             "in_flight": self.pool.in_flight(),
-            "waiters": self._waiting.total(),
+            "waiters": self._waiting_total,
             "jobs": {s.value: self.store.count(s) for s in JobStatus},
             "last_job": job_id(self.store.last_seq()) if self.store.last_seq() else None,
             "rates_per_s": self.rates.rates(now_s),

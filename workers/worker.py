@@ -26,7 +26,7 @@ from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import ProtocolError
-from protocol.logs import setup_logging
+from protocol.logs import setup_logging, shown
 from protocol.wire import send_frames, waiting
 from workers.compute import JobRunner
 from workers.settings import WorkerSettings, add_worker_flags, settings_from
@@ -199,7 +199,7 @@ class Worker:
         if isinstance(msg, m.Disconnect):
             self._on_disconnect(msg.reason)
         elif isinstance(msg, m.ErrorReply):
-            log.warning("broker says: %s (%s)", msg.reason, msg.code)
+            log.warning("broker says: %s (%s)", shown(msg.reason), shown(msg.code))
 
     def _on_disconnect(self, reason: str) -> None:
         if reason == "shutdown":
