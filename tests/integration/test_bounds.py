@@ -24,7 +24,7 @@ import zmq
 
 from broker.core import MAX_WAITERS_PER_PEER
 from protocol import messages as m
-from tests.integration.test_hostile import RawPeer, peers, raw
+from tests.integration.test_hostile import RawPeer, fake_worker, peers, raw
 from tests.procs import Service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -215,11 +215,9 @@ def test_3000_gets_of_a_72_kb_answer_in_one_batch(
 
 def test_a_worker_credit_is_capped(service_factory: Callable[..., Service], peers: Peers) -> None:
     svc = service_factory()
+    greedy, _ = fake_worker(svc, peers, credit=1_000_000)
+    (worker,) = svc.wait_workers(1)
     with svc.client() as client:
-        fingerprint = client.stats()["fingerprint"]
-        greedy = peers(zmq.DEALER, svc.worker_endpoint)
-        greedy.send(m.encode(m.Ready(1_000_000, fingerprint, 1, "greedy")))
-        (worker,) = svc.wait_workers(1)
         jobs = [client.submit("global_mean", question=OBESITY) for _ in range(100)]
         got = wait_until(
             lambda: client.stats()["in_flight"] == m.MAX_WORKER_CREDIT, 10, "a full worker"
@@ -266,13 +264,10 @@ def test_control_characters_from_a_worker_are_escaped_in_the_log(
     service_factory: Callable[..., Service], peers: Peers
 ) -> None:
     svc = service_factory()
-    with svc.client() as client:
-        fingerprint = client.stats()["fingerprint"]
-        name = b"w\n2026-01-01T00:00:00.000Z INFO forged"
-        forger = peers(zmq.DEALER, svc.worker_endpoint, {zmq.ROUTING_ID: name})
-        host = "h\n2026-01-01T00:00:00.000Z INFO lss.broker forged \x1b[2J"
-        forger.send(m.encode(m.Ready(1, fingerprint, 1, host)))
-        (worker,) = svc.wait_workers(1)
+    name = b"w\n2026-01-01T00:00:00.000Z INFO forged"
+    host = "h\n2026-01-01T00:00:00.000Z INFO lss.broker forged \x1b[2J"
+    fake_worker(svc, peers, host=host, options={zmq.ROUTING_ID: name})
+    (worker,) = svc.wait_workers(1)
     assert worker["host"] == host  # stats carry the value; its readers escape it
     log = _log(svc)
     assert "forged" in log
@@ -284,11 +279,8 @@ def test_an_oversize_result_fails_its_job_and_keeps_the_worker(
     service_factory: Callable[..., Service], peers: Peers
 ) -> None:
     svc = service_factory()
+    worker, fingerprint = fake_worker(svc, peers)
     with svc.client() as client:
-        fingerprint = client.stats()["fingerprint"]
-        worker = peers(zmq.DEALER, svc.worker_endpoint)
-        worker.send(m.encode(m.Ready(1, fingerprint, 1, "big")))
-        svc.wait_workers(1)
         job = client.submit("global_mean", question=OBESITY)
         (handed,) = worker.envelopes(1)
         assert handed.tag == job.encode()

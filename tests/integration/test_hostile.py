@@ -115,6 +115,22 @@ def capped(tmp_path_factory: pytest.TempPathFactory, standin_csv: Path) -> Itera
         yield svc
 
 
+def fake_worker(
+    svc: Service,
+    peers: Callable[..., RawPeer],
+    credit: int = 1,
+    host: str = "fake",
+    options: Mapping[int, int | bytes] | None = None,
+) -> tuple[RawPeer, str]:
+    """A raw DEALER registered as a worker with the service's fingerprint (returned too)."""
+    with svc.client() as client:
+        fingerprint: str = client.stats()["fingerprint"]
+    worker = peers(zmq.DEALER, svc.worker_endpoint, options)
+    worker.send(m.encode(m.Ready(credit, fingerprint, 1, host)))
+    svc.wait_workers(1)
+    return worker, fingerprint
+
+
 def raw(command: int, body: Any, tag: bytes = b"t", proto: bytes = m.PROTOCOL_ID) -> list[bytes]:
     """A hand-built DEALER message (header, body): any command byte, any msgpack body."""
     packed = body if isinstance(body, bytes) else msgpack.packb(body, use_bin_type=True)
@@ -371,10 +387,8 @@ def test_a_registered_impostor_cannot_corrupt_other_jobs(
 ) -> None:
     """A peer that registers correctly, then answers garbage: only its own job fails."""
     svc = service_factory()
+    impostor, fingerprint = fake_worker(svc, peers)
     with svc.client() as client:
-        fingerprint = client.stats()["fingerprint"]
-        impostor = peers(zmq.DEALER, svc.worker_endpoint)
-        impostor.send(m.encode(m.Ready(1, fingerprint, 1, "impostor")))
         job = client.submit("global_mean", question=OBESITY)
         handed = impostor.recv()
         assert handed is not None and m.decode(handed).tag == job.encode()
