@@ -10,6 +10,7 @@ everything, as before roles existed.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass
 
 MAX_CACHED_CALLERS = 10_000
@@ -83,3 +84,30 @@ def _parse(user: str) -> Caller:
         return Caller(Role(role), key, name)
     except ValueError:  # not ours (another ZAP handler): the least a key may do
         return Caller(Role.CLIENT, user, user)
+
+
+class Owners:
+    """Which key submitted each unfinished job (with CURVE on), and how many each has
+    running: what a client key's reads and counts are checked against in memory."""
+
+    def __init__(self) -> None:
+        self._of: dict[int, str] = {}
+        self._running: Counter[str] = Counter()
+
+    def own(self, seq: int, owner: str) -> None:
+        if owner:  # without CURVE jobs have no owner, and this costs nothing
+            self._of[seq] = owner
+            self._running[owner] += 1
+
+    def disown(self, seq: int) -> None:
+        owner = self._of.pop(seq, None)
+        if owner is not None:
+            self._running[owner] -= 1
+            if not self._running[owner]:
+                del self._running[owner]
+
+    def of(self, seq: int) -> str | None:
+        return self._of.get(seq)
+
+    def running(self, owner: str) -> int:
+        return self._running.get(owner, 0)

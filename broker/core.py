@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker.access import OPEN, Caller
+from broker.access import OPEN, Caller, Owners
+from broker.limits import (
+    ANSWER_BYTES_PER_TURN,
+    DATA_BYTES_PER_TURN,
+    MAX_WAITERS_PER_PEER,
+    PEER_ANSWER_BYTES_PER_TURN,
+    Budget,
+    Waiters,
+)
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, Store
@@ -32,12 +40,6 @@ log = logging.getLogger("lss.broker")
 # that a job killing workers cannot take its neighbours to the poison limit with it.
 # After a single loss it goes back to any free worker: a lost host must fail over fast.
 ALONE_AFTER_LOSSES = 2
-# What one peer may hold or be sent: a flood costs bounded memory (docs/protocol.md).
-MAX_WAITERS_PER_PEER = 10_000
-MAX_WAITERS = 100_000
-PEER_ANSWER_BYTES_PER_TURN = 8 << 20  # answers to one client in one loop turn
-ANSWER_BYTES_PER_TURN = 64 << 20  # answers to all clients in one loop turn
-DATA_BYTES_PER_TURN = 4 << 20  # data chunks to all workers in one loop turn
 
 
 @dataclass(frozen=True)
@@ -52,27 +54,6 @@ class CoreSettings:
     result_ttl_s: float
     max_message_bytes: int
     list_page_limit: int = 10_000
-
-
-class Budget:
-    """Bytes queued this loop turn, per peer and in all, each under its own cap."""
-
-    def __init__(self, per_peer: int, total: int) -> None:
-        self.per_peer, self.total = per_peer, total
-        self._used: Counter[bytes] = Counter()
-        self._used_total = 0
-
-    def take(self, peer: bytes, size: int) -> bool:
-        """Count `size` more bytes for `peer` if both caps allow it; False otherwise."""
-        if self._used[peer] + size > self.per_peer or self._used_total + size > self.total:
-            return False
-        self._used[peer] += size
-        self._used_total += size
-        return True
-
-    def reset(self) -> None:
-        self._used.clear()
-        self._used_total = 0
 
 
 @dataclass
@@ -118,17 +99,14 @@ class BrokerCore:
         self._data_chunk = data_chunk
         self._queue: deque[int] = deque()
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
-        self._waiters: dict[int, set[tuple[bytes, bytes]]] = {}
-        self._waiting: Counter[bytes] = Counter()  # waiters per peer
-        self._waiting_total = 0
+        self._waiters = Waiters()
         self._retried: set[int] = set()  # unfinished jobs that must run alone
-        self._owners: dict[int, str] = {}  # unfinished jobs submitted with CURVE: seq -> key
-        self._running_by_owner: Counter[str] = Counter()
+        self._owners = Owners()  # of unfinished jobs
         self._warn = Throttle(log)
         for record in store.unfinished():
             self._queue.append(record.seq)
             self._requests[record.seq] = record.request
-            self._own(record.seq, record.owner)
+            self._owners.own(record.seq, record.owner)
             if record.attempts >= ALONE_AFTER_LOSSES:
                 self._retried.add(record.seq)
         if self._queue:
@@ -209,7 +187,7 @@ class BrokerCore:
         if not new:
             return seq
         self._requests[seq] = body
-        self._own(seq, owner)
+        self._owners.own(seq, owner)
         self._queue.append(seq)
         self.rates.count("submitted", now_s)
         log.debug("%s accepted", job_id(seq))
@@ -229,31 +207,19 @@ class BrokerCore:
             return ErrorCode.QUEUE_FULL, f"queue full ({self.settings.max_queue} jobs waiting)"
         return None
 
-    def _own(self, seq: int, owner: str) -> None:
-        if owner:
-            self._owners[seq] = owner
-            self._running_by_owner[owner] += 1
-
-    def _disown(self, seq: int) -> None:
-        owner = self._owners.pop(seq, None)
-        if owner is not None:
-            self._running_by_owner[owner] -= 1
-            if not self._running_by_owner[owner]:
-                del self._running_by_owner[owner]
-
     def _visible(self, seq: int, caller: Caller) -> bool:
         """Whether `caller` may know of job `seq` (a client key: only its own jobs)."""
         if caller.sees_all:
             return True
         if seq in self._requests:
-            return self._owners.get(seq) == caller.key
+            return self._owners.of(seq) == caller.key
         record = self.store.get(seq)
         return record is None or record.owner == caller.key
 
     def _count_running(self, caller: Caller) -> int:
         if caller.sees_all:
             return self.store.count(JobStatus.RUNNING)
-        return self._running_by_owner.get(caller.key, 0)
+        return self._owners.running(caller.key)
 
     def _read(
         self, identity: bytes, tag: bytes, seq: int | None, *, wait: bool, caller: Caller = OPEN
@@ -279,7 +245,7 @@ class BrokerCore:
     def _read_running(
         self, identity: bytes, tag: bytes, seq: int, wait: bool, caller: Caller
     ) -> None:
-        if not caller.sees_all and self._owners.get(seq) != caller.key:
+        if not caller.sees_all and self._owners.of(seq) != caller.key:
             self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
         elif wait:
             self._add_waiter(identity, tag, seq)
@@ -287,15 +253,9 @@ class BrokerCore:
             self._reply(identity, tag, m.JobState(job_id(seq), JobStatus.RUNNING.value))
 
     def _add_waiter(self, identity: bytes, tag: bytes, seq: int) -> None:
-        if self._waiting[identity] >= MAX_WAITERS_PER_PEER or self._waiting_total >= MAX_WAITERS:
+        if not self._waiters.add(seq, identity, tag):
             why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
             self.refuse(identity, tag, ErrorCode.OVER_LIMIT, why)
-            return
-        waiters = self._waiters.setdefault(seq, set())
-        if (identity, tag) not in waiters:
-            waiters.add((identity, tag))
-            self._waiting[identity] += 1
-            self._waiting_total += 1
 
     def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs, caller: Caller) -> None:
         limit = max(1, min(msg.limit, self.settings.list_page_limit))
@@ -391,18 +351,14 @@ class BrokerCore:
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self.store.finish(seq, outcome, now_s)
         del self._requests[seq]
-        self._disown(seq)
+        self._owners.disown(seq)
         self._retried.discard(seq)
         status = str(outcome.status)
         self.rates.count(status, now_s)
         text = job_id(seq)
         log.debug("%s %s%s", text, status, f": {outcome.reason}" if outcome.reason else "")
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
-        for identity, tag in self._waiters.pop(seq, ()):
-            self._waiting[identity] -= 1
-            self._waiting_total -= 1
-            if not self._waiting[identity]:
-                del self._waiting[identity]
+        for identity, tag in self._waiters.pop(seq):
             self._reply(identity, tag, state, outcome.answer)
 
     def _requeue(self, seqs: list[int], lost: str | None, now_s: float) -> None:
@@ -510,7 +466,7 @@ class BrokerCore:
             "workers": [w.describe() for w in self.pool.all()],
             "queue_depth": len(self._queue),
             "in_flight": self.pool.in_flight(),
-            "waiters": self._waiting_total,
+            "waiters": self._waiters.total,
             "jobs": {s.value: self.store.count(s) for s in JobStatus},
             "last_job": job_id(self.store.last_seq()) if self.store.last_seq() else None,
             "rates_per_s": self.rates.rates(now_s),

@@ -22,7 +22,7 @@ import msgpack
 import pytest
 import zmq
 
-from broker.core import MAX_WAITERS_PER_PEER
+from broker.limits import MAX_WAITERS_PER_PEER
 from protocol import messages as m
 from tests.integration.test_hostile import RawPeer, fake_worker, peers, raw
 from tests.procs import Service, wait_until

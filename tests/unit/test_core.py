@@ -308,7 +308,7 @@ def test_only_admins_and_open_peers_may_shut_down() -> None:
 
 
 def test_waiters_per_peer_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("broker.core.MAX_WAITERS_PER_PEER", 3)
+    monkeypatch.setattr("broker.limits.MAX_WAITERS_PER_PEER", 3)
     h = Harness()
     (job,) = h.submit(1)
     for n in range(5):
