@@ -47,7 +47,10 @@ def waiting_from(sock: zmq.Socket[bytes], limit: int) -> Iterator[tuple[list[byt
         if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
             return
         frame = sock.recv(_NOBLOCK, copy=False)
-        user = frame.get("User-Id")
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:  # no ZAP handler named the peer
+            user = ""
         yield _rest(sock, frame), user if isinstance(user, str) else ""
 
 
