@@ -50,6 +50,8 @@ class Caller:
 
 
 OPEN = Caller(None)
+NOBODY = Caller(Role.CLIENT, "-", "(no key)")
+"""A message without a user id although CURVE is on (never expected): the least rights."""
 
 
 def user_id(role: str, key: str, name: str) -> str:
@@ -62,13 +64,15 @@ class Callers:
     """User ids -> `Caller`, parsed once each (user ids come from our own ZAP handler,
     never from a peer, so caching by them is safe; routing ids would not be)."""
 
-    def __init__(self) -> None:
+    def __init__(self, secured: bool = True) -> None:
         self._known: dict[str, Caller] = {}
+        self._nobody = NOBODY if secured else OPEN
 
     def of(self, user: str | None) -> Caller:
-        """The caller a message's User-Id names; `OPEN` when there is none."""
+        """The caller a message's User-Id names; without one, `OPEN` if CURVE is off and
+        `NOBODY` if it is on (fail closed)."""
         if not user:
-            return OPEN
+            return self._nobody
         caller = self._known.get(user)
         if caller is None:
             if len(self._known) >= MAX_CACHED_CALLERS:

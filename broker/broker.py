@@ -103,7 +103,7 @@ class Broker:
         )
         self._signals = 0
         self._malformed = Throttle(log)
-        self._callers = Callers()
+        self._callers = Callers(secured=self.curve is not None)
         self._last_commit = 0.0
         self._write_endpoints(state)
 

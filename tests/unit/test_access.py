@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zmq
 
-from broker.access import OPEN, Callers, Role, user_id
+from broker.access import NOBODY, OPEN, Callers, Role, user_id
 
 
 def test_a_user_id_names_role_key_and_name_even_when_the_key_holds_colons() -> None:
@@ -21,5 +21,6 @@ def test_roles_decide_visibility_and_shutdown() -> None:
     client, admin = (callers.of(user_id(r, "k" * 40, "n")) for r in ("client", "admin"))
     assert not client.sees_all and not client.may_change_service and client.owner == "k" * 40
     assert admin.sees_all and admin.may_change_service
-    assert callers.of("") is OPEN and OPEN.sees_all and OPEN.may_change_service
+    assert Callers(secured=False).of("") is OPEN and OPEN.sees_all and OPEN.may_change_service
+    assert callers.of("") is NOBODY and not NOBODY.sees_all and not NOBODY.may_change_service
     assert OPEN.owner == ""
