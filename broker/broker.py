@@ -47,6 +47,10 @@ SEND_HWM = 16
 # queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
 RECEIVE_HWM = 8
 PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
+# Messages (BATCH contents counted) handled from one socket in one turn: past it the
+# rest wait in ZeroMQ's queues (RECEIVE_HWM per peer) for the next turn, so that many
+# peers at once cannot make one turn's replies grow without bound either.
+TURN_MESSAGES = 50_000
 EXPIRY_EVERY_S = 60.0
 # Finished jobs may wait this long for their commit: an answer is sent before it is
 # durable, since a crash only means the job runs again and gives the same answer.
@@ -191,22 +195,35 @@ class Broker:
         now: float,
     ) -> None:
         per_peer: dict[bytes, int] = {}
+        handled = 0
         for frames, user in self._waiting(sock):
-            too_large = self._size_error(frames)
-            if too_large is not None:
-                if not (sock is self.backend and self._oversize_result(frames, too_large, now)):
-                    on_error(frames, ProtocolError(too_large, "too_large"))
-                continue
-            try:
-                messages = m.messages_in(frames, routed=True)
-            except ProtocolError as exc:
-                on_error(frames, exc)
-                continue
-            if not self._within_turn_budget(frames[0], len(messages), per_peer, sock):
-                continue
-            caller = self._callers.of(user)
-            for message in messages:
-                self._handle(message, handle, on_error, now, caller)
+            messages = self._unpack(sock, frames, on_error, now)
+            if messages and self._within_turn_budget(frames[0], len(messages), per_peer, sock):
+                caller = self._callers.of(user)
+                for message in messages:
+                    self._handle(message, handle, on_error, now, caller)
+            handled += max(len(messages), 1)
+            if handled >= TURN_MESSAGES:
+                return  # the rest wait in ZeroMQ's queues for the next turn
+
+    def _unpack(
+        self,
+        sock: zmq.Socket[bytes],
+        frames: list[bytes],
+        on_error: Callable[[list[bytes], ProtocolError], None],
+        now: float,
+    ) -> list[list[bytes]]:
+        """The messages in `frames` (one, or a BATCH's); [] if it was refused."""
+        too_large = self._size_error(frames)
+        if too_large is not None:
+            if not (sock is self.backend and self._oversize_result(frames, too_large, now)):
+                on_error(frames, ProtocolError(too_large, "too_large"))
+            return []
+        try:
+            return m.messages_in(frames, routed=True)
+        except ProtocolError as exc:
+            on_error(frames, exc)
+            return []
 
     def _waiting(self, sock: zmq.Socket[bytes]) -> Iterator[tuple[list[bytes], str]]:
         """The messages waiting on `sock`, with their sender's User-Id (CURVE only: the

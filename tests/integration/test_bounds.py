@@ -260,6 +260,18 @@ def test_one_flooding_peer_cannot_hide_another_peers_warnings(
     assert [line for line in lines if "malformed client message" in line and "bystander" in line]
 
 
+def test_many_peers_flooding_at_once(service_factory: Callable[..., Service], peers: Peers) -> None:
+    svc = service_factory()
+    bad = raw(C.GET, {"job_id": 5}, b"t" * 200)  # each answered by an error echoing the tag
+    flooders = [attacker(peers, svc.client_endpoint, b"many-%d" % n) for n in range(20)]
+    with measured(svc, "20 peers x 2 BATCHes of 5,000 malformed requests, not read"):
+        for flooder in flooders:
+            for _ in range(2):
+                flooder.send(m.batch([bad] * 5_000))
+        for flooder in flooders:
+            settle(flooder, raw(C.PING, {}, b"settle"), pong)
+
+
 def test_control_characters_from_a_worker_are_escaped_in_the_log(
     service_factory: Callable[..., Service], peers: Peers
 ) -> None:
