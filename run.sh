@@ -121,7 +121,9 @@ usage: ./run.sh [command] [args...]
   workers [ARGS] run the worker pool only      (python -m workers --help)
   client [ARGS]  the lss command line          (lss --help)
   fetch-data     download the real CDC file into data/ (needs network)
-  keys [DIR]     create CurveZMQ key pairs (default var/keys)
+  keys [DIR] [ROLE:NAME...]
+                 CurveZMQ key pairs with roles (worker, client, admin; default var/keys
+                 worker:worker client:client admin:admin)
   bench [ARGS]   benchmark against baselines   (python -m bench --help)
   soak [ARGS]    random-kill soak test         (--minutes N)
 EOF
@@ -144,7 +146,7 @@ case "$cmd" in
         ;;
     client) setup; exec "$VENV/bin/lss" "$@" ;;
     fetch-data) setup; exec "$PY" -m workers.download --out "$FULL" "$@" ;;
-    keys) setup; exec "$PY" -m protocol.curve "${1:-var/keys}" worker client ;;
+    keys) setup; exec "$PY" -m protocol.curve "${1:-var/keys}" "${@:2}" ;;
     bench) setup; exec "$PY" -m bench "$@" ;;
     soak) setup; exec "$PY" -m bench.soak "$@" ;;
     help | -h | --help) usage ;;

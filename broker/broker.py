@@ -1,11 +1,12 @@
 """The broker process: two ROUTER sockets, one poll loop, group commit, shutdown.
 
-Each loop turn drains both sockets (up to a batch), lets `BrokerCore` act on the
-messages, dispatches queued jobs, sends the jobs, commits the store once, and only then
-answers clients: the durability rule of docs/protocol.md ("Durability"). A store error
-rolls the transaction back and the core with it; the loop goes on. Several messages for
-one peer in a turn travel as one BATCH. Malformed input is answered or logged and
-dropped; it never ends the loop.
+Each loop turn drains both sockets (up to a batch, and up to PEER_MESSAGES_PER_TURN
+from any one peer), lets `BrokerCore` act on the messages (with the sender's role when
+CURVE is on, broker.access), dispatches queued jobs, sends the jobs, commits the store
+once, and only then answers clients: the durability rule of docs/protocol.md
+("Durability"). A store error rolls the transaction back and the core with it; the loop
+goes on. Several messages for one peer in a turn travel as one BATCH. Malformed input
+is answered or logged and dropped; it never ends the loop.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import zmq
 
+from broker.access import Caller, Callers
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
 from broker.security import CurveServer, warn_if_plaintext
@@ -30,16 +32,30 @@ from broker.store import SqliteStore, StorageError
 from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
-from protocol.logs import Throttle
+from protocol.logs import Throttle, shown
 from protocol.messages import Envelope
-from protocol.wire import send_frames, waiting
+from protocol.wire import send_frames, waiting, waiting_from
 
 log = logging.getLogger("lss.broker")
 
 BATCH = 1000  # messages read from one socket per loop turn
 HARD_LIMIT_FACTOR = 4
+# Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
+# so such a peer holds at most this many messages (each at most the message limit) in
+# the broker. Peers that read never get near it: a turn sends a peer one message per
+# message limit's worth of replies, and their ZeroMQ I/O thread reads them at once.
+SEND_HWM = 16
+# Messages read ahead from one peer (each up to HARD_LIMIT_FACTOR x the limit); a full
+# queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
+RECEIVE_HWM = 8
+PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
+# Messages (BATCH contents counted) handled from one socket in one turn: past it the
+# rest wait in ZeroMQ's queues (RECEIVE_HWM per peer) for the next turn, so that many
+# peers at once cannot make one turn's replies grow without bound either.
+TURN_MESSAGES = 50_000
 EXPIRY_EVERY_S = 60.0
 ENDPOINTS_FILE = "broker.endpoints.json"
+RESULT_HEADER = m.PROTOCOL_ID + bytes([m.Command.RESULT])
 
 
 @dataclass(frozen=True)
@@ -85,26 +101,27 @@ class Broker:
         )
         self.context = zmq.Context()
         self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None
-        self.frontend = self._bind(settings.client_endpoint)
-        self.backend = self._bind(settings.worker_endpoint)
+        self.frontend = self._bind(settings.client_endpoint, "client")
+        self.backend = self._bind(settings.worker_endpoint, "worker")
         warn_if_plaintext(
             [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
         )
         self._signals = 0
-        self._malformed = Throttle(log, burst=200)
+        self._malformed = Throttle(log)
         self._storage_errors = Throttle(log, burst=5, window_s=60.0)
+        self._callers = Callers(secured=self.curve is not None)
         self._write_endpoints(state)
 
-    def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
+    def _bind(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # Messages up to 4x the limit are read and refused with a reply; beyond that
         # libzmq drops the connection before anything is read.
         sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.core_settings.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         if self.curve:
-            self.curve.secure(sock)
+            self.curve.secure(sock, domain)
         sock.bind(endpoint)
         return sock
 
@@ -172,16 +189,16 @@ class Broker:
             self._drain(self.backend, self._on_worker, self._bad_worker_message, now)
         self.core.dispatch(now)
 
-    def _on_client(self, envelope: Envelope, now: float) -> None:
+    def _on_client(self, envelope: Envelope, now: float, caller: Caller) -> None:
         try:
-            self.core.on_client(envelope, now)
+            self.core.on_client(envelope, now, caller)
         except StorageError as exc:
             reason = self._storage_failed(exc, now)
             self.core.refuse(envelope.identity or b"", envelope.tag, m.ErrorCode.STORAGE, reason)
 
-    def _on_worker(self, envelope: Envelope, now: float) -> None:
+    def _on_worker(self, envelope: Envelope, now: float, caller: Caller) -> None:
         try:
-            self.core.on_worker(envelope, now)
+            self.core.on_worker(envelope, now, caller)
         except StorageError as exc:
             self._storage_failed(exc, now)
 
@@ -193,7 +210,9 @@ class Broker:
 
     def _storage_failed(self, exc: StorageError, now: float) -> str:
         """Roll the store and the core back, refuse submits for a while; the reason."""
-        self._storage_errors.warning("storage failed, transaction rolled back: %s", exc)
+        self._storage_errors.warning(
+            exc.operation, "storage failed, transaction rolled back: %s", exc
+        )
         reason = self.core.roll_back(exc)
         self.guard.failed(exc, now)
         self.core.storage_refusal = self.guard.refusal(now)
@@ -202,26 +221,71 @@ class Broker:
     def _drain(
         self,
         sock: zmq.Socket[bytes],
-        handle: Callable[[Envelope, float], None],
+        handle: Callable[[Envelope, float, Caller], None],
         on_error: Callable[[list[bytes], ProtocolError], None],
         now: float,
     ) -> None:
-        for frames in waiting(sock, BATCH):
-            try:
-                self._check_size(frames)
-                messages = m.messages_in(frames, routed=True)
-            except ProtocolError as exc:
-                on_error(frames, exc)
-                continue
-            for message in messages:
-                self._handle(message, handle, on_error, now)
+        per_peer: dict[bytes, int] = {}
+        handled = 0
+        for frames, user in self._waiting(sock):
+            messages = self._unpack(sock, frames, on_error, now)
+            if messages and self._within_turn_budget(frames[0], len(messages), per_peer, sock):
+                caller = self._callers.of(user)
+                for message in messages:
+                    self._handle(message, handle, on_error, now, caller)
+            handled += max(len(messages), 1)
+            if handled >= TURN_MESSAGES:
+                return  # the rest wait in ZeroMQ's queues for the next turn
+
+    def _unpack(
+        self,
+        sock: zmq.Socket[bytes],
+        frames: list[bytes],
+        on_error: Callable[[list[bytes], ProtocolError], None],
+        now: float,
+    ) -> list[list[bytes]]:
+        """The messages in `frames` (one, or a BATCH's); [] if it was refused."""
+        too_large = self._size_error(frames)
+        if too_large is not None:
+            if not (sock is self.backend and self._oversize_result(frames, too_large, now)):
+                on_error(frames, ProtocolError(too_large, "too_large"))
+            return []
+        try:
+            return m.messages_in(frames, routed=True)
+        except ProtocolError as exc:
+            on_error(frames, exc)
+            return []
+
+    def _waiting(self, sock: zmq.Socket[bytes]) -> Iterator[tuple[list[bytes], str]]:
+        """The messages waiting on `sock`, with their sender's User-Id (CURVE only: the
+        lookup costs a little per message, and without CURVE there is none)."""
+        if self.curve:
+            return waiting_from(sock, BATCH)
+        return ((frames, "") for frames in waiting(sock, BATCH))
+
+    def _within_turn_budget(
+        self, identity: bytes, count: int, per_peer: dict[bytes, int], sock: zmq.Socket[bytes]
+    ) -> bool:
+        """Count a peer's messages this turn; False (logged) once it is over its share,
+        so that one peer's flood costs bounded memory for its replies."""
+        total = per_peer.get(identity, 0) + count
+        per_peer[identity] = total
+        if total <= PEER_MESSAGES_PER_TURN:
+            return True
+        side = "client" if sock is self.frontend else "worker"
+        self._malformed.warning(
+            ("flood", identity), "dropped %d message(s) from %s peer %s: over %d in one turn",
+            count, side, shown(identity), PEER_MESSAGES_PER_TURN,
+        )  # fmt: skip
+        return False
 
     def _handle(
         self,
         frames: list[bytes],
-        handle: Callable[[Envelope, float], None],
+        handle: Callable[[Envelope, float, Caller], None],
         on_error: Callable[[list[bytes], ProtocolError], None],
         now: float,
+        caller: Caller,
     ) -> None:
         try:
             envelope = m.decode(frames, routed=True)
@@ -229,26 +293,39 @@ class Broker:
             on_error(frames, exc)
             return
         try:
-            handle(envelope, now)
+            handle(envelope, now, caller)
         except Exception:  # a bug must cost one message, never the broker
             log.exception("failed to handle %s", type(envelope.message).__name__)
 
-    def _check_size(self, frames: list[bytes]) -> None:
+    def _size_error(self, frames: list[bytes]) -> str | None:
         size = sum(map(len, frames))
         limit = self.core_settings.max_message_bytes
-        if size > limit:
-            raise ProtocolError(
-                f"message of {size} bytes exceeds the limit of {limit}", "too_large"
-            )
+        return f"message of {size} bytes exceeds the limit of {limit}" if size > limit else None
+
+    def _oversize_result(self, frames: list[bytes], reason: str, now: float) -> bool:
+        """An oversize RESULT from the worker holding its job ends that job as an error
+        (the worker stays); True if it was one."""
+        if len(frames) < 2 or frames[1][: len(RESULT_HEADER)] != RESULT_HEADER:
+            return False
+        tag = frames[1][len(RESULT_HEADER) :]
+        return self.core.fail_oversize(frames[0], tag, reason, now)
 
     def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
-        self._malformed.warning("malformed client message (%d frames): %s", len(frames), exc)
+        peer = frames[0] if frames else b""
+        self._malformed.warning(
+            ("malformed client", peer), "malformed client message (%d frames) from %s: %s",
+            len(frames), shown(peer), exc,
+        )  # fmt: skip
         if len(frames) >= 2:
             tag = frames[1][len(m.PROTOCOL_ID) + 1 :][: m.MAX_TAG_BYTES]
             self.core.refuse(frames[0], tag, exc.code, str(exc))
 
     def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError) -> None:
-        self._malformed.warning("malformed worker message (%d frames): %s", len(frames), exc)
+        peer = frames[0] if frames else b""
+        self._malformed.warning(
+            ("malformed worker", peer), "malformed worker message (%d frames) from %s: %s",
+            len(frames), shown(peer), exc,
+        )  # fmt: skip
         if len(frames) >= 2:
             self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
 

@@ -66,4 +66,4 @@ class Checkpointer:
         try:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # busy or I/O trouble: the next turn tries again
-            self._failures.warning("WAL checkpoint failed: %s", exc)
+            self._failures.warning("checkpoint", "WAL checkpoint failed: %s", exc)

@@ -1,7 +1,9 @@
 """The broker's logic, without sockets: jobs, workers, waiters, shutdown.
 
-`BrokerCore` takes decoded messages and the current time, updates the store and its
-in-memory state, and queues the frames to send in an `Outbox`. What the socket loop
+`BrokerCore` takes decoded messages, who sent them (broker.access) and the current
+time, updates the store and its in-memory state, and queues the frames to send in an
+`Outbox`. It also enforces what a peer may do and how much it may hold: roles, job
+ownership, and the per-peer caps of docs/protocol.md ("Limits"). What the socket loop
 (broker.broker) commits before it sends which part of the outbox is the durability rule
 in docs/protocol.md ("Durability"); it calls `commit`, and `roll_back` when the store
 fails, which undoes what the failed transaction did here too.
@@ -16,11 +18,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker import undo
+from broker.access import OPEN, Caller, Owners
+from broker.limits import (
+    ANSWER_BYTES_PER_TURN,
+    DATA_BYTES_PER_TURN,
+    MAX_WAITERS_PER_PEER,
+    PEER_ANSWER_BYTES_PER_TURN,
+    Budget,
+    Waiters,
+)
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, StorageError, Store
+from broker.undo import Unfinished
+from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
+from protocol.logs import Throttle, shown
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
@@ -47,17 +61,26 @@ class CoreSettings:
 
 @dataclass
 class Outbox:
-    """Frames to send at the end of the loop turn: to clients and to workers.
+    """Frames to send at the end of the loop turn: to clients and to workers; and the
+    bytes of answers and data chunks queued this turn, per peer, to keep them bounded.
 
     When each part leaves relative to the commit: docs/protocol.md, "Durability".
     """
 
     clients: list[list[bytes]] = field(default_factory=list)
     workers: list[list[bytes]] = field(default_factory=list)
+    answers: Budget = field(
+        default_factory=lambda: Budget(PEER_ANSWER_BYTES_PER_TURN, ANSWER_BYTES_PER_TURN)
+    )
+    data: Budget = field(
+        default_factory=lambda: Budget(config.DATA_CHUNK_BYTES, DATA_BYTES_PER_TURN)
+    )
 
     def take(self) -> tuple[list[list[bytes]], list[list[bytes]]]:
         clients, workers = self.clients, self.workers
         self.clients, self.workers = [], []
+        self.answers.reset()
+        self.data.reset()
         return clients, workers
 
 
@@ -82,18 +105,21 @@ class BrokerCore:
         self._data_chunk = data_chunk
         self._queue: deque[int] = deque()
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
-        self._waiters: dict[int, set[tuple[bytes, bytes]]] = {}
+        self._waiters = Waiters()
         self._retried: set[int] = set()  # unfinished jobs that must run alone
+        self._owners = Owners()  # of unfinished jobs
+        self._warn = Throttle(log)
         # Why submits are refused while storage fails or space is short (set by the loop).
         self.storage_refusal: str | None = None
         # What the store's open transaction did here, for `roll_back`: jobs added, and
-        # jobs finished (with their request and the waiters that were answered).
+        # jobs finished (with their request, the waiters that were answered, the owner).
         self._added: set[int] = set()
-        self._finished: dict[int, tuple[bytes, set[undo.Waiter]]] = {}
+        self._finished: dict[int, Unfinished] = {}
         self._storage_failures: Counter[str] = Counter()  # by the store method that failed
         for record in store.unfinished():
             self._queue.append(record.seq)
             self._requests[record.seq] = record.request
+            self._owners.own(record.seq, record.owner)
             if record.attempts >= ALONE_AFTER_LOSSES:
                 self._retried.add(record.seq)
         if self._queue:
@@ -101,20 +127,20 @@ class BrokerCore:
 
     # --- clients -----------------------------------------------------------------
 
-    def on_client(self, env: Envelope, now_s: float) -> None:
-        """Serve one decoded client request."""
+    def on_client(self, env: Envelope, now_s: float, caller: Caller = OPEN) -> None:
+        """Serve one decoded client request from `caller`."""
         identity, tag, msg = env.identity or b"", env.tag, env.message
         if isinstance(msg, m.Submit):
-            self._submit(identity, tag, msg, now_s)
+            self._submit(identity, tag, msg, now_s, caller)
         elif isinstance(msg, m.Get | m.Wait):
-            self._read(identity, tag, job_seq(msg.job_id), wait=isinstance(msg, m.Wait))
+            wait = isinstance(msg, m.Wait)
+            self._read(identity, tag, job_seq(msg.job_id), wait=wait, caller=caller)
         elif isinstance(msg, m.ListJobs):
-            self._list(identity, tag, msg)
+            self._list(identity, tag, msg, caller)
         elif isinstance(msg, m.NumJobs):
-            self._reply(identity, tag, m.JobCount(self.store.count(JobStatus.RUNNING)))
+            self._reply(identity, tag, m.JobCount(self._count_running(caller)))
         elif isinstance(msg, m.Shutdown):
-            self.begin_shutdown("a client asked")
-            self._reply(identity, tag, m.ShuttingDown(pending=len(self._requests)))
+            self._shutdown(identity, tag, caller)
         elif isinstance(msg, m.Ping):
             self._reply(identity, tag, m.Pong(self.broker_id, shutting_down=self.shutting_down))
         elif isinstance(msg, m.Stats):
@@ -130,74 +156,142 @@ class BrokerCore:
     def _reply(
         self, identity: bytes, tag: bytes, message: m.Message, payload: bytes | None = None
     ) -> None:
+        if payload is not None and not self.outbox.answers.take(identity, len(payload)):
+            why = f"more than {PEER_ANSWER_BYTES_PER_TURN} bytes of answers at once; ask again"
+            message, payload = m.ErrorReply(ErrorCode.OVER_LIMIT.value, why), None
         self.outbox.clients.append(m.route(identity, message, tag, payload))
 
-    def _submit(self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float) -> None:
-        refusal = self._submit_refusal(msg)
+    def _forbid(self, identity: bytes, tag: bytes, caller: Caller, what: str) -> None:
+        """Refuse an operation `caller`'s role does not allow; logged once in a while."""
+        self._warn.warning(
+            ("forbidden", caller.key), "refused %s from %s key %s (%s)",
+            what, caller.role, shown(caller.name), shown(caller.key),
+        )  # fmt: skip
+        self.refuse(identity, tag, ErrorCode.FORBIDDEN, f"a {caller.role} key may not {what}")
+
+    def _shutdown(self, identity: bytes, tag: bytes, caller: Caller) -> None:
+        if not caller.may_change_service:
+            self._forbid(identity, tag, caller, "shut the service down")
+            return
+        self.begin_shutdown(f"{caller.role} key {shown(caller.name)} asked" if caller.role
+                            else "a client asked")  # fmt: skip
+        self._reply(identity, tag, m.ShuttingDown(pending=len(self._requests)))
+
+    def _submit(
+        self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float, caller: Caller
+    ) -> None:
+        body = m.pack({"statistic": msg.statistic, "params": msg.params})
+        refusal = self._submit_refusal(msg, body)
         seq = self.store.find_request(msg.request_id) if refusal else None
         if refusal and seq is None:
             self.refuse(identity, tag, *refusal)
             return
         if seq is None:
-            seq = self._accept(msg, now_s)
-        if msg.notify:  # the final state is the only reply
-            self._read(identity, tag, seq, wait=True)
+            seq = self._accept(msg.request_id, body, now_s, caller.owner)
+        if not self._visible(seq, caller):  # another key's request id: never its job
+            self._forbid(identity, tag, caller, "reuse another key's request_id")
+        elif msg.notify:  # the final state is the only reply
+            self._read(identity, tag, seq, wait=True, caller=caller)
         else:
             self._reply(identity, tag, m.Submitted(job_id(seq)))
 
-    def _accept(self, msg: m.Submit, now_s: float) -> int:
-        body = m.pack({"statistic": msg.statistic, "params": msg.params})
-        seq, new = self.store.add(msg.request_id, body, now_s)
+    def _accept(self, request_id: str, body: bytes, now_s: float, owner: str) -> int:
+        seq, new = self.store.add(request_id, body, now_s, owner)
         if not new:
             return seq
         self._requests[seq] = body
+        self._owners.own(seq, owner)
         self._queue.append(seq)
         self._added.add(seq)
         self.rates.count("submitted", now_s)
-        log.debug("%s accepted: %s", job_id(seq), msg.statistic)
+        log.debug("%s accepted", job_id(seq))
         return seq
 
-    def _submit_refusal(self, msg: m.Submit) -> tuple[ErrorCode, str] | None:
+    def _submit_refusal(self, msg: m.Submit, body: bytes) -> tuple[ErrorCode, str] | None:
         if self.shutting_down:
             return ErrorCode.SHUTTING_DOWN, "shutting down"
         if self.storage_refusal:
             return ErrorCode.STORAGE, self.storage_refusal
+        return self._size_refusal(msg, body) or self._queue_refusal()
+
+    def _size_refusal(self, msg: m.Submit, body: bytes) -> tuple[ErrorCode, str] | None:
         if not msg.request_id:
             return ErrorCode.BAD_REQUEST, "request_id must not be empty"
+        if len(msg.request_id) > m.MAX_REQUEST_ID_CHARS:
+            return ErrorCode.TOO_LARGE, f"request_id longer than {m.MAX_REQUEST_ID_CHARS}"
+        if len(body) > m.MAX_JOB_BYTES:
+            why = f"statistic and params take {len(body)} bytes, over {m.MAX_JOB_BYTES}"
+            return ErrorCode.TOO_LARGE, why
+        return None
+
+    def _queue_refusal(self) -> tuple[ErrorCode, str] | None:
         if len(self._requests) >= self.settings.max_queue:
             return ErrorCode.QUEUE_FULL, f"queue full ({self.settings.max_queue} jobs waiting)"
         return None
 
-    def _read(self, identity: bytes, tag: bytes, seq: int | None, *, wait: bool) -> None:
-        """Answer with job `seq`'s state, or (`wait`) register for its final one."""
+    def _visible(self, seq: int, caller: Caller) -> bool:
+        """Whether `caller` may know of job `seq` (a client key: only its own jobs)."""
+        if caller.sees_all:
+            return True
+        if seq in self._requests:
+            return self._owners.of(seq) == caller.key
+        record = self.store.get(seq)
+        return record is None or record.owner == caller.key
+
+    def _count_running(self, caller: Caller) -> int:
+        if caller.sees_all:
+            return self.store.count(JobStatus.RUNNING)
+        return self._owners.running(caller.key)
+
+    def _read(
+        self, identity: bytes, tag: bytes, seq: int | None, *, wait: bool, caller: Caller = OPEN
+    ) -> None:
+        """Answer with job `seq`'s state, or (`wait`) register for its final one. Another
+        key's job answers exactly as a job id never issued."""
         if seq is None or seq > self.store.last_seq():
             self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
         elif seq in self._requests:
-            if wait:
-                self._waiters.setdefault(seq, set()).add((identity, tag))
-            else:
-                self._reply(identity, tag, m.JobState(job_id(seq), JobStatus.RUNNING.value))
+            self._read_running(identity, tag, seq, wait, caller)
         else:
             record = self.store.get(seq)
             if record is None:
                 self.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
+            elif not caller.sees_all and record.owner != caller.key:
+                self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
             else:
                 state = m.JobState(
                     job_id(seq), record.status.value, record.reason, record.fingerprint
                 )
                 self._reply(identity, tag, state, record.answer)
 
-    def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs) -> None:
+    def _read_running(
+        self, identity: bytes, tag: bytes, seq: int, wait: bool, caller: Caller
+    ) -> None:
+        if not caller.sees_all and self._owners.of(seq) != caller.key:
+            self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+        elif wait:
+            self._add_waiter(identity, tag, seq)
+        else:
+            self._reply(identity, tag, m.JobState(job_id(seq), JobStatus.RUNNING.value))
+
+    def _add_waiter(self, identity: bytes, tag: bytes, seq: int) -> None:
+        if not self._waiters.add(seq, identity, tag):
+            why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
+            self.refuse(identity, tag, ErrorCode.OVER_LIMIT, why)
+
+    def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs, caller: Caller) -> None:
         limit = max(1, min(msg.limit, self.settings.list_page_limit))
-        page = self.store.page(min(max(msg.after, 0), self.store.last_seq()), limit)
+        after = min(max(msg.after, 0), self.store.last_seq())
+        page = self.store.page(after, limit, None if caller.sees_all else caller.key)
         jobs = [[job_id(seq), status.value] for seq, status in page]
         next_after = page[-1][0] if len(page) == limit else None
         self._reply(identity, tag, m.JobList(jobs, next_after))
 
     # --- workers -----------------------------------------------------------------
 
-    def on_worker(self, env: Envelope, now_s: float) -> None:
-        """Handle one decoded message from a worker."""
+    def on_worker(self, env: Envelope, now_s: float, caller: Caller = OPEN) -> None:
+        """Handle one decoded message from a worker (with CURVE, `caller` holds a worker
+        key: the worker endpoint admits no other)."""
         identity, msg = env.identity or b"", env.message
         if isinstance(msg, m.Ready):
             self._register(identity, msg, now_s)
@@ -213,10 +307,14 @@ class BrokerCore:
         if isinstance(msg, m.Result):
             self._finish_from(worker, env.tag, msg, env.payload, now_s)
         elif isinstance(msg, m.Disconnect):
-            log.info("worker %s (pid %d) left: %s", peer_name(identity), worker.pid, msg.reason)
+            log.info("worker %s (pid %d) left: %s", peer_name(identity), worker.pid,
+                     shown(msg.reason))  # fmt: skip
             self._requeue(self.pool.remove(identity), lost=None, now_s=now_s)
         elif not isinstance(msg, m.Heartbeat):
-            log.warning("worker %s sent %s; ignored", peer_name(identity), type(msg).__name__)
+            self._warn.warning(
+                ("ignored", identity), "worker %s sent %s; ignored", peer_name(identity),
+                type(msg).__name__,
+            )  # fmt: skip
 
     def _register(self, identity: bytes, msg: m.Ready, now_s: float) -> None:
         if self.shutting_down and not self._requests:
@@ -226,28 +324,28 @@ class BrokerCore:
             self.fingerprint = msg.fingerprint
             log.info("service data fingerprint set by the first worker: %s", msg.fingerprint)
         if msg.fingerprint != self.fingerprint or msg.credit < 1:
-            log.warning(
+            self._warn.warning(
+                ("refused worker", identity),
                 "worker %s (pid %d on %s) refused: data %s, expected %s, credit %d",
-                peer_name(identity), msg.pid, msg.host, msg.fingerprint[:12], self.fingerprint[:12],
-                msg.credit,
+                peer_name(identity), msg.pid, shown(msg.host), shown(msg.fingerprint[:12]),
+                self.fingerprint[:12], msg.credit,
             )  # fmt: skip
             self._to_worker(identity, m.Disconnect("data fingerprint mismatch"), now_s)
             return
-        info = WorkerInfo(identity, msg.credit, msg.fingerprint, msg.pid, msg.host, now_s, now_s)
+        credit = min(msg.credit, m.MAX_WORKER_CREDIT)  # more would take every queued job
+        host = msg.host[: m.MAX_REASON_CHARS]
+        info = WorkerInfo(identity, credit, msg.fingerprint, msg.pid, host, now_s, now_s)
         self._requeue(self.pool.register(info), lost=None, now_s=now_s)
-        log.info("worker %s registered: pid %d on %s, credit %d", peer_name(identity), msg.pid,
-                 msg.host or "?", msg.credit)  # fmt: skip
+        log.info("worker %s registered: pid %d on %s, credit %d%s", peer_name(identity), msg.pid,
+                 shown(host or "?"), credit,
+                 f" (asked for {msg.credit})" if credit < msg.credit else "")  # fmt: skip
 
     def _finish_from(
         self, worker: WorkerInfo, tag: bytes, msg: m.Result, payload: bytes | None, now_s: float
     ) -> None:
         seq = job_seq(tag.decode("utf-8", "replace"))
         if seq is None or not self.pool.release(worker.identity, seq) or seq not in self._requests:
-            log.info(
-                "ignored a result for %r from worker %s: not its job",
-                tag,
-                worker.name,
-            )
+            log.info("ignored a result for %s from worker %s: not its job", shown(tag), worker.name)
             return
         self._finish(seq, self._outcome(msg, payload), now_s)
 
@@ -255,17 +353,28 @@ class BrokerCore:
         if msg.fingerprint != self.fingerprint:
             return Outcome(JobStatus.ERROR, reason="worker answered from a different data set")
         if msg.status == JobStatus.ERROR.value:
-            return Outcome(
-                JobStatus.ERROR, reason=msg.reason or "failed", fingerprint=msg.fingerprint
-            )
+            reason = (msg.reason or "failed")[: m.MAX_REASON_CHARS]
+            return Outcome(JobStatus.ERROR, reason=reason, fingerprint=msg.fingerprint)
         if msg.status != JobStatus.DONE.value or payload is None or not _is_answer(payload):
             return Outcome(JobStatus.ERROR, reason="worker sent a malformed answer")
         return Outcome(JobStatus.DONE, answer=payload, fingerprint=msg.fingerprint)
 
+    def fail_oversize(self, identity: bytes, tag: bytes, reason: str, now_s: float) -> bool:
+        """A RESULT too large to read, from a registered worker holding the job its tag
+        names: the job ends as an error (`reason`) and the worker stays. False otherwise."""
+        seq = job_seq(tag.decode("utf-8", "replace"))
+        if seq is None or not self.pool.release(identity, seq):
+            return False
+        self._warn.warning(("oversize", identity), "%s from worker %s: %s", job_id(seq),
+                           peer_name(identity), reason)  # fmt: skip
+        self._finish(seq, Outcome(JobStatus.ERROR, reason=f"too_large: {reason}"), now_s)
+        return True
+
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self.store.finish(seq, outcome, now_s)
-        waiters = self._waiters.pop(seq, set())
-        self._finished[seq] = (self._requests.pop(seq), waiters)
+        waiters = self._waiters.pop(seq)
+        self._finished[seq] = Unfinished(self._requests.pop(seq), waiters, self._owners.of(seq))
+        self._owners.disown(seq)
         self._retried.discard(seq)
         status = str(outcome.status)
         self.rates.count(status, now_s)
@@ -304,7 +413,14 @@ class BrokerCore:
             worker.last_sent_s = now_s
 
     def _send_chunk(self, identity: bytes, msg: m.FetchData) -> None:
-        length = min(msg.length, self.settings.max_message_bytes // 2)  # fits the peer's cap
+        """One chunk of the data file. A fetcher asks for one at a time; more than one
+        chunk for a peer in a turn (or DATA_BYTES_PER_TURN for all) is dropped: the
+        fetcher asks again, and a peer that does not read cannot pile chunks up."""
+        length = min(msg.length, self.settings.max_message_bytes // 2, config.DATA_CHUNK_BYTES)
+        if length > 0 and not self.outbox.data.take(identity, length):
+            self._warn.warning(("data", identity), "dropped a data request from %s: one chunk"
+                               " per peer per turn", peer_name(identity))  # fmt: skip
+            return
         chunk = self._data_chunk(msg.offset, length) if self._data_chunk else None
         if chunk is None:
             reply: m.Message = m.ErrorReply(
@@ -385,21 +501,21 @@ class BrokerCore:
             self.pool.release(identity, seq)
         for seq in added:
             self._requests.pop(seq, None)
+            self._owners.disown(seq)
             self._retried.discard(seq)
-            for identity, tag in self._waiters.pop(seq, ()):
+            for identity, tag in self._waiters.pop(seq):
                 self.refuse(identity, tag, ErrorCode.STORAGE, reason)
         self._requeue_unheld()
         return reason
 
-    def _unfinish(
-        self, finished: dict[int, tuple[bytes, set[undo.Waiter]]], added: set[int]
-    ) -> set[undo.Waiter]:
+    def _unfinish(self, finished: dict[int, Unfinished], added: set[int]) -> set[undo.Waiter]:
         restored: set[undo.Waiter] = set()
-        for seq, (body, waiters) in finished.items():
+        for seq, job in finished.items():
             if seq not in added:
-                self._requests[seq] = body
-                self._waiters.setdefault(seq, set()).update(waiters)
-                restored |= waiters
+                self._requests[seq] = job.request
+                self._owners.own(seq, job.owner or "")
+                self._waiters.restore(seq, job.waiters)
+                restored |= job.waiters
         return restored
 
     def _requeue_unheld(self) -> None:
@@ -432,6 +548,7 @@ class BrokerCore:
             "workers": [w.describe() for w in self.pool.all()],
             "queue_depth": len(self._queue),
             "in_flight": self.pool.in_flight(),
+            "waiters": self._waiters.total,
             "jobs": {s.value: self.store.count(s) for s in JobStatus},
             "last_job": job_id(self.store.last_seq()) if self.store.last_seq() else None,
             "rates_per_s": self.rates.rates(now_s),

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from protocol.logs import shown
+
 
 def peer_name(identity: bytes) -> str:
-    """A socket identity fit for a log line."""
-    return identity.decode("ascii", "backslashreplace")
+    """A socket identity fit for a log line (control characters escaped, cut short)."""
+    return shown(identity)
 
 
 @dataclass

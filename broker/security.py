@@ -1,13 +1,16 @@
-"""CurveZMQ on the broker's sockets: encryption, an allow-list of public keys, refusal logs.
+"""CurveZMQ on the broker's sockets: encryption, keys admitted by role, refusal logs.
 
 With security on, both broker sockets are CURVE servers: every byte on them is
-encrypted, and a ZAP authenticator thread admits only peers whose public key is a file
-in `<curve_dir>/authorized/` (reread when a key file changes, so keys can be added or
-revoked without a restart; see protocol.curve for the layout). Every refusal is logged at
-WARNING with the peer's address and public key (at most once per REPEAT_LOG_S for the
-same peer and key, with a count): unknown keys through ZAP, and peers that do not speak
-CURVE at all (keyless, or garbage) through a socket monitor, which cannot tell their
-address, only the endpoint they reached.
+encrypted, and a ZAP handler thread admits a peer only if its public key is a file in
+`<curve_dir>/authorized/<role>/` for a role that endpoint takes: `worker` on the worker
+endpoint; `client` or `admin` on the client endpoint (see protocol.curve for the layout;
+the directories are reread when a key file changes, so keys can be added or revoked
+without a restart). The ZAP user id names the admitted key (broker.access), and ZeroMQ
+attaches it to every message the peer sends. Every refusal is logged at WARNING with the
+peer's address and public key (at most once per REPEAT_LOG_S for the same peer and key,
+with a count): wrong or unknown keys through ZAP, and peers that do not speak CURVE at
+all (keyless, or garbage) through a socket monitor, which cannot tell their address,
+only the endpoint they reached.
 """
 
 from __future__ import annotations
@@ -22,18 +25,27 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol.curve import AUTHORIZED_DIR, BROKER_KEY, load_public_key, load_secret_pair
+from broker.access import Role, user_id
+from protocol.curve import (
+    AUTHORIZED_DIR,
+    BROKER_KEY,
+    load_public_key,
+    load_secret_pair,
+    old_layout_note,
+)
+from protocol.logs import shown
 
 log = logging.getLogger("lss.broker.auth")
 
 REPEAT_LOG_S = 10.0  # one refusal line per peer and key per this many seconds
 MAX_TRACKED = 1024  # refusal counters kept, oldest dropped first
 MONITOR_POLL_MS = 200
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27)
+DOMAIN_ROLES = {"worker": (Role.WORKER,), "client": (Role.ADMIN, Role.CLIENT)}
+"""The ZAP domain of each broker socket, and the roles it admits (first match wins)."""
 # ZAP refusals (HANDSHAKE_FAILED_AUTH) are logged by the authenticator, with the address.
 _FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
@@ -63,7 +75,7 @@ class RefusalLog:
             while len(self._seen) > MAX_TRACKED:
                 self._seen.popitem(last=False)
         again = f" (refused {quiet} more time(s) since the last report)" if quiet else ""
-        log.warning("refused %s with key %s: %s%s", peer, key, why, again)
+        log.warning("refused %s with key %s: %s%s", shown(peer), key, why, again)
         return True
 
 
@@ -79,10 +91,10 @@ class AllowList:
         self._stamp: tuple[tuple[str, int], ...] | None = None
         self._keys: dict[bytes, str] = {}
 
-    def callback(self, _domain: str, key: bytes) -> bool:
-        """zmq.auth's credentials-provider hook: is this z85 public key allowed?"""
+    def name_of(self, key: bytes) -> str | None:
+        """The key file's name (stem) of this z85 public key, or None if not allowed."""
         self._reload_if_changed()
-        return key in self._keys
+        return self._keys.get(key)
 
     def names(self) -> list[str]:
         self._reload_if_changed()
@@ -110,32 +122,77 @@ class AllowList:
         return keys
 
 
-class LoggingAuthenticator(ThreadAuthenticator):
-    """zmq.auth's authenticator, reporting each refused handshake to a `RefusalLog`."""
+class RoleKeys:
+    """The allow-lists of every role, and which one admits a key on an endpoint."""
 
-    def __init__(self, context: zmq.Context[Any], refusals: RefusalLog) -> None:
-        super().__init__(context, log=logging.getLogger("lss.broker.zap"))
+    def __init__(self, root: Path) -> None:
+        self.lists = {role: AllowList(root / AUTHORIZED_DIR / role) for role in Role}
+
+    def admit(self, domain: str, key: bytes) -> tuple[Role, str] | None:
+        """(role, key name) if the z85 `key` may connect to the `domain` endpoint."""
+        for role in DOMAIN_ROLES.get(domain, ()):
+            name = self.lists[role].name_of(key)
+            if name is not None:
+                return role, name
+        return None
+
+    def elsewhere(self, key: bytes) -> str | None:
+        """The role a key has, if any (to say why a key was refused on an endpoint)."""
+        return next((str(r) for r, keys in self.lists.items() if keys.name_of(key)), None)
+
+    def summary(self) -> str:
+        return "; ".join(f"{r}: {', '.join(k.names()) or 'none'}" for r, k in self.lists.items())
+
+
+class ZapHandler:
+    """A thread answering libzmq's ZAP requests (RFC 27) for CURVE handshakes.
+
+    Admits a key by the endpoint's domain (`DOMAIN_ROLES`), names it in the user id,
+    and reports refusals to a `RefusalLog`. It must be bound before the broker's
+    sockets: without a ZAP handler libzmq admits every key.
+    """
+
+    def __init__(self, context: zmq.Context[Any], keys: RoleKeys, refusals: RefusalLog) -> None:
+        self.keys = keys
         self.refusals = refusals
-        self._request: list[bytes] = []
+        self._sock: zmq.Socket[bytes] = context.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(ZAP_ENDPOINT)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lss-zap", daemon=True)
+        self._thread.start()
 
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        self._request = msg  # requests are handled one at a time, in the ZAP thread
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
         try:
-            await super().handle_zap_message(msg)
+            while not self._stop.is_set():
+                if self._sock.poll(MONITOR_POLL_MS, zmq.POLLIN):
+                    self._sock.send_multipart(self.answer(self._sock.recv_multipart()))
         finally:
-            self._request = []
+            self._sock.close(linger=0)
 
-    def _send_zap_reply(
-        self,
-        request_id: bytes,
-        status_code: bytes,
-        status_text: bytes,
-        user_id: str = "anonymous",
-    ) -> None:
-        super()._send_zap_reply(request_id, status_code, status_text, user_id)
-        if status_code != b"200":
-            peer, key = _describe(self._request)
-            self.refusals.refused(peer, key, status_text.decode("ascii", "replace"))
+    def answer(self, request: list[bytes]) -> list[bytes]:
+        """The ZAP reply frames for one request."""
+        request_id = request[1] if len(request) > 1 else b""
+        domain = request[2].decode("utf-8", "replace") if len(request) > 2 else ""
+        peer, key = _describe(request)
+        admitted = self.keys.admit(domain, key.encode()) if key != "?" else None
+        if admitted is None:
+            why = self._refusal(domain, key)
+            self.refusals.refused(peer, key, why)
+            return [b"1.0", request_id, b"400", why.encode()[:255], b"", b""]
+        role, name = admitted
+        user = user_id(role, key, name).encode()
+        return [b"1.0", request_id, b"200", b"OK", user, b""]
+
+    def _refusal(self, domain: str, key: str) -> str:
+        role = self.keys.elsewhere(key.encode()) if key != "?" else None
+        if role is None:
+            return "Unknown key"
+        return f"a {role} key may not use the {shown(domain)} endpoint"
 
 
 def _describe(request: list[bytes]) -> tuple[str, str]:
@@ -208,7 +265,7 @@ class HandshakeWatch:
 
 
 class CurveServer:
-    """Runs the authenticator and turns the broker's sockets into CURVE servers."""
+    """Runs the ZAP handler and turns the broker's sockets into CURVE servers."""
 
     def __init__(self, context: zmq.Context[Any], curve_dir: str | Path) -> None:
         root = Path(curve_dir)
@@ -220,25 +277,28 @@ class CurveServer:
         except ValueError as exc:
             raise SystemExit(str(exc)) from exc
         self.refusals = RefusalLog()
-        self.allowed = AllowList(root / AUTHORIZED_DIR)
-        self.authenticator = LoggingAuthenticator(context, self.refusals)
-        self.authenticator.start()
-        self.authenticator.configure_curve_callback(domain="*", credentials_provider=self.allowed)
+        self.keys = RoleKeys(root)
+        self.zap = ZapHandler(context, self.keys, self.refusals)
         self.watch = HandshakeWatch(context, self.refusals)
-        names = ", ".join(self.allowed.names()) or "none yet"
-        log.info("CURVE on: peers must hold a key from %s (%s)", root / AUTHORIZED_DIR, names)
+        log.info("CURVE on: admitted keys by role in %s (%s)", root / AUTHORIZED_DIR,
+                 self.keys.summary())  # fmt: skip
+        note = old_layout_note(root)
+        if note:
+            log.error("%s", note)
 
-    def secure(self, sock: zmq.Socket[bytes]) -> None:
-        """Make `sock` a CURVE server (call before `bind()`); refusals on it get logged."""
+    def secure(self, sock: zmq.Socket[bytes], domain: str) -> None:
+        """Make `sock` a CURVE server admitting the roles of `domain` (call before
+        `bind()`); refusals on it get logged."""
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
+        sock.setsockopt_string(zmq.ZAP_DOMAIN, domain)
         self.watch.watch(sock)
 
     def stop(self) -> None:
         """Stop the threads (after the broker's sockets are closed, before `context.term()`)."""
         self.watch.stop()
-        self.authenticator.stop()
+        self.zap.stop()
 
 
 def exposed(endpoint: str) -> bool:

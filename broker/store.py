@@ -58,6 +58,7 @@ class JobRecord:
     fingerprint: str | None = None
     created_s: float = 0.0
     finished_s: float | None = None
+    owner: str = ""  # the submitter's public key with CURVE on, else ""
 
 
 class Store(Protocol):
@@ -68,12 +69,16 @@ class Store(Protocol):
     `StorageError`.
     """
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]: ...
+    def add(
+        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+    ) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
     def add_attempt(self, seq: int) -> int: ...
-    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]: ...
+    def page(
+        self, after: int, limit: int, owner: str | None = None
+    ) -> list[tuple[int, JobStatus]]: ...
     def unfinished(self) -> list[JobRecord]: ...
     def count(self, status: JobStatus) -> int: ...
     def last_seq(self) -> int: ...
@@ -107,14 +112,19 @@ class MemoryStore:
         self._last_seq = 0
         self._undo: list[Callable[[], object]] = []
 
-    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
+    def add(
+        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+    ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False)."""
         known = self._by_request.get(request_id)
         if known is not None:
             return known, False
         self._last_seq += 1
         seq = self._last_seq
-        self._put(seq, JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s))
+        self._put(
+            seq,
+            JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s, owner=owner),
+        )
         self._by_request[request_id] = seq
         self._undo.append(lambda: self._by_request.pop(request_id, None))
         return seq, True
@@ -143,8 +153,10 @@ class MemoryStore:
         self._put(seq, replace(record, attempts=record.attempts + 1))
         return record.attempts + 1
 
-    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
-        seqs = sorted(s for s in self._jobs if s > after)[:limit]
+    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
+        mine = (s for s, r in self._jobs.items() if owner is None or r.owner == owner)
+        seqs = sorted(s for s in mine if s > after)[:limit]
         return [(s, self._jobs[s].status) for s in seqs]
 
     def unfinished(self) -> list[JobRecord]:
@@ -207,15 +219,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     fingerprint TEXT,
     created_s REAL NOT NULL,
-    finished_s REAL
+    finished_s REAL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
 """
     + numbering.SCHEMA
 )
+# Jobs by owner, for a client key's listing; partial, so that without CURVE (owner '')
+# inserts pay nothing for it. Queries must say `owner != ''` to use it.
+_OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner != ''"
 _RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
 _COLUMNS = (
-    "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s, finished_s"
+    "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
+    " finished_s, owner"
 )
 
 
@@ -257,6 +274,7 @@ class SqliteStore:
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
         self._db.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
         self._db.executescript(_SCHEMA)
+        _add_owner_column(self._db)
         self._checkpointer = Checkpointer(path, wal_limit_bytes=wal_limit_bytes)
         self._wal_limit_bytes = wal_limit_bytes
         self._checkpointer.start()
@@ -276,7 +294,9 @@ class SqliteStore:
         return Counter({JobStatus(status): count for status, count in rows})
 
     @_storage_op
-    def add(self, request_id: str, request: bytes, now_s: float) -> tuple[int, bool]:
+    def add(
+        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+    ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False).
 
         New requests are the common case, so this inserts first and looks up only
@@ -286,9 +306,9 @@ class SqliteStore:
         seq = self._issued + 1
         try:
             self._db.execute(
-                "INSERT INTO jobs (seq, request_id, request, status, created_s)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (seq, request_id, request, _RUNNING, now_s),
+                "INSERT INTO jobs (seq, request_id, request, status, created_s, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, request_id, request, _RUNNING, now_s, owner),
             )
         except sqlite3.IntegrityError:
             known = self.find_request(request_id)
@@ -345,10 +365,18 @@ class SqliteStore:
         return int(row[0])
 
     @_storage_op
-    def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]:
-        rows = self._db.execute(
-            "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        )
+    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
+        if owner is None:
+            rows = self._db.execute(
+                "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT seq, status FROM jobs WHERE owner = ? AND owner != '' AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (owner, after, limit),
+            )
         finished = self._finished
         return [
             (int(seq), finished[seq][0].status if seq in finished else JobStatus(status))
@@ -465,8 +493,18 @@ def checked_sync(mode: str) -> str:
     return mode.upper()
 
 
+def _add_owner_column(db: sqlite3.Connection) -> None:
+    """Give a store made before job owners existed its `owner` column (jobs: no owner)."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    if "owner" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+    db.execute(_OWNER_INDEX)
+    db.commit()
+
+
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    seq, request_id, request, status, attempts, answer, reason, fingerprint, created, finished = row
+    seq, request_id, request, status, attempts, answer, reason, fingerprint, created = row[:9]
+    finished, owner = row[9:]
     return JobRecord(
         seq=seq,
         request_id=request_id,
@@ -478,4 +516,5 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
         fingerprint=fingerprint,
         created_s=created,
         finished_s=finished,
+        owner=owner,
     )

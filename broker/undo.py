@@ -9,11 +9,21 @@ so they decode frames rather than make the hot path carry bookkeeping.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.messages import ErrorCode, job_seq
 
 Waiter = tuple[bytes, bytes]  # (client identity, request tag)
+
+
+class Unfinished(NamedTuple):
+    """What finishing a job took away, to give back if the transaction fails."""
+
+    request: bytes  # the Job body
+    waiters: set[Waiter]  # the clients its answer was queued for
+    owner: str | None  # the key that submitted it (CURVE only)
 
 
 def client_replies(

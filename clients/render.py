@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from protocol.logs import shown
+
 Answer = Mapping[str, Any]
 
 TITLE_WIDTH = 70
@@ -137,7 +139,7 @@ def status(stats: Mapping[str, Any]) -> str:
     state = "shutting down" if stats.get("shutting_down") else "serving"
     jobs = stats.get("jobs", {})
     lines = [
-        f"broker      {stats.get('broker_id', '?')} ({state})",
+        f"broker      {shown(stats.get('broker_id', '?'))} ({state})",
         f"data        sha256 {str(stats.get('fingerprint') or '?')[:12]}",
         f"queue       {stats.get('queue_depth', 0)} waiting, {stats.get('in_flight', 0)} running",
         "jobs        " + "   ".join(f"{name} {count}" for name, count in jobs.items()),
@@ -147,9 +149,15 @@ def status(stats: Mapping[str, Any]) -> str:
     ]
     if workers:
         columns = ["id", "pid", "host", "credit", "in_flight"]
-        rows = [[w.get(c, "") for c in columns] for w in workers]
+        rows = [[_safe(w.get(c, "")) for c in columns] for w in workers]
         lines.append(table(["worker", "pid", "host", "credit", "in flight"], rows))
     return "\n".join(lines)
+
+
+def _safe(value: object) -> object:
+    """A peer-supplied cell (a worker names its own id and host): text with control
+    characters escaped and cut short, so it cannot drive the terminal; numbers as is."""
+    return value if isinstance(value, int | float) else shown(value)
 
 
 def _throughput(rates: Mapping[str, Mapping[str, float]]) -> list[str]:

@@ -55,11 +55,11 @@ class Security:
 
 
 def connect_to_broker(sock: zmq.Socket[Any], endpoint: str, security: Security | None) -> None:
-    """Set up a new client DEALER as every client does (no linger, queues bounded only by
-    memory, CURVE when asked) and connect it to `endpoint`."""
+    """Set up a new client DEALER as every client does (no linger, large but finite
+    queues, CURVE when asked) and connect it to `endpoint`."""
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.SNDHWM, config.CLIENT_HWM)
+    sock.setsockopt(zmq.RCVHWM, config.CLIENT_HWM)
     if security:
         secure_client(sock, security.server_key_file, security.secret_file)
     sock.connect(endpoint)

@@ -30,6 +30,9 @@ DATA_CHUNK_BYTES = 256 * 1024
 # Clients batch requests up to this size: far below any sensible broker message limit.
 CLIENT_BATCH_BYTES = 64 * 1024
 CLIENT_TIMEOUT_S = 10.0
+# Messages a client socket queues each way: far more than a client has in flight (a
+# request past it would wait for a resend), yet finite.
+CLIENT_HWM = 100_000
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
 # it costs: README, "Durability settings".

@@ -1,14 +1,17 @@
-"""CurveZMQ key files, and the client side of a secured socket (workers and producers).
+"""CurveZMQ key files with roles, and the client side of a secured socket.
 
 Key layout made by `generate_keys()` (and `./run.sh keys` = `python -m protocol.curve`):
 
     DIR/broker.key, DIR/broker.key_secret      the broker's pair
-    DIR/<name>.key, DIR/<name>.key_secret      one pair per worker or producer identity
-    DIR/authorized/<name>.key                  public keys the broker accepts
+    DIR/<name>.key, DIR/<name>.key_secret      one pair per worker, client or admin identity
+    DIR/authorized/<role>/<name>.key           public keys the broker admits, by role
 
-The broker needs DIR (its secret and `authorized/`, see broker.security); a worker or
+Roles (docs/deployment.md): `worker` keys may connect to the worker endpoint only;
+`client` keys to the client endpoint, where they see only their own jobs; `admin` keys
+to the client endpoint, where they see every job and may shut the service down. The
+broker needs DIR (its secret and `authorized/`, see broker.security); a worker or
 producer host needs only `broker.key` (public) and its own `<name>.key_secret`. Secret
-files are written with mode 0600. Deployment: docs/deployment.md.
+files are created with mode 0600 (never wider, not even for a moment).
 """
 
 from __future__ import annotations
@@ -23,29 +26,81 @@ import zmq.auth
 
 BROKER_KEY = "broker"
 AUTHORIZED_DIR = "authorized"
-DEFAULT_NAMES = ("worker", "client")
+ROLES = ("worker", "client", "admin")
+DEFAULT_KEYS = ("worker:worker", "client:client", "admin:admin")
 SECRET_MODE = 0o600
+PUBLIC_MODE = 0o644
 
 
-def generate_keys(directory: str | Path, names: list[str]) -> list[Path]:
-    """Create the broker's pair and one authorized pair per name; keep existing pairs.
+def parse_spec(spec: str) -> tuple[str, str]:
+    """`ROLE:NAME` -> (role, name); a bare role name means ROLE:ROLE. ValueError if bad."""
+    role, sep, name = spec.partition(":")
+    if not sep:
+        role = name = spec
+    if role not in ROLES:
+        raise ValueError(f"bad key {spec!r}: give ROLE:NAME, ROLE one of {', '.join(ROLES)}")
+    _check_name(name)
+    return role, name
 
-    Returns the public key files created now (existing pairs are reused, and their
-    public keys are copied to `authorized/` again).
+
+def generate_keys(directory: str | Path, specs: list[str]) -> list[Path]:
+    """Create the broker's pair if missing, one pair per `ROLE:NAME` if missing, and put
+    each named public key in `authorized/ROLE/`. Returns the public key files created now.
     """
     root = Path(directory)
-    for name in names:
-        _check_name(name)
-    (root / AUTHORIZED_DIR).mkdir(parents=True, exist_ok=True)
-    made = []
-    for name in [BROKER_KEY, *names]:
-        if not (root / f"{name}.key_secret").exists():
-            public, secret = zmq.auth.create_certificates(str(root), name)
-            os.chmod(secret, SECRET_MODE)
-            made.append(Path(public))
-        if name != BROKER_KEY:
-            (root / AUTHORIZED_DIR / f"{name}.key").write_bytes((root / f"{name}.key").read_bytes())
+    wanted = [parse_spec(spec) for spec in specs]
+    root.mkdir(parents=True, exist_ok=True)
+    made = [path for name in [BROKER_KEY, *(n for _, n in wanted)] if (path := _pair(root, name))]
+    for role, name in wanted:
+        authorized = root / AUTHORIZED_DIR / role
+        authorized.mkdir(parents=True, exist_ok=True)
+        (authorized / f"{name}.key").write_bytes((root / f"{name}.key").read_bytes())
     return made
+
+
+def _pair(root: Path, name: str) -> Path | None:
+    """Create `name`'s key pair unless its secret file exists; the new public file, or None."""
+    secret_file = root / f"{name}.key_secret"
+    if secret_file.exists():
+        return None
+    public, secret = zmq.curve_keypair()
+    _write(secret_file, _certificate(public, secret), SECRET_MODE)
+    _write(root / f"{name}.key", _certificate(public, None), PUBLIC_MODE)
+    return root / f"{name}.key"
+
+
+def _certificate(public: bytes, secret: bytes | None) -> str:
+    """A key file in ZeroMQ's certificate format (what zmq.auth.load_certificate reads)."""
+    lines = ["#   ZeroMQ CURVE " + ("**Secret** Certificate" if secret else "Public Certificate")]
+    lines += ["metadata", "curve", f'    public-key = "{public.decode()}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    """Create `path` with `mode` from the start (O_EXCL: never rewrite an existing file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(text)
+
+
+def old_layout_keys(directory: str | Path) -> list[Path]:
+    """Public keys directly in `authorized/` (the layout before roles): no longer read."""
+    return sorted((Path(directory) / AUTHORIZED_DIR).glob("*.key"))
+
+
+def old_layout_note(directory: str | Path) -> str | None:
+    """What to do about keys in the old layout, or None if there are none."""
+    old = old_layout_keys(directory)
+    if not old:
+        return None
+    names = ", ".join(p.name for p in old)
+    return (
+        f"{names} in {Path(directory) / AUTHORIZED_DIR}/ have no role and are NOT admitted: "
+        f"move each into {AUTHORIZED_DIR}/worker/, {AUTHORIZED_DIR}/client/ or "
+        f"{AUTHORIZED_DIR}/admin/ (see docs/deployment.md)"
+    )
 
 
 def _check_name(name: str) -> None:
@@ -87,9 +142,9 @@ def secure_client(
     sock.curve_secretkey = secret
 
 
-def usage_note(root: Path, names: list[str]) -> str:
+def usage_note(root: Path, wanted: list[tuple[str, str]]) -> str:
     """How to use the keys in `root`: which file goes to which host, and the flags."""
-    worker, client = _pick(names, "worker"), _pick(names, "client")
+    worker, client, admin = (_pick(wanted, role) for role in ROLES)
     return f"""
 Broker host (keeps {root}; it needs broker.key_secret and {AUTHORIZED_DIR}/):
   ./run.sh broker --curve-dir {root} --client-endpoint tcp://ADDR:5555 \\
@@ -100,38 +155,48 @@ Worker host (copy {root}/{BROKER_KEY}.key and {root}/{worker}.key_secret):
 Producer host (copy {root}/{BROKER_KEY}.key and {root}/{client}.key_secret):
   LSS_CURVE_SERVER_KEY={BROKER_KEY}.key LSS_CURVE_SECRET={client}.key_secret \\
       python -c 'from clients import Client; print(Client("tcp://BROKER:5555").ping())'
-To admit another identity: put its public .key file in {root}/{AUTHORIZED_DIR}/ (the broker
-rereads the directory when it changes); to revoke one, delete its file there.
+Operator host: the same with {admin}.key_secret, which may also shut the service down.
+Roles: a key in {AUTHORIZED_DIR}/worker/ may only serve jobs; one in {AUTHORIZED_DIR}/client/
+sees only its own jobs; one in {AUTHORIZED_DIR}/admin/ sees all and may shut down.
+To admit another identity: put its public .key file in {root}/{AUTHORIZED_DIR}/ROLE/ (the
+broker rereads the directories when they change); to revoke one, delete its file there.
 Never copy *.key_secret files except each to the one host that uses it."""
 
 
-def _pick(names: list[str], wanted: str) -> str:
-    return wanted if wanted in names else (names[0] if names else wanted)
+def _pick(wanted: list[tuple[str, str]], role: str) -> str:
+    return next((name for r, name in wanted if r == role), role)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m protocol.curve DIR [NAME...]`: create key pairs and say how to use them."""
+    """`python -m protocol.curve DIR [ROLE:NAME...]`: create key pairs, say how to use them."""
     parser = argparse.ArgumentParser(
         prog="python -m protocol.curve",
-        description="Create CurveZMQ key pairs: the broker's and one per NAME (authorized).",
+        description="Create CurveZMQ key pairs: the broker's, and one per ROLE:NAME, "
+        "authorized for ROLE (worker, client or admin).",
     )
     parser.add_argument("directory", help="where the keys go (e.g. var/keys)")
     parser.add_argument(
-        "names", nargs="*", default=list(DEFAULT_NAMES), help="identities (default: worker client)"
-    )
+        "keys", nargs="*", default=list(DEFAULT_KEYS),
+        help="ROLE:NAME pairs (default: worker:worker client:client admin:admin)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     root = Path(args.directory)
     try:
-        made = generate_keys(root, args.names)
+        wanted = [parse_spec(spec) for spec in args.keys]
+        made = generate_keys(root, args.keys)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    for name in [BROKER_KEY, *args.names]:
+    for name in [BROKER_KEY, *(name for _, name in wanted)]:
         created = root / f"{name}.key" in made
         state, mode = ("created", ", mode 0600") if created else ("kept   ", "")
         print(f"{state} {root / name}.key (public) + {name}.key_secret (secret{mode})")
-    authorized = sorted(p.name for p in (root / AUTHORIZED_DIR).glob("*.key"))
-    print(f"authorized ({root / AUTHORIZED_DIR}): {', '.join(authorized) or 'none'}")
-    print(usage_note(root, args.names))
+    for role in ROLES:
+        names = sorted(p.stem for p in (root / AUTHORIZED_DIR / role).glob("*.key"))
+        print(f"authorized {role + ':':8} {', '.join(names) or 'none'}")
+    note = old_layout_note(root)
+    if note:
+        print(f"WARNING: {note}")
+    print(usage_note(root, wanted))
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar, Union
 import msgpack
 
 from protocol.errors import ProtocolError
+from protocol.logs import shown
 
 STATISTICS = (
     "states_mean",
@@ -52,6 +53,14 @@ PROTOCOL_VERSION = 1
 MAX_TAG_BYTES = 255
 MAX_BATCH = 10_000
 """The most messages one BATCH may carry."""
+MAX_REQUEST_ID_CHARS = 128
+"""The longest `Submit.request_id` (clients send a 32-character UUID)."""
+MAX_JOB_BYTES = 4096
+"""The largest encoded job (statistic and parameters; real ones take about 200 bytes)."""
+MAX_WORKER_CREDIT = 64
+"""The most job slots a worker may offer; a larger `Ready.credit` is cut to this."""
+MAX_REASON_CHARS = 1000
+"""The longest error reason a worker sends (the broker cuts longer ones too)."""
 BATCH_ITEM_OVERHEAD = 16
 """Bytes a message adds to a BATCH beyond its frames (msgpack array and bin headers)."""
 
@@ -108,6 +117,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_WORKER = "unknown_worker"
     INTERNAL = "internal"
     STORAGE = "storage"
+    FORBIDDEN = "forbidden"
+    OVER_LIMIT = "over_limit"
 
 
 class Message:
@@ -520,7 +531,7 @@ def _from_body(cls: type[M], body: bytes) -> M:
     for name, value in fields.items():
         check = checks.get(name)
         if check is None:
-            raise ProtocolError(f"{cls.__name__} has no field {name!r}")
+            raise ProtocolError(f"{cls.__name__} has no field '{shown(name)}'")
         if not check(value):
             raise ProtocolError(f"{cls.__name__}.{name} has the wrong type {type(value).__name__}")
     try:

@@ -37,6 +37,24 @@ def receive_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     """The next message's frames, without blocking (`recv_multipart` asks the socket
     for RCVMORE after each frame; a received frame knows it, for less)."""
     frame = sock.recv(_NOBLOCK, copy=False)
+    return _rest(sock, frame)
+
+
+def waiting_from(sock: zmq.Socket[bytes], limit: int) -> Iterator[tuple[list[bytes], str]]:
+    """Like `waiting`, with each message's "User-Id" (set by the ZAP handler that admitted
+    the sender; empty without one). Costs one metadata lookup per message."""
+    for _ in range(limit):
+        if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+            return
+        frame = sock.recv(_NOBLOCK, copy=False)
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:  # no ZAP handler named the peer
+            user = ""
+        yield _rest(sock, frame), user if isinstance(user, str) else ""
+
+
+def _rest(sock: zmq.Socket[bytes], frame: zmq.Frame) -> list[bytes]:
     frames = [frame.bytes]
     while frame.more:
         frame = sock.recv(_NOBLOCK, copy=False)

@@ -19,6 +19,7 @@ from typing import Any
 
 from protocol import messages as m
 from protocol.errors import ProtocolError
+from protocol.logs import shown
 
 log = logging.getLogger("lss.worker")
 
@@ -90,8 +91,14 @@ class JobRunner:
         return Outcome(body, payload)
 
     def _error(self, reason: str) -> Outcome:
+        """An error outcome; the reason is cut short (it may quote a huge parameter, and
+        an oversize RESULT would fail the job anyway)."""
         body = m.pack(
-            {"status": m.JobStatus.ERROR.value, "fingerprint": self._fingerprint, "reason": reason}
+            {
+                "status": m.JobStatus.ERROR.value,
+                "fingerprint": self._fingerprint,
+                "reason": shown(reason, m.MAX_REASON_CHARS),
+            }
         )
         return Outcome(body, None)
 

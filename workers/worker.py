@@ -26,7 +26,7 @@ from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import ProtocolError
-from protocol.logs import setup_logging
+from protocol.logs import setup_logging, shown
 from protocol.wire import send_frames, waiting
 from workers.compute import JobRunner
 from workers.settings import WorkerSettings, add_worker_flags, settings_from
@@ -37,6 +37,9 @@ PIPE = "inproc://lss-worker-compute"
 BATCH = 1000
 STOP = b""  # empty tag: tells the compute thread to end
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
+# Messages queued each way; finite so that a broker that stops reading cannot grow a
+# worker without bound (a worker holds at most MAX_WORKER_CREDIT jobs at once anyway).
+SOCKET_HWM = 1000
 
 
 class Worker:
@@ -88,6 +91,8 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         sock.setsockopt(zmq.SNDTIMEO, 0)  # see _deliver
+        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         if self.settings.curve_server_key and self.settings.curve_secret:
             secure_client(sock, self.settings.curve_server_key, self.settings.curve_secret)
         sock.connect(self.settings.connect)
@@ -194,7 +199,7 @@ class Worker:
         if isinstance(msg, m.Disconnect):
             self._on_disconnect(msg.reason)
         elif isinstance(msg, m.ErrorReply):
-            log.warning("broker says: %s (%s)", msg.reason, msg.code)
+            log.warning("broker says: %s (%s)", shown(msg.reason), shown(msg.code))
 
     def _on_disconnect(self, reason: str) -> None:
         if reason == "shutdown":

@@ -1,9 +1,12 @@
-"""CurveZMQ on loopback: allowed keys work; unknown keys and keyless peers get nothing.
+"""CurveZMQ on loopback: allowed keys work; unknown keys and keyless peers get nothing;
+each key does only what its role allows.
 
 The broker runs with `--curve-dir`; this test process is a producer holding the
 authorized `client` key (LSS_CURVE_* in its environment, which `Service` strips from the
 processes it starts). Peers with a key pair that is not in `authorized/`, or with no
 keys at all, must neither submit, read nor receive jobs, and the broker must log them.
+Keys of the wrong role get no further: a client key on the worker endpoint is refused
+like an unknown one; a client key sees only its own jobs and may not shut down.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
+import zmq
 
 from broker.security import RefusalLog, exposed, warn_if_plaintext
-from clients import BrokerUnavailable, Client, Security
-from protocol.curve import generate_keys, load_public_key
-from tests.procs import Service, wait_until
+from clients import BrokerUnavailable, Client, RequestRefused, Security, UnknownJob
+from protocol import messages as m
+from protocol.curve import generate_keys, load_public_key, secure_client
+from tests.procs import STOP_TIMEOUT_S, Service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +34,9 @@ REFUSAL_TIMEOUT_S = 1.5  # how long a refused producer waits before BrokerUnavai
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
-    """An authorized key set: broker, worker, client."""
+    """An authorized key set: broker, worker, two clients (client, bob), admin."""
     root = tmp_path / "keys"
-    generate_keys(root, ["worker", "client"])
+    generate_keys(root, ["worker:worker", "client:client", "client:bob", "admin:admin"])
     return root
 
 
@@ -38,7 +44,7 @@ def keys(tmp_path: Path) -> Path:
 def rogue(tmp_path: Path) -> Path:
     """A key pair the broker has never seen (its own authorized/ is irrelevant)."""
     root = tmp_path / "rogue"
-    generate_keys(root, ["rogue"])
+    generate_keys(root, ["worker:rogue"])
     return root
 
 
@@ -110,18 +116,24 @@ def test_unknown_and_missing_keys_get_nothing(
         assert client.stats()["jobs"] == {"running": 0, "done": 0, "error": 0}
 
 
-def test_workers_with_unknown_or_no_keys_get_no_jobs(
+def test_workers_with_unknown_client_or_no_keys_get_no_jobs(
     secure_service: Service, keys: Path, rogue: Path
 ) -> None:
     rogue_key = load_public_key(rogue / "rogue.key").decode()
     outsiders = [
         secure_service.start_worker(**worker_keys(keys, rogue / "rogue.key_secret")),
         secure_service.start_worker(),  # no keys
+        secure_service.start_worker(**worker_keys(keys, keys / "client.key_secret")),
+        secure_service.start_worker(**worker_keys(keys, keys / "admin.key_secret")),
         secure_service.start_worker(fetch_data=True, data=Path("absent") / "data.csv",
                                     **worker_keys(keys, rogue / "rogue.key_secret")),
     ]  # fmt: skip
     wait_until(lambda: refusals(secure_service, rogue_key), 20, "the rogue worker's refusal")
     wait_until(lambda: refusals(secure_service, "does not speak CURVE"), 20, "keyless refusal")
+    for role in ("client", "admin"):
+        key = load_public_key(keys / f"{role}.key").decode()
+        lines = wait_until(partial(refusals, secure_service, key), 20, f"{role} key refused")
+        assert f"a {role} key may not use the worker endpoint" in lines[0]
     insider = secure_service.start_worker(**worker_keys(keys, keys / "worker.key_secret"))
     (registered,) = secure_service.wait_workers(1)
     assert registered["pid"] == insider.pid
@@ -130,11 +142,121 @@ def test_workers_with_unknown_or_no_keys_get_no_jobs(
         workers = client.stats()["workers"]
     assert len(answers) == 6
     assert [w["pid"] for w in workers] == [insider.pid]
-    assert all(p.poll() is None for p in outsiders[:2]), "refused workers keep retrying"
+    assert all(p.poll() is None for p in outsiders[:4]), "refused workers keep retrying"
     # the allow-list is reread when it changes: authorizing the key admits the worker
-    shutil.copy(rogue / "rogue.key", keys / "authorized" / "rogue.key")
+    shutil.copy(rogue / "rogue.key", keys / "authorized" / "worker" / "rogue.key")
     admitted = secure_service.wait_workers(2)
     assert {w["pid"] for w in admitted} == {insider.pid, outsiders[0].pid}
+
+
+def keyed(service: Service, keys: Path, name: str) -> Client:
+    """A client of `service` holding the key pair `name` from `keys`."""
+    security = Security(str(keys / "broker.key"), str(keys / f"{name}.key_secret"))
+    return Client(service.client_endpoint, 10, security=security)
+
+
+def test_shutdown_is_for_admin_keys_only(secure_service: Service, keys: Path) -> None:
+    with keyed(secure_service, keys, "client") as client:
+        with pytest.raises(RequestRefused) as refused:
+            client.shutdown()
+        assert refused.value.code == "forbidden"
+        assert "may not shut the service down" in refused.value.reason
+        assert client.ping()["shutting_down"] is False
+    assert secure_service.broker is not None and secure_service.broker.poll() is None
+    lines = [line for line in secure_service.logs().splitlines() if "refused shut" in line]
+    assert len(lines) == 1 and "client key client" in lines[0], lines
+    with keyed(secure_service, keys, "admin") as admin:
+        assert admin.shutdown() == 0
+    assert secure_service.broker.wait(timeout=STOP_TIMEOUT_S) == 0
+
+
+def test_client_keys_see_only_their_own_jobs_and_admins_see_all(
+    secure_service: Service, keys: Path
+) -> None:
+    secure_service.start_workers(1, **worker_keys(keys, keys / "worker.key_secret"))
+    alice, bob, admin = (keyed(secure_service, keys, n) for n in ("client", "bob", "admin"))
+    with alice, bob, admin:
+        mine = alice.submit("global_mean", question=OBESITY)
+        theirs = bob.submit("state_mean", question=OBESITY, state="Ohio")
+        alice.wait(mine)
+        bob.wait(theirs)
+        never_issued = alice.get("job_id_999999")
+        assert never_issued == {"status": "error", "reason": "Invalid job_id"}
+        assert alice.get(theirs) == never_issued and bob.get(mine) == never_issued
+        with pytest.raises(UnknownJob, match="Invalid job_id"):
+            alice.wait(theirs)
+        assert alice.jobs() == {mine: "done"} and bob.jobs() == {theirs: "done"}
+        assert admin.jobs() == {mine: "done", theirs: "done"}
+        assert set(admin.get(theirs)["data"]) == {"Ohio"}
+        assert alice.num_jobs() == bob.num_jobs() == admin.num_jobs() == 0
+
+
+def test_a_client_key_cannot_take_another_keys_request_id(
+    secure_service: Service, keys: Path
+) -> None:
+    """Resubmitting another key's request id is refused: it must not hand out that job."""
+    secure_service.start_workers(1, **worker_keys(keys, keys / "worker.key_secret"))
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        replies = [
+            _ask(context, secure_service, keys, name, m.Submit("shared-id", "best5",
+                                                               {"question": OBESITY}))
+            for name in ("bob", "client", "bob", "admin")
+        ]  # fmt: skip
+    finally:
+        context.destroy(linger=0)
+    first, stolen, again, by_admin = (reply.message for reply in replies)
+    assert isinstance(first, m.Submitted)
+    assert isinstance(stolen, m.ErrorReply) and stolen.code == "forbidden", stolen
+    assert first.job_id not in stolen.reason
+    assert again == first and by_admin == first
+
+
+def _ask(
+    context: zmq.Context[zmq.Socket[bytes]],
+    service: Service,
+    keys: Path,
+    name: str,
+    request: m.Message,
+) -> m.Envelope:
+    """One request over a fresh CURVE DEALER holding key `name`; its decoded reply."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    secure_client(sock, keys / "broker.key", keys / f"{name}.key_secret")
+    sock.connect(service.client_endpoint)
+    try:
+        sock.send_multipart(m.encode(request, b"t"))
+        assert sock.poll(10_000), f"no reply to {name}"
+        return m.decode(sock.recv_multipart())
+    finally:
+        sock.close(linger=0)
+
+
+def test_keys_in_the_old_layout_are_reported_and_not_admitted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protocol.curve import main, old_layout_note
+
+    root = tmp_path / "keys"
+    generate_keys(root, ["client:p"])
+    shutil.copy(root / "p.key", root / "authorized" / "p.key")  # as the old ./run.sh keys did
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: p.key in" in out and "NOT admitted" in out
+    assert old_layout_note(root) is not None and "authorized/client/" in str(old_layout_note(root))
+
+
+def test_secret_keys_are_created_0600_and_the_layout_has_roles(tmp_path: Path) -> None:
+    root = tmp_path / "keys"
+    made = generate_keys(root, ["worker:w1", "client:c1", "admin:ops"])
+    assert sorted(p.name for p in made) == ["broker.key", "c1.key", "ops.key", "w1.key"]
+    for name in ("broker", "w1", "c1", "ops"):
+        assert (root / f"{name}.key_secret").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in (root / "authorized" / "admin").iterdir()] == ["ops.key"]
+    assert [p.name for p in (root / "authorized" / "worker").iterdir()] == ["w1.key"]
+    assert generate_keys(root, ["client:c1"]) == []  # kept, never rewritten
+    with pytest.raises(ValueError, match="ROLE:NAME"):
+        generate_keys(root, ["operator:x"])
 
 
 @pytest.mark.parametrize(

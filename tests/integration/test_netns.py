@@ -82,7 +82,7 @@ class Deployment:
         self.lab, self.base, self.data = lab, base, data
         self.keys, self.rogue_keys = base / "keys", base / "rogue-keys"
         generate_keys(self.keys, ["worker", "client"])
-        generate_keys(self.rogue_keys, ["rogue"])
+        generate_keys(self.rogue_keys, ["worker:rogue"])
         self.env = clean_env()
         broker = lab.address("broker")
         self.client_endpoint = f"tcp://{broker}:{CLIENT_PORT}"

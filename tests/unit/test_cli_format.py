@@ -155,3 +155,13 @@ def test_every_command_has_a_handler() -> None:
     }
     for sub in actions[0].choices.values():
         assert callable(sub.get_default("handler"))
+
+
+def test_status_escapes_what_workers_say_about_themselves() -> None:
+    stats = {
+        "workers": [{"id": "w\n1", "pid": 7, "host": "h\x1b[2J\nforged", "credit": 8,
+                     "in_flight": 0}],
+        "jobs": {},
+    }  # fmt: skip
+    text = render.status(stats)
+    assert "\x1b" not in text and "h\\x1b[2J\\nforged" in text and "w\\n1" in text

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.access import Caller, Role
 from broker.core import BrokerCore, CoreSettings
 from broker.store import MemoryStore, SqliteStore, StorageError, Store
 from protocol import messages as m
@@ -356,3 +357,101 @@ def test_a_failed_insert_voids_the_transaction_and_refuses_submits_meanwhile(
     assert store.find_request("early") is None
     h.core.storage_refusal = None
     assert h.submit(1, ["early"]) == ["job_id_2"]  # job_id_1 was never told: not reused
+
+
+# --- roles and caps -----------------------------------------------------------------
+
+ALICE = Caller(Role.CLIENT, "A" * 40, "alice")
+BOB = Caller(Role.CLIENT, "B" * 40, "bob")
+ADMIN = Caller(Role.ADMIN, "C" * 40, "ops")
+
+
+def ask(h: Harness, message: m.Message, caller: Caller, who: bytes = b"c1") -> m.Message:
+    """One request from `caller`; its one reply."""
+    h.core.on_client(m.Envelope(message, tag=b"t", identity=who), h.now, caller)
+    (reply,) = h.sent()[0]
+    return reply.message
+
+
+def test_a_client_key_sees_only_its_own_jobs_and_an_admin_all(store: Store) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(2, FP), b"w1")
+    mine = ask(h, m.Submit("ra", "global_mean", {"question": "Q"}), ALICE)
+    theirs = ask(h, m.Submit("rb", "global_mean", {"question": "Q"}), BOB)
+    assert isinstance(mine, m.Submitted) and isinstance(theirs, m.Submitted)
+    unknown = ask(h, m.Get("job_id_99"), ALICE)
+    assert unknown == m.ErrorReply("invalid_job_id", "Invalid job_id")
+    for read in (m.Get(theirs.job_id), m.Wait(theirs.job_id)):
+        assert ask(h, read, ALICE) == unknown  # running
+    h.result(b"w1", theirs.job_id.encode())
+    h.sent()
+    assert ask(h, m.Get(theirs.job_id), ALICE) == unknown  # done
+    assert ask(h, m.ListJobs(), ALICE) == m.JobList([[mine.job_id, "running"]])
+    assert ask(h, m.NumJobs(), ALICE) == m.JobCount(1) and ask(h, m.NumJobs(), BOB) == m.JobCount(0)
+    assert ask(h, m.ListJobs(), ADMIN) == m.JobList(
+        [[mine.job_id, "running"], [theirs.job_id, "done"]]
+    )
+    stolen = ask(h, m.Submit("rb", "global_mean", {"question": "Q"}), ALICE)
+    assert isinstance(stolen, m.ErrorReply) and stolen.code == "forbidden"
+
+
+def test_only_admins_and_open_peers_may_shut_down(store: Store) -> None:
+    h = Harness(store)
+    refused = ask(h, m.Shutdown(), ALICE)
+    assert isinstance(refused, m.ErrorReply) and refused.code == "forbidden"
+    assert not h.core.shutting_down
+    assert isinstance(ask(h, m.Shutdown(), ADMIN), m.ShuttingDown) and h.core.shutting_down
+
+
+def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("broker.limits.MAX_WAITERS_PER_PEER", 3)
+    h = Harness(store)
+    (job,) = h.submit(1)
+    for n in range(5):
+        h.client(m.Wait(job), tag=b"%d" % n)
+    replies, _ = h.sent()
+    assert [r.message.code for r in replies if isinstance(r.message, m.ErrorReply)] == [
+        "over_limit", "over_limit"
+    ]  # fmt: skip
+    h.client(m.Wait(job), who=b"c2")  # another peer has its own share
+    assert h.sent()[0] == [] and h.core.stats(h.now)["waiters"] == 4
+
+
+def test_answers_per_peer_and_turn_are_capped(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("broker.core.PEER_ANSWER_BYTES_PER_TURN", 1000)
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    (job,) = h.submit(1)
+    h.sent()
+    h.result(b"w1", job.encode(), {"x": "y" * 300})
+    h.sent()
+    for n in range(5):
+        h.client(m.Get(job), tag=b"%d" % n)
+    replies, _ = h.sent()
+    kinds = [type(r.message).__name__ for r in replies]
+    assert kinds == ["JobState"] * 3 + ["ErrorReply"] * 2, kinds
+    h.client(m.Get(job))  # a new turn, a new budget
+    assert isinstance(h.sent()[0][0].message, m.JobState)
+
+
+def test_a_large_job_or_request_id_is_refused_and_credit_is_capped(store: Store) -> None:
+    h = Harness(store)
+    big = ask(h, m.Submit("r", "global_mean", {"question": "x" * m.MAX_JOB_BYTES}), ALICE)
+    long_id = ask(h, m.Submit("r" * 129, "global_mean", {"question": "Q"}), ALICE)
+    assert [big.code, long_id.code] == ["too_large", "too_large"]  # type: ignore[attr-defined]
+    h.worker(m.Ready(10**6, FP), b"w1")
+    assert h.core.stats(h.now)["workers"][0]["credit"] == m.MAX_WORKER_CREDIT  # type: ignore[index]
+
+
+def test_an_oversize_result_from_the_holder_fails_its_job_only(store: Store) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    (job,) = h.submit(1)
+    h.sent()
+    assert not h.core.fail_oversize(b"w2", job.encode(), "too big", h.now)  # not its job
+    assert h.core.fail_oversize(b"w1", job.encode(), "too big", h.now)
+    state = ask(h, m.Get(job), ADMIN)
+    assert state == m.JobState(job, "error", "too_large: too big")
+    assert h.core.pool.get(b"w1") is not None

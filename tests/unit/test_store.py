@@ -233,3 +233,43 @@ class Turn:
         self.failures.append(exc.operation)
         self.store.rollback()
         self.pending = []
+
+
+def test_owners_are_stored_and_pages_filter_by_owner(store: Store) -> None:
+    mine, _ = store.add("a", b"req", 0.0, "KEY-A")
+    theirs, _ = store.add("b", b"req", 0.0, "KEY-B")
+    open_job, _ = store.add("c", b"req", 0.0)
+    store.finish(mine, DONE, 1.0)
+    store.commit()
+    record = store.get(mine)
+    assert record is not None and record.owner == "KEY-A"
+    assert store.page(0, 10, "KEY-A") == [(mine, JobStatus.DONE)]
+    assert store.page(0, 10, "KEY-B") == [(theirs, JobStatus.RUNNING)]
+    assert store.page(0, 10, "nobody") == []
+    assert [seq for seq, _ in store.page(0, 10)] == [mine, theirs, open_job]
+    assert [r.owner for r in store.unfinished()] == ["KEY-B", ""]
+
+
+def test_a_store_made_before_owners_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL"
+        " UNIQUE, request BLOB NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL"
+        " DEFAULT 0, answer BLOB, reason TEXT, fingerprint TEXT, created_s REAL NOT NULL,"
+        " finished_s REAL);"
+        "INSERT INTO jobs (request_id, request, status, created_s)"
+        " VALUES ('r', x'00', 'running', 0);"
+    )
+    old.commit()
+    old.close()
+    store = SqliteStore(path)
+    try:
+        (record,) = store.unfinished()
+        assert record.owner == ""
+        seq, _ = store.add("s", b"req", 1.0, "KEY")
+        assert store.page(0, 10, "KEY") == [(seq, JobStatus.RUNNING)]
+    finally:
+        store.close()

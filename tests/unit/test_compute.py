@@ -1,0 +1,28 @@
+"""A worker's outcome of one job: an error's reason is cut short, whatever it quotes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from protocol import messages as m
+from workers.compute import JobRunner
+
+
+class Refused(Exception):
+    pass
+
+
+def quote_the_question(_statistic: str, params: Mapping[str, object]) -> dict[str, Any]:
+    raise Refused(f"no data for question {params['question']!r}")
+
+
+def test_an_error_reason_is_capped_and_escaped() -> None:
+    runner = JobRunner(quote_the_question, Refused, "f" * 64, 1 << 20)
+    request = m.pack({"statistic": "best5", "params": {"question": "\x7f" * 300_000}})
+    outcome = runner.run(request)
+    result = m.decode_body(m.Result, outcome.body)
+    assert result.status == "error" and result.reason is not None
+    assert len(result.reason) < m.MAX_REASON_CHARS + 30
+    assert result.reason.startswith("no data for question '\\x7f\\x7f")
+    assert len(outcome.body) < 2 * m.MAX_REASON_CHARS
