@@ -49,6 +49,8 @@ ENV = {
     "curve_dir": "LSS_CURVE_DIR",
     "diagnostics": "LSS_DIAGNOSTICS",
     "http_addr": "LSS_HTTP_ADDR",
+    "http_allowed_hosts": "LSS_HTTP_ALLOWED_HOSTS",
+    "http_token": "LSS_HTTP_TOKEN",
 }
 
 
