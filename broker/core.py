@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from broker.history import recent_jobs
+from broker.latency import LatencyRecorder
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, Store
@@ -74,6 +76,7 @@ class BrokerCore:
         self.pool = WorkerPool()
         self.shutting_down = False
         self.rates = RateMeter()
+        self.latency = LatencyRecorder()
         self._data_chunk = data_chunk
         self._queue: deque[int] = deque()
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
@@ -105,11 +108,16 @@ class BrokerCore:
             self._reply(identity, tag, m.ShuttingDown(pending=len(self._requests)))
         elif isinstance(msg, m.Ping):
             self._reply(identity, tag, m.Pong(self.broker_id, shutting_down=self.shutting_down))
-        elif isinstance(msg, m.Stats):
-            self._reply(identity, tag, m.StatsReply(self.stats(now_s)))
+        elif isinstance(msg, m.Stats | m.Recent):
+            self._reply(identity, tag, self._report(msg, now_s))
         else:
             name = type(msg).__name__
             self.refuse(identity, tag, ErrorCode.UNKNOWN_COMMAND, f"{name} is not a client request")
+
+    def _report(self, msg: m.Stats | m.Recent, now_s: float) -> m.Message:
+        if isinstance(msg, m.Recent):
+            return recent_jobs(self.store, msg.limit)
+        return m.StatsReply(self.stats(now_s))
 
     def refuse(self, identity: bytes, tag: bytes, code: ErrorCode | str, reason: str) -> None:
         """Answer a request with an error."""
@@ -141,6 +149,7 @@ class BrokerCore:
         self._requests[seq] = body
         self._queue.append(seq)
         self.rates.count("submitted", now_s)
+        self.latency.accepted(seq, msg.statistic, now_s)
         log.debug("%s accepted: %s", job_id(seq), msg.statistic)
         return seq
 
@@ -253,6 +262,7 @@ class BrokerCore:
         self._retried.discard(seq)
         status = str(outcome.status)
         self.rates.count(status, now_s)
+        self.latency.finished(seq, now_s)
         text = job_id(seq)
         log.debug("%s %s%s", text, status, f": {outcome.reason}" if outcome.reason else "")
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
@@ -310,6 +320,7 @@ class BrokerCore:
             if worker is None:
                 return  # a retried job waits at the front for an idle worker
             self._queue.popleft()
+            self.latency.dispatched(seq, now_s)
             worker.last_sent_s = now_s
             text = job_id(seq)
             frames = m.frames_of(m.Command.JOB, text.encode(), self._requests[seq])
@@ -354,7 +365,7 @@ class BrokerCore:
     def stats(self, now_s: float) -> dict[str, object]:
         return {
             "broker_id": self.broker_id,
-            "workers": [w.describe() for w in self.pool.all()],
+            "workers": [w.describe(now_s) for w in self.pool.all()],
             "queue_depth": len(self._queue),
             "in_flight": self.pool.in_flight(),
             "jobs": {s.value: self.store.count(s) for s in JobStatus},
@@ -362,6 +373,7 @@ class BrokerCore:
             "rates_per_s": self.rates.rates(now_s),
             "shutting_down": self.shutting_down,
             "fingerprint": self.fingerprint,
+            "latency": self.latency.describe(),
         }
 
 

@@ -17,6 +17,9 @@ from typing import Any, Protocol
 from broker.checkpoint import Checkpointer
 from protocol.messages import JobStatus
 
+RECENT_SCAN = 10_000
+"""`recent` looks among this many newest jobs only, so that it never scans a large store."""
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -43,6 +46,7 @@ class Store(Protocol):
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
     def add_attempt(self, seq: int) -> int: ...
     def page(self, after: int, limit: int) -> list[tuple[int, JobStatus]]: ...
+    def recent(self, limit: int, status: JobStatus | None = None) -> list[JobRecord]: ...
     def unfinished(self) -> list[JobRecord]: ...
     def count(self, status: JobStatus) -> int: ...
     def last_seq(self) -> int: ...
@@ -111,6 +115,12 @@ class MemoryStore:
         seqs = sorted(s for s in self._jobs if s > after)[:limit]
         return [(s, self._jobs[s].status) for s in seqs]
 
+    def recent(self, limit: int, status: JobStatus | None = None) -> list[JobRecord]:
+        """Up to `limit` of the last `RECENT_SCAN` jobs (of `status`), newest first, no answers."""
+        newest = sorted((s for s in self._jobs if s > self._last_seq - RECENT_SCAN), reverse=True)
+        found = [self._jobs[s] for s in newest if status is None or self._jobs[s].status is status]
+        return [replace(record, answer=None) for record in found[:limit]]
+
     def unfinished(self) -> list[JobRecord]:
         return [r for _, r in sorted(self._jobs.items()) if r.status is JobStatus.RUNNING]
 
@@ -162,6 +172,7 @@ _RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per inse
 _COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s, finished_s"
 )
+_SUMMARY_COLUMNS = _COLUMNS.replace("answer, ", "")
 
 
 class SqliteStore:
@@ -261,6 +272,17 @@ class SqliteStore:
             "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
         return [(int(seq), JobStatus(status)) for seq, status in rows]
+
+    def recent(self, limit: int, status: JobStatus | None = None) -> list[JobRecord]:
+        """Up to `limit` of the last `RECENT_SCAN` jobs (of `status`), newest first, no answers."""
+        self._write_finished()
+        wanted = None if status is None else str(status)
+        rows = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE seq > ? AND (? IS NULL OR status = ?)"
+            " ORDER BY seq DESC LIMIT ?",
+            (self._last_seq - RECENT_SCAN, wanted, wanted, limit),
+        )
+        return [_record((*row[:5], None, *row[5:])) for row in rows]
 
     def unfinished(self) -> list[JobRecord]:
         self._write_finished()

@@ -52,6 +52,8 @@ PROTOCOL_VERSION = 1
 MAX_TAG_BYTES = 255
 MAX_BATCH = 10_000
 """The most messages one BATCH may carry."""
+MAX_RECENT = 100
+"""The most jobs (and failures) one RECENT reply lists."""
 BATCH_ITEM_OVERHEAD = 16
 """Bytes a message adds to a BATCH beyond its frames (msgpack array and bin headers)."""
 
@@ -68,6 +70,7 @@ class Command(enum.IntEnum):
     SHUTDOWN = 0x06
     PING = 0x07
     STATS = 0x08
+    RECENT = 0x09
     SUBMITTED = 0x11
     JOB_STATUS = 0x12
     JOB_LIST = 0x13
@@ -75,6 +78,7 @@ class Command(enum.IntEnum):
     SHUTTING_DOWN = 0x15
     PONG = 0x16
     STATS_REPLY = 0x17
+    RECENT_JOBS = 0x18
     ERROR = 0x1F
     READY = 0x21
     JOB = 0x22
@@ -186,6 +190,14 @@ class Stats(Message):
     COMMAND: ClassVar[Command] = Command.STATS
 
 
+@dataclass(frozen=True)
+class Recent(Message):
+    """Ask for the newest jobs and the newest failures (at most `limit` of each)."""
+
+    COMMAND: ClassVar[Command] = Command.RECENT
+    limit: int = 20
+
+
 # --- broker -> client -------------------------------------------------------------
 
 
@@ -249,6 +261,16 @@ class StatsReply(Message):
 
     COMMAND: ClassVar[Command] = Command.STATS_REPLY
     stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecentJobs(Message):
+    """Newest first, from the store: each a map of job_id, statistic, params, status,
+    reason, created_s and finished_s (broker clock, Unix seconds; None while running)."""
+
+    COMMAND: ClassVar[Command] = Command.RECENT_JOBS
+    jobs: list[Any]
+    failures: list[Any]
 
 
 @dataclass(frozen=True)
@@ -329,8 +351,8 @@ class DataChunk(Message):
 
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
-    Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats,
-    Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, ErrorReply,
+    Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats, Recent,
+    Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, RecentJobs, ErrorReply,
     Ready, Job, Result, Heartbeat, Disconnect, FetchData, DataChunk,
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}

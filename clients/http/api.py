@@ -24,6 +24,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from clients.client import Client
+from clients.http.dashboard import Dashboard, register
 from clients.http.jsonbody import InvalidBody, parse_json
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
@@ -105,8 +106,8 @@ class Gateway:
 
 
 def create_app(gateway: Gateway) -> Flask:
-    """The Flask application serving the original REST routes through `gateway`."""
-    app = Flask("lss.gateway")
+    """The Flask application: the original REST routes through `gateway`, and the dashboard."""
+    app = Flask("lss.gateway", static_folder=None)
     app.json = _OrderedJSON(app)
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_MESSAGE_BYTES
     app.add_url_rule("/api/<statistic>", view_func=gateway.submit, methods=["POST"])
@@ -115,6 +116,7 @@ def create_app(gateway: Gateway) -> Flask:
     app.add_url_rule("/api/num_jobs", view_func=gateway.num_jobs)
     app.add_url_rule("/api/graceful_shutdown", view_func=gateway.graceful_shutdown)
     app.add_url_rule("/metrics", view_func=gateway.metrics)
+    register(app, Dashboard(gateway.client))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InvalidBody, lambda exc: _error(400, str(exc)))
     app.register_error_handler(BrokerUnavailable, lambda exc: _error(503, str(exc)))

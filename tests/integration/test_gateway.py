@@ -14,16 +14,14 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bench.gateway import SlowPeers
 from protocol.messages import STATISTICS
+from tests.integration.gateway_http import Http
 from tests.procs import ROOT, Service, stop_process, wait_until
 from tests.reference import close_enough, params_for
 
@@ -35,93 +33,6 @@ EXERCISE = (
     "physical activity or 75 minutes a week of vigorous-intensity aerobic activity "
     "(or an equivalent combination)"
 )
-HTTP_TIMEOUT_S = 15.0
-
-
-class Http:
-    """A tiny JSON-over-HTTP client on urllib: every call returns (status, decoded body)."""
-
-    def __init__(self, base: str, proc: subprocess.Popen[bytes], address_file: Path) -> None:
-        self.base = base
-        self.proc = proc
-        self.address_file = address_file
-
-    def call(
-        self, method: str, path: str, body: bytes | None = None, /, **headers: str
-    ) -> tuple[int, Any]:
-        """One request; `headers` add to (or, with the same name, replace) the JSON defaults."""
-        headers = {"Content-Type": "application/json", **headers}
-        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
-                return resp.status, _decode(resp.read(), resp.headers.get_content_type())
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, _decode(err.read(), err.headers.get_content_type())
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return self.call("GET", path)
-
-    def post(self, path: str, payload: Any) -> tuple[int, Any]:
-        return self.call("POST", path, json.dumps(payload).encode())
-
-    def submit(self, statistic: str, **params: str) -> str:
-        status, body = self.post(f"/api/{statistic}", params)
-        assert status == 200, body
-        job: str = body["job_id"]
-        return job
-
-    def poll(self, job_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
-        """The original client: GET get_results until the job is no longer running."""
-
-        def finished() -> dict[str, Any] | None:
-            status, body = self.get(f"/api/get_results/{job_id}")
-            assert status == 200, body
-            return None if body == {"status": "running"} else body
-
-        return wait_until(finished, timeout_s, f"{job_id} to finish")
-
-    @property
-    def host(self) -> str:
-        return self.base.removeprefix("http://")
-
-
-def _decode(raw: bytes, content_type: str) -> Any:
-    if not raw:
-        return None  # HEAD
-    return json.loads(raw) if content_type == "application/json" else raw.decode()
-
-
-@pytest.fixture
-def gateway_for(tmp_path: Path) -> Iterator[Callable[..., Http]]:
-    """Start `python -m clients.gateway` on a free loopback port; stopped at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(service: Service, *flags: str, env: dict[str, str] | None = None) -> Http:
-        state = tmp_path / f"gateway{len(started)}"
-        args = ["-m", "clients.gateway", "--listen", "127.0.0.1:0", "--timeout", "2"]
-        args += ["--endpoint", service.client_endpoint, "--state-dir", str(state), *flags]
-        state.mkdir()
-        with open(state / "gateway.stderr", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=ROOT,
-                env={**service.env, **(env or {})},
-                stdout=log,
-                stderr=log,
-            )
-        started.append(proc)
-        address_file = state / "gateway.address"
-
-        def address() -> str | None:
-            assert proc.poll() is None, (state / "gateway.stderr").read_text()
-            return address_file.read_text().strip() if address_file.exists() else None
-
-        return Http(f"http://{wait_until(address, 20, 'the gateway address')}", proc, address_file)
-
-    yield start
-    for proc in started:
-        stop_process(proc)
 
 
 def test_the_original_polling_pattern_for_every_statistic(
