@@ -61,7 +61,7 @@ with Client(timeout=30) as c: c.ping()' || { kill "$broker" 2>/dev/null; exit 1;
     if [[ "$http_addr" != "off" ]] && "$PY" -c 'import clients.gateway' 2>/dev/null; then
         setsid "$PY" -m clients.gateway --listen "$http_addr" &
         pids+=($!)
-        say "HTTP API (original REST routes) on http://$http_addr/api/"
+        say "dashboard on http://$http_addr/ (HTTP API, the original REST routes, under /api/)"
     fi
     cat >&2 <<EOF
 [run.sh] service up: producers on ${LSS_CLIENT_ENDPOINT:-tcp://127.0.0.1:5555}, workers on ${LSS_WORKER_ENDPOINT:-tcp://127.0.0.1:5556}
