@@ -24,6 +24,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, send_from_directory
 
 from clients.client import Client
+from protocol.errors import BrokerUnavailable
 from protocol.fingerprint import is_standin
 from protocol.questions import BEST_IS_MIN, QUESTIONS
 
@@ -110,11 +111,15 @@ class Dashboard:
         return _secured(send_from_directory(STATIC_DIR, name))
 
     def live(self) -> Response:
-        stats = self.client.stats()
-        recent = self.client.recent(RECENT_LIMIT)
+        try:
+            stats = self.client.stats()
+            recent = self.client.recent(RECENT_LIMIT)
+        except BrokerUnavailable as exc:  # the page says so, and asks again
+            return jsonify({"up": False, "reason": str(exc)})
         fingerprint = stats.get("fingerprint")
         return jsonify(
             {
+                "up": True,
                 "now_s": time.time(),
                 "broker_id": stats.get("broker_id"),
                 "fingerprint": fingerprint,

@@ -93,6 +93,7 @@ def test_the_dashboard_in_a_browser(
         assert marked(driver, "best") == set(client.best5(QUESTIONS[0]))
         assert marked(driver, "worst") == set(client.worst5(QUESTIONS[0]))
         driver.find_element("id", "explorer").screenshot(str(tmp_path / "explorer.png"))
+        check_the_table_sorts(driver)
 
         pick_with_keyboard(driver, "Ohio", "Pennsylvania")
         check_state_detail(driver, client, "Pennsylvania")
@@ -114,6 +115,20 @@ def test_the_dashboard_in_a_browser(
     assert console_errors(driver) == []
     print(f"map shown {map_s:.2f} s after opening; worker gone from the list after "
           f"{time.monotonic() - killed:.2f} s; screenshots in {tmp_path}")  # fmt: skip
+
+
+def check_the_table_sorts(driver: Any) -> None:
+    """The map's text alternative: every location, sorted by the heading clicked."""
+    script = (
+        "return [...document.querySelectorAll('#states-table tbody tr')].map(r => r.dataset.name)"
+    )
+    by_mean = driver.execute_script(script)
+    values = tile_values(driver)
+    assert by_mean == sorted(values, key=values.__getitem__)  # the default: mean, ascending
+    driver.find_element("css selector", "#states-table button[data-key='name']").click()
+    assert driver.execute_script(script) == sorted(values)
+    heading = driver.find_element("css selector", "#states-table th[aria-sort='ascending']")
+    assert heading.text.startswith("Location")
 
 
 def pick_with_keyboard(driver: Any, start: str, right_of_start: str) -> None:

@@ -407,6 +407,7 @@ function drawChart(points, now) {
 async function refreshLive() {
   try {
     const live = await api("/api/dashboard/live");
+    if (!live.up) throw new Error(live.reason);
     $("standin-banner").hidden = !live.standin;
     $("broker-state").textContent = `broker ${String(live.broker_id).slice(0, 8)}` +
       `${live.shutting_down ? ", shutting down" : ""}, updated ${new Date().toLocaleTimeString()}`;
