@@ -61,7 +61,7 @@ with Client(timeout=30) as c: c.ping()' || { kill "$broker" 2>/dev/null; exit 1;
     if [[ "$http_addr" != "off" ]] && "$PY" -c 'import clients.gateway' 2>/dev/null; then
         setsid "$PY" -m clients.gateway --listen "$http_addr" &
         pids+=($!)
-        say "HTTP API (original REST routes) on http://$http_addr/api/"
+        say "dashboard on http://$http_addr/ (HTTP API, the original REST routes, under /api/)"
     fi
     cat >&2 <<EOF
 [run.sh] service up: producers on ${LSS_CLIENT_ENDPOINT:-tcp://127.0.0.1:5555}, workers on ${LSS_WORKER_ENDPOINT:-tcp://127.0.0.1:5556}
@@ -98,9 +98,22 @@ wait_all() {
     return "$status"
 }
 
+browser_setup() {
+    # The dashboard's browser test needs Debian's chromium and chromium-driver: install
+    # them when we can (root with apt), quietly; otherwise that test skips with the reason.
+    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && return
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing chromium and chromium-driver for the dashboard's browser test"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends chromium chromium-driver; } >/dev/null 2>&1 ||
+            say "could not install chromium: the browser test will skip"
+    fi
+}
+
 run_tests() {
     # Lint first: a red lint is a red build, and it takes seconds.
     lint
+    browser_setup
     "$PY" -m pytest "$@"
 }
 

@@ -9,6 +9,7 @@ gets a fresh service; figures are medians of repetitions; ratios use this run's 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -21,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import gateway, report
 from bench.data import dataset
 from bench.driver import Shape, run, wait_for_quiet
 from bench.echo import EchoService
@@ -232,6 +233,8 @@ def execute(plan: Plan, work_dir: Path) -> dict[str, Any]:
     results["rows"] = [] if plan.skip_rows else bench.data_sizes()
     if plan.profile:
         results["profile"] = bench.profile(data)
+    say("the HTTP gateway: p50 per request against the direct Client, and 200 slow peers")
+    results["gateway"] = gateway.measure(work_dir, data, 30 if plan.mode == "smoke" else 300)
     results["targets"] = report.targets(results)
     return results
 
@@ -254,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     json_path, md_path = report.save(results, plan.out_dir)
     print(report.markdown(results))
+    print("HTTP gateway (ms):", json.dumps(results["gateway"]))
     if "profile" in results:
         print(Path(results["profile"]["top"]).read_text()[:6000])
     say(f"done in {results['meta']['elapsed_s']:g} s: wrote {json_path} and {md_path}")

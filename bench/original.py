@@ -41,7 +41,7 @@ class DataIngestor:
     def __init__(self, csv_path: str) -> None:
         import pandas as pd
 
-        from workers.statistics import BEST_IS_MIN
+        from protocol.questions import BEST_IS_MIN
 
         self.data = pd.read_csv(csv_path)
         self.best_is_min = BEST_IS_MIN

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from broker import undo
 from broker.access import OPEN, Caller, Owners
+from broker.history import recent_jobs
+from broker.latency import LatencyRecorder
 from broker.limits import (
     ANSWER_BYTES_PER_TURN,
     DATA_BYTES_PER_TURN,
@@ -102,6 +104,7 @@ class BrokerCore:
         self.pool = WorkerPool()
         self.shutting_down = False
         self.rates = RateMeter()
+        self.latency = LatencyRecorder()
         self._data_chunk = data_chunk
         self._queue: deque[int] = deque()
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
@@ -143,11 +146,16 @@ class BrokerCore:
             self._shutdown(identity, tag, caller)
         elif isinstance(msg, m.Ping):
             self._reply(identity, tag, m.Pong(self.broker_id, shutting_down=self.shutting_down))
-        elif isinstance(msg, m.Stats):
-            self._reply(identity, tag, m.StatsReply(self.stats(now_s)))
+        elif isinstance(msg, m.Stats | m.Recent):
+            self._reply(identity, tag, self._report(msg, now_s, caller))
         else:
             name = type(msg).__name__
             self.refuse(identity, tag, ErrorCode.UNKNOWN_COMMAND, f"{name} is not a client request")
+
+    def _report(self, msg: m.Stats | m.Recent, now_s: float, caller: Caller) -> m.Message:
+        if isinstance(msg, m.Recent):  # a client key sees only its own jobs here too
+            return recent_jobs(self.store, msg.limit, None if caller.sees_all else caller.key)
+        return m.StatsReply(self.stats(now_s))
 
     def refuse(self, identity: bytes, tag: bytes, code: ErrorCode | str, reason: str) -> None:
         """Answer a request with an error."""
@@ -187,7 +195,7 @@ class BrokerCore:
             self.refuse(identity, tag, *refusal)
             return
         if seq is None:
-            seq = self._accept(msg.request_id, body, now_s, caller.owner)
+            seq = self._accept(msg, body, now_s, caller.owner)
         if not self._visible(seq, caller):  # another key's request id: never its job
             self._forbid(identity, tag, caller, "reuse another key's request_id")
         elif msg.notify:  # the final state is the only reply
@@ -195,8 +203,8 @@ class BrokerCore:
         else:
             self._reply(identity, tag, m.Submitted(job_id(seq)))
 
-    def _accept(self, request_id: str, body: bytes, now_s: float, owner: str) -> int:
-        seq, new = self.store.add(request_id, body, now_s, owner)
+    def _accept(self, msg: m.Submit, body: bytes, now_s: float, owner: str) -> int:
+        seq, new = self.store.add(msg.request_id, body, now_s, owner)
         if not new:
             return seq
         self._requests[seq] = body
@@ -204,6 +212,7 @@ class BrokerCore:
         self._queue.append(seq)
         self._added.add(seq)
         self.rates.count("submitted", now_s)
+        self.latency.accepted(seq, msg.statistic, now_s)
         log.debug("%s accepted", job_id(seq))
         return seq
 
@@ -378,6 +387,7 @@ class BrokerCore:
         self._retried.discard(seq)
         status = str(outcome.status)
         self.rates.count(status, now_s)
+        self.latency.finished(seq, now_s)
         text = job_id(seq)
         log.debug("%s %s%s", text, status, f": {outcome.reason}" if outcome.reason else "")
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
@@ -444,6 +454,7 @@ class BrokerCore:
             if worker is None:
                 return  # a retried job waits at the front for an idle worker
             self._queue.popleft()
+            self.latency.dispatched(seq, now_s)
             worker.last_sent_s = now_s
             text = job_id(seq)
             frames = m.frames_of(m.Command.JOB, text.encode(), self._requests[seq])
@@ -502,6 +513,7 @@ class BrokerCore:
         for seq in added:
             self._requests.pop(seq, None)
             self._owners.disown(seq)
+            self.latency.forget(seq)
             self._retried.discard(seq)
             for identity, tag in self._waiters.pop(seq):
                 self.refuse(identity, tag, ErrorCode.STORAGE, reason)
@@ -545,7 +557,7 @@ class BrokerCore:
     def stats(self, now_s: float) -> dict[str, object]:
         return {
             "broker_id": self.broker_id,
-            "workers": [w.describe() for w in self.pool.all()],
+            "workers": [w.describe(now_s) for w in self.pool.all()],
             "queue_depth": len(self._queue),
             "in_flight": self.pool.in_flight(),
             "waiters": self._waiters.total,
@@ -555,6 +567,7 @@ class BrokerCore:
             "shutting_down": self.shutting_down,
             "fingerprint": self.fingerprint,
             "storage_failures": dict(self._storage_failures),
+            "latency": self.latency.describe(),
         }
 
 

@@ -45,14 +45,19 @@ class WorkerInfo:
     def free_slots(self) -> int:
         return 0 if self.alone else self.credit - len(self.jobs)
 
-    def describe(self) -> dict[str, object]:
-        return {
+    def describe(self, now_s: float | None = None) -> dict[str, object]:
+        """The worker for `stats`; with `now_s`, also how long ago it was last heard from."""
+        described: dict[str, object] = {
             "id": self.name,
             "pid": self.pid,
             "host": self.host,
             "credit": self.credit,
             "in_flight": len(self.jobs),
+            "fingerprint": self.fingerprint,
         }
+        if now_s is not None:
+            described["last_seen_s_ago"] = round(max(0.0, now_s - self.last_seen_s), 3)
+        return described
 
 
 class WorkerPool:

@@ -44,6 +44,10 @@ class StorageError(Exception):
         self.operation = operation
 
 
+RECENT_SCAN = 10_000
+"""`recent` looks among this many newest jobs only, so that it never scans a large store."""
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """One job as stored: `request` is the msgpack body of the `Job` sent to workers."""
@@ -79,6 +83,9 @@ class Store(Protocol):
     def page(
         self, after: int, limit: int, owner: str | None = None
     ) -> list[tuple[int, JobStatus]]: ...
+    def recent(
+        self, limit: int, status: JobStatus | None = None, owner: str | None = None
+    ) -> list[JobRecord]: ...
     def unfinished(self) -> list[JobRecord]: ...
     def count(self, status: JobStatus) -> int: ...
     def last_seq(self) -> int: ...
@@ -159,6 +166,20 @@ class MemoryStore:
         seqs = sorted(s for s in mine if s > after)[:limit]
         return [(s, self._jobs[s].status) for s in seqs]
 
+    def recent(
+        self, limit: int, status: JobStatus | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Up to `limit` of the last `RECENT_SCAN` jobs (of `status`, of `owner`), newest
+        first, without their answers."""
+        newest = sorted((s for s in self._jobs if s > self._last_seq - RECENT_SCAN), reverse=True)
+        found = [
+            record
+            for record in map(self._jobs.__getitem__, newest)
+            if (status is None or record.status is status)
+            and (owner is None or record.owner == owner)
+        ]
+        return [replace(record, answer=None) for record in found[:limit]]
+
     def unfinished(self) -> list[JobRecord]:
         return [r for _, r in sorted(self._jobs.items()) if r.status is JobStatus.RUNNING]
 
@@ -234,6 +255,7 @@ _COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
     " finished_s, owner"
 )
+_SUMMARY_COLUMNS = _COLUMNS.replace("answer, ", "")
 
 
 P = ParamSpec("P")
@@ -382,6 +404,21 @@ class SqliteStore:
             (int(seq), finished[seq][0].status if seq in finished else JobStatus(status))
             for seq, status in rows
         ]
+
+    @_storage_op
+    def recent(
+        self, limit: int, status: JobStatus | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Up to `limit` of the last `RECENT_SCAN` jobs (of `status`, of `owner`), newest
+        first, without their answers."""
+        self._write_finished()  # into the open transaction: a rollback takes it back
+        wanted = None if status is None else str(status)
+        rows = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE seq > ? AND (? IS NULL OR status = ?)"
+            " AND (? IS NULL OR owner = ?) ORDER BY seq DESC LIMIT ?",
+            (self._issued - RECENT_SCAN, wanted, wanted, owner, owner, limit),
+        )
+        return [_record((*row[:5], None, *row[5:])) for row in rows]
 
     @_storage_op
     def unfinished(self) -> list[JobRecord]:

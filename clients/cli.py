@@ -34,6 +34,7 @@ from clients.aio import AsyncClient
 from clients.client import Client
 from protocol import config
 from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError
+from protocol.fingerprint import is_standin
 from protocol.messages import STATE_STATISTICS, STATISTICS
 
 Handler = Callable[[argparse.Namespace], int]
@@ -113,7 +114,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(
         json.dumps(answers, indent=2)
         if args.json
-        else render.report(args.question, answers, args.state)
+        else render.report(args.question, answers, args.state, standin=_standin(args))
     )
     return config.EXIT_OK
 
@@ -124,7 +125,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError("plot needs matplotlib: pip install 'le-stats-sportif[plot]'") from exc
     answers = _answers(args, ["states_mean", "global_mean", "best5", "worst5"])
-    render.plot_states(args.question, answers, args.out, dpi=args.dpi)
+    render.plot_states(args.question, answers, args.out, dpi=args.dpi, standin=_standin(args))
     print(f"wrote {args.out} ({len(answers['states_mean'])} locations)", file=sys.stderr)
     return config.EXIT_OK
 
@@ -178,6 +179,12 @@ def _answers(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     with _client(args) as client:
         client.ping()  # an unreachable broker is named as such, not as a job timeout
         return dict(zip(names, client.map(jobs), strict=True))
+
+
+def _standin(args: argparse.Namespace) -> bool:
+    """Whether the service answers from the generated stand-in data (then labelled so)."""
+    with _client(args) as client:
+        return is_standin(client.stats().get("fingerprint"))
 
 
 def _state_for(statistic: str, state: str | None) -> str | None:

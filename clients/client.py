@@ -134,6 +134,11 @@ class Client:
         """Workers, queue depth, jobs by status and recent rates."""
         return expect(self._call(m.Stats()), m.StatsReply).stats
 
+    def recent(self, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+        """The newest jobs and failures in the store: {"jobs": [...], "failures": [...]}."""
+        reply = expect(self._call(m.Recent(limit)), m.RecentJobs)
+        return {"jobs": reply.jobs, "failures": reply.failures}
+
     # --- the nine statistics ------------------------------------------------------
 
     def states_mean(self, question: str) -> Answer:

@@ -13,6 +13,12 @@ answer, the scrape still succeeds with `lss_up 0`.
     lss_jobs{status}                         jobs in the store by status
     lss_job_rate_per_second{event,window}    recent rates (submitted, done, error)
     lss_shutting_down                        1 once a graceful shutdown has begun
+    lss_job_queue_wait_seconds{statistic}    histogram: accepted -> handed to a worker
+    lss_job_compute_seconds{statistic}       histogram: handed to a worker -> result
+    lss_job_end_to_end_seconds{statistic}    histogram: accepted -> finished
+
+The histograms are the broker's own (broker/latency.py), over the jobs that finished
+since it started.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from protocol.errors import LssError
@@ -63,6 +74,7 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     yield _rates(stats.get("rates_per_s", {}))
     shutting_down = int(bool(stats.get("shutting_down")))
     yield _gauge("lss_shutting_down", "1 once a graceful shutdown has begun", shutting_down)
+    yield from _latency(stats.get("latency", {}))
 
 
 def render(fetch: StatsSource) -> tuple[bytes, str]:
@@ -91,3 +103,27 @@ def _rates(rates: dict[str, dict[str, float]]) -> Metric:
         for event, rate in events.items():
             family.add_metric([str(event), str(window)], rate)
     return family
+
+
+PHASE_HELP = {
+    "queue_wait": "seconds from a job's acceptance to its dispatch to a worker",
+    "compute": "seconds from a job's dispatch to its worker's result",
+    "end_to_end": "seconds from a job's acceptance to its end",
+}
+
+
+def _latency(latency: dict[str, dict[str, dict[str, Any]]]) -> Iterator[Metric]:
+    for phase, documentation in PHASE_HELP.items():
+        family = HistogramMetricFamily(
+            f"lss_job_{phase}_seconds", documentation, labels=["statistic"]
+        )
+        for statistic, phases in sorted(latency.items()):
+            histogram = phases.get(phase)
+            if histogram is None:
+                continue
+            bounds = [f"{le:g}" for le in histogram["le"]] + ["+Inf"]
+            counts = [*histogram["cumulative"], histogram["count"]]
+            family.add_metric(
+                [statistic], list(zip(bounds, counts, strict=True)), histogram["sum_s"]
+            )
+        yield family

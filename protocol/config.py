@@ -60,6 +60,8 @@ ENV = {
     "http_addr": "LSS_HTTP_ADDR",
     "sqlite_synchronous": "LSS_SQLITE_SYNCHRONOUS",
     "disk_reserve_mb": "LSS_DISK_RESERVE_MB",
+    "http_allowed_hosts": "LSS_HTTP_ALLOWED_HOSTS",
+    "http_token": "LSS_HTTP_TOKEN",
 }
 
 

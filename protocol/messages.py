@@ -61,6 +61,8 @@ MAX_WORKER_CREDIT = 64
 """The most job slots a worker may offer; a larger `Ready.credit` is cut to this."""
 MAX_REASON_CHARS = 1000
 """The longest error reason a worker sends (the broker cuts longer ones too)."""
+MAX_RECENT = 100
+"""The most jobs (and failures) one RECENT reply lists."""
 BATCH_ITEM_OVERHEAD = 16
 """Bytes a message adds to a BATCH beyond its frames (msgpack array and bin headers)."""
 
@@ -77,6 +79,7 @@ class Command(enum.IntEnum):
     SHUTDOWN = 0x06
     PING = 0x07
     STATS = 0x08
+    RECENT = 0x09
     SUBMITTED = 0x11
     JOB_STATUS = 0x12
     JOB_LIST = 0x13
@@ -84,6 +87,7 @@ class Command(enum.IntEnum):
     SHUTTING_DOWN = 0x15
     PONG = 0x16
     STATS_REPLY = 0x17
+    RECENT_JOBS = 0x18
     ERROR = 0x1F
     READY = 0x21
     JOB = 0x22
@@ -198,6 +202,14 @@ class Stats(Message):
     COMMAND: ClassVar[Command] = Command.STATS
 
 
+@dataclass(frozen=True)
+class Recent(Message):
+    """Ask for the newest jobs and the newest failures (at most `limit` of each)."""
+
+    COMMAND: ClassVar[Command] = Command.RECENT
+    limit: int = 20
+
+
 # --- broker -> client -------------------------------------------------------------
 
 
@@ -261,6 +273,16 @@ class StatsReply(Message):
 
     COMMAND: ClassVar[Command] = Command.STATS_REPLY
     stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecentJobs(Message):
+    """Newest first, from the store: each a map of job_id, statistic, params, status,
+    reason, created_s and finished_s (broker clock, Unix seconds; None while running)."""
+
+    COMMAND: ClassVar[Command] = Command.RECENT_JOBS
+    jobs: list[Any]
+    failures: list[Any]
 
 
 @dataclass(frozen=True)
@@ -341,8 +363,8 @@ class DataChunk(Message):
 
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
-    Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats,
-    Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, ErrorReply,
+    Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats, Recent,
+    Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, RecentJobs, ErrorReply,
     Ready, Job, Result, Heartbeat, Disconnect, FetchData, DataChunk,
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}

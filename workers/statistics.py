@@ -20,31 +20,9 @@ import pandas as pd
 
 from protocol.errors import LssError
 from protocol.messages import STATISTICS
+from protocol.questions import BEST_IS_MAX, BEST_IS_MIN
 from workers.dataset import VALUE_COLUMN, keep_counted, load_frame
 
-BEST_IS_MIN = frozenset(
-    {
-        "Percent of adults aged 18 years and older who have an overweight classification",
-        "Percent of adults aged 18 years and older who have obesity",
-        "Percent of adults who engage in no leisure-time physical activity",
-        "Percent of adults who report consuming fruit less than one time daily",
-        "Percent of adults who report consuming vegetables less than one time daily",
-    }
-)
-BEST_IS_MAX = frozenset(
-    {
-        "Percent of adults who achieve at least 150 minutes a week of moderate-intensity aerobic "
-        "physical activity or 75 minutes a week of vigorous-intensity aerobic activity "
-        "(or an equivalent combination)",
-        "Percent of adults who achieve at least 150 minutes a week of moderate-intensity aerobic "
-        "physical activity or 75 minutes a week of vigorous-intensity aerobic physical activity "
-        "and engage in muscle-strengthening activities on 2 or more days a week",
-        "Percent of adults who achieve at least 300 minutes a week of moderate-intensity aerobic "
-        "physical activity or 150 minutes a week of vigorous-intensity aerobic activity "
-        "(or an equivalent combination)",
-        "Percent of adults who engage in muscle-strengthening activities on 2 or more days a week",
-    }
-)
 TOP_N = 5
 _QUESTION = "Question"
 _STATE = "LocationDesc"

@@ -1,23 +1,27 @@
 """The HTTP gateway as a real process, against the real service, through a real HTTP client.
 
 Includes the original service's client pattern: POST a job, then GET get_results every
-few milliseconds until it is no longer running, and compare with the Python client.
+few milliseconds until it is no longer running, and compare with the Python client; and
+what a hostile web page or peer tries: other sites, other Host names, non-JSON POSTs,
+HEAD, a million `[`, slow connections, a missing token.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from bench.gateway import SlowPeers
 from protocol.messages import STATISTICS
+from tests.integration.gateway_http import Http
 from tests.procs import ROOT, Service, stop_process, wait_until
 from tests.reference import close_enough, params_for
 
@@ -29,80 +33,6 @@ EXERCISE = (
     "physical activity or 75 minutes a week of vigorous-intensity aerobic activity "
     "(or an equivalent combination)"
 )
-HTTP_TIMEOUT_S = 15.0
-
-
-class Http:
-    """A tiny JSON-over-HTTP client on urllib: every call returns (status, decoded body)."""
-
-    def __init__(self, base: str, proc: subprocess.Popen[bytes], address_file: Path) -> None:
-        self.base = base
-        self.proc = proc
-        self.address_file = address_file
-
-    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
-                return resp.status, _decode(resp.read(), resp.headers.get_content_type())
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, _decode(err.read(), err.headers.get_content_type())
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return self.call("GET", path)
-
-    def post(self, path: str, payload: Any) -> tuple[int, Any]:
-        return self.call("POST", path, json.dumps(payload).encode())
-
-    def submit(self, statistic: str, **params: str) -> str:
-        status, body = self.post(f"/api/{statistic}", params)
-        assert status == 200, body
-        job: str = body["job_id"]
-        return job
-
-    def poll(self, job_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
-        """The original client: GET get_results until the job is no longer running."""
-
-        def finished() -> dict[str, Any] | None:
-            status, body = self.get(f"/api/get_results/{job_id}")
-            assert status == 200, body
-            return None if body == {"status": "running"} else body
-
-        return wait_until(finished, timeout_s, f"{job_id} to finish")
-
-
-def _decode(raw: bytes, content_type: str) -> Any:
-    return json.loads(raw) if content_type == "application/json" else raw.decode()
-
-
-@pytest.fixture
-def gateway_for(tmp_path: Path) -> Iterator[Callable[..., Http]]:
-    """Start `python -m clients.gateway` on a free loopback port; stopped at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(service: Service, *flags: str) -> Http:
-        state = tmp_path / f"gateway{len(started)}"
-        args = ["-m", "clients.gateway", "--listen", "127.0.0.1:0", "--timeout", "2"]
-        args += ["--endpoint", service.client_endpoint, "--state-dir", str(state), *flags]
-        state.mkdir()
-        with open(state / "gateway.stderr", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args], cwd=ROOT, env=service.env, stdout=log, stderr=log
-            )
-        started.append(proc)
-        address_file = state / "gateway.address"
-
-        def address() -> str | None:
-            assert proc.poll() is None, (state / "gateway.stderr").read_text()
-            return address_file.read_text().strip() if address_file.exists() else None
-
-        return Http(f"http://{wait_until(address, 20, 'the gateway address')}", proc, address_file)
-
-    yield start
-    for proc in started:
-        stop_process(proc)
 
 
 def test_the_original_polling_pattern_for_every_statistic(
@@ -233,3 +163,122 @@ def test_a_broker_that_merely_goes_away_is_waited_for(
     service.start_broker()  # same endpoints, same store
     assert http.get("/api/num_jobs") == (200, {"num_jobs": 0})
     assert http.proc.poll() is None
+
+
+# --- what a hostile page or peer tries (issue 10, part 4) ----------------------------
+
+
+def _no_jobs_and_still_up(service: Service) -> None:
+    with service.client() as client:
+        assert client.jobs() == {}
+        assert client.ping()["shutting_down"] is False
+
+
+def test_requests_from_other_sites_are_refused(
+    service: Service, gateway_for: Callable[..., Http]
+) -> None:
+    http = gateway_for(service)
+    body = json.dumps({"question": OBESITY}).encode()
+    cross_site: list[dict[str, str]] = [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "http://evil.example/page.html"},
+        {"Origin": f"http://{http.host}.evil.example"},
+    ]
+    for headers in cross_site:
+        status, reply = http.call("GET", "/api/graceful_shutdown", **headers)
+        assert status == 403 and "other sites" in reply["reason"], headers
+        status, reply = http.call("POST", "/api/best5", body, **headers)
+        assert status == 403 and "other sites" in reply["reason"], headers
+    _no_jobs_and_still_up(service)
+    own_page = {"Origin": f"http://{http.host}", "Sec-Fetch-Site": "same-origin"}
+    status, reply = http.call("POST", "/api/best5", body, **own_page)
+    assert status == 200 and reply["job_id"].startswith("job_id_"), reply
+
+
+def test_a_host_header_not_naming_the_gateway_is_refused(
+    service: Service, gateway_for: Callable[..., Http]
+) -> None:
+    http = gateway_for(service, "--allow-host", "lss.internal")
+    port = http.host.rpartition(":")[2]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1", f"127.0.0.2:{port}", ""):
+        status, reply = http.call("GET", "/api/num_jobs", Host=host)
+        assert status == 400 and "does not answer to Host" in reply["reason"], host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"lss.internal:{port}"):
+        assert http.call("GET", "/api/num_jobs", Host=host) == (200, {"num_jobs": 0}), host
+
+
+def test_a_post_must_be_json(service: Service, gateway_for: Callable[..., Http]) -> None:
+    http = gateway_for(service)
+    body = json.dumps({"question": OBESITY}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        status, reply = http.call("POST", "/api/best5", body, **{"Content-Type": content_type})
+        assert status == 415 and "application/json" in reply["reason"], content_type
+    _no_jobs_and_still_up(service)
+    json_with_charset = {"Content-Type": "application/json; charset=utf-8"}
+    assert http.call("POST", "/api/best5", body, **json_with_charset)[0] == 200
+
+
+def test_head_never_shuts_down(service: Service, gateway_for: Callable[..., Http]) -> None:
+    http = gateway_for(service)
+    assert http.call("HEAD", "/api/graceful_shutdown")[0] == 405
+    assert http.call("HEAD", "/api/num_jobs")[0] == 200
+    _no_jobs_and_still_up(service)
+
+
+def test_deep_or_malformed_json_is_a_400_with_a_reason(
+    service: Service, gateway_for: Callable[..., Http]
+) -> None:
+    http = gateway_for(service)
+    deep_object = b'{"a": ' * 100 + b"1" + b"}" * 100
+    for body in (b"[" * 1_000_000, deep_object, b"[" * 40 + b"]" * 40, b'{"question": "\\ud800'):
+        status, reply = http.call("POST", "/api/best5", body)
+        assert status == 400 and reply["status"] == "error" and reply["reason"], body[:50]
+    status, reply = http.call("POST", "/api/best5", b"[" * 1_000_000)
+    assert "nested" in reply["reason"]
+    _no_jobs_and_still_up(service)
+
+
+def test_slow_connections_do_not_hold_up_a_normal_request(
+    service: Service, gateway_for: Callable[..., Http]
+) -> None:
+    http = gateway_for(service, "--request-timeout-s", "3")
+    with SlowPeers(http.base, 200, drip_s=0.5) as slow:
+        for _ in range(5):
+            started = time.monotonic()
+            assert http.get("/api/num_jobs") == (200, {"num_jobs": 0})
+            assert time.monotonic() - started < 1.0  # the issue's bound
+        wait_until(lambda: slow.closed_by_server == 200 or None, 30, "overdue requests closed")
+
+
+def test_a_token_is_required_when_set(service: Service, gateway_for: Callable[..., Http]) -> None:
+    token = "s3cret-" + os.urandom(8).hex()
+    http = gateway_for(service, env={"LSS_HTTP_TOKEN": token})
+    for authorization in (None, "Bearer wrong", f"Bearer {token}x", "Basic !!", token):
+        headers = {} if authorization is None else {"Authorization": authorization}
+        status, reply = http.call("GET", "/api/num_jobs", **headers)
+        assert status == 401 and "Bearer" in reply["reason"], authorization
+    status, _ = http.call("POST", "/api/best5", b'{"question": "x"}')
+    assert status == 401
+    _no_jobs_and_still_up(service)
+    basic = "Basic " + base64.b64encode(f"anyone:{token}".encode()).decode()
+    for authorization in (f"Bearer {token}", basic):
+        reply = http.call("GET", "/api/num_jobs", Authorization=authorization)
+        assert reply == (200, {"num_jobs": 0}), authorization
+
+
+def test_a_public_address_without_a_token_refuses_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LSS_HTTP_TOKEN"}
+    args = ["-m", "clients.gateway", "--listen", "0.0.0.0:0", "--state-dir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "LSS_HTTP_TOKEN" in done.stderr, done.stderr

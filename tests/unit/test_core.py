@@ -455,3 +455,30 @@ def test_an_oversize_result_from_the_holder_fails_its_job_only(store: Store) -> 
     state = ask(h, m.Get(job), ADMIN)
     assert state == m.JobState(job, "error", "too_large: too big")
     assert h.core.pool.get(b"w1") is not None
+
+
+def test_stats_carry_latency_per_phase_and_recent_reads_the_store(store: Store) -> None:
+    h = Harness(store)
+    job, failing = h.submit(2)
+    h.now += 0.003  # queued 3 ms
+    h.worker(m.Ready(2, FP), b"w1")
+    h.sent()
+    h.now += 0.02  # computed 20 ms
+    h.result(b"w1", job.encode())
+    h.worker(m.Result("error", FP, "no data"), b"w1", failing.encode())
+    h.sent()
+    h.client(m.Stats(), tag=b"s")
+    h.client(m.Recent(5), tag=b"r")
+    stats_reply, recent_reply = (e.message for e in h.sent()[0])
+    assert isinstance(stats_reply, m.StatsReply) and isinstance(recent_reply, m.RecentJobs)
+    latency = stats_reply.stats["latency"]["global_mean"]
+    assert {phase: h["count"] for phase, h in latency.items()} == {
+        "queue_wait": 2, "compute": 2, "end_to_end": 2,
+    }  # fmt: skip
+    assert abs(latency["compute"]["sum_s"] - 0.04) < 1e-6
+    assert [(j["job_id"], j["status"]) for j in recent_reply.jobs] == [
+        (failing, "error"), (job, "done"),
+    ]  # fmt: skip
+    assert recent_reply.jobs[1]["params"] == {"question": "Q"}
+    assert [(j["job_id"], j["reason"]) for j in recent_reply.failures] == [(failing, "no data")]
+    assert stats_reply.stats["workers"][0]["last_seen_s_ago"] == 0.0

@@ -48,3 +48,19 @@ def test_an_unreachable_broker_is_lss_up_0() -> None:
     text = render(fetch)[0].decode()
     assert "lss_up 0.0" in text.splitlines()
     assert "lss_workers" not in text
+
+
+def test_latency_histograms_per_statistic_and_phase() -> None:
+    histogram = {"le": [0.01, 0.1], "cumulative": [1, 3], "count": 4, "sum_s": 0.5}
+    stats = {**STATS, "latency": {"best5": {"compute": histogram, "end_to_end": histogram}}}
+    lines = render(lambda: stats)[0].decode().splitlines()
+    for line in (
+        'lss_job_compute_seconds_bucket{le="0.01",statistic="best5"} 1.0',
+        'lss_job_compute_seconds_bucket{le="0.1",statistic="best5"} 3.0',
+        'lss_job_compute_seconds_bucket{le="+Inf",statistic="best5"} 4.0',
+        'lss_job_compute_seconds_count{statistic="best5"} 4.0',
+        'lss_job_compute_seconds_sum{statistic="best5"} 0.5',
+        'lss_job_end_to_end_seconds_count{statistic="best5"} 4.0',
+    ):
+        assert line in lines, line
+    assert not any(line.startswith("lss_job_queue_wait_seconds_count") for line in lines)

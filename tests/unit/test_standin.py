@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from protocol.fingerprint import file_sha256, is_standin
+from protocol.questions import BEST_IS_MAX, BEST_IS_MIN
 from tests.reference import CSV_HEADER_LINE
 from workers.dataset import load_frame
 from workers.standin import generate, main
-from workers.statistics import BEST_IS_MAX, BEST_IS_MIN, Statistics
+from workers.statistics import Statistics
 
 STRATA = {
     "Age (years)": {"18 - 24", "25 - 34", "35 - 44", "45 - 54", "55 - 64", "65 or older"},
@@ -226,3 +228,9 @@ def test_module_runs_as_a_program(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "wrote 10 rows" in done.stdout
     assert out.read_text(encoding="utf-8").startswith(CSV_HEADER_LINE + "\n0,")
+
+
+def test_the_default_standin_has_the_known_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "standin.csv"
+    generate(path)
+    assert is_standin(file_sha256(path))

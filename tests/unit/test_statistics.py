@@ -8,7 +8,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from workers.statistics import BEST_IS_MAX, BEST_IS_MIN, StatisticError, Statistics
+from protocol.questions import BEST_IS_MAX, BEST_IS_MIN
+from workers.statistics import StatisticError, Statistics
 
 OBESITY = "Percent of adults aged 18 years and older who have obesity"  # best is the minimum
 MUSCLE = "Percent of adults who engage in muscle-strengthening activities on 2 or more days a week"

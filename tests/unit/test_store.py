@@ -273,3 +273,21 @@ def test_a_store_made_before_owners_gets_the_column(tmp_path: Path) -> None:
         assert store.page(0, 10, "KEY") == [(seq, JobStatus.RUNNING)]
     finally:
         store.close()
+
+
+def test_recent_lists_the_newest_jobs_and_failures_without_answers(store: Store) -> None:
+    for n in range(6):
+        store.add(f"r{n}", f"req{n}".encode(), float(n))
+    store.finish(2, FAILED, 10.0)
+    store.finish(3, DONE, 11.0)
+    store.finish(5, FAILED, 12.0)
+    newest = store.recent(4)
+    assert [r.seq for r in newest] == [6, 5, 4, 3]
+    running, done, error = JobStatus.RUNNING, JobStatus.DONE, JobStatus.ERROR
+    assert [r.status for r in newest] == [running, error, running, done]
+    assert all(r.answer is None for r in newest) and newest[3].request == b"req2"
+    failures = store.recent(10, JobStatus.ERROR)
+    assert [(r.seq, r.reason, r.finished_s) for r in failures] == [
+        (5, "no data", 12.0),
+        (2, "no data", 10.0),
+    ]

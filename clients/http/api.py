@@ -1,0 +1,153 @@
+"""The original REST routes, over one shared `Client` (the gateway computes nothing).
+
+    POST /api/<statistic>          {"question": Q[, "state": S]} -> {"job_id": "job_id_N"}
+    GET  /api/get_results/<job_id> {"status": "running" | "done" + "data" | "error" + "reason"}
+    GET  /api/jobs                 {"status": "done", "data": [{"job_id_1": "done"}, ...]}
+    GET  /api/num_jobs             {"num_jobs": N}
+    GET  /api/graceful_shutdown    {"status": "shutting_down"} until drained, then "done"
+    GET  /metrics                  the broker's `stats` for Prometheus (with prometheus-client)
+
+The JSON fields of a submit are passed to the job as its parameters, so the workers'
+validation answers missing or unexpected fields; malformed or too deeply nested JSON
+and fields of the wrong type get HTTP 400 here. Who may call these routes at all is
+decided before them, by `clients.http.guard`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException
+
+from clients.client import Client
+from clients.http.dashboard import Dashboard, register
+from clients.http.jsonbody import InvalidBody, parse_json
+from protocol import config
+from protocol.errors import BrokerUnavailable, RequestRefused
+from protocol.messages import STATISTICS, ErrorCode
+
+log = logging.getLogger("lss.gateway")
+
+SHUTTING_DOWN = {"job_id": -1, "reason": "shutting down"}
+TEXT_FIELDS = ("question", "state")
+_REFUSAL_HTTP_STATUS: dict[str, int] = {ErrorCode.BAD_REQUEST: 400, ErrorCode.QUEUE_FULL: 503}
+
+ViewResult = Response | tuple[Response, int]
+
+
+class _OrderedJSON(DefaultJSONProvider):
+    """Flask's JSON, without sorting keys: answers keep the contract's order."""
+
+    sort_keys = False
+
+
+class Gateway:
+    """The routes, over one thread-safe `Client`; remembers whether a shutdown was asked."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.shutdown_seen = threading.Event()  # asked by us, refused for it, or seen in a ping
+        self.drained = threading.Event()  # nothing left to run: the broker exits (or has)
+
+    def submit(self, statistic: str) -> ViewResult:
+        if statistic not in STATISTICS:
+            return _error(404, f"unknown statistic {statistic!r}; known: {', '.join(STATISTICS)}")
+        if self.drained.is_set():
+            return jsonify(SHUTTING_DOWN)
+        params = _params(request.get_data())
+        try:
+            return jsonify({"job_id": self.client.submit(statistic, **params)})
+        except RequestRefused as exc:
+            return self._refused(exc)
+        except (OverflowError, ValueError) as exc:  # a number msgpack cannot carry
+            raise InvalidBody(f"cannot send these parameters: {exc}") from exc
+
+    def get_results(self, job_id: str) -> ViewResult:
+        return jsonify(self.client.get(job_id))
+
+    def jobs(self) -> ViewResult:
+        listing = self.client.jobs()
+        return jsonify({"status": "done", "data": [{job: st} for job, st in listing.items()]})
+
+    def num_jobs(self) -> ViewResult:
+        return jsonify({"num_jobs": self.client.num_jobs()})
+
+    def graceful_shutdown(self) -> ViewResult:
+        if self.drained.is_set():
+            return jsonify({"status": "done"})
+        try:
+            pending = self.client.shutdown()
+        except BrokerUnavailable:
+            if not self.shutdown_seen.is_set():
+                raise
+            pending = 0  # it drained and exited since the shutdown began
+        self.shutdown_seen.set()
+        if not pending:
+            self.drained.set()
+        return jsonify({"status": "shutting_down" if pending else "done"})
+
+    def metrics(self) -> ViewResult:
+        try:
+            from clients.metrics import render
+        except ImportError:  # an optional extra
+            return _error(404, "metrics need the prometheus-client package (the 'metrics' extra)")
+        body, content_type = render(self.client.stats)
+        return Response(body, content_type=content_type)
+
+    def _refused(self, exc: RequestRefused) -> ViewResult:
+        if exc.code == ErrorCode.SHUTTING_DOWN:
+            self.shutdown_seen.set()
+            return jsonify(SHUTTING_DOWN)
+        return jsonify({"job_id": -1, "reason": exc.reason}), _refusal_status(exc)
+
+
+def create_app(gateway: Gateway) -> Flask:
+    """The Flask application: the original REST routes through `gateway`, and the dashboard."""
+    app = Flask("lss.gateway", static_folder=None)
+    app.json = _OrderedJSON(app)
+    app.config["MAX_CONTENT_LENGTH"] = config.MAX_MESSAGE_BYTES
+    app.add_url_rule("/api/<statistic>", view_func=gateway.submit, methods=["POST"])
+    app.add_url_rule("/api/get_results/<job_id>", view_func=gateway.get_results)
+    app.add_url_rule("/api/jobs", view_func=gateway.jobs)
+    app.add_url_rule("/api/num_jobs", view_func=gateway.num_jobs)
+    app.add_url_rule("/api/graceful_shutdown", view_func=gateway.graceful_shutdown)
+    app.add_url_rule("/metrics", view_func=gateway.metrics)
+    register(app, Dashboard(gateway.client))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(InvalidBody, lambda exc: _error(400, str(exc)))
+    app.register_error_handler(BrokerUnavailable, lambda exc: _error(503, str(exc)))
+    app.register_error_handler(RequestRefused, lambda exc: _error(_refusal_status(exc), exc.reason))
+    app.register_error_handler(Exception, _internal_error)
+    return app
+
+
+def _params(raw: bytes) -> dict[str, Any]:
+    """A submit's JSON body as job parameters; `InvalidBody` when it is not a fit object."""
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidBody(f"the body must be a JSON object, got {type(body).__name__}")
+    for name in TEXT_FIELDS:
+        if name in body and not isinstance(body[name], str):
+            raise InvalidBody(f"{name!r} must be a string, got {type(body[name]).__name__}")
+    return body
+
+
+def _error(status: int, reason: str) -> tuple[Response, int]:
+    return jsonify({"status": "error", "reason": reason}), status
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    return _error(exc.code or 500, exc.description or exc.name)
+
+
+def _internal_error(exc: Exception) -> tuple[Response, int]:
+    log.exception("internal error serving %s %s", request.method, request.path)
+    return _error(500, f"internal error: {type(exc).__name__}")
+
+
+def _refusal_status(exc: RequestRefused) -> int:
+    return _REFUSAL_HTTP_STATUS.get(exc.code, 502)

@@ -1,0 +1,456 @@
+// Le Stats Sportif dashboard: plain JavaScript, written for this page (no library).
+// Reads /api/dashboard/* and runs statistics through the original job routes, like any
+// producer. Values that came from peers are only ever set as text (textContent).
+"use strict";
+
+const LIVE_EVERY_MS = 1000;
+const CHART_WINDOW_S = 300;
+// A tile grid of the 50 states and DC: [abbreviation, name, row, column].
+const TILES = [
+  ["AK", "Alaska", 0, 0], ["ME", "Maine", 0, 11],
+  ["WI", "Wisconsin", 1, 6], ["VT", "Vermont", 1, 10], ["NH", "New Hampshire", 1, 11],
+  ["WA", "Washington", 2, 1], ["ID", "Idaho", 2, 2], ["MT", "Montana", 2, 3],
+  ["ND", "North Dakota", 2, 4], ["MN", "Minnesota", 2, 5], ["IL", "Illinois", 2, 6],
+  ["MI", "Michigan", 2, 7], ["NY", "New York", 2, 9], ["MA", "Massachusetts", 2, 10],
+  ["OR", "Oregon", 3, 1], ["NV", "Nevada", 3, 2], ["WY", "Wyoming", 3, 3],
+  ["SD", "South Dakota", 3, 4], ["IA", "Iowa", 3, 5], ["IN", "Indiana", 3, 6],
+  ["OH", "Ohio", 3, 7], ["PA", "Pennsylvania", 3, 8], ["NJ", "New Jersey", 3, 9],
+  ["CT", "Connecticut", 3, 10], ["RI", "Rhode Island", 3, 11],
+  ["CA", "California", 4, 1], ["UT", "Utah", 4, 2], ["CO", "Colorado", 4, 3],
+  ["NE", "Nebraska", 4, 4], ["MO", "Missouri", 4, 5], ["KY", "Kentucky", 4, 6],
+  ["WV", "West Virginia", 4, 7], ["VA", "Virginia", 4, 8], ["MD", "Maryland", 4, 9],
+  ["DE", "Delaware", 4, 10],
+  ["AZ", "Arizona", 5, 2], ["NM", "New Mexico", 5, 3], ["KS", "Kansas", 5, 4],
+  ["AR", "Arkansas", 5, 5], ["TN", "Tennessee", 5, 6], ["NC", "North Carolina", 5, 7],
+  ["SC", "South Carolina", 5, 8], ["DC", "District of Columbia", 5, 9],
+  ["OK", "Oklahoma", 6, 4], ["LA", "Louisiana", 6, 5], ["MS", "Mississippi", 6, 6],
+  ["AL", "Alabama", 6, 7], ["GA", "Georgia", 6, 8],
+  ["HI", "Hawaii", 7, 0], ["TX", "Texas", 7, 4], ["FL", "Florida", 7, 9],
+];
+const BESIDE = [["US", "National", 0, 0], ["GU", "Guam", 0, 1],
+  ["PR", "Puerto Rico", 1, 0], ["VI", "Virgin Islands", 1, 1]];
+// viridis: ordered in lightness and readable with the common colour-vision deficiencies.
+const VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80",
+  "#5ec962", "#addc30", "#fde725"];
+
+const $ = (id) => document.getElementById(id);
+const state = { questions: [], question: null, means: {}, ranks: {}, selected: null,
+  sort: { key: "mean", ascending: true }, samples: [], token: 0 };
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function fmt(value, digits = 2) {
+  return typeof value === "number" && isFinite(value) ? value.toFixed(digits) : "–";
+}
+
+async function api(path, options) {
+  const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options));
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.reason || `HTTP ${response.status}`);
+  return body;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// One statistic through the broker: submit, then poll its result as the original clients do.
+async function runJob(statistic, params) {
+  const submitted = await api(`/api/${statistic}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
+  });
+  if (typeof submitted.job_id !== "string") throw new Error(submitted.reason || "refused");
+  for (let delay = 20; ; delay = Math.min(delay * 1.5, 400)) {
+    const result = await api(`/api/get_results/${submitted.job_id}`);
+    if (result.status === "done") return { jobId: submitted.job_id, data: result.data };
+    if (result.status === "error") throw new Error(`${submitted.job_id}: ${result.reason}`);
+    await sleep(delay);
+  }
+}
+
+// --- the explorer --------------------------------------------------------------------
+
+function buildTiles(container, tiles) {
+  for (const [abbr, name, row, column] of tiles) {
+    const tile = el("button", null, "tile nodata");
+    tile.type = "button";
+    tile.dataset.name = name;
+    tile.dataset.row = row;
+    tile.dataset.column = column;
+    tile.tabIndex = -1;
+    tile.style.gridRow = String(row + 1);
+    tile.style.gridColumn = String(column + 1);
+    tile.setAttribute("aria-pressed", "false");
+    tile.append(el("span", abbr), el("span", "", "value"));
+    tile.addEventListener("click", () => selectLocation(name));
+    tile.addEventListener("keydown", moveFocus);
+    container.append(tile);
+  }
+}
+
+function allTiles() {
+  return [...document.querySelectorAll(".tile")];
+}
+
+// Arrow keys move to the nearest tile in that direction (roving tabindex).
+function moveFocus(event) {
+  const steps = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+  const step = steps[event.key];
+  if (!step) return;
+  event.preventDefault();
+  const here = event.currentTarget;
+  const group = [...here.parentElement.querySelectorAll(".tile")];
+  const [row, column] = [Number(here.dataset.row), Number(here.dataset.column)];
+  let best = null;
+  let bestScore = Infinity;
+  for (const tile of group) {
+    const dr = Number(tile.dataset.row) - row;
+    const dc = Number(tile.dataset.column) - column;
+    const along = dr * step[0] + dc * step[1];
+    if (along <= 0) continue;
+    const score = along * 10 + Math.abs(step[0] ? dc : dr) * 12;
+    if (score < bestScore) [best, bestScore] = [tile, score];
+  }
+  if (best) focusTile(best);
+}
+
+function focusTile(tile) {
+  for (const other of allTiles()) other.tabIndex = -1;
+  tile.tabIndex = 0;
+  tile.focus();
+}
+
+function colour(t) {
+  const position = Math.max(0, Math.min(1, t)) * (VIRIDIS.length - 1);
+  return VIRIDIS[Math.round(position)];
+}
+
+async function loadQuestion(question) {
+  const token = ++state.token;
+  state.question = question;
+  state.means = {};
+  $("explorer-status").textContent = "running states_mean, global_mean, best5 and worst5…";
+  const started = performance.now();
+  try {
+    const [means, global, best, worst] = await Promise.all([
+      runJob("states_mean", { question }), runJob("global_mean", { question }),
+      runJob("best5", { question }), runJob("worst5", { question }),
+    ]);
+    if (token !== state.token) return;
+    state.means = means.data;
+    $("map").dataset.job = means.jobId;
+    paintMap(best.data, worst.data);
+    $("global-mean").textContent = fmt(global.data.global_mean);
+    $("global-mean").dataset.value = global.data.global_mean;
+    const seconds = ((performance.now() - started) / 1000).toFixed(2);
+    $("explorer-status").textContent =
+      `${Object.keys(means.data).length} locations, from jobs ${means.jobId}, ${global.jobId}, ` +
+      `${best.jobId}, ${worst.jobId} (${seconds} s)`;
+    document.body.dataset.mapReady = "true";
+    selectLocation(state.selected && state.means[state.selected] !== undefined
+      ? state.selected : null);
+  } catch (error) {
+    if (token === state.token) $("explorer-status").textContent = `failed: ${error.message}`;
+  }
+}
+
+function paintMap(best, worst) {
+  const values = Object.values(state.means);
+  const [low, high] = [Math.min(...values), Math.max(...values)];
+  const info = state.questions.find((q) => q.text === state.question);
+  const ordered = Object.keys(state.means).sort((a, b) => info && !info.best_is_min
+    ? state.means[b] - state.means[a] : state.means[a] - state.means[b]);
+  state.ranks = Object.fromEntries(ordered.map((name, index) => [name, index + 1]));
+  for (const tile of allTiles()) {
+    const name = tile.dataset.name;
+    const mean = state.means[name];
+    tile.classList.toggle("nodata", mean === undefined);
+    tile.classList.toggle("best", name in best);
+    tile.classList.toggle("worst", name in worst);
+    tile.style.background = mean === undefined ? "" : colour((mean - low) / (high - low || 1));
+    tile.style.color = mean !== undefined && (mean - low) / (high - low || 1) > 0.6 ? "#111" : "#fff";
+    tile.querySelector(".value").textContent = mean === undefined ? "" : fmt(mean, 1);
+    if (mean === undefined) tile.style.color = "";
+    tile.dataset.value = mean === undefined ? "" : String(mean);
+    const marks = (name in best ? ", one of the best five" : "") + (name in worst ? ", one of the worst five" : "");
+    tile.setAttribute("aria-label", mean === undefined ? `${name}: no data`
+      : `${name}: ${fmt(mean)}%, rank ${state.ranks[name]}${marks}`);
+  }
+  paintLegend(low, high);
+  paintTable();
+}
+
+function paintLegend(low, high) {
+  const legend = $("legend");
+  legend.replaceChildren(el("span", fmt(low, 1)));
+  const ramp = el("span", null, "ramp");
+  for (const stop of VIRIDIS) {
+    const swatch = el("span");
+    swatch.style.background = stop;
+    ramp.append(swatch);
+  }
+  legend.append(ramp, el("span", `${fmt(high, 1)} %`), el("span", "▲ best five", "mark best"),
+    el("span", "▼ worst five", "mark worst"));
+}
+
+function paintTable() {
+  const { key, ascending } = state.sort;
+  const rows = Object.entries(state.means).map(([name, mean]) => ({ name, mean, rank: state.ranks[name] }));
+  rows.sort((a, b) => (a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : 0) * (ascending ? 1 : -1));
+  const body = $("states-table").tBodies[0];
+  body.replaceChildren(...rows.map((row) => {
+    const tr = el("tr");
+    tr.dataset.name = row.name;
+    if (row.name === state.selected) tr.className = "selected";
+    const pick = el("button", row.name);
+    pick.type = "button";
+    pick.className = "linklike";
+    pick.addEventListener("click", () => selectLocation(row.name));
+    const nameCell = el("td");
+    nameCell.append(pick);
+    tr.append(nameCell, el("td", fmt(row.mean), "num"), el("td", row.rank, "num"));
+    return tr;
+  }));
+  for (const th of $("states-table").tHead.rows[0].cells) {
+    const sortKey = th.querySelector("button").dataset.key;
+    th.setAttribute("aria-sort", sortKey === key ? (ascending ? "ascending" : "descending") : "none");
+  }
+}
+
+function sortBy(key) {
+  state.sort = { key, ascending: state.sort.key === key ? !state.sort.ascending : true };
+  paintTable();
+}
+
+async function selectLocation(name) {
+  state.selected = name;
+  for (const tile of allTiles()) tile.setAttribute("aria-pressed", String(tile.dataset.name === name));
+  for (const row of $("states-table").tBodies[0].rows) row.classList.toggle("selected", row.dataset.name === name);
+  const detail = $("state-detail");
+  if (!name || !state.question) return;
+  const tile = allTiles().find((t) => t.dataset.name === name);
+  if (tile) tile.tabIndex = 0;
+  detail.dataset.ready = "false";
+  detail.replaceChildren(el("h3", name), el("p", "running state_mean, state_diff_from_mean and state_mean_by_category…"));
+  const question = state.question;
+  try {
+    const [mean, diff, categories] = await Promise.all([
+      runJob("state_mean", { question, state: name }),
+      runJob("state_diff_from_mean", { question, state: name }),
+      runJob("state_mean_by_category", { question, state: name }),
+    ]);
+    if (state.selected !== name || state.question !== question) return;
+    paintDetail(name, mean, diff, categories);
+  } catch (error) {
+    if (state.selected === name) detail.replaceChildren(el("h3", name), el("p", `failed: ${error.message}`));
+  }
+}
+
+function paintDetail(name, mean, diff, categories) {
+  const detail = $("state-detail");
+  const facts = el("dl", null, "facts");
+  const add = (label, value, id, job) => {
+    const dd = el("dd", fmt(value));
+    dd.id = id;
+    dd.dataset.value = value;
+    dd.dataset.job = job;
+    facts.append(el("dt", label), dd);
+  };
+  add("Mean (%)", mean.data[name], "state-mean", mean.jobId);
+  add("National mean − this mean", diff.data[name], "state-diff", diff.jobId);
+  const table = el("table");
+  table.id = "state-categories";
+  table.dataset.job = categories.jobId;
+  table.append(el("caption", "Mean by category"));
+  const head = el("tr");
+  head.append(el("th", "category"), el("th", "group"), el("th", "mean (%)", "num"), el("th", ""));
+  table.append(head);
+  const groups = categories.data[name] || {};
+  for (const [key, value] of Object.entries(groups)) {
+    const parts = key.replace(/^\('|'\)$/g, "").split("', '");
+    const tr = el("tr");
+    tr.dataset.key = key;
+    tr.dataset.value = value;
+    const bar = el("span", null, "bar");
+    bar.style.width = `${Math.max(0, Math.min(100, value)) * 1.5}px`;
+    const barCell = el("td");
+    barCell.append(bar);
+    tr.append(el("td", parts[0]), el("td", parts[1] || ""), el("td", fmt(value), "num"), barCell);
+    table.append(tr);
+  }
+  detail.replaceChildren(el("h3", name), facts, table);
+  detail.dataset.ready = "true";
+}
+
+// --- the service, live ---------------------------------------------------------------
+
+function ago(seconds) {
+  return typeof seconds === "number" ? `${seconds.toFixed(1)} s ago` : "–";
+}
+
+function paintWorkers(workers, standin) {
+  $("workers").tBodies[0].replaceChildren(...workers.map((w) => {
+    const tr = el("tr", null, w.gone ? "gone" : "live");
+    tr.dataset.worker = w.id;
+    tr.dataset.gone = String(w.gone);
+    const data = `${String(w.fingerprint || "?").slice(0, 12)}${standin ? " (stand-in)" : ""}`;
+    const heard = w.gone ? `left ${ago(w.left_s_ago)}` : ago(w.last_seen_s_ago);
+    tr.append(el("td", w.id, "mono"), el("td", w.host), el("td", w.pid, "num"),
+      el("td", w.credit, "num"), el("td", w.gone ? "–" : w.in_flight, "num"), el("td", heard),
+      el("td", data, "mono"));
+    return tr;
+  }));
+}
+
+function jobLink(jobId) {
+  const link = el("a", jobId, "mono");
+  link.href = `/api/get_results/${encodeURIComponent(jobId)}`;
+  return link;
+}
+
+function paramsText(params) {
+  return Object.entries(params || {}).map(([k, v]) => `${k}=${String(v).slice(0, 60)}`).join(", ");
+}
+
+function jobRow(job, last, lastClass) {
+  const tr = el("tr");
+  const idCell = el("td");
+  idCell.append(jobLink(job.job_id));
+  tr.append(idCell, el("td", job.statistic), el("td", paramsText(job.params)), el("td", last, lastClass));
+  return tr;
+}
+
+function paintJobs(recent, failures) {
+  $("recent").tBodies[0].replaceChildren(...recent.map((job) => {
+    const tr = jobRow(job, job.status, `status-${job.status}`);
+    const ms = job.finished_s ? (job.finished_s - job.created_s) * 1000 : null;
+    tr.append(el("td", ms === null ? "running" : `${fmt(ms, 1)} ms`, "num"));
+    return tr;
+  }));
+  $("failures").tBodies[0].replaceChildren(...failures.map((job) => {
+    const tr = jobRow(job, job.reason || "failed", "status-error");
+    tr.append(el("td", job.finished_s ? new Date(job.finished_s * 1000).toLocaleTimeString() : "–"));
+    return tr;
+  }));
+  if (!failures.length) {
+    const none = el("tr");
+    none.append(el("td", "none since the store's newest jobs"));
+    $("failures").tBodies[0].append(none);
+  }
+}
+
+function paintLatency(latency) {
+  const phases = ["queue_wait", "compute", "end_to_end"];
+  $("latency").tBodies[0].replaceChildren(...Object.entries(latency).map(([statistic, cells]) => {
+    const tr = el("tr");
+    tr.dataset.statistic = statistic;
+    tr.append(el("td", statistic), el("td", (cells.end_to_end || {}).count || 0, "num"));
+    for (const phase of phases) {
+      const cell = cells[phase] || {};
+      tr.append(el("td", fmt(cell.p50_ms), "num"), el("td", fmt(cell.p99_ms), "num"));
+    }
+    return tr;
+  }));
+}
+
+function paintRates(live) {
+  const submitted = Number(String(live.last_job || "job_id_0").split("_").pop());
+  const finished = (live.jobs.done || 0) + (live.jobs.error || 0);
+  const now = live.now_s;
+  state.samples.push({ now, submitted, finished });
+  state.samples = state.samples.filter((s) => now - s.now <= CHART_WINDOW_S);
+  const points = [];
+  for (let i = 1; i < state.samples.length; i++) {
+    const [a, b] = [state.samples[i - 1], state.samples[i]];
+    const dt = b.now - a.now || 1;
+    points.push({ now: b.now, submitted: Math.max(0, (b.submitted - a.submitted) / dt),
+      finished: Math.max(0, (b.finished - a.finished) / dt) });
+  }
+  drawChart(points, now);
+}
+
+function drawChart(points, now) {
+  const ns = "http://www.w3.org/2000/svg";
+  const [width, height] = [600, 120];
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("role", "img");
+  const peak = Math.max(1, ...points.map((p) => Math.max(p.submitted, p.finished)));
+  const last = points[points.length - 1] || { submitted: 0, finished: 0 };
+  svg.setAttribute("aria-label", `jobs per second over the last minutes: now ${fmt(last.submitted, 1)} ` +
+    `submitted, ${fmt(last.finished, 1)} finished; peak ${fmt(peak, 1)}`);
+  const x = (t) => width - ((now - t) / CHART_WINDOW_S) * width;
+  const y = (v) => height - 14 - (v / peak) * (height - 24);
+  for (const series of ["submitted", "finished"]) {
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("class", series);
+    line.setAttribute("points", points.map((p) => `${x(p.now).toFixed(1)},${y(p[series]).toFixed(1)}`).join(" "));
+    svg.append(line);
+  }
+  const label = (text, lx, ly) => {
+    const node = document.createElementNS(ns, "text");
+    node.setAttribute("x", lx);
+    node.setAttribute("y", ly);
+    node.textContent = text;
+    svg.append(node);
+  };
+  label(`${fmt(peak, 1)}/s`, 4, 12);
+  label(`— submitted ${fmt(last.submitted, 1)}/s   - - finished ${fmt(last.finished, 1)}/s`, 80, 12);
+  label("5 min ago", 4, height - 2);
+  label("now", width - 24, height - 2);
+  $("rates").replaceChildren(svg);
+}
+
+async function refreshLive() {
+  try {
+    const live = await api("/api/dashboard/live");
+    if (!live.up) throw new Error(live.reason);
+    $("standin-banner").hidden = !live.standin;
+    $("broker-state").textContent = `broker ${String(live.broker_id).slice(0, 8)}` +
+      `${live.shutting_down ? ", shutting down" : ""}, updated ${new Date().toLocaleTimeString()}`;
+    $("queue-depth").textContent = live.queue_depth;
+    $("in-flight").textContent = live.in_flight;
+    for (const status of ["running", "done", "error"]) $(`jobs-${status}`).textContent = live.jobs[status] || 0;
+    paintWorkers(live.workers, live.standin);
+    paintLatency(live.latency);
+    paintJobs(live.recent, live.failures);
+    paintRates(live);
+    document.body.dataset.liveAt = String(live.now_s);
+  } catch (error) {
+    $("broker-state").textContent = `the service does not answer (${error.message}); retrying`;
+  }
+}
+
+async function liveLoop() {
+  for (;;) {
+    await refreshLive();
+    await sleep(LIVE_EVERY_MS);
+  }
+}
+
+async function start() {
+  buildTiles($("map"), TILES);
+  buildTiles($("territories"), BESIDE);
+  allTiles()[0].tabIndex = 0; // the map is one tab stop; arrows move inside it
+  for (const button of $("states-table").querySelectorAll("th button")) {
+    button.addEventListener("click", () => sortBy(button.dataset.key));
+  }
+  liveLoop();
+  const { questions } = await api("/api/dashboard/questions");
+  state.questions = questions;
+  const select = $("question");
+  select.replaceChildren(...questions.map((q) => {
+    const option = el("option", q.text);
+    option.value = q.text;
+    return option;
+  }));
+  select.addEventListener("change", () => loadQuestion(select.value));
+  await loadQuestion(questions[0].text);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  start().catch((error) => { $("explorer-status").textContent = `failed: ${error.message}`; });
+});
