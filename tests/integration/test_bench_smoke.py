@@ -69,7 +69,13 @@ def test_procstat_reads_this_process() -> None:
 
 
 def _entry(
-    system: str, jobs_per_s: float, p50_ms: float, producers: int, window: int, style: str = "map"
+    system: str,
+    jobs_per_s: float,
+    p50_ms: float,
+    producers: int,
+    window: int,
+    *,
+    style: str = "map",
 ) -> dict[str, Any]:
     median: dict[str, Any] = dict.fromkeys(report.MEDIAN_KEYS, 1.0)
     median.update(jobs_per_s=jobs_per_s, p50_ms=p50_ms, other_cpu_share=0.1)
@@ -85,7 +91,7 @@ def test_the_report_checks_targets_against_the_same_run_and_renders_every_table(
                  "workers": 2, "rows": 18_000},
         "comparison": [
             _entry("echo", 1000, 0.5, 4, 16), _entry("ours", 800, 1.0, 4, 16),
-            _entry("echo", 900, 0.5, 1, 1), _entry("ours", 400, 1.5, 1, 1, "call"),
+            _entry("echo", 900, 0.5, 1, 1), _entry("ours", 400, 1.5, 1, 1, style="call"),
             _entry("echo", 1000, 0.1, 1, 64), _entry("ours", 600, 0.2, 1, 64),
             _entry("original", 10, 100, 4, 4),
         ],
