@@ -86,27 +86,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         (
             "p50 latency ours / echo (P=1, W=1)",
-            _ratio(
-                find(rows, system="ours", style="call", **single),
-                find(rows, system="echo", **single),
-                "p50_ms",
-            ),
+            _against_echo(rows, "p50_ms", style="call", **single),
             "<=",
             2.0,
         ),
         (
             f"throughput ours / echo (P=1, W={ONE_PRODUCER_WINDOW})",
-            _ratio(
-                find(rows, system="ours", style="map", **one_producer),
-                find(rows, system="echo", **one_producer),
-                "jobs_per_s",
-            ),
+            _against_echo(rows, "jobs_per_s", style="map", **one_producer),
             ">=",
             0.7,
         ),
         *_data_checks(results.get("rows", [])),
     ]
     return [_verdict(name, value, op, goal) for name, value, op, goal in checks]
+
+
+def _against_echo(rows: list[dict[str, Any]], key: str, style: str, **shape: Any) -> float | None:
+    """Ours (driven as `style`) over echo, on the same shape."""
+    return _ratio(
+        find(rows, system="ours", style=style, **shape), find(rows, system="echo", **shape), key
+    )
 
 
 def _data_checks(sizes: list[dict[str, Any]]) -> list[tuple[str, float | None, str, float]]:

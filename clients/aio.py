@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
 from types import TracebackType
@@ -23,16 +22,9 @@ from typing import Any
 
 import zmq.asyncio
 
+from clients import session
 from clients.api import Statistics
-from clients.session import (
-    Answer,
-    Request,
-    expect,
-    final_answer,
-    job_state,
-    pong_info,
-    submit_message,
-)
+from clients.session import Answer, Request
 from clients.transport import Security, Transport, default_security
 from protocol import config
 from protocol import messages as m
@@ -94,21 +86,21 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
 
     async def submit(self, statistic: str, /, **params: Any) -> str:
         """See `Client.submit`."""
-        message = submit_message(statistic, params)
-        return expect((await self._ask(message)).message, m.Submitted).job_id
+        message = session.submit_message(statistic, params)
+        return session.expect((await self._ask(message)).message, m.Submitted).job_id
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """See `Client.get`."""
-        return job_state(await self._ask(m.Get(job_id)))
+        return session.job_state(await self._ask(m.Get(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """See `Client.wait`."""
-        return final_answer(await self._finish(m.Wait(job_id), timeout, job_id))
+        return session.final_answer(await self._finish(m.Wait(job_id), timeout, job_id))
 
     async def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        submit = submit_message(statistic, params, notify=True)
-        return final_answer(await self._finish(submit, timeout, statistic))
+        submit = session.submit_message(statistic, params, notify=True)
+        return session.final_answer(await self._finish(submit, timeout, statistic))
 
     async def map(self, jobs: Jobs, window: int = 64) -> AsyncIterator[Answer]:
         """See `Client.map`; `jobs` may also be an asynchronous iterable."""
@@ -117,12 +109,12 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
         in_flight: deque[asyncio.Task[m.Envelope]] = deque()
         try:
             async for statistic, params in _aiter(jobs):
-                submit = submit_message(statistic, dict(params), notify=True)
+                submit = session.submit_message(statistic, dict(params), notify=True)
                 in_flight.append(asyncio.ensure_future(self._finish(submit, None, statistic)))
                 if len(in_flight) >= window:
-                    yield final_answer(await in_flight.popleft())
+                    yield session.final_answer(await in_flight.popleft())
             while in_flight:
-                yield final_answer(await in_flight.popleft())
+                yield session.final_answer(await in_flight.popleft())
         finally:
             for task in in_flight:  # the caller stopped early: stop waiting for these
                 task.cancel()
@@ -132,26 +124,26 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
         listing: dict[str, str] = {}
         after: int | None = 0
         while after is not None:
-            page = expect((await self._ask(m.ListJobs(after=after))).message, m.JobList)
+            page = session.expect((await self._ask(m.ListJobs(after=after))).message, m.JobList)
             listing.update((str(job), str(status)) for job, status in page.jobs)
             after = page.next_after
         return listing
 
     async def num_jobs(self) -> int:
         """See `Client.num_jobs`."""
-        return expect((await self._ask(m.NumJobs())).message, m.JobCount).num_jobs
+        return session.expect((await self._ask(m.NumJobs())).message, m.JobCount).num_jobs
 
     async def shutdown(self) -> int:
         """See `Client.shutdown`."""
-        return expect((await self._ask(m.Shutdown())).message, m.ShuttingDown).pending
+        return session.expect((await self._ask(m.Shutdown())).message, m.ShuttingDown).pending
 
     async def ping(self) -> dict[str, Any]:
         """See `Client.ping`."""
-        return pong_info((await self._ask(m.Ping())).message)
+        return session.pong_info((await self._ask(m.Ping())).message)
 
     async def stats(self) -> dict[str, Any]:
         """See `Client.stats`."""
-        return expect((await self._ask(m.Stats())).message, m.StatsReply).stats
+        return session.expect((await self._ask(m.Stats())).message, m.StatsReply).stats
 
     # --- one request ----------------------------------------------------------------
 
@@ -213,8 +205,7 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
             readable = zmq.asyncio.Socket.from_socket(sock)
             while transport.sock is sock:
                 transport.flush()
-                wait_s = transport.session.next_tick_s(time.monotonic())
-                if await readable.poll(max(1, int(wait_s * 1000))):
+                if await readable.poll(max(1, int(transport.session.interval_s * 500))):
                     self._resolve(transport.receive())
                 transport.keep_alive()
 

@@ -22,37 +22,41 @@ class Statistics(Generic[R]):
         """Submit a job and wait for its answer, in one round trip."""
 
     def states_mean(self, question: str) -> R:
-        """The mean of every state, ascending: {state: mean}."""
+        """{state: mean, ...} for every state with data, ordered by mean ascending."""
         return self.run("states_mean", question=question)
 
     def state_mean(self, question: str, state: str) -> R:
-        """One state's mean: {state: mean}."""
+        """{state: mean} of one state."""
         return self.run("state_mean", question=question, state=state)
 
     def best5(self, question: str) -> R:
-        """The five best states for the question: {state: mean}."""
+        """The five best states, {state: mean}: the lowest five ascending when the best
+        is the minimum, the highest five descending when it is the maximum."""
         return self.run("best5", question=question)
 
     def worst5(self, question: str) -> R:
-        """The five worst states for the question: {state: mean}."""
+        """The five worst states, {state: mean}, ordered as in `best5` the other way round."""
         return self.run("worst5", question=question)
 
     def global_mean(self, question: str) -> R:
-        """The mean over every row: {"global_mean": mean}."""
+        """{"global_mean": mean} over every row of the question."""
         return self.run("global_mean", question=question)
 
     def diff_from_mean(self, question: str) -> R:
-        """Each state's difference from the global mean: {state: global - state}."""
+        """{state: global_mean - state_mean, ...} for every state with data."""
         return self.run("diff_from_mean", question=question)
 
     def state_diff_from_mean(self, question: str, state: str) -> R:
-        """One state's difference from the global mean: {state: global - state}."""
+        """{state: global_mean - state_mean} of one state."""
         return self.run("state_diff_from_mean", question=question, state=state)
 
     def mean_by_category(self, question: str) -> R:
-        """The mean per state, stratification category and value."""
+        """The mean of every (state, StratificationCategory1, Stratification1) group with
+        data, keyed by `str()` of that tuple: {"('Ohio', 'Age (years)', '18 - 24')": mean}.
+        """
         return self.run("mean_by_category", question=question)
 
     def state_mean_by_category(self, question: str, state: str) -> R:
-        """One state's mean per stratification category and value."""
+        """One state's mean per (StratificationCategory1, Stratification1) group, keyed by
+        `str()` of the pair: {state: {"('Age (years)', '18 - 24')": mean, ...}}."""
         return self.run("state_mean_by_category", question=question, state=state)

@@ -24,17 +24,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from clients import session
 from clients.api import Statistics
 from clients.pipeline import Job, Pipeline
-from clients.session import (
-    Answer,
-    Request,
-    expect,
-    final_answer,
-    job_state,
-    pong_info,
-    submit_message,
-)
+from clients.session import Answer, Request
 from clients.transport import Security, Transport, default_security
 from protocol import config
 from protocol import messages as m
@@ -93,7 +86,8 @@ class Client(Statistics[Answer]):
 
     def submit(self, statistic: str, /, **params: Any) -> str:
         """Create a job; returns its id (`job_id_N`). Raises `RequestRefused` if refused."""
-        return self.submit_as(uuid.uuid4().hex, statistic, params)
+        submit = m.Submit(uuid.uuid4().hex, statistic, params)
+        return session.expect(self._ask(submit).message, m.Submitted).job_id
 
     def submit_as(
         self,
@@ -106,29 +100,29 @@ class Client(Statistics[Answer]):
         id names the same job, also after a broker restart. Raises `BrokerUnavailable`
         without a reply within `timeout` s (default: the client's)."""
         message = m.Submit(request_id, statistic, params)
-        return expect(self._ask(message, timeout).message, m.Submitted).job_id
+        return session.expect(self._ask(message, timeout).message, m.Submitted).job_id
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
-        return job_state(self._ask(m.Get(job_id)))
+        return session.job_state(self._ask(m.Get(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
-        return final_answer(self._finish(m.Wait(job_id), timeout, job_id))
+        return session.final_answer(self._call(m.Wait(job_id), timeout, job_id))
 
     def wait_all(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
         """The final state of each job, shaped like `get`'s, waiting for all at once (one
         WAIT each, sent together); a job not over within `timeout` s is still "running"."""
         requests = self._start([m.Wait(job) for job in job_ids])
-        self._drive(requests, self._deadline(timeout))
+        self._drive(requests, time.monotonic() + (self.timeout if timeout is None else timeout))
         return {
             job: self._state_of(request) for job, request in zip(job_ids, requests, strict=True)
         }
 
     def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        submit = submit_message(statistic, params, notify=True)
-        return final_answer(self._finish(submit, timeout, statistic))
+        submit = m.Submit(uuid.uuid4().hex, statistic, params, notify=True)
+        return session.final_answer(self._call(submit, timeout, statistic))
 
     def map(self, jobs: Iterable[Job], window: int = 64) -> Iterator[Answer]:
         """Answers to `(statistic, params)` jobs in input order, up to `window` in flight.
@@ -138,7 +132,7 @@ class Client(Statistics[Answer]):
         (clients.pipeline), so other threads' calls are not held up.
         """
         for request in self._pipeline(jobs, window):
-            yield final_answer(request.outcome())
+            yield session.final_answer(request.outcome())
 
     def outcomes(self, jobs: Iterable[Job], window: int = 64) -> Iterator[dict[str, Any]]:
         """Like `map`, but each job's final state shaped like `get`'s, never raising for a
@@ -152,45 +146,48 @@ class Client(Statistics[Answer]):
         listing: dict[str, str] = {}
         after: int | None = 0
         while after is not None:
-            page = expect(self._ask(m.ListJobs(after=after)).message, m.JobList)
+            page = session.expect(self._ask(m.ListJobs(after=after)).message, m.JobList)
             listing.update((str(job), str(status)) for job, status in page.jobs)
             after = page.next_after
         return listing
 
     def num_jobs(self) -> int:
         """Jobs accepted and not yet finished."""
-        return expect(self._ask(m.NumJobs()).message, m.JobCount).num_jobs
+        return session.expect(self._ask(m.NumJobs()).message, m.JobCount).num_jobs
 
     def shutdown(self) -> int:
         """Start a graceful shutdown; returns how many jobs are still to finish."""
-        return expect(self._ask(m.Shutdown()).message, m.ShuttingDown).pending
+        return session.expect(self._ask(m.Shutdown()).message, m.ShuttingDown).pending
 
     def ping(self) -> dict[str, Any]:
         """The broker's id, protocol version and whether it is shutting down."""
-        return pong_info(self._ask(m.Ping()).message)
+        return session.pong_info(self._ask(m.Ping()).message)
 
     def stats(self) -> dict[str, Any]:
         """Workers, queue depth, jobs by status and recent rates."""
-        return expect(self._ask(m.Stats()).message, m.StatsReply).stats
+        return session.expect(self._ask(m.Stats()).message, m.StatsReply).stats
 
     # --- one request: the reply within the client's timeout, or an error --------------
 
     def _ask(self, message: m.Message, timeout: float | None = None) -> m.Envelope:
         """A request the broker answers at once: no reply in time is `BrokerUnavailable`."""
+        return self._call(message, timeout)
+
+    def _call(
+        self, message: m.Message, timeout: float | None, job: str | None = None
+    ) -> m.Envelope:
+        """The reply to `message` within `timeout` s (default: the client's). Without it,
+        `JobTimeout` when the reply waits for `job` to finish, `BrokerUnavailable` if not."""
         limit = self.timeout if timeout is None else timeout
         (request,) = self._start([message])
         if not self._drive([request], time.monotonic() + limit):
             self._give_up(request)
+            if job is not None:
+                raise JobTimeout(f"{job} did not finish within {limit:g} s")
             raise BrokerUnavailable(f"no reply from {self.endpoint} within {limit:g} s")
-        return request.outcome()
-
-    def _finish(self, message: m.Message, timeout: float | None, what: str) -> m.Envelope:
-        """A request answered when a job is over: no reply in time is `JobTimeout`."""
-        (request,) = self._start([message])
-        if not self._drive([request], self._deadline(timeout)):
-            self._give_up(request)
-            raise JobTimeout(f"{what} did not finish within {self._limit(timeout):g} s")
-        return request.outcome()
+        if request.error is not None:
+            raise request.error
+        return request.reply  # type: ignore[return-value]  # done without error: a reply
 
     def _state_of(self, request: Request) -> dict[str, Any]:
         """`get`'s shape for a request that may be unanswered, refused or failed."""
@@ -198,15 +195,9 @@ class Client(Statistics[Answer]):
             self._give_up(request)
             return {"status": m.JobStatus.RUNNING.value}
         try:
-            return job_state(request.outcome())
+            return session.job_state(request.outcome())
         except LssError as exc:
             return {"status": m.JobStatus.ERROR.value, "reason": str(exc)}
-
-    def _limit(self, timeout: float | None) -> float:
-        return self.timeout if timeout is None else timeout
-
-    def _deadline(self, timeout: float | None) -> float:
-        return time.monotonic() + self._limit(timeout)
 
     def _pipeline(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
         if window < 1:
@@ -233,41 +224,41 @@ class Client(Statistics[Answer]):
         """Wait until every request is over, leading when nobody is; whether they are."""
         with self._lock:
             while not all(request.done for request in requests):
+                left = deadline - time.monotonic()
                 if self._closed:
                     raise BrokerUnavailable("the client is closed")
-                left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 if self._leading:
                     self._changed.wait(left)
-                    continue
-                self._leading = True
-                try:
+                else:
                     self._lead(requests, deadline)
-                finally:
-                    self._leading = False
-                    self._changed.notify_all()  # a follower takes over, or sees its reply
         return True
 
     def _lead(self, requests: Sequence[Request], deadline: float) -> None:
-        """Work the socket until `requests` are over or the deadline; called with the lock
-        held, which it releases while it blocks."""
+        """Work the socket until `requests` are over or the deadline. Called with the lock
+        held, which it releases while it blocks; on leaving, a follower takes over."""
         transport = self._transport
-        while not self._closed and not all(request.done for request in requests):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            transport.flush()
-            self._lock.release()
-            try:
-                readable = transport.wait(left)
-            finally:
-                self._lock.acquire()
-            if readable and transport.receive():
-                self._changed.notify_all()
-            if self._woken:
-                self._drain_wake()
-            transport.keep_alive()
+        self._leading = True
+        try:
+            while not self._closed and not all(request.done for request in requests):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                transport.flush()
+                self._lock.release()
+                try:
+                    readable = transport.wait(left)
+                finally:
+                    self._lock.acquire()
+                if readable and transport.receive():
+                    self._changed.notify_all()
+                if self._woken:
+                    self._drain_wake()
+                transport.keep_alive()
+        finally:
+            self._leading = False
+            self._changed.notify_all()  # a follower takes over, or sees its reply
 
     def _wake(self) -> None:
         self._woken = True

@@ -67,7 +67,7 @@ class Pipeline:
             left = sent_at + self.timeout_s - time.monotonic()
             if left <= 0:
                 self.session.forget(request)
-                request.error = JobTimeout(f"a job of this map took over {self.timeout_s:g} s")
+                request.fail(JobTimeout(f"a job of this map took over {self.timeout_s:g} s"))
                 break
             self.transport.pump(left)
         return request

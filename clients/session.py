@@ -6,9 +6,9 @@ liveness (a ping after an interval of silence, a reconnect after LIVENESS interv
 resending everything unanswered when the broker changes, and matching a reply to its
 request. Drivers hand it what they received and the time, and send what it hands them:
 `clients.transport` (one DEALER, for `Client` and `Client.map`) and `clients.aio`.
-
-The functions at the end turn a reply into an answer or an `LssError`. The client's
-liveness and resend rules are in docs/protocol.md ("Client liveness", "Idempotence").
+The functions at the end turn a reply into what a caller gets: an answer, or an error
+of the `LssError` tree. The liveness and resend rules are in docs/protocol.md ("Client
+liveness", "Idempotence").
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ class Request:
     frames: list[bytes]
     reply: m.Envelope | None = None
     error: LssError | None = None
+    done: bool = False
 
-    @property
-    def done(self) -> bool:
-        return self.reply is not None or self.error is not None
+    def fail(self, error: LssError) -> None:
+        self.error, self.done = error, True
 
     def outcome(self) -> m.Envelope:
         """The reply; raises the error the request ended with instead."""
@@ -97,7 +97,7 @@ class Session:
         self.pending.clear()
         self._unsent.clear()
         for request in failed:
-            request.error = error
+            request.fail(error)
         return failed
 
     @property
@@ -122,27 +122,30 @@ class Session:
         except ProtocolError as exc:
             self._report(exc)
             return []
-        answered = [self._take(message) for message in messages]
-        return [request for request in answered if request is not None]
+        answered: list[Request] = []
+        for message in messages:
+            try:
+                envelope = m.decode(message)
+            except ProtocolError as exc:
+                answered += self._malformed(message, exc)
+                continue
+            request = self.pending.pop(envelope.tag, None)
+            if request is not None:
+                request.reply, request.done = envelope, True
+                answered.append(request)
+            elif envelope.tag == HEARTBEAT_TAG:
+                self._on_heartbeat(envelope.message)
+            # else: a duplicate after a resend, or a request given up on
+        return answered
 
-    def _take(self, frames: list[bytes]) -> Request | None:
-        try:
-            envelope = m.decode(frames)
-        except ProtocolError as exc:
-            self._report(exc)
-            return self._end(_tag_of(frames), error=ProtocolError(f"malformed reply: {exc}"))
-        if envelope.tag == HEARTBEAT_TAG:
-            self._on_heartbeat(envelope.message)
-            return None
-        return self._end(envelope.tag, reply=envelope)
-
-    def _end(
-        self, tag: bytes | None, *, reply: m.Envelope | None = None, error: LssError | None = None
-    ) -> Request | None:
-        request = self.pending.pop(tag, None) if tag is not None else None
-        if request is not None:  # None: a duplicate after a resend, or given up on
-            request.reply, request.error = reply, error
-        return request
+    def _malformed(self, frames: list[bytes], exc: ProtocolError) -> list[Request]:
+        """Report a reply that did not decode; fail its request when its tag is readable."""
+        self._report(exc)
+        request = self.pending.pop(_tag_of(frames) or b"", None)
+        if request is None:
+            return []
+        request.fail(ProtocolError(f"malformed reply: {exc}"))
+        return [request]
 
     def _report(self, exc: ProtocolError) -> None:
         self.malformed += 1
@@ -178,14 +181,6 @@ class Session:
             self._ping(now)
         return False
 
-    def next_tick_s(self, now: float) -> float:
-        """Seconds until `tick` may have something to do: the longest a driver should block."""
-        if not self.pending:
-            return self.interval_s
-        ping_at = max(self._last_heard, self._last_ping) + self.interval_s
-        dead_at = self._last_heard + self.interval_s * self.liveness
-        return max(0.0, min(ping_at, dead_at) - now)
-
     def _ping(self, now: float) -> None:
         self._ping_due = True
         self._last_ping = now
@@ -202,32 +197,37 @@ def _tag_of(frames: Sequence[bytes]) -> bytes | None:
     return header[len(m.PROTOCOL_ID) + 1 :]
 
 
+# --- replies -> answers or errors --------------------------------------------------------
+
+
 def submit_message(statistic: str, params: dict[str, Any], notify: bool = False) -> m.Submit:
     """A SUBMIT under a new request id (a UUID): a request never made before."""
     return m.Submit(uuid.uuid4().hex, statistic, params, notify)
 
 
-# --- replies -> answers or errors -------------------------------------------------------
-
-
 def expect(message: m.Message, kind: type[m.M]) -> m.M:
     """`message` as a `kind`; `RequestRefused` for an error reply, `ProtocolError` otherwise."""
-    if isinstance(message, m.ErrorReply):
-        raise RequestRefused(message.code, message.reason)
-    if not isinstance(message, kind):
-        raise ProtocolError(f"expected {kind.__name__}, got {type(message).__name__}")
-    return message
+    if isinstance(message, kind):
+        return message
+    raise _unexpected(message, kind)
 
 
 def final_answer(envelope: m.Envelope) -> Answer:
     """A finished job's answer; `JobFailed`, `UnknownJob` or `RequestRefused` otherwise."""
     msg = envelope.message
+    if isinstance(msg, m.JobState):
+        if msg.status == JobStatus.ERROR.value:
+            raise JobFailed(msg.reason or "failed")
+        return answer_of(envelope)
     if isinstance(msg, m.ErrorReply) and msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
         raise UnknownJob(msg.reason)
-    state = expect(msg, m.JobState)
-    if state.status == JobStatus.ERROR.value:
-        raise JobFailed(state.reason or "failed")
-    return answer_of(envelope)
+    raise _unexpected(msg, m.JobState)
+
+
+def _unexpected(message: m.Message, kind: type[m.Message]) -> LssError:
+    if isinstance(message, m.ErrorReply):
+        return RequestRefused(message.code, message.reason)
+    return ProtocolError(f"expected {kind.__name__}, got {type(message).__name__}")
 
 
 def job_state(envelope: m.Envelope) -> dict[str, Any]:

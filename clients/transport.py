@@ -96,8 +96,9 @@ class Transport:
 
     def wait(self, timeout_s: float) -> bool:
         """Block until the socket (or the wake pipe) is readable, for at most `timeout_s`
-        and no longer than liveness allows; whether something is to be read."""
-        limit = min(timeout_s, self.session.next_tick_s(time.monotonic()))
+        and half a heartbeat interval (then `keep_alive` looks at liveness); whether
+        something is to be read."""
+        limit = min(timeout_s, self.session.interval_s / 2)
         return bool(self._poller.poll(max(0, int(limit * 1000 + 0.999))))
 
     def receive(self) -> list[Request]:
@@ -109,12 +110,11 @@ class Transport:
         return answered
 
     def keep_alive(self) -> None:
-        """Ping a silent broker, reconnect to a dead one (resending what is pending)."""
+        """Ping a silent broker, reconnect to a dead one (resending what is pending); the
+        ping or the resent requests go with the next `flush`."""
         if self.session.tick(time.monotonic()):
             self.sock.close(linger=0)
             self.sock, self._poller = self._open()
-        if self.session.has_outgoing:
-            self.flush()
 
     def pump(self, timeout_s: float) -> list[Request]:
         """One turn of a driver that has the socket to itself: send, wait, read, keep alive."""
