@@ -86,7 +86,7 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
 
     async def submit(self, statistic: str, /, **params: Any) -> str:
         """See `Client.submit`."""
-        message = session.submit_message(statistic, params)
+        message = m.Submit(self._connected().session.new_request_id(), statistic, params)
         return session.expect((await self._ask(message)).message, m.Submitted).job_id
 
     async def get(self, job_id: str) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
 
     async def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        submit = session.submit_message(statistic, params, notify=True)
+        submit = m.Submit(self._connected().session.new_request_id(), statistic, params, True)
         return session.final_answer(await self._finish(submit, timeout, statistic))
 
     async def map(self, jobs: Jobs, window: int = 64) -> AsyncIterator[Answer]:
@@ -109,7 +109,8 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
         in_flight: deque[asyncio.Task[m.Envelope]] = deque()
         try:
             async for statistic, params in _aiter(jobs):
-                submit = session.submit_message(statistic, dict(params), notify=True)
+                request_id = self._connected().session.new_request_id()
+                submit = m.Submit(request_id, statistic, dict(params), notify=True)
                 in_flight.append(asyncio.ensure_future(self._finish(submit, None, statistic)))
                 if len(in_flight) >= window:
                     yield session.final_answer(await in_flight.popleft())

@@ -19,7 +19,6 @@ import contextlib
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -86,7 +85,7 @@ class Client(Statistics[Answer]):
 
     def submit(self, statistic: str, /, **params: Any) -> str:
         """Create a job; returns its id (`job_id_N`). Raises `RequestRefused` if refused."""
-        submit = m.Submit(uuid.uuid4().hex, statistic, params)
+        submit = m.Submit(self._transport.session.new_request_id(), statistic, params)
         return session.expect(self._ask(submit).message, m.Submitted).job_id
 
     def submit_as(
@@ -121,7 +120,8 @@ class Client(Statistics[Answer]):
 
     def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        submit = m.Submit(uuid.uuid4().hex, statistic, params, notify=True)
+        request_id = self._transport.session.new_request_id()
+        submit = m.Submit(request_id, statistic, params, notify=True)
         return session.final_answer(self._call(submit, timeout, statistic))
 
     def map(self, jobs: Iterable[Job], window: int = 64) -> Iterator[Answer]:
@@ -241,21 +241,20 @@ class Client(Statistics[Answer]):
         transport = self._transport
         self._leading = True
         try:
-            while not self._closed and not all(request.done for request in requests):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
+            while not self._closed and time.monotonic() < deadline:
                 transport.flush()
                 self._lock.release()
                 try:
-                    readable = transport.wait(left)
+                    readable = transport.wait(deadline - time.monotonic())
                 finally:
                     self._lock.acquire()
                 if readable and transport.receive():
                     self._changed.notify_all()
                 if self._woken:
                     self._drain_wake()
-                transport.keep_alive()
+                if all(request.done for request in requests):
+                    return
+                transport.keep_alive()  # still waiting: now liveness matters
         finally:
             self._leading = False
             self._changed.notify_all()  # a follower takes over, or sees its reply

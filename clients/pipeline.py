@@ -11,7 +11,6 @@ A job not over within the caller's timeout ends with `JobTimeout`; the others go
 from __future__ import annotations
 
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -32,15 +31,14 @@ class Pipeline:
         self.transport = transport
         self.session = transport.session
         self.timeout_s = timeout_s
-        self.request_prefix = uuid.uuid4().hex + "-"  # + a count: unique, and cheap per job
         self.unsent_since = 0.0
 
     def run(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
         """Each job's request, over (answered, or failed with `JobTimeout`), in input order."""
         in_flight: deque[tuple[Request, float]] = deque()
         try:
-            for number, (statistic, params) in enumerate(jobs, 1):
-                in_flight.append(self._submit(number, statistic, params))
+            for statistic, params in jobs:
+                in_flight.append(self._submit(statistic, params))
                 while len(in_flight) >= window:
                     yield self._take(*in_flight.popleft())
                 if not in_flight or not in_flight[0][0].done:
@@ -50,11 +48,11 @@ class Pipeline:
         finally:
             self.transport.close()
 
-    def _submit(self, number: int, statistic: str, params: dict[str, Any]) -> tuple[Request, float]:
+    def _submit(self, statistic: str, params: dict[str, Any]) -> tuple[Request, float]:
         now = time.monotonic()
         if not self.session.has_outgoing:
             self.unsent_since = now
-        submit = m.Submit(f"{self.request_prefix}{number}", statistic, dict(params), notify=True)
+        submit = m.Submit(self.session.new_request_id(), statistic, dict(params), notify=True)
         return self.session.request(submit), now
 
     def _take(self, request: Request, sent_at: float) -> Request:

@@ -73,6 +73,8 @@ class Session:
         self.broker_id: str | None = None
         self.malformed = 0  # replies that could not be decoded, also logged
         self._tags = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._request_prefix = uuid.uuid4().hex + "-"  # + a count: unique, cheaper than a UUID
         self._unsent: list[list[bytes]] = []
         self._ping_due = False
         self._last_heard = self._last_ping = now
@@ -86,6 +88,10 @@ class Session:
         self.pending[tag] = request
         self._unsent.append(request.frames)
         return request
+
+    def new_request_id(self) -> str:
+        """A SUBMIT's request id never used before, by this client or any other."""
+        return f"{self._request_prefix}{next(self._request_ids)}"
 
     def forget(self, request: Request) -> None:
         """Stop waiting for `request` (its caller gave up); a late reply is dropped."""
@@ -198,11 +204,6 @@ def _tag_of(frames: Sequence[bytes]) -> bytes | None:
 
 
 # --- replies -> answers or errors --------------------------------------------------------
-
-
-def submit_message(statistic: str, params: dict[str, Any], notify: bool = False) -> m.Submit:
-    """A SUBMIT under a new request id (a UUID): a request never made before."""
-    return m.Submit(uuid.uuid4().hex, statistic, params, notify)
 
 
 def expect(message: m.Message, kind: type[m.M]) -> m.M:

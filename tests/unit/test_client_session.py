@@ -190,3 +190,9 @@ def test_the_statistic_methods_are_the_protocols_catalogue() -> None:
         wanted = ["self", "question", *(["state"] if name in m.STATE_STATISTICS else [])]
         assert list(inspect.signature(getattr(Statistics, name)).parameters) == wanted
         assert getattr(Client, name) is getattr(AsyncClient, name) is getattr(Statistics, name)
+
+
+def test_request_ids_are_never_reused_within_or_across_sessions() -> None:
+    first, second = new_session(), new_session()
+    ids = [session.new_request_id() for session in (first, second) for _ in range(3)]
+    assert len(set(ids)) == len(ids)
