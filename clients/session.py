@@ -78,6 +78,7 @@ class Session:
         self._unsent: list[list[bytes]] = []
         self._ping_due = False
         self._last_heard = self._last_ping = now
+        self._idle = True  # nothing was pending at the last tick, or since
 
     # --- requests ---------------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class Session:
         """Start `message` as a new request; its frames wait in `outgoing()`."""
         tag = str(next(self._tags)).encode()
         request = Request(tag, m.encode(message, tag))
+        self._idle = self._idle or not self.pending
         self.pending[tag] = request
         self._unsent.append(request.frames)
         return request
@@ -177,7 +179,8 @@ class Session:
     def tick(self, now: float) -> bool:
         """Keep the broker honest: queue a ping when due. True when the driver must
         reconnect (then call `connected`): nothing heard for LIVENESS intervals."""
-        if not self.pending:
+        if self._idle or not self.pending:
+            self._idle = not self.pending
             self._last_heard = now  # silence without a question is no sign of death
             return False
         if now - self._last_heard > self.interval_s * self.liveness:

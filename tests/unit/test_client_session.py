@@ -116,16 +116,17 @@ def test_liveness_pings_after_an_interval_then_asks_for_a_reconnect() -> None:
     assert not session.tick(100.0)  # nothing pending: silence is fine
     request = session.request(m.Wait("job_id_1"))
     sent(session)
-    assert not session.tick(100.5)
+    assert not session.tick(100.5)  # silence counts from the first tick with a question
+    assert not session.tick(101.4)
     assert sent(session) == []
-    assert not session.tick(101.0)
+    assert not session.tick(101.5)
     assert [(e.tag, e.message) for e in sent(session)] == [(HEARTBEAT_TAG, m.Ping())]
-    assert not session.tick(102.5)  # a ping an interval after the last one
+    assert not session.tick(103.0)  # a ping an interval after the last one
     assert len(sent(session)) == 1
-    assert session.tick(103.1)  # LIVENESS intervals without a word
-    session.connected(103.1)
+    assert session.tick(103.6)  # LIVENESS intervals without a word
+    session.connected(103.6)
     assert [e.message for e in sent(session)] == [m.Ping(), m.Wait("job_id_1")]
-    session.receive(done_reply(request), 103.2)
+    session.receive(done_reply(request), 103.7)
     assert request.done
 
 
@@ -134,8 +135,9 @@ def test_a_reply_counts_as_a_sign_of_life() -> None:
     session.request(m.Wait("job_id_1"))
     session.request(m.Wait("job_id_2"))
     sent(session)
+    assert not session.tick(0.1)
     session.receive(pong("broker-a"), 2.5)
-    assert not session.tick(5.4)
+    assert not session.tick(5.4)  # 5.3 s since the first tick, 2.9 s since the pong
 
 
 def test_closing_fails_every_pending_request_with_an_lss_error() -> None:
@@ -196,3 +198,14 @@ def test_request_ids_are_never_reused_within_or_across_sessions() -> None:
     first, second = new_session(), new_session()
     ids = [session.new_request_id() for session in (first, second) for _ in range(3)]
     assert len(set(ids)) == len(ids)
+
+
+def test_silence_while_nothing_was_asked_is_no_sign_of_death() -> None:
+    session = new_session()
+    session.request(m.Get("job_id_1"))
+    session.receive(done_reply(session.pending[b"1"]), 0.1)
+    assert not session.tick(0.2)
+    session.request(m.Wait("job_id_1"))  # after a long idle spell
+    assert not session.tick(100.0)  # silence counts from here on
+    assert not session.tick(102.5)
+    assert session.tick(103.1)
