@@ -65,7 +65,8 @@ class Bench:
             wait_for_quiet()
             result = run(service, shape)
             say(
-                f"{service.name} {shape.mix} {shape.producers}x{shape.window} run {number}: "
+                f"{service.name} {shape.mix} {shape.producers}x{shape.window} {shape.style} "
+                f"run {number}: "
                 f"{result.jobs_per_s:,.0f} jobs/s, p50 {result.p50_ms:.2f} ms, "
                 f"p99 {result.p99_ms:.2f} ms, {result.errors} error(s)"
             )
@@ -76,6 +77,7 @@ class Bench:
             mix=shape.mix,
             producers=shape.producers,
             window=shape.window,
+            style=shape.style,
             **about,
         )
 
@@ -83,14 +85,16 @@ class Bench:
         """The systems side by side on the same load."""
         p, w, n = self.plan.producers, self.plan.window, self.plan.workers
         loaded, single = self.shape(p, w), self.shape(1, 1)
+        one_producer = self.shape(1, report.ONE_PRODUCER_WINDOW)
         rows: list[dict[str, Any]] = []
         skipped: list[dict[str, str]] = []
         with self.started(EchoService(self.work_dir / "echo", n)) as echo:
-            rows += [self.measure(echo, s, workers=n) for s in (loaded, single)]
+            rows += [self.measure(echo, s, workers=n) for s in (loaded, single, one_producer)]
         with self.started(OursService(self.work_dir / "ours", data, n)) as ours:
             # The full mix writes hundreds of megabytes of answers, whose write-back
             # would still be busy during a run after it: latency is measured first.
-            shapes = (loaded, single, self.shape(p, w, "full"))
+            one_call = self.shape(1, 1, style="call")
+            shapes = (loaded, one_call, one_producer, self.shape(p, w, "full"))
             rows += [self.measure(ours, s, workers=n) for s in shapes]
         if self.plan.skip_original:
             skipped.append({"system": "original", "reason": "--skip-original"})

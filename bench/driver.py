@@ -50,6 +50,7 @@ class Shape:
     mix: str = "small"
     warmup_s: float = 0.5
     seed: int = 5
+    style: str = "map"  # ours: "map" (Client.map) or "call" (one Client.run call at a time)
 
 
 @dataclass
@@ -118,9 +119,22 @@ class OursProducer:
         self.client.close()
 
 
-def _producer_for(kind: str) -> Callable[[str], Producer]:
+class OursCallProducer(OursProducer):
+    """Our client, one call at a time (`Client.run`, as `Client.state_mean(...)` does):
+    submit and wait in one round trip, the latency a caller of the public API sees."""
+
+    def run(self, todo: Iterable[Job], window: int) -> list[float]:
+        latencies: list[float] = []
+        for statistic, params in todo:
+            started = time.perf_counter()
+            self.client.run(statistic, **params)
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+
+def _producer_for(kind: str, style: str = "map") -> Callable[[str], Producer]:
     if kind == "ours":
-        return OursProducer
+        return OursCallProducer if style == "call" else OursProducer
     if kind == "echo":
         from bench.echo import Producer as Echo
 
@@ -142,7 +156,7 @@ def _split(outcome: Any) -> tuple[list[float], int]:
 def _producer(target: Target, shape: Shape, index: int, conn: Connection) -> None:
     """One producer process: warm up, say ready, start at the shared instant, report."""
     try:
-        producer = _producer_for(target.kind)(target.address)
+        producer = _producer_for(target.kind, shape.style)(target.address)
         try:
             seed = shape.seed * 1000 + index
             producer.run(jobs(shape.mix, seed, time.monotonic() + shape.warmup_s), 1)

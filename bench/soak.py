@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 from clients import Client
 from protocol import config
 from protocol import messages as m
-from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError
+from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError, RequestRefused
 from protocol.logs import FORMAT
 from tests.procs import Service
 
@@ -196,7 +195,7 @@ class Soak:
             client.wait(job, timeout=WAIT_TIMEOUT_S)
         except JobFailed:
             pass  # judged at the end, like every other job
-        except (JobTimeout, LssError, ConnectionError):
+        except LssError:  # JobTimeout, BrokerUnavailable, UnknownJob
             self.ledger.count("waits_failed")
             return
         self.ledger.count("waits_ok")
@@ -270,20 +269,15 @@ class Soak:
 
 def _submit_until_answered(client: Client, request: str, spec: Spec, ledger: Ledger) -> str | None:
     """Submit under `request` until the broker answers (the same id each time it is asked)."""
-    message = m.Submit(request, spec.statistic, spec.params)
     deadline = time.monotonic() + WAIT_TIMEOUT_S + SETTLE_S
     while time.monotonic() < deadline:
-        entry = client._transport.request(message)
         try:
-            reply = entry.future.result(timeout=SUBMIT_TIMEOUT_S).message
-        except FutureTimeout:
-            client._transport.forget(entry)
+            return client.submit_as(request, spec.statistic, spec.params, SUBMIT_TIMEOUT_S)
+        except BrokerUnavailable:
             ledger.count("submit_retries")
-            continue
-        if isinstance(reply, m.Submitted):
-            return reply.job_id
-        ledger.count(f"refused: {getattr(reply, 'reason', reply)}")
-        return None
+        except RequestRefused as exc:
+            ledger.count(f"refused: {exc.reason}")
+            return None
     ledger.count("unconfirmed")
     return None
 
@@ -293,29 +287,19 @@ def _judge_all(client: Client, specs: dict[str, Spec], deadline: float) -> Count
     verdicts: Counter[str] = Counter()
     jobs = list(specs)
     for start in range(0, len(jobs), 500):
-        batch = [(job, client._transport.request(m.Wait(job))) for job in jobs[start : start + 500]]
-        for job, entry in batch:
-            try:
-                envelope = entry.future.result(timeout=max(0.1, deadline - time.monotonic()))
-            except FutureTimeout:
-                client._transport.forget(entry)
-                verdicts["unfinished"] += 1
-                continue
-            verdicts[_judge(envelope, specs[job])] += 1
+        batch = jobs[start : start + 500]
+        states = client.wait_all(batch, timeout=max(0.1, deadline - time.monotonic()))
+        for job in batch:
+            verdicts[_judge(states[job], specs[job])] += 1
     return verdicts
 
 
-def _judge(envelope: m.Envelope, spec: Spec) -> str:
-    state = envelope.message
-    if not isinstance(state, m.JobState):
-        return "unfinished"  # "Invalid job_id" or "expired": the id was lost
-    if state.status == m.JobStatus.ERROR.value:
-        return _judge_error(state.reason or "", spec)
-    try:
-        answer = m.unpack(envelope.payload or b"")
-    except LssError:
-        return "wrong"
-    return _judge_answer(answer, spec)
+def _judge(state: dict[str, Any], spec: Spec) -> str:
+    if state["status"] == m.JobStatus.RUNNING.value:
+        return "unfinished"
+    if state["status"] == m.JobStatus.ERROR.value:
+        return _judge_error(state["reason"], spec)  # "Invalid job_id" or "expired": "wrong"
+    return _judge_answer(state["data"], spec)
 
 
 def _judge_error(reason: str, spec: Spec) -> str:

@@ -351,14 +351,12 @@ class Broker:
         The order is the durability rule of docs/protocol.md ("Durability").
         """
         outbox = self.core.outbox
-        workers, outbox.workers = outbox.workers, []
         limit = self.core_settings.max_message_bytes
-        for frames in group_by_peer(workers, limit):
+        for frames in group_by_peer(outbox.take_workers(), limit):
             send_frames(self.backend, frames)
         if self.store.has_changes():
             self._guarded(lambda _: self.core.commit(), now)
-        clients, outbox.clients = outbox.clients, []
-        for frames in group_by_peer(clients, limit):
+        for frames in group_by_peer(outbox.take_clients(), limit):
             send_frames(self.frontend, frames)
 
     def close(self) -> None:

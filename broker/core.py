@@ -78,12 +78,22 @@ class Outbox:
         default_factory=lambda: Budget(config.DATA_CHUNK_BYTES, DATA_BYTES_PER_TURN)
     )
 
-    def take(self) -> tuple[list[list[bytes]], list[list[bytes]]]:
-        clients, workers = self.clients, self.workers
-        self.clients, self.workers = [], []
+    def take_workers(self) -> list[list[bytes]]:
+        """The frames for workers queued so far (the loop sends them before the commit)."""
+        workers, self.workers = self.workers, []
+        return workers
+
+    def take_clients(self) -> list[list[bytes]]:
+        """The frames for clients (sent after the commit); the turn's budgets start anew."""
+        clients, self.clients = self.clients, []
         self.answers.reset()
         self.data.reset()
-        return clients, workers
+        return clients
+
+    def take(self) -> tuple[list[list[bytes]], list[list[bytes]]]:
+        """Both, at the end of a turn with no commit in between (unit tests)."""
+        workers = self.take_workers()
+        return self.take_clients(), workers
 
 
 class BrokerCore:

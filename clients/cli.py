@@ -7,8 +7,8 @@
     lss plot --question Q --out FILE.png   -> the states ranked, best and worst five marked
     lss batch jobs.jsonl [--out answers.jsonl]
 
-This module owns the commands: parsing, talking to the broker through `Client` (or
-`AsyncClient` for batches), exit codes and error messages. A failure is one line on
+This module owns the commands: parsing, talking to the broker through `Client` (a
+batch through `Client.outcomes`), exit codes and error messages. A failure is one line on
 stderr (`lss: error: ...`) and a non-zero exit, never a traceback. What is printed is
 shaped by `clients.render`.
 """
@@ -16,11 +16,9 @@ shaped by `clients.render`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -30,10 +28,9 @@ import zmq
 from tqdm import tqdm
 
 from clients import render
-from clients.aio import AsyncClient
 from clients.client import Client
 from protocol import config
-from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError
+from protocol.errors import BrokerUnavailable, JobFailed, LssError
 from protocol.fingerprint import is_standin
 from protocol.messages import STATE_STATISTICS, STATISTICS
 
@@ -133,7 +130,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     jobs = list(_read_batch(args.file))
     with _output(args.out) as out:
-        failed = asyncio.run(_run_batch(args, jobs, out))
+        failed = _run_batch(args, jobs, out)
     if failed:
         print(
             f'lss: {failed} of {len(jobs)} job(s) failed (see "reason" in the output)',
@@ -218,34 +215,22 @@ def _batch_job(number: int, line: str) -> dict[str, Any]:
     return record
 
 
-async def _run_batch(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO) -> int:
+def _run_batch(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO) -> int:
     """Run `jobs` with up to `--window` in flight; write results in input order; count failures."""
     failed = 0
     progress = tqdm(
         total=len(jobs), unit="job", file=sys.stderr, disable=args.hide_progress, dynamic_ncols=True
     )
-    async with AsyncClient(args.endpoint, timeout=args.timeout) as client:
-        await client.ping()  # an unreachable broker fails the batch at once, not job by job
-        in_flight: deque[asyncio.Task[dict[str, Any]]] = deque()
-        for job in [*jobs, None]:
-            if job is not None:
-                in_flight.append(asyncio.ensure_future(_outcome(client, job, args.timeout)))
-            while in_flight and (job is None or len(in_flight) >= args.window):
-                result = await in_flight.popleft()
-                failed += result["status"] != "done"
-                out.write(json.dumps(result) + "\n")
-                progress.update()
-                progress.set_postfix(failed=failed, refresh=False)
+    with _client(args) as client:
+        client.ping()  # an unreachable broker fails the batch at once, not job by job
+        pairs = ((job["statistic"], job["params"]) for job in jobs)
+        for job, state in zip(jobs, client.outcomes(pairs, args.window), strict=True):
+            failed += state["status"] != "done"
+            out.write(json.dumps({**job, **state}) + "\n")
+            progress.update()
+            progress.set_postfix(failed=failed, refresh=False)
     progress.close()
     return failed
-
-
-async def _outcome(client: AsyncClient, job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    try:
-        state = await client.outcome(job["statistic"], job["params"], timeout)
-    except JobTimeout as exc:
-        state = {"status": "error", "reason": str(exc)}
-    return {**job, **state}
 
 
 def _input(path: str) -> AbstractContextManager[TextIO]:

@@ -6,41 +6,34 @@
 
 A `Client` may be shared by threads. Every call has a deadline (`timeout`, seconds);
 `wait` and the per-statistic methods are pushed their answer by the broker (no polling).
+
+Threads take turns at the socket (leader/followers): a caller waiting for a reply does
+the socket's work itself when no other thread is doing it (then a call costs no thread
+hand-off), and otherwise queues its request, wakes the thread at the socket, and sleeps
+until its reply has come or the leader has left (then one of the sleepers leads).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import uuid
-from collections.abc import Iterable, Iterator
-from concurrent.futures import TimeoutError as FutureTimeout
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from clients.pipeline import Pipeline
-from clients.transport import Pending, Security, Transport
+from clients import session
+from clients.api import Statistics
+from clients.pipeline import Job, Pipeline
+from clients.session import Answer, Request
+from clients.transport import Security, Transport, default_security
 from protocol import config
 from protocol import messages as m
-from protocol.errors import (
-    BrokerUnavailable,
-    JobFailed,
-    JobTimeout,
-    ProtocolError,
-    RequestRefused,
-    UnknownJob,
-)
-from protocol.messages import ErrorCode, JobStatus
-
-Answer = dict[str, Any]
+from protocol.errors import BrokerUnavailable, JobTimeout, LssError
 
 
-def default_security() -> Security | None:
-    """CURVE settings from LSS_CURVE_SERVER_KEY and LSS_CURVE_SECRET, if both are set."""
-    server_key, secret = os.environ.get("LSS_CURVE_SERVER_KEY"), os.environ.get("LSS_CURVE_SECRET")
-    return Security(server_key, secret) if server_key and secret else None
-
-
-class Client:
+class Client(Statistics[Answer]):
     """A connection to an LSS broker. Use as a context manager, or call `close()`."""
 
     def __init__(
@@ -53,7 +46,15 @@ class Client:
         self.endpoint = endpoint or config.env_str("client_endpoint", config.CLIENT_ENDPOINT)
         self.timeout = timeout
         self._security = security or default_security()
-        self._transport = Transport(self.endpoint, security=self._security)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._transport = Transport(self.endpoint, self._security, wake_fd=self._wake_r)
+        self._lock = threading.Lock()  # guards the session, `_leading` and `_closed`
+        self._changed = threading.Condition(self._lock)  # requests answered, or no leader
+        self._leading = False
+        self._woken = False  # the wake pipe has been written to since the leader read it
+        self._closed = False
 
     def __enter__(self) -> Client:
         return self
@@ -67,177 +68,209 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the socket; calls still waiting fail with `BrokerUnavailable`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._transport.session.fail_all(BrokerUnavailable("the client is closed"))
+            self._changed.notify_all()
+            self._wake()
+            self._changed.wait_for(lambda: not self._leading, timeout=5)
         self._transport.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     # --- jobs ---------------------------------------------------------------------
 
     def submit(self, statistic: str, /, **params: Any) -> str:
         """Create a job; returns its id (`job_id_N`). Raises `RequestRefused` if refused."""
-        reply = self._call(submit_message(statistic, params))
-        return expect(reply, m.Submitted).job_id
+        submit = m.Submit(self._transport.session.new_request_id(), statistic, params)
+        return session.expect(self._ask(submit).message, m.Submitted).job_id
+
+    def submit_as(
+        self,
+        request_id: str,
+        statistic: str,
+        params: dict[str, Any],
+        timeout: float | None = None,
+    ) -> str:
+        """`submit` under a request id of the caller's, which makes a retry safe: the same
+        id names the same job, also after a broker restart. Raises `BrokerUnavailable`
+        without a reply within `timeout` s (default: the client's)."""
+        message = m.Submit(request_id, statistic, params)
+        return session.expect(self._ask(message, timeout).message, m.Submitted).job_id
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
-        return job_state(self._call_envelope(m.Get(job_id)))
+        return session.job_state(self._ask(m.Get(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
-        entry = self._transport.request(m.Wait(job_id))
-        return final_answer(self._result(entry, timeout, job_id))
+        return session.final_answer(self._call(m.Wait(job_id), timeout, job_id))
+
+    def wait_all(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
+        """The final state of each job, shaped like `get`'s, waiting for all at once (one
+        WAIT each, sent together); a job not over within `timeout` s is still "running"."""
+        requests = self._start([m.Wait(job) for job in job_ids])
+        self._drive(requests, time.monotonic() + (self.timeout if timeout is None else timeout))
+        return {
+            job: self._state_of(request) for job, request in zip(job_ids, requests, strict=True)
+        }
 
     def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        entry = self._transport.request(submit_message(statistic, params, notify=True))
-        return final_answer(self._result(entry, timeout, statistic))
+        request_id = self._transport.session.new_request_id()
+        submit = m.Submit(request_id, statistic, params, notify=True)
+        return session.final_answer(self._call(submit, timeout, statistic))
 
-    def map(self, jobs: Iterable[tuple[str, dict[str, Any]]], window: int = 64) -> Iterator[Answer]:
+    def map(self, jobs: Iterable[Job], window: int = 64) -> Iterator[Answer]:
         """Answers to `(statistic, params)` jobs in input order, up to `window` in flight.
 
         Raises `JobFailed` at the position of a failed job, and `JobTimeout` when a job
         takes longer than the client's timeout. The jobs travel on a socket of their own
         (clients.pipeline), so other threads' calls are not held up.
         """
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        pipeline = Pipeline(self.endpoint, self._security, self.timeout)
-        for envelope in pipeline.run(jobs, window):
-            yield final_answer(envelope)
+        for request in self._pipeline(jobs, window):
+            yield session.final_answer(request.outcome())
+
+    def outcomes(self, jobs: Iterable[Job], window: int = 64) -> Iterator[dict[str, Any]]:
+        """Like `map`, but each job's final state shaped like `get`'s, never raising for a
+        job: {"status": "done", "data": ...} or {"status": "error", "reason": ...} (a
+        refused job, a failed one, or one over the client's timeout)."""
+        for request in self._pipeline(jobs, window):
+            yield self._state_of(request)
 
     def jobs(self) -> dict[str, str]:
         """Every job id with its status, in submission order."""
         listing: dict[str, str] = {}
         after: int | None = 0
         while after is not None:
-            page = expect(self._call(m.ListJobs(after=after)), m.JobList)
+            page = session.expect(self._ask(m.ListJobs(after=after)).message, m.JobList)
             listing.update((str(job), str(status)) for job, status in page.jobs)
             after = page.next_after
         return listing
 
     def num_jobs(self) -> int:
         """Jobs accepted and not yet finished."""
-        return expect(self._call(m.NumJobs()), m.JobCount).num_jobs
+        return session.expect(self._ask(m.NumJobs()).message, m.JobCount).num_jobs
 
     def shutdown(self) -> int:
         """Start a graceful shutdown; returns how many jobs are still to finish."""
-        return expect(self._call(m.Shutdown()), m.ShuttingDown).pending
+        return session.expect(self._ask(m.Shutdown()).message, m.ShuttingDown).pending
 
     def ping(self) -> dict[str, Any]:
         """The broker's id, protocol version and whether it is shutting down."""
-        pong = expect(self._call(m.Ping()), m.Pong)
-        return {
-            "broker_id": pong.broker_id,
-            "version": pong.version,
-            "shutting_down": pong.shutting_down,
-        }
+        return session.pong_info(self._ask(m.Ping()).message)
 
     def stats(self) -> dict[str, Any]:
         """Workers, queue depth, jobs by status and recent rates."""
-        return expect(self._call(m.Stats()), m.StatsReply).stats
+        return session.expect(self._ask(m.Stats()).message, m.StatsReply).stats
 
     def recent(self, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
         """The newest jobs and failures in the store: {"jobs": [...], "failures": [...]}."""
-        reply = expect(self._call(m.Recent(limit)), m.RecentJobs)
+        reply = session.expect(self._ask(m.Recent(limit)).message, m.RecentJobs)
         return {"jobs": reply.jobs, "failures": reply.failures}
 
-    # --- the nine statistics ------------------------------------------------------
+    # --- one request: the reply within the client's timeout, or an error --------------
 
-    def states_mean(self, question: str) -> Answer:
-        return self.run("states_mean", question=question)
+    def _ask(self, message: m.Message, timeout: float | None = None) -> m.Envelope:
+        """A request the broker answers at once: no reply in time is `BrokerUnavailable`."""
+        return self._call(message, timeout)
 
-    def state_mean(self, question: str, state: str) -> Answer:
-        return self.run("state_mean", question=question, state=state)
-
-    def best5(self, question: str) -> Answer:
-        return self.run("best5", question=question)
-
-    def worst5(self, question: str) -> Answer:
-        return self.run("worst5", question=question)
-
-    def global_mean(self, question: str) -> Answer:
-        return self.run("global_mean", question=question)
-
-    def diff_from_mean(self, question: str) -> Answer:
-        return self.run("diff_from_mean", question=question)
-
-    def state_diff_from_mean(self, question: str, state: str) -> Answer:
-        return self.run("state_diff_from_mean", question=question, state=state)
-
-    def mean_by_category(self, question: str) -> Answer:
-        return self.run("mean_by_category", question=question)
-
-    def state_mean_by_category(self, question: str, state: str) -> Answer:
-        return self.run("state_mean_by_category", question=question, state=state)
-
-    # --- plumbing -----------------------------------------------------------------
-
-    def _call_envelope(self, message: m.Message) -> m.Envelope:
-        entry = self._transport.request(message)
-        try:
-            return entry.future.result(timeout=self.timeout)
-        except FutureTimeout as exc:
-            self._transport.forget(entry)
-            raise BrokerUnavailable(
-                f"no reply from {self.endpoint} within {self.timeout:g} s"
-            ) from exc
-
-    def _call(self, message: m.Message) -> m.Message:
-        msg = self._call_envelope(message).message
-        if isinstance(msg, m.ErrorReply):
-            raise RequestRefused(msg.code, msg.reason)
-        return msg
-
-    def _result(self, entry: Pending, timeout: float | None, what: str) -> m.Envelope:
+    def _call(
+        self, message: m.Message, timeout: float | None, job: str | None = None
+    ) -> m.Envelope:
+        """The reply to `message` within `timeout` s (default: the client's). Without it,
+        `JobTimeout` when the reply waits for `job` to finish, `BrokerUnavailable` if not."""
         limit = self.timeout if timeout is None else timeout
+        (request,) = self._start([message])
+        if not self._drive([request], time.monotonic() + limit):
+            self._give_up(request)
+            if job is not None:
+                raise JobTimeout(f"{job} did not finish within {limit:g} s")
+            raise BrokerUnavailable(f"no reply from {self.endpoint} within {limit:g} s")
+        if request.error is not None:
+            raise request.error
+        return request.reply  # type: ignore[return-value]  # done without error: a reply
+
+    def _state_of(self, request: Request) -> dict[str, Any]:
+        """`get`'s shape for a request that may be unanswered, refused or failed."""
+        if not request.done:
+            self._give_up(request)
+            return {"status": m.JobStatus.RUNNING.value}
         try:
-            return entry.future.result(timeout=limit)
-        except FutureTimeout as exc:
-            self._transport.forget(entry)
-            raise JobTimeout(f"{what} did not finish within {limit:g} s") from exc
+            return session.job_state(request.outcome())
+        except LssError as exc:
+            return {"status": m.JobStatus.ERROR.value, "reason": str(exc)}
 
+    def _pipeline(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        transport = Transport(self.endpoint, self._security)
+        return Pipeline(transport, self.timeout).run(jobs, window)
 
-def submit_message(statistic: str, params: dict[str, Any], notify: bool = False) -> m.Submit:
-    return m.Submit(uuid.uuid4().hex, statistic, dict(params), notify=notify)
+    # --- the socket, one thread at a time (leader/followers) ----------------------------
 
+    def _start(self, messages: Sequence[m.Message]) -> list[Request]:
+        with self._lock:
+            if self._closed:
+                raise BrokerUnavailable("the client is closed")
+            requests = [self._transport.session.request(message) for message in messages]
+            if self._leading:
+                self._wake()  # the leader sends them
+        return requests
 
-def expect(message: m.Message, kind: type[m.M]) -> m.M:
-    if isinstance(message, m.ErrorReply):
-        raise RequestRefused(message.code, message.reason)
-    if not isinstance(message, kind):
-        raise ProtocolError(f"expected {kind.__name__}, got {type(message).__name__}")
-    return message
+    def _give_up(self, request: Request) -> None:
+        with self._lock:
+            self._transport.session.forget(request)
 
+    def _drive(self, requests: Sequence[Request], deadline: float) -> bool:
+        """Wait until every request is over, leading when nobody is; whether they are."""
+        with self._lock:
+            while not all(request.done for request in requests):
+                left = deadline - time.monotonic()
+                if self._closed:
+                    raise BrokerUnavailable("the client is closed")
+                if left <= 0:
+                    return False
+                if self._leading:
+                    self._changed.wait(left)
+                else:
+                    self._lead(requests, deadline)
+        return True
 
-def job_state(envelope: m.Envelope) -> dict[str, Any]:
-    """A GET reply as the original service's {"status": ..., "data" | "reason": ...}."""
-    msg = envelope.message
-    if isinstance(msg, m.ErrorReply):
-        if msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
-            return {"status": JobStatus.ERROR.value, "reason": msg.reason}
-        raise RequestRefused(msg.code, msg.reason)
-    state = expect(msg, m.JobState)
-    if state.status == JobStatus.DONE.value:
-        return {"status": state.status, "data": answer_of(envelope)}
-    if state.status == JobStatus.ERROR.value:
-        return {"status": state.status, "reason": state.reason or "failed"}
-    return {"status": state.status}
+    def _lead(self, requests: Sequence[Request], deadline: float) -> None:
+        """Work the socket until `requests` are over or the deadline. Called with the lock
+        held, which it releases while it blocks; on leaving, a follower takes over."""
+        transport = self._transport
+        self._leading = True
+        try:
+            while not self._closed and time.monotonic() < deadline:
+                transport.flush()
+                self._lock.release()
+                try:
+                    readable = transport.wait(deadline - time.monotonic())
+                finally:
+                    self._lock.acquire()
+                if readable and transport.receive():
+                    self._changed.notify_all()
+                if self._woken:
+                    self._drain_wake()
+                if all(request.done for request in requests):
+                    return
+                transport.keep_alive()  # still waiting: now liveness matters
+        finally:
+            self._leading = False
+            self._changed.notify_all()  # a follower takes over, or sees its reply
 
+    def _wake(self) -> None:
+        self._woken = True
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the leader is awake anyway
+            os.write(self._wake_w, b"!")
 
-def answer_of(envelope: m.Envelope) -> Answer:
-    if envelope.payload is None:
-        raise ProtocolError("a done job's reply has no answer frame")
-    data = m.unpack(envelope.payload)
-    if not isinstance(data, dict):
-        raise ProtocolError("a job's answer must be a map")
-    return data
-
-
-def final_answer(envelope: m.Envelope) -> Answer:
-    msg = envelope.message
-    if isinstance(msg, m.ErrorReply):
-        if msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
-            raise UnknownJob(msg.reason)
-        raise RequestRefused(msg.code, msg.reason)
-    state = expect(msg, m.JobState)
-    if state.status == JobStatus.ERROR.value:
-        raise JobFailed(state.reason or "failed")
-    return answer_of(envelope)
+    def _drain_wake(self) -> None:
+        self._woken = False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass

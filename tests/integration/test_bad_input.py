@@ -49,7 +49,5 @@ def test_unknown_job_ids(shared_service: Service) -> None:
 def test_malformed_submit_is_refused_not_fatal(shared_service: Service) -> None:
     with shared_service.client() as client:
         with pytest.raises(RequestRefused, match="request_id"):
-            from protocol import messages as m
-
-            client._call(m.Submit("", "global_mean", {"question": Q}))
+            client.submit_as("", "global_mean", {"question": Q})
         assert client.global_mean(Q)["global_mean"] > 0

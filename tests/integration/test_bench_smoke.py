@@ -69,13 +69,19 @@ def test_procstat_reads_this_process() -> None:
 
 
 def _entry(
-    system: str, jobs_per_s: float, p50_ms: float, producers: int, window: int
+    system: str,
+    jobs_per_s: float,
+    p50_ms: float,
+    producers: int,
+    window: int,
+    *,
+    style: str = "map",
 ) -> dict[str, Any]:
     median: dict[str, Any] = dict.fromkeys(report.MEDIAN_KEYS, 1.0)
     median.update(jobs_per_s=jobs_per_s, p50_ms=p50_ms, other_cpu_share=0.1)
     median["cpu_ms_per_job_by_role"] = {"broker": 0.5}
     about = {"system": system, "mix": "small", "producers": producers, "window": window}
-    return {**about, "median": median}
+    return {**about, "style": style, "median": median}
 
 
 def test_the_report_checks_targets_against_the_same_run_and_renders_every_table() -> None:
@@ -85,7 +91,8 @@ def test_the_report_checks_targets_against_the_same_run_and_renders_every_table(
                  "workers": 2, "rows": 18_000},
         "comparison": [
             _entry("echo", 1000, 0.5, 4, 16), _entry("ours", 800, 1.0, 4, 16),
-            _entry("echo", 900, 0.5, 1, 1), _entry("ours", 400, 1.5, 1, 1),
+            _entry("echo", 900, 0.5, 1, 1), _entry("ours", 400, 1.5, 1, 1, style="call"),
+            _entry("echo", 1000, 0.1, 1, 64), _entry("ours", 600, 0.2, 1, 64),
             _entry("original", 10, 100, 4, 4),
         ],
         "skipped": [{"system": "celery", "reason": "redis-server not found"}],
@@ -104,6 +111,7 @@ def test_the_report_checks_targets_against_the_same_run_and_renders_every_table(
     assert checks["throughput ours / original (small mix)"]["met"] is False  # 80 < 100
     assert checks["throughput ours / celery (small mix)"]["met"] is None
     assert checks["p50 latency ours / echo (P=1, W=1)"]["value"] == 3.0
+    assert checks["throughput ours / echo (P=1, W=64)"]["value"] == 0.6
     assert checks["1M rows: worker load time (s)"]["met"] is False
     assert checks["1M rows: p50 latency / 18k rows p50 (P=1, W=1)"]["met"] is True
     results["targets"] = list(checks.values())
@@ -111,3 +119,4 @@ def test_the_report_checks_targets_against_the_same_run_and_renders_every_table(
     assert "| celery | skipped: redis-server not found |" in text
     assert "| workers \\ producers | 1 | 4 |" in text
     assert "| 1,000,000 | 7.00 | 16.0 |" in text
+    assert "| ours | small | 1 x 1 (one call at a time) |" in text

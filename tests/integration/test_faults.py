@@ -378,10 +378,4 @@ def _seq(job: str) -> int:
 
 def _submit_as(client: Client, request_id: str) -> str:
     """Submit with a chosen request id (what the Client does on a retry)."""
-    message = m.Submit(request_id, "global_mean", {"question": OBESITY})
-    entry = client._transport.request(message)
-    reply = entry.future.result(timeout=10).message
-    if isinstance(reply, m.ErrorReply):
-        raise RequestRefused(reply.code, reply.reason)
-    assert isinstance(reply, m.Submitted), reply
-    return reply.job_id
+    return client.submit_as(request_id, "global_mean", {"question": OBESITY})
