@@ -8,6 +8,7 @@ import sys
 from broker.broker import Broker, BrokerSettings
 from broker.core import CoreSettings
 from protocol import config
+from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging
 
 
@@ -89,6 +90,7 @@ def settings_from(args: argparse.Namespace) -> BrokerSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = parse_args(argv)
     setup_logging(args.state_dir, "broker", args.log_level)
     broker = Broker(settings_from(args))

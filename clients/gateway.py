@@ -42,6 +42,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from clients.client import Client
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
+from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging
 from protocol.messages import STATISTICS, ErrorCode
 
@@ -272,6 +273,7 @@ def _write_address(state_dir: str, address: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = parse_args(argv)
     if args.listen == "off":
         print("the HTTP gateway is off (LSS_HTTP_ADDR=off)", file=sys.stderr)

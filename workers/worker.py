@@ -26,6 +26,7 @@ from protocol import config
 from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import ProtocolError
+from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging
 from protocol.wire import send_frames, waiting
 from workers.compute import JobRunner
@@ -273,6 +274,7 @@ def build(settings: WorkerSettings) -> Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="lss-worker", description="Run one LSS worker process.")
     add_worker_flags(parser)
     settings = settings_from(parser.parse_args(argv))
