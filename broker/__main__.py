@@ -8,6 +8,7 @@ import sys
 from broker.broker import Broker, BrokerSettings
 from broker.core import CoreSettings
 from protocol import config
+from protocol.events import write_events
 from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = parse_args(argv)
     setup_logging(args.state_dir, "broker", args.log_level)
+    write_events(args.state_dir, "broker")
     broker = Broker(settings_from(args))
     broker.install_signal_handlers()
     return broker.run()

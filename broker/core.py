@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, Store
+from protocol import events
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
@@ -222,6 +223,7 @@ class BrokerCore:
         self._requeue(self.pool.register(info), lost=None, now_s=now_s)
         log.info("worker %s registered: pid %d on %s, credit %d", peer_name(identity), msg.pid,
                  msg.host or "?", msg.credit)  # fmt: skip
+        events.emit("worker_registered", worker=peer_name(identity), worker_pid=msg.pid)
 
     def _finish_from(
         self, worker: WorkerInfo, tag: bytes, msg: m.Result, payload: bytes | None, now_s: float
@@ -275,7 +277,13 @@ class BrokerCore:
         """Drop a dead or hung worker and re-queue what it held."""
         log.warning("worker %s lost: %s", peer_name(identity), why)
         self._to_worker(identity, m.Disconnect(why), now_s)
-        self._requeue(self.pool.remove(identity), lost=why, now_s=now_s)
+        worker = self.pool.get(identity)
+        held = self.pool.remove(identity)
+        events.emit(
+            "worker_lost", worker=peer_name(identity), worker_pid=worker.pid if worker else None,
+            reason=why, jobs=[job_id(seq) for seq in held],
+        )  # fmt: skip
+        self._requeue(held, lost=why, now_s=now_s)
 
     def _to_worker(
         self, identity: bytes, message: m.Message, now_s: float, tag: bytes = b""
