@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import Service
+from bench.service import wait_until
 from broker.security import RefusalLog, exposed, warn_if_plaintext
 from clients import BrokerUnavailable, Client, Security
 from protocol.curve import generate_keys, load_public_key
-from tests.procs import Service, wait_until
 
 pytestmark = pytest.mark.integration
 

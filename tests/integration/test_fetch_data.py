@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import zmq
 
+from bench.harness import Service
 from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.fingerprint import file_sha256
-from tests.procs import Service
 from workers.fetch import fetch
 from workers.settings import WorkerSettings
 

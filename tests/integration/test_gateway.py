@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.harness import Service
+from bench.reference import close_enough, params_for
+from bench.service import stop_process, wait_until
 from protocol.messages import STATISTICS
-from tests.procs import ROOT, Service, stop_process, wait_until
-from tests.reference import close_enough, params_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,31 +78,14 @@ def _decode(raw: bytes, content_type: str) -> Any:
 
 
 @pytest.fixture
-def gateway_for(tmp_path: Path) -> Iterator[Callable[..., Http]]:
-    """Start `python -m clients.gateway` on a free loopback port; stopped at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
+def gateway_for() -> Callable[..., Http]:
+    """Start `python -m clients.gateway` for a service; stopped with the service."""
 
     def start(service: Service, *flags: str) -> Http:
-        state = tmp_path / f"gateway{len(started)}"
-        args = ["-m", "clients.gateway", "--listen", "127.0.0.1:0", "--timeout", "2"]
-        args += ["--endpoint", service.client_endpoint, "--state-dir", str(state), *flags]
-        state.mkdir()
-        with open(state / "gateway.stderr", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args], cwd=ROOT, env=service.env, stdout=log, stderr=log
-            )
-        started.append(proc)
-        address_file = state / "gateway.address"
+        gateway = service.start_gateway("--timeout=2", *flags)
+        return Http(f"http://{gateway.address}", gateway.proc, gateway.address_file)
 
-        def address() -> str | None:
-            assert proc.poll() is None, (state / "gateway.stderr").read_text()
-            return address_file.read_text().strip() if address_file.exists() else None
-
-        return Http(f"http://{wait_until(address, 20, 'the gateway address')}", proc, address_file)
-
-    yield start
-    for proc in started:
-        stop_process(proc)
+    return start
 
 
 def test_the_original_polling_pattern_for_every_statistic(

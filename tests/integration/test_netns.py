@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
+from bench.service import ROOT, wait_until
 from protocol import config
 from protocol.curve import generate_keys, load_public_key
 from tests.netns import Agent, AgentError, Lab, clean_leftovers, unavailable
-from tests.procs import ROOT, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import ROOT, STOP_TIMEOUT_S
+from bench.service import ROOT, STOP_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reference import CSV_HEADER_LINE
+from bench.reference import CSV_HEADER_LINE
 from workers.dataset import load_frame
 from workers.standin import generate, main
 from workers.statistics import BEST_IS_MAX, BEST_IS_MIN, Statistics
