@@ -87,7 +87,7 @@ def fake_broker() -> Iterator[Callable[[bytes, str], str]]:
 def settings_for(endpoint: str, tmp_path: Path) -> WorkerSettings:
     return WorkerSettings(
         connect=endpoint, data=str(tmp_path / "absent.csv"), state_dir=str(tmp_path),
-        credit=1, heartbeat_interval_s=0.5, heartbeat_liveness=4,
+        credit=1, heartbeat_interval_ms=500, heartbeat_liveness=4,
         max_message_bytes=config.MAX_MESSAGE_BYTES, diagnostics=False, fetch_data=True,
         curve_server_key=None, curve_secret=None, log_level="INFO",
     )  # fmt: skip
