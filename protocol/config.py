@@ -125,17 +125,22 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], **defaults:
         setting = SETTINGS[name]
         default = from_env(name, defaults.get(name, setting.default))
         where = f"{setting.variable}; " if setting.variable else ""
+        help_text = f"{setting.help} ({where}default: {_shown(default)})"
         if setting.parse is bool:
-            help_text = f"{setting.help} ({where}default: off)"
             parser.add_argument(
                 *setting.flags, action="store_true", default=default, help=help_text
             )
-            continue
-        help_text = f"{setting.help} ({where}default: %(default)s)"
-        parser.add_argument(
-            *setting.flags, type=setting.parse, default=default, choices=setting.choices,
-            help=help_text,
-        )  # fmt: skip
+        else:
+            parser.add_argument(
+                *setting.flags, type=setting.parse, default=default, choices=setting.choices,
+                help=help_text,
+            )  # fmt: skip
+
+
+def _shown(default: Any) -> str:
+    if default is None or default is False:
+        return "off"
+    return "on" if default is True else "%(default)s"
 
 
 def from_env(name: str, default: Any = None) -> Any:
