@@ -155,13 +155,15 @@ class Service(Processes):
 
     def wait_workers(self, count: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """Wait until exactly `count` workers are registered; return their descriptions."""
+        workers: list[dict[str, Any]] = []
         with self.client(timeout=5) as client:
 
-            def registered() -> list[dict[str, Any]] | None:
-                workers: list[dict[str, Any]] = client.stats()["workers"]
-                return workers if len(workers) == count else None
+            def registered() -> bool:
+                workers[:] = client.stats()["workers"]
+                return len(workers) == count
 
-            return wait_until(registered, timeout_s, f"{count} registered worker(s)")
+            wait_until(registered, timeout_s, f"{count} registered worker(s)")
+        return workers
 
     def events(self, event: str | None = None) -> list[dict[str, Any]]:
         """The structured events the service's processes recorded (see protocol.events)."""
