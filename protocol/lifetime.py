@@ -49,8 +49,8 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
 def die_with_parent(grace_s: float = config.SHUTDOWN_GRACE_S) -> None:
     """If the spawner asked (`LSS_PARENT_PID`), shut down when it dies: drain, then
     stop at once `grace_s` seconds later."""
-    expected = os.environ.pop(PARENT_PID_ENV, None)  # not meant for our own children
-    if not expected or not _set_death_signal(signal.SIGHUP):
+    expected = os.environ.pop(PARENT_PID_ENV, "")  # not meant for our own children
+    if not expected.isdigit() or not _set_death_signal(signal.SIGHUP):
         return
     signal.signal(signal.SIGHUP, _on_parent_death(grace_s))
     if os.getppid() != int(expected):
