@@ -38,6 +38,7 @@ from clients import Client
 from protocol import config
 from protocol import messages as m
 from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError
+from protocol.lifetime import die_with_parent
 from protocol.logs import FORMAT
 
 SUBMIT_TIMEOUT_S = 10.0  # then the same request is sent again (same request id)
@@ -400,6 +401,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = parse_args(argv)
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="lss-soak-"))
     state.mkdir(parents=True, exist_ok=True)
