@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,16 +54,17 @@ EXIT_INTERRUPTED = 130
 class Setting:
     """One setting of a process: flag `--name-with-dashes`, variable `env`, default, help.
 
-    The default's type is the flag's type (a bool default makes an on/off flag); `env`
-    is `LSS_<NAME>` unless given ("" for a setting no variable should set, like a
-    worker's log name). A value from the environment is checked like one from the flag.
+    The default's type parses the flag unless `kind` does (e.g. `str.upper`); a bool
+    default makes an on/off flag. `env` is `LSS_<NAME>` unless given ("" for a setting
+    no variable should set, like a worker's log name). A value from the environment is
+    checked like one from the flag.
     """
 
     name: str
     default: str | int | float | bool | None
     help: str
     env: str | None = None
-    kind: type = str
+    kind: Callable[[str], Any] | None = None  # parses a value; default: the default's type
     choices: tuple[str, ...] | None = None
     short: str | None = None  # e.g. "-n"
 
@@ -80,8 +81,10 @@ class Setting:
         return [self.short, self.flag] if self.short else [self.flag]
 
     @property
-    def parse(self) -> type:
-        return self.kind if self.default is None else type(self.default)
+    def parse(self) -> Callable[[str], Any]:
+        if self.kind is not None:
+            return self.kind
+        return str if self.default is None else type(self.default)
 
 
 SETTINGS = {
@@ -157,7 +160,7 @@ def from_env(name: str, default: Any = None) -> Any:
     try:
         value = setting.parse(raw)
     except ValueError as exc:
-        raise SystemExit(f"{setting.variable}={raw!r} is not a {setting.parse.__name__}") from exc
+        raise SystemExit(f"{setting.variable}={raw!r}: {exc}") from exc
     if setting.choices and value not in setting.choices:
         raise SystemExit(f"{setting.variable}={raw!r}: choose one of {setting.choices}")
     return value
