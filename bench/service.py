@@ -75,10 +75,10 @@ class Processes:
             self.env.pop(secret, None)
 
     def spawn(self, args: list[str], log_name: str, python: bool = True) -> subprocess.Popen[bytes]:
-        """Start `python args...` (or `args...`), stdout and stderr to STATE/<log_name>.log."""
+        """Start `python args...` (or `args...`), stdout and stderr to STATE/<log_name>.stderr."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, *args] if python else args
-        with open(self.state_dir / f"{log_name}.log", "ab") as log:
+        with open(self.state_dir / f"{log_name}.stderr", "ab") as log:
             proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         self.procs.append(proc)
         self.roles.append(log_name.split("-", maxsplit=1)[0])  # worker-1, worker-2 -> worker
@@ -120,12 +120,12 @@ class Processes:
 
     def log(self, log_name: str) -> str:
         """What the process started as `log_name` wrote to stdout and stderr so far."""
-        path = self.state_dir / f"{log_name}.log"
+        path = self.state_dir / f"{log_name}.stderr"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def logs(self, tail_chars: int | None = None) -> str:
         """What every process wrote to stdout and stderr (the last `tail_chars` of it)."""
-        paths = sorted(self.state_dir.glob("*.log"))
+        paths = sorted(self.state_dir.glob("*.stderr"))
         text = "\n".join(p.read_text(errors="replace") for p in paths)
         return text[-tail_chars:] if tail_chars else text
 
