@@ -6,6 +6,10 @@ a condition polled against a deadline, and `stop()` (also on leaving a `with` bl
 terminates, waits, then kills. What the tests and the soak measure about the processes
 comes from the `stats` operation and from structured events (`protocol.events`), never
 from log text. Tests may import this module; it never imports the tests.
+
+The processes die with the one that started them (`protocol.lifetime`): the death signal
+follows the *thread* that spawned them, so start them from one that lives as long as
+they should (the main thread, or an executor thread that outlives its use).
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from typing import Any
 
 from bench import procstat
 from bench.service import Processes, Target, read_json, wait_until
+from broker.broker import ENDPOINTS_FILE
 from clients import Client
 from protocol.events import read_events
-
-ENDPOINTS_FILE = "broker.endpoints.json"  # written by the broker once it has bound
 
 
 @dataclass
