@@ -11,7 +11,7 @@ STANDIN="data/standin_nutrition_activity_obesity_usa.csv"
 SUBSET="data/nutrition_activity_obesity_usa_subset.csv"
 FULL="data/nutrition_activity_obesity_usa_full.csv"
 
-say() { printf '[run.sh] %s\n' "$*" >&2; }
+say() { printf '[run.sh] %s\n' "$*" >&2 || true; }  # a closed stderr must not stop us
 
 setup() {
     # Create the venv and install the pinned requirements, once (again when they change).
@@ -44,33 +44,39 @@ data_file() {
 }
 
 serve() {
-    local data state pids=() http_addr
+    # The service never outlives this script. Its processes run in sessions of their own
+    # (a Ctrl-C reaches only us, and we decide what each one gets), are told our pid
+    # (LSS_PARENT_PID) and shut down when we die, however we die (protocol/lifetime.py).
+    # A dead stderr (`./run.sh | tee log`, then Ctrl-C kills tee) must not kill us
+    # before we have passed the signal on: SIGPIPE is ignored and say() never fails.
+    local data state http_addr
+    trap '' PIPE
+    trap 'on_interrupt' INT TERM HUP
     data="$(data_file)"
     state="${LSS_STATE_DIR:-var}"
-    export LSS_DATA="$data" LSS_STATE_DIR="$state"
+    export LSS_DATA="$data" LSS_STATE_DIR="$state" LSS_PARENT_PID=$$
     say "data: $data"
-    setsid "$PY" -m broker --data "$data" "$@" &
-    pids+=($!)
-    local broker=$!
-    "$PY" -c 'import sys, time
-from clients import Client
-with Client(timeout=30) as c: c.ping()' || { kill "$broker" 2>/dev/null; exit 1; }
-    setsid "$PY" -m workers &
-    pids+=($!)
+    start_child "$PY" -m broker --data "$data" "$@"
+    "$PY" -c 'from clients import Client
+with Client(timeout=30) as c: c.ping()' || { stop_now; exit 1; }
+    start_child "$PY" -m workers
     http_addr="${LSS_HTTP_ADDR:-127.0.0.1:5000}"
     if [[ "$http_addr" != "off" ]] && "$PY" -c 'import clients.gateway' 2>/dev/null; then
-        setsid "$PY" -m clients.gateway --listen "$http_addr" &
-        pids+=($!)
+        start_child "$PY" -m clients.gateway --listen "$http_addr"
         say "dashboard on http://$http_addr/ (HTTP API, the original REST routes, under /api/)"
     fi
-    cat >&2 <<EOF
-[run.sh] service up: producers on ${LSS_CLIENT_ENDPOINT:-tcp://127.0.0.1:5555}, workers on ${LSS_WORKER_ENDPOINT:-tcp://127.0.0.1:5556}
-[run.sh] try:  .venv/bin/python -c 'from clients import Client; print(Client().global_mean("Percent of adults aged 18 years and older who have obesity"))'
-[run.sh] Ctrl-C shuts down gracefully (a second Ctrl-C stops at once)
-EOF
-    trap 'on_interrupt' INT TERM
-    SERVE_PIDS=("${pids[@]}")
+    say "service up: producers on ${LSS_CLIENT_ENDPOINT:-tcp://127.0.0.1:5555}, workers on ${LSS_WORKER_ENDPOINT:-tcp://127.0.0.1:5556}"
+    say "try:  .venv/bin/python -c 'from clients import Client; print(Client().global_mean(\"Percent of adults aged 18 years and older who have obesity\"))'"
+    say "Ctrl-C shuts down gracefully (a second Ctrl-C stops at once)"
     wait_all
+}
+
+SERVE_PIDS=()
+start_child() {
+    # A session of its own: its pid is also its process group (the workers' supervisor
+    # shares its group with the workers), so `stop_now` reaches every process.
+    setsid "$@" &
+    SERVE_PIDS+=($!)
 }
 
 INTERRUPTS=0
@@ -81,18 +87,26 @@ on_interrupt() {
         kill -TERM "${SERVE_PIDS[0]}" 2>/dev/null || true
     else
         say "stopping now"
-        kill -KILL "${SERVE_PIDS[@]}" 2>/dev/null || true
+        stop_now
     fi
+}
+
+stop_now() {
+    local pid
+    for pid in "${SERVE_PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
 }
 
 wait_all() {
     # The broker drains and then releases the workers; the gateway follows it.
-    local status=0
-    while kill -0 "${SERVE_PIDS[0]}" 2>/dev/null; do wait "${SERVE_PIDS[0]}" || status=$?; done
+    local status=0 pid
+    # `wait` returns early (128 + n) when a trapped signal arrives: wait again, then
+    # ask for the exit status, which bash keeps for a child it has reaped.
+    while kill -0 "${SERVE_PIDS[0]}" 2>/dev/null; do wait "${SERVE_PIDS[0]}" || true; done
+    wait "${SERVE_PIDS[0]}" || status=$?
     for pid in "${SERVE_PIDS[@]:1}"; do
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null; do wait "$pid" 2>/dev/null || true; done
     done
     say "stopped"
     return "$status"

@@ -26,9 +26,10 @@ from bench import gateway, report
 from bench.data import dataset
 from bench.driver import Shape, run, wait_for_quiet
 from bench.echo import EchoService
+from bench.harness import Service
 from bench.original import OriginalService
 from bench.plan import BASE_ROWS, ORIGINAL_MAX_WINDOW, Plan, parse_args, plan_from
-from bench.service import ROOT, OursService, Processes
+from bench.service import ROOT, Processes
 from protocol import config
 
 SYNC_MODES = ("OFF", "NORMAL", "FULL")
@@ -90,7 +91,7 @@ class Bench:
         skipped: list[dict[str, str]] = []
         with self.started(EchoService(self.work_dir / "echo", n)) as echo:
             rows += [self.measure(echo, s, workers=n) for s in (loaded, single, one_producer)]
-        with self.started(OursService(self.work_dir / "ours", data, n)) as ours:
+        with self.started(Service(self.work_dir / "ours", data, n)) as ours:
             # The full mix writes hundreds of megabytes of answers, whose write-back
             # would still be busy during a run after it: latency is measured first.
             one_call = self.shape(1, 1, style="call")
@@ -125,8 +126,8 @@ class Bench:
         with self.started(EchoService(self.work_dir / "echo", n)) as echo:
             rows = [self.measure(echo, self.shape(p, w), workers=n)]
         for mode in SYNC_MODES:
-            ours = OursService(self.work_dir / f"ours-{mode}", data, n)
-            ours.env[config.ENV["sqlite_synchronous"]] = mode
+            ours = Service(self.work_dir / f"ours-{mode}", data, n)
+            ours.env[config.SETTINGS["sqlite_synchronous"].variable] = mode
             with self.started(ours) as running:
                 rows.append(self.measure(running, self.shape(p, w), workers=n, sync=mode))
         return rows
@@ -136,7 +137,7 @@ class Bench:
         cells = []
         for workers in self.plan.scaling_workers:
             state = self.work_dir / f"scaling-{workers}"
-            with self.started(OursService(state, data, workers)) as ours:
+            with self.started(Service(state, data, workers)) as ours:
                 for producers in self.plan.scaling_producers:
                     shape = self.shape(
                         producers, self.plan.window, duration_s=self.plan.scaling_duration_s
@@ -151,7 +152,7 @@ class Bench:
         for rows in self.plan.rows:
             data = dataset(rows, self.plan.data_dir)
             state = self.work_dir / f"rows-{rows}"
-            with self.started(OursService(state, data, 1, ready_timeout_s=900.0)) as ours:
+            with self.started(Service(state, data, 1, ready_timeout_s=900.0)) as ours:
                 load = ours.loads[0]
                 shape = self.shape(1, 1, "full", duration_s=self.plan.rows_duration_s)
                 latency = self.measure(ours, shape, workers=1, rows=rows)
@@ -176,9 +177,7 @@ class Bench:
         prof = self.plan.out_dir / "broker.prof"
         prof.unlink(missing_ok=True)
         prefix = ["-m", "cProfile", "-o", str(prof)]
-        service = OursService(
-            self.work_dir / "profile", data, self.plan.workers, broker_prefix=prefix
-        )
+        service = Service(self.work_dir / "profile", data, self.plan.workers, broker_prefix=prefix)
         with self.started(service) as ours:
             entry = self.measure(
                 ours,

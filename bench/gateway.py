@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import dataset
+from bench.harness import Service
 from bench.plan import BASE_ROWS
-from bench.service import ROOT, OursService, wait_until
+from bench.service import ROOT, wait_until
 
 QUESTION = "Percent of adults aged 18 years and older who have obesity"
 SUBMIT_BODY = json.dumps({"question": QUESTION}).encode()
 
 
-def start_gateway(service: OursService, *flags: str) -> str:
+def start_gateway(service: Service, *flags: str) -> str:
     """Start `python -m clients.gateway` for `service` on a free port; its base URL."""
     state = service.state_dir / "gateway"
     args = ["-m", "clients.gateway", "--listen", "127.0.0.1:0", "--state-dir", str(state)]
@@ -66,7 +67,7 @@ def median_ms(call: Callable[[], object], count: int) -> float:
     return statistics.median(times) * 1000
 
 
-def per_request(service: OursService, base: str, count: int) -> dict[str, float]:
+def per_request(service: Service, base: str, count: int) -> dict[str, float]:
     """p50 (ms) of a submit and of a read of a done job: over HTTP and on the `Client`."""
     with service.client() as client:
         done = client.submit("global_mean", question=QUESTION)
@@ -145,8 +146,8 @@ def under_slow_peers(base: str, count: int, probes: int = 20) -> dict[str, float
 
 
 @contextlib.contextmanager
-def measured_service(work_dir: Path, data: Path, workers: int = 2) -> Iterator[OursService]:
-    service = OursService(work_dir / "gateway-bench", data, workers)
+def measured_service(work_dir: Path, data: Path, workers: int = 2) -> Iterator[Service]:
+    service = Service(work_dir / "gateway-bench", data, workers)
     with service:
         yield service
 

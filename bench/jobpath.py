@@ -30,8 +30,9 @@ from typing import Any
 
 from bench.data import dataset
 from bench.driver import QUESTION_TEXTS, STATE_NAMES
+from bench.harness import Service
 from bench.plan import BASE_ROWS
-from bench.service import ROOT, OursService, wait_until
+from bench.service import ROOT, wait_until
 
 PROJECT = ("clients", "protocol", "broker", "workers")
 Function = tuple[str, str]  # (module path, function name)
@@ -103,7 +104,7 @@ def measure(kind: str, jobs: int, data: Path, work: Path) -> dict[str, Any]:
     recorder = Recorder()
     threading.setprofile(recorder)  # the client's threads, if it starts any
     sys.setprofile(recorder)
-    service = OursService(state, data, 0, broker_prefix=["-m", "cProfile", "-o", str(broker_prof)])
+    service = Service(state, data, 0, broker_prefix=["-m", "cProfile", "-o", str(broker_prof)])
     try:
         with service:
             _start_profiled_worker(service, worker_prof)
@@ -144,7 +145,7 @@ def _trip(client: Any, kind: str) -> Callable[[], Any]:
     return submit_then_wait if kind == "submit+wait" else call
 
 
-def _start_profiled_worker(service: OursService, profile: Path) -> None:
+def _start_profiled_worker(service: Service, profile: Path) -> None:
     args = ["-m", "cProfile", "-o", str(profile), "-m", "workers.worker"]
     args += [f"--connect={service.worker_endpoint}", f"--data={service.data}"]
     args += [f"--state-dir={service.state_dir}", "--name=worker-1"]

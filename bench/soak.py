@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import random
-import re
 import shutil
 import signal
 import statistics as stats
@@ -28,25 +27,24 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.harness import Service
+from bench.reference import close_enough
 from clients import Client
 from protocol import config
 from protocol import messages as m
 from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError, RequestRefused
+from protocol.lifetime import die_with_parent
 from protocol.logs import FORMAT
-from tests.procs import Service
 
 SUBMIT_TIMEOUT_S = 10.0  # then the same request is sent again (same request id)
 WAIT_TIMEOUT_S = 60.0
 SETTLE_S = 40.0  # after the chaos, how long every recorded job may take to finish
 SLEEP_SHARE, RESUBMIT_SHARE, WAIT_SHARE = 0.05, 0.1, 0.05
 RUN_SHARE, PUBLIC_SHARE = 0.1, 0.4  # Client.run, Client.submit; the rest: chosen request ids
-TOLERANCE = 0.01
-LOST_LINE = re.compile(r"^(\S+)Z .* worker \S+:(\d+):\d+ lost: heartbeat lost", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -310,34 +308,18 @@ def _judge_error(reason: str, spec: Spec) -> str:
 
 def _judge_answer(answer: Any, spec: Spec) -> str:
     want_status, want = spec.expected
-    return "done" if want_status == "done" and _same(answer, want) else "wrong"
-
-
-def _same(got: Any, want: Any) -> bool:
-    """Answers equal up to TOLERANCE on floats (the contract's comparison)."""
-    if isinstance(want, dict):
-        return (
-            isinstance(got, dict)
-            and got.keys() == want.keys()
-            and all(_same(got[k], want[k]) for k in want)
-        )
-    return isinstance(got, int | float) and abs(got - want) <= TOLERANCE
+    return "done" if want_status == "done" and close_enough(answer, want) else "wrong"
 
 
 def _detections(svc: Service, kills: list[tuple[float, int]]) -> list[float]:
-    """Seconds from each worker SIGKILL to the broker's "lost" line for it (if any)."""
-    log = (svc.state_dir / "broker.stderr").read_text(errors="replace")
-    lost = [(_epoch(stamp), int(pid)) for stamp, pid in LOST_LINE.findall(log)]
+    """Seconds from each worker SIGKILL to the broker's worker_lost event for it (if any)."""
+    lost = [(e["t"], e["worker_pid"]) for e in svc.events("worker_lost")]
     found = []
     for killed_at, pid in kills:
         times = [t for t, p in lost if p == pid and t >= killed_at - 0.001]
         if times:  # none when the broker restarted before it noticed
             found.append(min(times) - killed_at)
     return found
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
 
 
 def _summary(values: list[float]) -> dict[str, float | int]:
@@ -383,7 +365,7 @@ def print_report(report: dict[str, Any], cfg: SoakConfig, out: Callable[[str], N
     for key in ("submitted", "finished", "lost", "duplicated"):
         out(f"  {key:<11} {report[key]}")
     out(f"  kills       {report['kills']}")
-    out(f"  detection   worker SIGKILL -> broker 'lost' line: {report['detection_s']}")
+    out(f"  detection   worker SIGKILL -> broker's worker_lost event: {report['detection_s']}")
     out(f"  recovery    broker SIGKILL -> serving: {report['broker_serving_s']}")
     out(f"              (of which restart -> serving: {report['broker_restart_s']})")
     out(f"              broker SIGKILL -> all workers back: {report['broker_recovered_s']}")
@@ -403,6 +385,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = parse_args(argv)
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="lss-soak-"))
     state.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import Outcome, StorageError, Store
 from broker.undo import Unfinished
-from protocol import config
+from protocol import config, events
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.logs import Throttle, shown
@@ -358,6 +358,7 @@ class BrokerCore:
         log.info("worker %s registered: pid %d on %s, credit %d%s", peer_name(identity), msg.pid,
                  shown(host or "?"), credit,
                  f" (asked for {msg.credit})" if credit < msg.credit else "")  # fmt: skip
+        events.emit("worker_registered", worker=peer_name(identity), worker_pid=msg.pid)
 
     def _finish_from(
         self, worker: WorkerInfo, tag: bytes, msg: m.Result, payload: bytes | None, now_s: float
@@ -422,7 +423,13 @@ class BrokerCore:
         """Drop a dead or hung worker and re-queue what it held."""
         log.warning("worker %s lost: %s", peer_name(identity), why)
         self._to_worker(identity, m.Disconnect(why), now_s)
-        self._requeue(self.pool.remove(identity), lost=why, now_s=now_s)
+        worker = self.pool.get(identity)
+        held = self.pool.remove(identity)
+        events.emit(
+            "worker_lost", worker=peer_name(identity), worker_pid=worker.pid if worker else None,
+            reason=why, jobs=[job_id(seq) for seq in held],
+        )  # fmt: skip
+        self._requeue(held, lost=why, now_s=now_s)
 
     def _to_worker(
         self, identity: bytes, message: m.Message, now_s: float, tag: bytes = b""

@@ -33,6 +33,7 @@ from clients.http.guard import Guard, Policy
 from clients.http.server import DeadlineServer, Limits, make_server, serve_until
 from protocol import config
 from protocol.errors import BrokerUnavailable
+from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging
 
 log = logging.getLogger("lss.gateway")
@@ -161,6 +162,7 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = parse_args(argv)
     if args.listen == "off":
         print("the HTTP gateway is off (LSS_HTTP_ADDR=off)", file=sys.stderr)

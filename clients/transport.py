@@ -14,7 +14,6 @@ liveness will make), and CURVE when asked.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,8 @@ class Security:
 
 def default_security() -> Security | None:
     """CURVE settings from LSS_CURVE_SERVER_KEY and LSS_CURVE_SECRET, if both are set."""
-    server_key, secret = os.environ.get("LSS_CURVE_SERVER_KEY"), os.environ.get("LSS_CURVE_SECRET")
+    server_key = config.from_env("curve_server_key")
+    secret = config.from_env("curve_secret")
     return Security(server_key, secret) if server_key and secret else None
 
 

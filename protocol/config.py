@@ -1,13 +1,21 @@
-"""Shared configuration defaults, their environment variables, and their units.
+"""Shared configuration: defaults with their units, and every setting's one definition.
 
 Every process reads its settings from command-line flags whose defaults come from the
-`LSS_*` environment variables named here, and from these constants otherwise. All
+`LSS_*` environment variables, and from these constants otherwise; `SETTINGS` defines
+each setting once (flag, variable, default, help) and `add_flags` / `from_env` /
+`to_flags` derive the rest. To add a setting: one `Setting(...)` line in `SETTINGS`, its
+name in the process's list of settings (e.g. `broker.__main__.BROKER_SETTINGS`), a field
+of that name in the process's settings class, and a row in the README's table. All
 default endpoints are on loopback: binding anything else must be asked for.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 CLIENT_ENDPOINT = "tcp://127.0.0.1:5555"
 WORKER_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -33,6 +41,7 @@ CLIENT_TIMEOUT_S = 10.0
 # Messages a client socket queues each way: far more than a client has in flight (a
 # request past it would wait for a resend), yet finite.
 CLIENT_HWM = 100_000
+# A process whose parent died drains for at most this long, then stops (protocol/lifetime.py).
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
 # it costs: README, "Durability settings".
@@ -41,63 +50,148 @@ SQLITE_SYNCHRONOUS = "NORMAL"
 # for the answers of accepted jobs, the WAL between checkpoints (16 MiB) and the logs.
 DISK_RESERVE_MB = 64.0
 
-ENV = {
-    "client_endpoint": "LSS_CLIENT_ENDPOINT",
-    "worker_endpoint": "LSS_WORKER_ENDPOINT",
-    "state_dir": "LSS_STATE_DIR",
-    "data": "LSS_DATA",
-    "workers": "LSS_WORKERS",
-    "heartbeat_interval_ms": "LSS_HEARTBEAT_INTERVAL_MS",
-    "heartbeat_liveness": "LSS_HEARTBEAT_LIVENESS",
-    "job_timeout_s": "LSS_JOB_TIMEOUT_S",
-    "max_queue": "LSS_MAX_QUEUE",
-    "result_ttl_s": "LSS_RESULT_TTL_S",
-    "max_message_bytes": "LSS_MAX_MESSAGE_BYTES",
-    "credit": "LSS_WORKER_CREDIT",
-    "log_level": "LSS_LOG_LEVEL",
-    "curve_dir": "LSS_CURVE_DIR",
-    "diagnostics": "LSS_DIAGNOSTICS",
-    "http_addr": "LSS_HTTP_ADDR",
-    "sqlite_synchronous": "LSS_SQLITE_SYNCHRONOUS",
-    "disk_reserve_mb": "LSS_DISK_RESERVE_MB",
-    "http_allowed_hosts": "LSS_HTTP_ALLOWED_HOSTS",
-    "http_token": "LSS_HTTP_TOKEN",
-}
-
-
-def env_str(key: str, default: str) -> str:
-    """The environment's value for setting `key` (see `ENV`), else `default`."""
-    return os.environ.get(ENV[key], default)
-
-
-def env_int(key: str, default: int) -> int:
-    """Integer setting from the environment; a malformed value is an error, not a default."""
-    raw = os.environ.get(ENV[key])
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{ENV[key]}={raw!r} is not an integer") from exc
-
-
-def env_float(key: str, default: float) -> float:
-    """Float setting from the environment; a malformed value is an error, not a default."""
-    raw = os.environ.get(ENV[key])
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{ENV[key]}={raw!r} is not a number") from exc
-
-
-def env_flag(key: str) -> bool:
-    """True when the environment sets `key` to 1/true/yes/on."""
-    return os.environ.get(ENV[key], "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+# --- settings: one definition each, from which flags, variables and help come ----------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a process: flag `--name-with-dashes`, variable `env`, default, help.
+
+    The default's type parses the flag unless `kind` does (e.g. `str.upper`); a bool
+    default makes an on/off flag. `env` is `LSS_<NAME>` unless given ("" for a setting
+    no variable should set, like a worker's log name). A value from the environment is
+    checked like one from the flag.
+    """
+
+    name: str
+    default: str | int | float | bool | None
+    help: str
+    env: str | None = None
+    kind: Callable[[str], Any] | None = None  # parses a value; default: the default's type
+    choices: tuple[str, ...] | None = None
+    short: str | None = None  # e.g. "-n"
+
+    @property
+    def variable(self) -> str:
+        return f"LSS_{self.name.upper()}" if self.env is None else self.env
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def flags(self) -> list[str]:
+        return [self.short, self.flag] if self.short else [self.flag]
+
+    @property
+    def parse(self) -> Callable[[str], Any]:
+        if self.kind is not None:
+            return self.kind
+        return str if self.default is None else type(self.default)
+
+
+SETTINGS = {
+    s.name: s
+    for s in (
+        Setting("client_endpoint", CLIENT_ENDPOINT, "where producers connect"),
+        Setting("worker_endpoint", WORKER_ENDPOINT, "where workers connect"),
+        Setting("connect", WORKER_ENDPOINT, "the broker's worker endpoint", "LSS_WORKER_ENDPOINT"),
+        Setting("state_dir", STATE_DIR, "results store, logs and events"),
+        Setting("data", DATA_FILE, "the CSV data file; its SHA-256 pins the service's data"),
+        Setting("workers", os.cpu_count() or 1, "worker processes (one per CPU)", short="-n"),
+        Setting("credit", WORKER_CREDIT, "jobs a worker holds at once", "LSS_WORKER_CREDIT"),
+        Setting("heartbeat_interval_ms", HEARTBEAT_INTERVAL_MS, "heartbeat period, both ways"),
+        Setting("heartbeat_liveness", HEARTBEAT_LIVENESS, "silent intervals: peer lost"),
+        Setting("job_timeout_s", JOB_TIMEOUT_S, "a job's lease on its worker"),
+        Setting("max_attempts", MAX_ATTEMPTS, "worker deaths on one job before it fails"),
+        Setting("max_queue", MAX_QUEUE, "unfinished jobs before submits get 'queue full'"),
+        Setting("result_ttl_s", RESULT_TTL_S, "how long results stay readable"),
+        Setting("max_message_bytes", MAX_MESSAGE_BYTES, "inbound message cap"),
+        Setting(
+            "sqlite_synchronous",
+            SQLITE_SYNCHRONOUS,
+            "SQLite's synchronous mode (README, 'Durability settings')",
+            kind=str.upper,
+            choices=("OFF", "NORMAL", "FULL", "EXTRA"),
+        ),
+        Setting("disk_reserve_mb", DISK_RESERVE_MB, "refuse submits below this free space"),
+        Setting("curve_dir", None, "turn CurveZMQ on with the keys in this directory"),
+        Setting("curve_server_key", None, "the broker's public key file: turns CURVE on"),
+        Setting("curve_secret", None, "this process's secret key file"),
+        Setting("diagnostics", False, "the _sleep/_crash test statistics; never in production"),
+        Setting("fetch_data", False, "if --data is missing, download it from the broker"),
+        Setting("name", "worker", "log file: STATE_DIR/logs/NAME.log", ""),
+        Setting("http_addr", "127.0.0.1:5000", "the HTTP gateway's HOST:PORT (off: none)"),
+        Setting("http_allowed_hosts", "", "more Host names the gateway answers to (a,b)"),
+        Setting("http_token", None, "the gateway's bearer token (needed off loopback)"),
+        Setting("log_level", "INFO", "DEBUG logs one line per job event"),
+    )
+}
+
+
+def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], **defaults: Any) -> None:
+    """A flag per named setting, defaulting to its variable, else `defaults`, else its own."""
+    for name in names:
+        setting = SETTINGS[name]
+        default = from_env(name, defaults.get(name, setting.default))
+        where = f"{setting.variable}; " if setting.variable else ""
+        help_text = f"{setting.help} ({where}default: {_shown(default)})"
+        if setting.parse is bool:
+            parser.add_argument(
+                *setting.flags, action="store_true", default=default, help=help_text
+            )
+        else:
+            parser.add_argument(
+                *setting.flags, type=setting.parse, default=default, choices=setting.choices,
+                help=help_text,
+            )  # fmt: skip
+
+
+def _shown(default: Any) -> str:
+    if default is None or default is False:
+        return "off"
+    return "on" if default is True else "%(default)s"
+
+
+def from_env(name: str, default: Any = None) -> Any:
+    """The value of setting `name` from its environment variable, else `default`.
+
+    A malformed value is an error, not a default: SystemExit names the variable.
+    """
+    setting = SETTINGS[name]
+    raw = os.environ.get(setting.variable) if setting.variable else None
+    if raw is None or raw == "":
+        return default
+    if setting.parse is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        value = setting.parse(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{setting.variable}={raw!r}: {exc}") from exc
+    if setting.choices and value not in setting.choices:
+        raise SystemExit(f"{setting.variable}={raw!r}: choose one of {setting.choices}")
+    return value
+
+
+def env_str(name: str, default: str) -> str:
+    """A string setting from its environment variable, else `default` (for the clients)."""
+    value: str = from_env(name, default)
+    return value
+
+
+def to_flags(values: object, names: Iterable[str]) -> list[str]:
+    """The flags that give a process `values` (an object with the settings' attributes)."""
+    flags = []
+    for name in names:
+        value, flag = getattr(values, name), SETTINGS[name].flag
+        if value is True:
+            flags.append(flag)
+        elif value is not None and value is not False:
+            flags.append(f"{flag}={value}")
+    return flags

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import Service, running
+from bench.harness import Service
 from workers.standin import generate
 
 STANDIN_ROWS = 18_000
@@ -30,7 +30,8 @@ def service_factory(
     made: list[Service] = []
 
     def make(data: Path | None = None, **broker_flags: Any) -> Service:
-        service = Service(tmp_path / f"state{len(made)}", data or standin_csv, **broker_flags)
+        state = tmp_path / f"state{len(made)}"
+        service = Service(state, data or standin_csv, workers=0, **broker_flags)
         made.append(service)
         service.start_broker()
         return service
@@ -40,7 +41,7 @@ def service_factory(
     for service in made:
         service.stop()
         if failed is not None and failed.failed:
-            print(f"--- logs of {service.state_dir} ---\n{service.logs()[-20000:]}")
+            print(f"--- logs of {service.state_dir} ---\n{service.logs(20_000)}")
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def shared_service(
     tmp_path_factory: pytest.TempPathFactory, standin_csv: Path
 ) -> Iterator[Service]:
     """Like `service`, but one per test module: for tests that only read and submit."""
-    with running(tmp_path_factory.mktemp("shared") / "state", standin_csv) as svc:
+    with Service(tmp_path_factory.mktemp("shared") / "state", standin_csv, workers=2) as svc:
         yield svc
 
 

@@ -10,8 +10,8 @@ import random
 import sys
 from typing import Any
 
+from bench.reference import QUESTIONS
 from clients import Client
-from tests.reference import QUESTIONS
 
 STATISTICS = ["states_mean", "best5", "worst5", "global_mean", "diff_from_mean", "mean_by_category"]
 PER_STATE = ["state_mean", "state_diff_from_mean", "state_mean_by_category"]

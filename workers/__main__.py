@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from protocol import config
+from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging
 from workers.settings import add_worker_flags, settings_from
 from workers.supervisor import Supervisor
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="lss-workers", description="Run LSS worker processes.")
-    parser.add_argument(
-        "-n", "--workers", type=int, default=config.env_int("workers", os.cpu_count() or 1),
-        help="number of worker processes (LSS_WORKERS; default: the number of CPUs)",
-    )  # fmt: skip
+    config.add_flags(parser, ["workers"])
     add_worker_flags(parser)
     args = parser.parse_args(argv)
     if args.workers < 1:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 
 from protocol import config
+from protocol.lifetime import child_env
 from workers.settings import WorkerSettings, to_flags
 
 log = logging.getLogger("lss.workers")
@@ -47,7 +48,7 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         settings = replace(self.settings, name=f"worker-{slot.number}")
         argv = [sys.executable, "-m", "workers.worker", *to_flags(settings)]
-        slot.process = subprocess.Popen(argv)
+        slot.process = subprocess.Popen(argv, env=child_env())
         log.info("worker-%d started (pid %d)", slot.number, slot.process.pid)
 
     def run(self) -> int:

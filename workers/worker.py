@@ -22,10 +22,11 @@ from types import FrameType
 
 import zmq
 
-from protocol import config
+from protocol import config, events
 from protocol import messages as m
 from protocol.curve import secure_client
 from protocol.errors import ProtocolError
+from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging, shown
 from protocol.wire import send_frames, waiting
 from workers.compute import JobRunner
@@ -156,6 +157,7 @@ class Worker:
         silence = self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
         if now - self.last_heard > silence and not self.draining:
             log.warning("broker silent for %.1f s; reconnecting in %.1f s", silence, self.backoff_s)
+            events.emit("broker_silent", silence_s=silence, reconnect_in_s=self.backoff_s)
             self._reconnect()
 
     def _read_broker(self) -> None:
@@ -218,6 +220,7 @@ class Worker:
                 # another job (the broker may have died before recording it), and
                 # whoever holds the job now runs it again.
                 log.debug("%s dropped: received on an earlier connection", tag.decode())
+                events.emit("result_dropped", job=tag.decode(errors="replace"))
                 continue
             self._send_result(tag, body, payload or None)
 
@@ -267,7 +270,9 @@ def build(settings: WorkerSettings) -> Worker:
     started = time.monotonic()
     statistics = Statistics.from_csv(data)
     fingerprint = file_sha256(data)
-    log.info("loaded %s in %.2f s (sha256 %s)", data, time.monotonic() - started, fingerprint[:12])
+    load_s = time.monotonic() - started
+    log.info("loaded %s in %.2f s (sha256 %s)", data, load_s, fingerprint[:12])
+    events.emit("data_loaded", path=str(data), load_s=load_s)
     runner = JobRunner(
         statistics.compute, StatisticError, fingerprint, settings.max_message_bytes - 1024,
         diagnostics=settings.diagnostics,
@@ -278,10 +283,12 @@ def build(settings: WorkerSettings) -> Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="lss-worker", description="Run one LSS worker process.")
     add_worker_flags(parser)
     settings = settings_from(parser.parse_args(argv))
     setup_logging(settings.state_dir, settings.name, settings.log_level)
+    events.write_events(settings.state_dir, settings.name)
     worker = build(settings)
     worker.install_signal_handlers()
     return worker.run()

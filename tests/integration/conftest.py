@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import Service
+from bench.service import ROOT, stop_process, wait_until
 from tests.integration.gateway_http import Http
-from tests.procs import ROOT, Service, stop_process, wait_until
 
 
 @pytest.fixture

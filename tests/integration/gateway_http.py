@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.procs import wait_until
+from bench.service import wait_until
 
 HTTP_TIMEOUT_S = 15.0
 

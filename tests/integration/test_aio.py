@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from bench.harness import Service
+from bench.reference import close_enough, params_for
 from clients.aio import AsyncClient
 from protocol.errors import BrokerUnavailable, JobFailed, RequestRefused, UnknownJob
 from protocol.messages import STATE_STATISTICS, STATISTICS
-from tests.procs import Service
-from tests.reference import close_enough, params_for
 
 pytestmark = pytest.mark.integration
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.harness import Service
+from bench.reference import QUESTIONS
 from clients import JobFailed, RequestRefused
-from tests.procs import Service
-from tests.reference import QUESTIONS
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,11 @@ import msgpack
 import pytest
 import zmq
 
+from bench.harness import Service
+from bench.service import wait_until
 from broker.limits import MAX_WAITERS_PER_PEER
 from protocol import messages as m
 from tests.integration.test_hostile import RawPeer, fake_worker, peers, raw
-from tests.procs import Service, wait_until
 
 pytestmark = pytest.mark.integration
 

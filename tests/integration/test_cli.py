@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT, Service
-from tests.reference import close_enough
+from bench.harness import Service
+from bench.reference import close_enough
+from bench.service import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from bench.harness import Service
+from bench.service import wait_until
 from clients import BrokerUnavailable, Client, LssError, RequestRefused
-from tests.procs import Service, wait_until
 
 pytestmark = pytest.mark.integration
 

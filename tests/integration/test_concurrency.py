@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.procs import ROOT, Service, stop_process
+from bench.harness import Service
+from bench.reference import Reference, assert_close
+from bench.service import ROOT, stop_process
 from tests.producer import job_mix, run
-from tests.reference import Reference, assert_close
 
 pytestmark = pytest.mark.integration
 

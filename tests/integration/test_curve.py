@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import zmq
 
+from bench.harness import Service
+from bench.service import STOP_TIMEOUT_S, wait_until
 from broker.security import RefusalLog, exposed, warn_if_plaintext
 from clients import BrokerUnavailable, Client, RequestRefused, Security, UnknownJob
 from protocol import messages as m
 from protocol.curve import generate_keys, load_public_key, secure_client
-from tests.procs import STOP_TIMEOUT_S, Service, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
+from bench.harness import Service
+from bench.reference import close_enough
+from bench.service import wait_until
 from clients.http.dashboard import ASSETS
 from protocol import config
 from protocol.messages import STATISTICS
 from protocol.questions import QUESTIONS
 from tests.integration import browser
 from tests.integration.gateway_http import Http
-from tests.procs import Service, wait_until
-from tests.reference import close_enough
 
 pytestmark = pytest.mark.integration
 

@@ -3,35 +3,31 @@
 Each test breaks something on purpose and checks the promise of issue 3: a job whose id
 was returned finishes with its answer, once; ids are never reused; detection is quick.
 Jobs that take time are the diagnostic `_sleep`/`_crash` statistics (workers started with
---diagnostics). Times are read from the broker's log lines (UTC, millisecond stamps).
+--diagnostics). Times and facts come from the processes' structured events
+(protocol.events: a worker lost, a reconnect, a late answer dropped), never log text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from bench.harness import Service
+from bench.service import wait_until
 from clients import Client
 from protocol import messages as m
 from protocol.errors import JobFailed, RequestRefused
-from tests.procs import ROOT, Service, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
 OBESITY = "Percent of adults aged 18 years and older who have obesity"
 DETECTION_LIMIT_S = 3.0  # issue 3: a SIGKILLed worker is detected within 3 s by default
-STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ", re.MULTILINE)
 REAL_JOBS: list[tuple[str, dict[str, Any]]] = [
     ("global_mean", {"question": OBESITY}),
     ("best5", {"question": OBESITY}),
@@ -45,35 +41,23 @@ REAL_JOBS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-# --- log reading ------------------------------------------------------------------
+# --- events ---------------------------------------------------------------------
 
 
-def log_text(svc: Service, name: str = "broker") -> str:
-    path = svc.state_dir / f"{name}.stderr"
-    return path.read_text(errors="replace") if path.exists() else ""
+def wait_event(
+    svc: Service, event: str, after_s: float, timeout_s: float = 20.0, **fields: Any
+) -> dict[str, Any]:
+    """The first `event` with these `fields` recorded at or after `after_s` (epoch s)."""
+
+    def recorded() -> dict[str, Any] | None:
+        found = [e for e in svc.events(event) if e["t"] >= after_s - 0.001 and _has(e, fields)]
+        return found[0] if found else None
+
+    return wait_until(recorded, timeout_s, f"a {event} event with {fields}")
 
 
-def stamped(svc: Service, pattern: str, name: str = "broker") -> list[tuple[float, str]]:
-    """(epoch seconds, line) of every log line of `name` that matches `pattern`."""
-    found = []
-    for line in log_text(svc, name).splitlines():
-        stamp = STAMP.match(line)
-        if stamp and re.search(pattern, line):
-            when = datetime.strptime(stamp.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
-            found.append((when.timestamp(), line))
-    return found
-
-
-def wait_log(
-    svc: Service, pattern: str, after_s: float, timeout_s: float = 20.0, name: str = "broker"
-) -> float:
-    """The time of the first line of `name` matching `pattern` logged at or after `after_s`."""
-
-    def logged() -> float | None:
-        times = [t for t, _ in stamped(svc, pattern, name) if t >= after_s - 0.001]
-        return min(times) if times else None
-
-    return wait_until(logged, timeout_s, f"a {name} log line matching {pattern!r}")
+def _has(event: dict[str, Any], fields: dict[str, Any]) -> bool:
+    return all(event.get(name) == value for name, value in fields.items())
 
 
 def holder(client: Client) -> dict[str, Any]:
@@ -86,7 +70,7 @@ def holder(client: Client) -> dict[str, Any]:
 
 
 def no_handler_crash(svc: Service) -> None:
-    text = log_text(svc)
+    text = svc.log("broker")
     assert "Traceback" not in text, text[text.index("Traceback") - 500 :][:3000]
 
 
@@ -96,40 +80,43 @@ def no_handler_crash(svc: Service) -> None:
 def test_sigkilled_worker_is_detected_within_3_s_and_its_job_done_elsewhere(
     service_factory: Callable[..., Service],
 ) -> None:
-    svc = service_factory(log_level="DEBUG")
+    svc = service_factory()
     svc.start_workers(2, diagnostics=True)
     with svc.client(timeout=20) as client:
         job = client.submit("_sleep", seconds=1.5)
         victim = holder(client)
         killed_at = time.time()
         os.kill(victim["pid"], signal.SIGKILL)
-        lost_at = wait_log(svc, f"worker {re.escape(victim['id'])} lost: heartbeat lost", killed_at)
-        answer = client.wait(job, timeout=20)
+        lost = wait_event(svc, "worker_lost", killed_at, worker=victim["id"])
+        answer = client.wait(job, timeout=20)  # the victim is dead: another worker ran it
         done_after_s = time.time() - killed_at
-    detection_s = lost_at - killed_at
+    detection_s = lost["t"] - killed_at
     print(
         f"SIGKILLed worker: detected after {detection_s:.2f} s, job done after {done_after_s:.2f} s"
     )
     assert detection_s < DETECTION_LIMIT_S
     assert answer == {"slept_s": 1.5}
-    redispatch = stamped(svc, rf"{job} dispatched to ")
-    assert len(redispatch) == 2 and victim["id"] not in redispatch[1][1], redispatch
+    assert (lost["reason"], lost["worker_pid"], lost["jobs"]) == (
+        "heartbeat lost",
+        victim["pid"],
+        [job],
+    )
     no_handler_crash(svc)
 
 
 def test_sigstopped_worker_is_dropped_and_its_late_answer_ignored(
     service_factory: Callable[..., Service],
 ) -> None:
-    svc = service_factory(log_level="DEBUG")
+    svc = service_factory()
     svc.start_workers(2, diagnostics=True)
     with svc.client(timeout=20) as client:
         job = client.submit("_sleep", seconds=1.0)
         victim = holder(client)
         stopped_at = time.time()
         os.kill(victim["pid"], signal.SIGSTOP)
-        lost_at = wait_log(
-            svc, f"worker {re.escape(victim['id'])} lost: heartbeat lost", stopped_at
-        )
+        lost = wait_event(svc, "worker_lost", stopped_at, worker=victim["id"])
+        lost_at = lost["t"]
+        assert (lost["reason"], lost["jobs"]) == ("heartbeat lost", [job])
         assert client.wait(job, timeout=20) == {"slept_s": 1.0}
         os.kill(victim["pid"], signal.SIGCONT)
         workers = svc.wait_workers(2)  # the hung worker comes back under a new identity
@@ -148,52 +135,29 @@ def test_a_job_past_its_lease_is_requeued_and_the_late_answer_ignored(
     """The first worker heartbeats but holds job B past its 3 s lease (it sleeps 5 s there,
     and not at all elsewhere, so the stored answer tells which worker gave it). The broker
     drops that worker, which registers again and throws the late answer away."""
-    svc = service_factory(job_timeout_s=3, log_level="DEBUG")
-    slow = svc.start_workers(1, diagnostics=True, credit=1, log_level="DEBUG")[0]
+    svc = service_factory(job_timeout_s=3)
+    slow = svc.start_workers(1, diagnostics=True, credit=1)[0]
     with svc.client(timeout=20) as client:
         job_b = client.submit("_sleep", seconds=5.0, only_pid=slow.pid)
         wait_until(lambda: holder(client)["in_flight"] == 1, 10, "the job on the first worker")
         first = holder(client)
         svc.start_workers(1, diagnostics=True)
-        assert client.wait(job_b, timeout=20) == {"slept_s": 0.0}
-        lost_at = wait_log(
-            svc, f"worker {re.escape(first['id'])} lost: job lease of 3 s ran out", 0
-        )
-        dropped_at = wait_log(
-            svc, f"{job_b} dropped: received on an earlier connection", lost_at, name="worker-1"
-        )
+        assert client.wait(job_b, timeout=20) == {"slept_s": 0.0}  # not run on `slow`
+        lost = wait_event(svc, "worker_lost", 0, worker=first["id"])
+        dropped = wait_event(svc, "result_dropped", lost["t"], job=job_b, pid=slow.pid)
         assert client.jobs() == {job_b: "done"}
-    dispatches = [line for _, line in stamped(svc, rf"{job_b} dispatched to ")]
-    assert len(dispatches) == 2, dispatches
-    assert first["id"] in dispatches[0] and f":{slow.pid}:" not in dispatches[1], dispatches
-    assert dropped_at > lost_at
-    assert not stamped(svc, f"ignored a result for b'{job_b}'"), "the late answer was sent"
+        assert client.get(job_b) == {"status": "done", "data": {"slept_s": 0.0}}
+    assert (lost["reason"], lost["jobs"]) == ("job lease of 3 s ran out", [job_b])
+    assert dropped["t"] > lost["t"]
     no_handler_crash(svc)
 
 
 @pytest.fixture
-def supervised(service_factory: Callable[..., Service]) -> Iterator[Service]:
-    """A broker and `python -m workers -n 2 --diagnostics` (restarts crashed workers).
-
-    The supervisor runs in its own process group, killed as a whole at teardown.
-    """
+def supervised(service_factory: Callable[..., Service]) -> Service:
+    """A broker and `python -m workers -n 2 --diagnostics` (restarts crashed workers)."""
     svc = service_factory()
-    log = (svc.state_dir / "supervisor.stderr").open("ab")
-    argv = [
-        sys.executable, "-m", "workers", "-n", "2", "--diagnostics",
-        f"--connect={svc.worker_endpoint}", f"--data={svc.data}", f"--state-dir={svc.state_dir}",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=svc.env, stdout=log, stderr=log, start_new_session=True
-    )
-    try:
-        svc.wait_workers(2)
-        yield svc
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the group outlives a dead leader
-            os.killpg(proc.pid, signal.SIGKILL)
-        stop_process(proc, signal.SIGKILL)
-        log.close()
+    svc.start_supervisor(2, "--diagnostics")
+    return svc
 
 
 def test_a_poison_job_ends_as_an_error_after_3_worker_deaths(supervised: Service) -> None:
@@ -207,7 +171,7 @@ def test_a_poison_job_ends_as_an_error_after_3_worker_deaths(supervised: Service
         svc.wait_workers(2)  # the supervisor restarted the dead workers
         assert client.global_mean(OBESITY)["global_mean"] > 0
         assert client.jobs()[job] == "error"
-    assert len(stamped(svc, "lost: heartbeat lost")) == 3
+    assert [e["reason"] for e in svc.events("worker_lost")] == ["heartbeat lost"] * 3
     assert "heartbeat lost" in str(failure.value)
     print(f"poison job: ended as an error {failed_after_s:.1f} s after its submit")
     no_handler_crash(svc)
@@ -226,8 +190,8 @@ def test_a_worker_that_loses_the_broker_reconnects_with_backoff(
     svc.kill_broker()
 
     def backoffs() -> list[float] | None:
-        lines = stamped(svc, "broker silent .* reconnecting in", name="worker-1")
-        delays = [float(line.rsplit(" in ", 1)[1].split()[0]) for t, line in lines if t > killed_at]
+        silent = [e for e in svc.events("broker_silent") if e["t"] > killed_at]
+        delays = [e["reconnect_in_s"] for e in silent if e["pid"] == worker.pid]
         return delays if len(delays) >= 2 else None
 
     delays = wait_until(backoffs, 30, "two reconnection attempts")

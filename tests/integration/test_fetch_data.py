@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import zmq
 
+from bench.harness import Service
 from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.fingerprint import file_sha256
-from tests.procs import Service
 from workers.fetch import fetch
 from workers.settings import WorkerSettings
 
@@ -87,7 +87,7 @@ def fake_broker() -> Iterator[Callable[[bytes, str], str]]:
 def settings_for(endpoint: str, tmp_path: Path) -> WorkerSettings:
     return WorkerSettings(
         connect=endpoint, data=str(tmp_path / "absent.csv"), state_dir=str(tmp_path),
-        credit=1, heartbeat_interval_s=0.5, heartbeat_liveness=4,
+        credit=1, heartbeat_interval_ms=500, heartbeat_liveness=4,
         max_message_bytes=config.MAX_MESSAGE_BYTES, diagnostics=False, fetch_data=True,
         curve_server_key=None, curve_secret=None, log_level="INFO",
     )  # fmt: skip

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import zmq
 
+from bench.harness import Service
+from bench.service import wait_until
 from protocol import messages as m
 from protocol.errors import JobFailed
 from protocol.fingerprint import file_sha256
-from tests.procs import Service, wait_until
 from workers.standin import generate
 
 pytestmark = pytest.mark.integration

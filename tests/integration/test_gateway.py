@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from bench.gateway import SlowPeers
+from bench.harness import Service
+from bench.reference import close_enough, params_for
+from bench.service import ROOT, stop_process, wait_until
 from protocol.messages import STATISTICS
 from tests.integration.gateway_http import Http
-from tests.procs import ROOT, Service, stop_process, wait_until
-from tests.reference import close_enough, params_for
 
 pytestmark = pytest.mark.integration
 

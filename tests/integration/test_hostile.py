@@ -21,8 +21,9 @@ import msgpack
 import pytest
 import zmq
 
+from bench.harness import Service
+from bench.service import wait_until
 from protocol import messages as m
-from tests.procs import Service, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +112,7 @@ def capped(tmp_path_factory: pytest.TempPathFactory, standin_csv: Path) -> Itera
     """One broker with a small message cap and two real workers (no diagnostics), shared
     by this module's tests; stopped at the end of the module."""
     state = tmp_path_factory.mktemp("hostile")
-    with running(state, standin_csv, max_message_bytes=MAX_MESSAGE_BYTES) as svc:
+    with Service(state, standin_csv, max_message_bytes=MAX_MESSAGE_BYTES) as svc:
         yield svc
 
 
@@ -563,7 +564,7 @@ def _defused(frames: list[bytes]) -> list[bytes]:
 
 
 def broker_log(svc: Service) -> str:
-    return (svc.state_dir / "broker.stderr").read_text(errors="replace")
+    return svc.log("broker")
 
 
 def assert_service_serves(svc: Service, peers: Callable[[int, str], RawPeer]) -> None:

@@ -20,16 +20,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.service import ROOT, wait_until
 from protocol import config
 from protocol.curve import generate_keys, load_public_key
+from protocol.events import read_events
 from tests.netns import Agent, AgentError, Lab, clean_leftovers, unavailable
-from tests.procs import ROOT, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -225,11 +225,9 @@ def unplug_w1_mid_job(world: Deployment, producer: Agent) -> float:
 
 
 def lost_at(world: Deployment, pid: int) -> float:
-    """When (epoch seconds) the broker logged losing the worker with `pid`."""
-    log = (world.base / "broker.stderr").read_text()
-    line = next(x for x in log.splitlines() if f":{pid}:" in x and "lost: heartbeat" in x)
-    stamp = datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
-    return stamp.replace(tzinfo=UTC).timestamp()
+    """When (epoch seconds) the broker recorded losing the worker with `pid`."""
+    lost = read_events(world.state("broker"), "worker_lost")
+    return float(next(event["t"] for event in lost if event["worker_pid"] == pid))
 
 
 def plug_w1_back(world: Deployment, producer: Agent) -> float:

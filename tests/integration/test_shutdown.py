@@ -2,43 +2,32 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from bench.harness import Service
+from bench.reference import QUESTIONS
+from bench.service import wait_until
 from clients import RequestRefused
-from tests.procs import ROOT, Service, stop_process, wait_until
-from tests.reference import QUESTIONS
 
 pytestmark = pytest.mark.integration
 
 
 def test_shutdown_finishes_accepted_jobs_then_everything_exits(service_factory) -> None:  # type: ignore[no-untyped-def]
     service: Service = service_factory()
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "workers", "-n", "2", "--diagnostics",
-         f"--connect={service.worker_endpoint}", f"--data={service.data}",
-         f"--state-dir={service.state_dir}"],
-        cwd=ROOT, env=service.env,
-    )  # fmt: skip
-    try:
-        service.wait_workers(2)
-        with service.client(timeout=30) as client:
-            slow = [client.submit("_sleep", seconds=0.5) for _ in range(4)]
-            quick = [client.submit("global_mean", question=q) for q in QUESTIONS * 20]
-            pending = client.shutdown()
-            assert pending > 0, "the shutdown should find jobs still to run"
-            with pytest.raises(RequestRefused, match="shutting down"):
-                client.submit("global_mean", question=QUESTIONS[0])
-            answers = [client.wait(job, 30) for job in slow + quick]
-        assert all(answer == {"slept_s": 0.5} for answer in answers[:4])
-        assert all(set(answer) == {"global_mean"} for answer in answers[4:])
-        assert service.broker is not None
-        assert service.broker.wait(timeout=30) == 0
-        assert supervisor.wait(timeout=30) == 0
-    finally:
-        stop_process(supervisor)
+    supervisor = service.start_supervisor(2, "--diagnostics")
+    with service.client(timeout=30) as client:
+        slow = [client.submit("_sleep", seconds=0.5) for _ in range(4)]
+        quick = [client.submit("global_mean", question=q) for q in QUESTIONS * 20]
+        pending = client.shutdown()
+        assert pending > 0, "the shutdown should find jobs still to run"
+        with pytest.raises(RequestRefused, match="shutting down"):
+            client.submit("global_mean", question=QUESTIONS[0])
+        answers = [client.wait(job, 30) for job in slow + quick]
+    assert all(answer == {"slept_s": 0.5} for answer in answers[:4])
+    assert all(set(answer) == {"global_mean"} for answer in answers[4:])
+    assert service.broker is not None
+    assert service.broker.wait(timeout=30) == 0
+    assert supervisor.wait(timeout=30) == 0
 
     service.start_broker()  # answers stay readable after the service is gone
     with service.client() as client:

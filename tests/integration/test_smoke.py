@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.procs import Service, wait_until
+from bench.harness import Service
+from bench.service import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.procs import ROOT, STOP_TIMEOUT_S
+from bench.service import ROOT, STOP_TIMEOUT_S
+from protocol.lifetime import child_env
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def soak(tmp_path: Path, standin_csv: Path) -> Iterator[RunSoak]:
         ]  # fmt: skip
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
+            start_new_session=True, env=child_env(),
         )  # fmt: skip
         started.append(proc)
         output, _ = proc.communicate(timeout=timeout_s)

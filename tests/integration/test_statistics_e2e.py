@@ -1,5 +1,5 @@
 """Every statistic, for every question and several states, through real processes,
-checked against an independent plain-Python computation (tests.reference)."""
+checked against an independent plain-Python computation (bench.reference)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Service
-from tests.reference import MINIMISED, QUESTIONS, Reference, assert_close
+from bench.harness import Service
+from bench.reference import MINIMISED, QUESTIONS, Reference, assert_close
 
 pytestmark = pytest.mark.integration
 

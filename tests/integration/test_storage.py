@@ -2,7 +2,7 @@
 
 Real broker and worker processes; several producers submit while the store's writes
 fail, at INSERT time or at COMMIT time. Afterwards every id handed out is distinct,
-every answer is the one its own request asked for (against tests/reference.py, an
+every answer is the one its own request asked for (against bench/reference.py, an
 independent computation), no acknowledged job is lost, and the same broker process
 serves again once space is freed. The rule these check: docs/protocol.md, "Durability".
 """
@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 import zmq
 
+from bench.harness import Service
+from bench.reference import QUESTIONS, Reference, assert_close
+from bench.service import wait_until
 from clients import Client
 from protocol import messages as m
 from protocol.errors import RequestRefused
-from tests.procs import Service, running, wait_until
 from tests.producer import job_mix
-from tests.reference import QUESTIONS, Reference, assert_close
 from tests.tmpfs import leave_free, small_tmpfs
 
 pytestmark = pytest.mark.integration
@@ -83,7 +84,7 @@ def service_on_small_disk(tmp_path: Path, data: Path, **flags: Any) -> Iterator[
         (state / "logs").symlink_to(logs)  # a full disk must not cost us the logs
         for name in ["broker", *(f"worker-{n}" for n in range(1, WORKERS + 1))]:
             (state / f"{name}.stderr").symlink_to(logs / f"{name}.stderr")
-        with running(state, data, WORKERS, **flags) as service:
+        with Service(state, data, WORKERS, **flags) as service:
             yield service
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.reference import CSV_HEADER_LINE
+from bench.reference import CSV_HEADER_LINE
 from workers.dataset import REQUIRED_COLUMNS, DatasetError, keep_counted, load_frame
 
 OBESITY = "Percent of adults aged 18 years and older who have obesity"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.reference import CSV_HEADER_LINE
 from protocol.fingerprint import file_sha256, is_standin
 from protocol.questions import BEST_IS_MAX, BEST_IS_MIN
-from tests.reference import CSV_HEADER_LINE
 from workers.dataset import load_frame
 from workers.standin import generate, main
 from workers.statistics import Statistics

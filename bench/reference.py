@@ -1,7 +1,10 @@
 """An independent, deliberately plain computation of the nine statistics, for checking.
 
 It reads the CSV with the standard `csv` module and follows the contract's words
-directly, sharing no code with the workers, so that the two can disagree.
+directly, sharing no code with the workers, so that the two can disagree. It also
+holds the one comparison of answers (`mismatch`, up to the contract's tolerance). It
+lives in bench/ so that the soak can use it as well as the tests (tests import bench,
+never the reverse).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ MAXIMISED = {
 }
 QUESTIONS = sorted(MINIMISED | MAXIMISED)
 
+TOLERANCE = 0.01  # on every number of an answer: docs/statistics-contract.md
 Row = tuple[str, str, str, float]  # state, category, stratum, value
 
 
@@ -121,15 +125,30 @@ def _means(pairs: Any) -> dict[str, float]:
     return {key: sums[key] / counts[key] for key in sums}
 
 
-def close_enough(got: Any, want: Any, tolerance: float = 0.01) -> bool:
-    """Same keys (recursively) and numbers within `tolerance`."""
+def mismatch(got: Any, want: Any, path: str = "answer") -> str | None:
+    """Where `got` differs from `want`, or None: the same keys (recursively) and numbers
+    within TOLERANCE. The one answer comparison of the tests and the soak."""
     if isinstance(want, dict):
-        return (
-            isinstance(got, dict)
-            and set(got) == set(want)
-            and all(close_enough(got[k], want[k], tolerance) for k in want)
-        )
-    return isinstance(got, int | float) and math.isclose(got, want, abs_tol=tolerance)
+        if not isinstance(got, dict):
+            return f"{path}: expected a map, got {got!r}"
+        if set(got) != set(want):
+            return f"{path}: keys differ: {sorted(set(got) ^ set(want))}"
+        found = (mismatch(got[key], value, f"{path}[{key!r}]") for key, value in want.items())
+        return next((problem for problem in found if problem), None)
+    if not isinstance(got, int | float) or abs(got - want) > TOLERANCE:
+        return f"{path}: {got!r} != {want!r}"
+    return None
+
+
+def close_enough(got: Any, want: Any) -> bool:
+    """`got` matches `want` up to TOLERANCE (see `mismatch`)."""
+    return mismatch(got, want) is None
+
+
+def assert_close(actual: Any, expected: Any, path: str = "answer") -> None:
+    """Assert that `actual` matches `expected` up to TOLERANCE, saying where it does not."""
+    problem = mismatch(actual, expected, path)
+    assert problem is None, problem
 
 
 def params_for(statistic: str, question: str, state: str) -> dict[str, Any]:
@@ -137,14 +156,3 @@ def params_for(statistic: str, question: str, state: str) -> dict[str, Any]:
     if statistic in STATE_STATISTICS:
         return {"question": question, "state": state}
     return {"question": question}
-
-
-def assert_close(actual: Any, expected: Any, path: str = "answer") -> None:
-    """Equal maps, floats within the contract's 0.01 tolerance."""
-    if isinstance(expected, dict):
-        assert isinstance(actual, dict), f"{path}: expected a map, got {actual!r}"
-        assert set(actual) == set(expected), f"{path}: keys differ: {set(actual) ^ set(expected)}"
-        for key, value in expected.items():
-            assert_close(actual[key], value, f"{path}[{key!r}]")
-    else:
-        assert abs(actual - expected) <= 0.01, f"{path}: {actual} != {expected}"
