@@ -8,6 +8,7 @@ default endpoints are on loopback: binding anything else must be asked for.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 CLIENT_ENDPOINT = "tcp://127.0.0.1:5555"
 WORKER_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -90,6 +91,16 @@ def env_float(key: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise SystemExit(f"{ENV[key]}={raw!r} is not a number") from exc
+
+
+def endpoints(text: str | Sequence[str]) -> list[str]:
+    """Broker endpoints from a comma-separated list ("tcp://a:5555,tcp://b:5555") or a
+    sequence of them, in order, spaces trimmed; ValueError when none is left."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    found = [part.strip() for part in parts if part.strip()]
+    if not found:
+        raise ValueError(f"no broker endpoint in {text!r}")
+    return found
 
 
 def env_flag(key: str) -> bool:

@@ -35,7 +35,8 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--connect",
         default=env_str("worker_endpoint", config.WORKER_ENDPOINT),
-        help="the broker's worker endpoint (LSS_WORKER_ENDPOINT)",
+        help="the broker's worker endpoint, or several brokers' comma-separated: the "
+        "worker serves them all (LSS_WORKER_ENDPOINT)",
     )
     p.add_argument(
         "--data", default=env_str("data", config.DATA_FILE), help="the CSV data file (LSS_DATA)"
