@@ -53,7 +53,8 @@ def test_endpoint_lists_are_read_from_text_or_a_list() -> None:
     assert config.endpoints(f" {A}, {B},,") == [A, B]
     assert config.endpoints([A, f" {B} "]) == [A, B]
     assert config.endpoints(A) == [A]
-    for empty in ("", " , ", []):
+    empties: list[str | list[str]] = ["", " , ", []]
+    for empty in empties:
         with pytest.raises(ValueError, match="no broker endpoint"):
             config.endpoints(empty)
 
