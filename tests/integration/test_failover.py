@@ -10,8 +10,11 @@ Answers are checked against tests/reference.py, the independent computation.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +27,7 @@ import pytest
 from clients import AsyncClient, Client, LssError
 from protocol import config
 from protocol.messages import STATE_STATISTICS, STATISTICS
-from tests.procs import Service, wait_until
+from tests.procs import ROOT, Service, wait_until
 from tests.reference import QUESTIONS, Reference, assert_close, params_for
 
 pytestmark = pytest.mark.integration
@@ -229,3 +232,23 @@ def test_an_async_client_moves_off_a_stopped_broker(
 
     check_answers(reference, jobs, asyncio.run(scenario()))
     assert jobs_on(b) == len(jobs)
+
+
+# --- the command line and the environment ------------------------------------------------
+
+
+def test_lss_takes_a_list_of_endpoints_from_the_environment(
+    service_factory: Callable[..., Service], reference: Reference
+) -> None:
+    a, b = two_brokers(service_factory)
+    a.kill_broker()
+    statistic, params = every_statistic(reference)[0]
+    env = {**b.env, "LSS_CLIENT_ENDPOINT": f"{a.client_endpoint}, {b.client_endpoint}"}
+    command = [sys.executable, "-m", "clients.cli", "submit", statistic, "--wait"]
+    command += [f"--{name}={value}" for name, value in params.items()]
+    done = subprocess.run(
+        command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    check_answers(reference, [(statistic, params)], [json.loads(done.stdout)])
+    assert jobs_on(b) == 1  # A is dead: B answered
