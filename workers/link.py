@@ -129,8 +129,8 @@ class Link:
         silence = self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
         if now - self.last_heard > silence and not draining:
             log.warning(
-                "broker silent for %.1f s (%s); reconnecting in %.1f s",
-                silence, self.endpoint, self.backoff_s,
+                "broker silent for %.1f s; reconnecting in %.1f s (%s)",
+                silence, self.backoff_s, self.endpoint,
             )  # fmt: skip
             self.reconnect(now)
 
