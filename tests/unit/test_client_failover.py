@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from clients import AsyncClient, Client
 from clients.session import HEARTBEAT_TAG, Request, Session
 from protocol import config
 from protocol import messages as m
@@ -182,3 +183,16 @@ def test_another_session_of_the_client_starts_where_a_broker_answered() -> None:
 
 def _done(request: Request) -> list[bytes]:
     return m.encode(m.JobState("job_id_1", "done"), request.tag, m.pack({"global_mean": 1.0}))
+
+
+def test_the_clients_take_a_comma_separated_list_or_a_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local_a, local_b = "tcp://127.0.0.1:9", "tcp://127.0.0.1:19"  # nothing is sent to them
+    with Client(f" {local_a} , {local_b}") as text, Client([local_a, local_b]) as listed:
+        assert text.endpoints == listed.endpoints == [local_a, local_b]
+        assert text.endpoint == f"{local_a},{local_b}"  # hands the list on as it is
+    monkeypatch.setenv("LSS_CLIENT_ENDPOINT", f"{local_b},{local_a}")
+    assert AsyncClient().endpoints == [local_b, local_a]
+    with pytest.raises(ValueError, match="no broker endpoint"):
+        Client(" , ")
