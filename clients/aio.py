@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -42,14 +42,16 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         timeout: float = config.CLIENT_TIMEOUT_S,
         *,
         security: Security | None = None,
         heartbeat_interval_s: float = config.HEARTBEAT_INTERVAL_MS / 1000,
         heartbeat_liveness: int = config.HEARTBEAT_LIVENESS,
     ) -> None:
-        self.endpoint = endpoint or config.env_str("client_endpoint", config.CLIENT_ENDPOINT)
+        given = endpoint or config.env_str("client_endpoint", config.CLIENT_ENDPOINT)
+        self.endpoints = config.endpoints(given)  # one broker's, or several: as in `Client`
+        self.endpoint = ",".join(self.endpoints)
         self.timeout = timeout
         self._security = security or default_security()
         self._heartbeat = (heartbeat_interval_s, heartbeat_liveness)
@@ -191,7 +193,7 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
         if self._transport is None:
             interval_s, liveness = self._heartbeat
             self._transport = Transport(
-                self.endpoint,
+                self.endpoints,
                 self._security,
                 heartbeat_interval_s=interval_s,
                 heartbeat_liveness=liveness,

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--endpoint",
         default=None,
-        help="the broker (default: $LSS_CLIENT_ENDPOINT or " + config.CLIENT_ENDPOINT + ")",
+        help="the broker, or several brokers comma-separated, tried in turn "
+        "(default: $LSS_CLIENT_ENDPOINT or " + config.CLIENT_ENDPOINT + ")",
     )
     parser.add_argument(
         "--timeout",

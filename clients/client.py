@@ -34,22 +34,30 @@ from protocol.errors import BrokerUnavailable, JobTimeout, LssError
 
 
 class Client(Statistics[Answer]):
-    """A connection to an LSS broker. Use as a context manager, or call `close()`."""
+    """A connection to an LSS service. Use as a context manager, or call `close()`.
+
+    `endpoint` is one broker's, or several: a comma-separated list or a list of str. The
+    client talks to one broker at a time and moves to the next in the list when it falls
+    silent for the heartbeat window, resending what is pending (docs/protocol.md,
+    "Several brokers"). `endpoint` is kept as the comma-separated list.
+    """
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         timeout: float = config.CLIENT_TIMEOUT_S,
         *,
         security: Security | None = None,
     ) -> None:
-        self.endpoint = endpoint or config.env_str("client_endpoint", config.CLIENT_ENDPOINT)
+        given = endpoint or config.env_str("client_endpoint", config.CLIENT_ENDPOINT)
+        self.endpoints = config.endpoints(given)
+        self.endpoint = ",".join(self.endpoints)
         self.timeout = timeout
         self._security = security or default_security()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._transport = Transport(self.endpoint, self._security, wake_fd=self._wake_r)
+        self._transport = Transport(self.endpoints, self._security, wake_fd=self._wake_r)
         self._lock = threading.Lock()  # guards the session, `_leading` and `_closed`
         self._changed = threading.Condition(self._lock)  # requests answered, or no leader
         self._leading = False
@@ -207,8 +215,8 @@ class Client(Statistics[Answer]):
     def _pipeline(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
         if window < 1:
             raise ValueError("window must be at least 1")
-        transport = Transport(self.endpoint, self._security)
-        return Pipeline(transport, self.timeout).run(jobs, window)
+        endpoints = self._transport.session.endpoints_from_here()  # where a broker answered
+        return Pipeline(Transport(endpoints, self._security), self.timeout).run(jobs, window)
 
     # --- the socket, one thread at a time (leader/followers) ----------------------------
 

@@ -75,7 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=config.env_str("http_addr", DEFAULT_LISTEN),
         help="HOST:PORT to serve on; port 0 picks a free one (LSS_HTTP_ADDR)",
     )
-    p.add_argument("--endpoint", default=None, help="the broker (LSS_CLIENT_ENDPOINT)")
+    p.add_argument(
+        "--endpoint",
+        default=None,
+        help="the broker, or several brokers comma-separated (LSS_CLIENT_ENDPOINT)",
+    )
     p.add_argument(
         "--allow-host",
         action="append",

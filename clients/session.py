@@ -3,12 +3,13 @@
 `Session` owns what every client driver needs and nothing of sockets, threads or
 clocks: correlation tags, the requests still unanswered, the frames waiting to be sent,
 liveness (a ping after an interval of silence, a reconnect after LIVENESS intervals),
+which broker of the client's endpoint list to talk to (the next one after a silence),
 resending everything unanswered when the broker changes, and matching a reply to its
 request. Drivers hand it what they received and the time, and send what it hands them:
 `clients.transport` (one DEALER, for `Client` and `Client.map`) and `clients.aio`.
 The functions at the end turn a reply into what a caller gets: an answer, or an error
-of the `LssError` tree. The liveness and resend rules are in docs/protocol.md ("Client
-liveness", "Idempotence").
+of the `LssError` tree. The liveness, failover and resend rules are in docs/protocol.md
+("Client liveness", "Several brokers", "Idempotence").
 """
 
 from __future__ import annotations
@@ -55,18 +56,25 @@ class Request:
 
 
 class Session:
-    """One client's requests to one broker. Not thread-safe: a driver serialises calls.
+    """One client's requests to one broker at a time. Not thread-safe: a driver
+    serialises calls.
 
-    Times are `time.monotonic()` seconds, passed in by the driver.
+    `endpoints` lists the brokers to try, in order: the driver connects to `endpoint`,
+    and after a reconnect (`tick` says when) to the new `endpoint`, the next in the
+    list. Times are `time.monotonic()` seconds, passed in by the driver.
     """
 
     def __init__(
         self,
         now: float,
         *,
+        endpoints: str | Sequence[str] = config.CLIENT_ENDPOINT,
         heartbeat_interval_s: float = config.HEARTBEAT_INTERVAL_MS / 1000,
         heartbeat_liveness: int = config.HEARTBEAT_LIVENESS,
     ) -> None:
+        self.endpoints = config.endpoints(endpoints)
+        self._at = 0  # which of `endpoints` is `endpoint`
+        self.endpoint = self.endpoints[0]  # the broker to talk to now
         self.interval_s = heartbeat_interval_s
         self.liveness = heartbeat_liveness
         self.pending: dict[bytes, Request] = {}
@@ -77,8 +85,9 @@ class Session:
         self._request_prefix = uuid.uuid4().hex + "-"  # + a count: unique, cheaper than a UUID
         self._unsent: list[list[bytes]] = []
         self._ping_due = False
-        self._last_heard = self._last_ping = now
+        self._last_heard = self._last_ping = self._last_tick = now
         self._idle = True  # nothing was pending at the last tick, or since
+        self._doubt_s = 0.0  # silence that callers gave up on, carried to the next question
 
     # --- requests ---------------------------------------------------------------------
 
@@ -96,8 +105,12 @@ class Session:
         return f"{self._request_prefix}{next(self._request_ids)}"
 
     def forget(self, request: Request) -> None:
-        """Stop waiting for `request` (its caller gave up); a late reply is dropped."""
+        """Stop waiting for `request` (its caller gave up); a late reply is dropped.
+        The silence it met still counts: callers with deadlines shorter than the
+        heartbeat window would otherwise never leave a dead broker."""
         self.pending.pop(request.tag, None)
+        if not self.pending:
+            self._doubt_s = max(0.0, self._last_tick - self._last_heard)
 
     def fail_all(self, error: LssError) -> list[Request]:
         """End every unanswered request with `error` (the client is closing)."""
@@ -124,7 +137,7 @@ class Session:
 
     def receive(self, frames: list[bytes], now: float) -> list[Request]:
         """Take in one received message (or BATCH); the requests it answered."""
-        self._last_heard = now
+        self._last_heard, self._doubt_s = now, 0.0
         try:
             messages = m.messages_in(frames)
         except ProtocolError as exc:
@@ -171,24 +184,42 @@ class Session:
     # --- liveness ---------------------------------------------------------------------
 
     def connected(self, now: float) -> None:
-        """A new connection: ping it (to learn the broker's id) and resend what is pending."""
+        """A new connection (to `endpoint`): ping it (to learn the broker's id) and resend
+        what is pending. Its broker's id is news, not a restart: the resend is done."""
         self._last_heard = now
+        self.broker_id = None
         self._ping(now)
         self._resend_all()
 
     def tick(self, now: float) -> bool:
         """Keep the broker honest: queue a ping when due. True when the driver must
-        reconnect (then call `connected`): nothing heard for LIVENESS intervals."""
+        reconnect (to `endpoint`, now the next in the list; then call `connected`):
+        nothing heard for LIVENESS intervals while requests were pending."""
         if self._idle or not self.pending:
             self._idle = not self.pending
-            self._last_heard = now  # silence without a question is no sign of death
-            return False
+            self._last_heard = now - self._doubt_s  # silence without a question is no
+            return False  # sign of death, but the silence of a question given up on is
+        self._doubt_s, self._last_tick = 0.0, now
         if now - self._last_heard > self.interval_s * self.liveness:
-            log.warning("no word from the broker for %.1f s; reconnecting", now - self._last_heard)
+            self._move_on(now - self._last_heard)
             return True
         if now - max(self._last_heard, self._last_ping) >= self.interval_s:
             self._ping(now)
         return False
+
+    def endpoints_from_here(self) -> list[str]:
+        """The endpoint list starting at `endpoint`: for another session of the same
+        client, which then starts where this one found a broker."""
+        return self.endpoints[self._at :] + self.endpoints[: self._at]
+
+    def _move_on(self, silence_s: float) -> None:
+        """Leave a silent broker for the next endpoint (the same one when it is alone)."""
+        self._at = (self._at + 1) % len(self.endpoints)
+        log.warning(
+            "no word from %s for %.1f s; moving to %s with %d pending request(s)",
+            self.endpoint, silence_s, self.endpoints[self._at], len(self.pending),
+        )  # fmt: skip
+        self.endpoint = self.endpoints[self._at]
 
     def _ping(self, now: float) -> None:
         self._ping_due = True

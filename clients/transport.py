@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,23 +57,24 @@ def connect_to_broker(sock: zmq.Socket[Any], endpoint: str, security: Security |
 
 
 class Transport:
-    """A session's socket. `wake_fd`, when given, is polled with it (a pipe that another
-    thread writes to when it has queued a request while this one waits)."""
+    """A session's socket, connected to the session's `endpoint` (one of `endpoints`, a
+    comma-separated list or a sequence). `wake_fd`, when given, is polled with it (a
+    pipe that another thread writes to when it has queued a request while this one waits)."""
 
     def __init__(
         self,
-        endpoint: str,
+        endpoints: str | Sequence[str],
         security: Security | None,
         *,
         wake_fd: int | None = None,
         heartbeat_interval_s: float = config.HEARTBEAT_INTERVAL_MS / 1000,
         heartbeat_liveness: int = config.HEARTBEAT_LIVENESS,
     ) -> None:
-        self.endpoint = endpoint
         self.security = security
         self.wake_fd = wake_fd
         self.session = Session(
             time.monotonic(),
+            endpoints=endpoints,
             heartbeat_interval_s=heartbeat_interval_s,
             heartbeat_liveness=heartbeat_liveness,
         )
@@ -81,7 +83,7 @@ class Transport:
 
     def _open(self) -> tuple[zmq.Socket[bytes], zmq.Poller]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        connect_to_broker(sock, self.endpoint, self.security)
+        connect_to_broker(sock, self.session.endpoint, self.security)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         if self.wake_fd is not None:
@@ -111,8 +113,8 @@ class Transport:
         return answered
 
     def keep_alive(self) -> None:
-        """Ping a silent broker, reconnect to a dead one (resending what is pending); the
-        ping or the resent requests go with the next `flush`."""
+        """Ping a silent broker; leave a dead one for the session's next endpoint,
+        resending what is pending. The ping or the resent requests go with the next `flush`."""
         if self.session.tick(time.monotonic()):
             self.sock.close(linger=0)
             self.sock, self._poller = self._open()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,17 @@ SQLITE_SYNCHRONOUS = "NORMAL"
 # Free space in the state directory below which submits are refused (`storage`): room
 # for the answers of accepted jobs, the WAL between checkpoints (16 MiB) and the logs.
 DISK_RESERVE_MB = 64.0
+
+
+def endpoints(text: str | Sequence[str]) -> list[str]:
+    """Broker endpoints from a comma-separated list ("tcp://a:5555,tcp://b:5555") or a
+    sequence of them, in order, spaces trimmed; ValueError when none is left."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    found = [part.strip() for part in parts if part.strip()]
+    if not found:
+        raise ValueError(f"no broker endpoint in {text!r}")
+    return found
+
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -99,9 +110,14 @@ class Setting:
 SETTINGS = {
     s.name: s
     for s in (
-        Setting("client_endpoint", CLIENT_ENDPOINT, "where producers connect"),
+        Setting("client_endpoint", CLIENT_ENDPOINT, "where producers connect (a,b: several)"),
         Setting("worker_endpoint", WORKER_ENDPOINT, "where workers connect"),
-        Setting("connect", WORKER_ENDPOINT, "the broker's worker endpoint", "LSS_WORKER_ENDPOINT"),
+        Setting(
+            "connect",
+            WORKER_ENDPOINT,
+            "the broker's worker endpoint; several brokers' comma-separated: serve them all",
+            "LSS_WORKER_ENDPOINT",
+        ),
         Setting("state_dir", STATE_DIR, "results store, logs and events"),
         Setting("data", DATA_FILE, "the CSV data file; its SHA-256 pins the service's data"),
         Setting("workers", os.cpu_count() or 1, "worker processes (one per CPU)", short="-n"),

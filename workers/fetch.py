@@ -42,30 +42,52 @@ def ensure_data(settings: WorkerSettings) -> Path:
 
 
 def fetch(settings: WorkerSettings, target: Path) -> str:
-    """Download the broker's data file to `target`; return its verified SHA-256."""
+    """Download the data file of the first broker (of `settings.connect`) that answers to
+    `target`; return its verified SHA-256."""
+    sockets = [_dealer(settings, endpoint) for endpoint in config.endpoints(settings.connect)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # workers share dirs
+    try:
+        sock, first = _first_to_answer(sockets)
+        with open(partial, "wb") as out:
+            fingerprint = _download(sock, out, first)
+        os.replace(partial, target)
+        return fingerprint
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        partial.unlink(missing_ok=True)
+
+
+def _dealer(settings: WorkerSettings, endpoint: str) -> zmq.Socket[bytes]:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDTIMEO, CHUNK_TIMEOUT_MS)  # a refused handshake leaves no connection
     if settings.curve_server_key and settings.curve_secret:
         secure_client(sock, settings.curve_server_key, settings.curve_secret)
-    sock.connect(settings.connect)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # workers share dirs
-    try:
-        with open(partial, "wb") as out:
-            fingerprint = _download(sock, out)
-        os.replace(partial, target)
-        return fingerprint
-    finally:
-        sock.close(linger=0)
-        partial.unlink(missing_ok=True)
+    sock.connect(endpoint)
+    return sock
 
 
-def _download(sock: zmq.Socket[bytes], out: object) -> str:
+def _first_to_answer(sockets: list[zmq.Socket[bytes]]) -> tuple[zmq.Socket[bytes], m.DataChunk]:
+    """Ask every broker for the first chunk at once; the first to send it, and its chunk."""
+    if len(sockets) == 1:
+        return sockets[0], _request_chunk(sockets[0], 0)
+    poller = zmq.Poller()
+    for sock in sockets:
+        sock.setsockopt(zmq.SNDTIMEO, 0)  # a broker not reached yet gets the request later
+        sock.send_multipart(m.encode(m.FetchData(0, config.DATA_CHUNK_BYTES)))
+        poller.register(sock, zmq.POLLIN)
+    for sock, _event in poller.poll(CHUNK_TIMEOUT_MS * FETCH_RETRIES):
+        return sock, _chunk_in(m.decode(sock.recv_multipart()).message)
+    raise BrokerUnavailable(f"no broker sent data within {CHUNK_TIMEOUT_MS * FETCH_RETRIES} ms")
+
+
+def _download(sock: zmq.Socket[bytes], out: object, first: m.DataChunk) -> str:
     digest = hashlib.sha256()
     offset, total, announced = 0, None, ""
     while total is None or offset < total:
-        chunk = _request_chunk(sock, offset)
+        chunk = first if offset == 0 else _request_chunk(sock, offset)
         if chunk.offset != offset:
             raise ProtocolError(f"asked for offset {offset}, got {chunk.offset}")
         total, announced = chunk.total_bytes, chunk.fingerprint
@@ -86,9 +108,13 @@ def _request_chunk(sock: zmq.Socket[bytes], offset: int) -> m.DataChunk:
         except zmq.Again:
             continue
         if sock.poll(CHUNK_TIMEOUT_MS, zmq.POLLIN):
-            reply = m.decode(sock.recv_multipart()).message
-            if isinstance(reply, m.DataChunk):
-                return reply
-            if isinstance(reply, m.ErrorReply):
-                raise SystemExit(f"the broker cannot serve data: {reply.reason}")
+            return _chunk_in(m.decode(sock.recv_multipart()).message)
     raise BrokerUnavailable(f"no data chunk at offset {offset} after {FETCH_RETRIES} tries")
+
+
+def _chunk_in(reply: m.Message) -> m.DataChunk:
+    if isinstance(reply, m.DataChunk):
+        return reply
+    if isinstance(reply, m.ErrorReply):
+        raise SystemExit(f"the broker cannot serve data: {reply.reason}")
+    raise ProtocolError(f"expected a data chunk, got {type(reply).__name__}")

@@ -1,20 +1,20 @@
-"""One worker process: a DEALER to the broker, and a compute thread.
+"""One worker process: a DEALER to each broker it is given, and one compute thread.
 
-The socket thread registers (READY with credit and data fingerprint), heartbeats, hands
-jobs to the compute thread over an inproc pipe and sends results back (those of one
-loop turn as one BATCH), so a slow job never silences the heartbeat. A broker silent
-for LIVENESS x INTERVAL is presumed lost: the worker reconnects with exponential
-backoff and registers again. DISCONNECT "shutdown" from the broker, or SIGTERM/SIGINT,
-drains: finish held jobs, then exit 0.
+The socket thread keeps a link (workers.link) to every broker endpoint (--connect takes
+a comma-separated list): each registers (READY with credit and data fingerprint),
+heartbeats and reconnects on its own, so losing one broker never holds up the others.
+It hands every link's jobs to the one compute thread over an inproc pipe and sends the
+results back on the link they came on (those of one loop turn as one BATCH), so a slow
+job never silences a heartbeat. DISCONNECT "shutdown" from every broker, or
+SIGTERM/SIGINT, drains: finish held jobs, then exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -24,12 +24,12 @@ import zmq
 
 from protocol import config, events
 from protocol import messages as m
-from protocol.curve import secure_client
 from protocol.errors import ProtocolError
 from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging, shown
-from protocol.wire import send_frames, waiting
+from protocol.wire import waiting
 from workers.compute import JobRunner
+from workers.link import Link
 from workers.settings import WorkerSettings, add_worker_flags, settings_from
 
 log = logging.getLogger("lss.worker")
@@ -38,9 +38,6 @@ PIPE = "inproc://lss-worker-compute"
 BATCH = 1000
 STOP = b""  # empty tag: tells the compute thread to end
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
-# Messages queued each way; finite so that a broker that stops reading cannot grow a
-# worker without bound (a worker holds at most MAX_WORKER_CREDIT jobs at once anyway).
-SOCKET_HWM = 1000
 
 
 class Worker:
@@ -56,14 +53,19 @@ class Worker:
         self.compute_thread = threading.Thread(
             target=self._compute_loop, name="compute", daemon=True
         )
-        self.connections = 0
-        self.sock = self._open_socket()
+        # The identities of the links' current connections; read by the compute thread
+        # (set operations are atomic under the GIL) to skip the jobs of a lost broker.
+        self.live: set[bytes] = set()
+        numbers = itertools.count(1)
+        self.links = [
+            Link(endpoint, settings, self.context, numbers, self.live)
+            for endpoint in config.endpoints(settings.connect)
+        ]
         self.held = 0  # jobs handed to the compute thread and not yet answered
-        self.outgoing: list[list[bytes]] = []  # results of this turn, sent at its end
         self.draining = False
         self.signals = 0
-        self.backoff_s = config.RECONNECT_MIN_MS / 1000
-        self.last_heard = self.last_sent = time.monotonic()
+        self._polled: tuple[zmq.Socket[bytes], ...] = ()
+        self._poller = zmq.Poller()
 
     # --- compute thread ----------------------------------------------------------
 
@@ -75,6 +77,9 @@ class Worker:
                 tag, request, connection = pipe.recv_multipart()
                 if tag == STOP:
                     return
+                if connection not in self.live:  # its broker is lost: the result would be
+                    pipe.send_multipart([tag, b"", b"", connection])  # dropped; skip the work
+                    continue
                 outcome = self.runner.run(request)
                 pipe.send_multipart([tag, outcome.body, outcome.payload or b"", connection])
         finally:
@@ -82,62 +87,15 @@ class Worker:
 
     # --- socket thread -----------------------------------------------------------
 
-    def _open_socket(self) -> zmq.Socket[bytes]:
-        """A new DEALER with a new identity (host:pid:n), connected to the broker."""
-        self.connections += 1
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        # Unique per connection: it also marks which connection a job came on.
-        self.identity = f"{socket.gethostname()}:{os.getpid()}:{self.connections}".encode()
-        sock.setsockopt(zmq.IDENTITY, self.identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
-        sock.setsockopt(zmq.SNDTIMEO, 0)  # see _deliver
-        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
-        sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
-        if self.settings.curve_server_key and self.settings.curve_secret:
-            secure_client(sock, self.settings.curve_server_key, self.settings.curve_secret)
-        sock.connect(self.settings.connect)
-        return sock
-
-    def _register(self) -> None:
-        ready = m.Ready(self.settings.credit, self.fingerprint, os.getpid(), socket.gethostname())
-        self._send(ready)
-        self.last_heard = time.monotonic()
-        log.info("registering with %s (credit %d)", self.settings.connect, self.settings.credit)
-
-    def _reconnect(self) -> None:
-        time.sleep(self.backoff_s)
-        self.backoff_s = min(self.backoff_s * 2, config.RECONNECT_MAX_MS / 1000)
-        self.sock.close(linger=0)
-        self.outgoing.clear()  # results for the broker we leave (see _read_results)
-        self.sock = self._open_socket()
-        self._register()
-
-    def _send(self, message: m.Message, tag: bytes = b"", payload: bytes | None = None) -> None:
-        self._deliver(m.encode(message, tag, payload))
-
-    def _deliver(self, frames: list[bytes]) -> None:
-        try:
-            send_frames(self.sock, frames)
-        except zmq.Again:  # no connection (libzmq gives up after a refused CURVE handshake)
-            log.debug("no connection to the broker; message dropped, liveness will redial")
-        self.last_sent = time.monotonic()
-
     def run(self) -> int:
         self.compute_thread.start()
-        self._register()
-        poller = zmq.Poller()
-        poller.register(self.pipe, zmq.POLLIN)
+        now = time.monotonic()
+        for link in self.links:
+            link.register(now, self.fingerprint)
         interval_ms = int(self.settings.heartbeat_interval_s * 1000)
-        polled = self.sock
-        poller.register(polled, zmq.POLLIN)
         try:
             while self.signals < 2:
-                if polled is not self.sock:  # _turn replaced it when it reconnected
-                    poller.unregister(polled)
-                    polled = self.sock
-                    poller.register(polled, zmq.POLLIN)
-                ready = dict(poller.poll(interval_ms // 2 or 1))
+                ready = dict(self._sockets().poll(interval_ms // 2 or 1))
                 self._turn(ready)
                 if self.draining and self.held == 0:
                     return self._leave()
@@ -145,105 +103,110 @@ class Worker:
         finally:
             self._close()
 
+    def _sockets(self) -> zmq.Poller:
+        """The poller over the pipe and every link's current socket (they change when a
+        link reconnects)."""
+        sockets = tuple(link.sock for link in self.links)
+        if sockets != self._polled:
+            self._poller = zmq.Poller()
+            self._poller.register(self.pipe, zmq.POLLIN)
+            for sock in sockets:
+                self._poller.register(sock, zmq.POLLIN)
+            self._polled = sockets
+        return self._poller
+
     def _turn(self, ready: dict[zmq.Socket[bytes], int]) -> None:
-        if self.sock in ready:
-            self._read_broker()
+        for link in self.links:
+            if link.sock in ready:
+                self._read_broker(link)
         if self.pipe in ready:
             self._read_results()
-        self._send_results()
         now = time.monotonic()
-        if now - self.last_sent >= self.settings.heartbeat_interval_s:
-            self._send(m.Heartbeat())
-        silence = self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
-        if now - self.last_heard > silence and not self.draining:
-            log.warning("broker silent for %.1f s; reconnecting in %.1f s", silence, self.backoff_s)
-            events.emit("broker_silent", silence_s=silence, reconnect_in_s=self.backoff_s)
-            self._reconnect()
+        for link in self.links:
+            link.send_results(now)
+            link.keep_alive(now, self.fingerprint, self.draining)
 
-    def _read_broker(self) -> None:
-        sock = self.sock
+    def _read_broker(self, link: Link) -> None:
+        sock = link.sock
         for frames in waiting(sock, BATCH):
-            self.last_heard = time.monotonic()
             try:
                 messages = m.messages_in(frames)
             except ProtocolError as exc:
-                log.warning("malformed message from the broker: %s", exc)
+                log.warning("malformed message from %s: %s", link.endpoint, exc)
                 continue
             for message in messages:
                 try:
-                    self._on_frames(message)
+                    self._on_frames(link, message)
                 except ProtocolError as exc:
-                    log.warning("malformed message from the broker: %s", exc)
-                if self.sock is not sock:
+                    log.warning("malformed message from %s: %s", link.endpoint, exc)
+                if link.sock is not sock:
                     return  # dropped and reconnected: the rest was for the old socket
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, link: Link, frames: list[bytes]) -> None:
         kind, tag = m.parse_header(frames[0])
-        if kind is not m.Disconnect:  # being dropped is no reason to retry sooner
-            self.backoff_s = config.RECONNECT_MIN_MS / 1000
+        link.heard(time.monotonic(), disconnect=kind is m.Disconnect)
         if kind is m.Job and len(frames) == 2:
-            self._on_job(tag, frames[1])  # the body is decoded only if not cached
+            self._on_job(link, tag, frames[1])  # the body is decoded only if not cached
         else:
-            self._on_broker(m.decode(frames).message)
+            self._on_broker(link, m.decode(frames).message)
 
-    def _on_job(self, tag: bytes, request: bytes) -> None:
+    def _on_job(self, link: Link, tag: bytes, request: bytes) -> None:
         if self.draining:
             return  # the broker re-queues it when we leave
-        log.debug("%s received", tag.decode(errors="replace"))
+        log.debug("%s received from %s", tag.decode(errors="replace"), link.endpoint)
         outcome = self.runner.cached(request)
         if outcome is not None:
-            self._send_result(tag, outcome.body, outcome.payload)
+            link.outgoing.append(m.frames_of(m.Command.RESULT, tag, outcome.body, outcome.payload))
         else:
-            self.pipe.send_multipart([tag, request, self.identity])
+            self.pipe.send_multipart([tag, request, link.identity])
             self.held += 1
 
-    def _on_broker(self, msg: m.Message) -> None:
+    def _on_broker(self, link: Link, msg: m.Message) -> None:
         if isinstance(msg, m.Disconnect):
-            self._on_disconnect(msg.reason)
+            self._on_disconnect(link, msg.reason)
         elif isinstance(msg, m.ErrorReply):
             log.warning("broker says: %s (%s)", shown(msg.reason), shown(msg.code))
 
-    def _on_disconnect(self, reason: str) -> None:
-        if reason == "shutdown":
+    def _on_disconnect(self, link: Link, reason: str) -> None:
+        if reason != "shutdown":
+            log.warning("%s dropped this worker (%s); registering again", link.endpoint, reason)
+            link.reconnect(time.monotonic())
+            return
+        link.shut_down = True
+        if all(other.shut_down for other in self.links):
             log.info("broker shutting down: finishing %d held job(s), then exiting", self.held)
             self.draining = True
-        else:
-            log.warning("broker dropped this worker (%s); registering again", reason)
-            self._reconnect()
+        else:  # the others still need us; this one is heard from again if it comes back
+            log.info("%s is shutting down; serving the other brokers", link.endpoint)
 
     def _read_results(self) -> None:
+        links = {link.identity: link for link in self.links}
         for frames in waiting(self.pipe, BATCH):
             tag, body, payload, connection = frames
             self.held -= 1
-            if connection != self.identity:
-                # A job of a broker we have since left: the job number may now name
+            link = links.get(connection)
+            if link is None:
+                # A job of a connection we have since left: the job number may now name
                 # another job (the broker may have died before recording it), and
                 # whoever holds the job now runs it again.
                 log.debug("%s dropped: received on an earlier connection", tag.decode())
                 events.emit("result_dropped", job=tag.decode(errors="replace"))
                 continue
-            self._send_result(tag, body, payload or None)
-
-    def _send_result(self, tag: bytes, body: bytes, payload: bytes | None) -> None:
-        self.outgoing.append(m.frames_of(m.Command.RESULT, tag, body, payload))
-
-    def _send_results(self) -> None:
-        """Send this turn's results, several as one BATCH."""
-        if self.outgoing:
-            outgoing, self.outgoing = self.outgoing, []
-            for frames in m.batches(outgoing, self.settings.max_message_bytes):
-                self._deliver(frames)
+            link.outgoing.append(m.frames_of(m.Command.RESULT, tag, body, payload or None))
 
     def _leave(self) -> int:
-        self._send_results()
-        self._send(m.Disconnect("worker exiting"))
+        now = time.monotonic()
+        for link in self.links:
+            link.send_results(now)
+            link.send(m.Disconnect("worker exiting"), now=now)
         log.info("worker exits")
         return config.EXIT_OK
 
     def _close(self) -> None:
         self.pipe.send_multipart([STOP, b"", b""])
         self.compute_thread.join(timeout=1.0)
-        self.sock.close(linger=LEAVE_LINGER_MS)
+        for link in self.links:
+            link.close(LEAVE_LINGER_MS)
         self.pipe.close(linger=0)
         self.context.term()
 

@@ -3,6 +3,8 @@ loads it only if its SHA-256 is the one the broker announced."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,6 +93,18 @@ def settings_for(endpoint: str, tmp_path: Path) -> WorkerSettings:
         max_message_bytes=config.MAX_MESSAGE_BYTES, diagnostics=False, fetch_data=True,
         curve_server_key=None, curve_secret=None, log_level="INFO",
     )  # fmt: skip
+
+
+def test_a_worker_given_several_brokers_fetches_from_the_first_that_answers(
+    service_factory: Callable[..., Service], standin_csv: Path, tmp_path: Path
+) -> None:
+    stopped, live = service_factory(), service_factory()
+    assert stopped.broker is not None
+    os.kill(stopped.broker.pid, signal.SIGSTOP)  # connected, but it never answers
+    endpoints = f"{stopped.worker_endpoint},{live.worker_endpoint}"
+    target = tmp_path / "out" / "data.csv"
+    assert fetch(settings_for(endpoints, tmp_path), target) == file_sha256(standin_csv)
+    assert target.read_bytes() == standin_csv.read_bytes()
 
 
 def test_fetch_verifies_the_announced_sha256(
