@@ -68,6 +68,10 @@ def _named_jobs(message: m.Message) -> set[int]:
         ids = [message.job_id]
     elif isinstance(message, m.JobList):
         ids = [str(entry[0]) for entry in message.jobs]
+    elif isinstance(message, m.RecentJobs):  # it lists the transaction's jobs too
+        ids = [str(entry.get("job_id")) for entry in [*message.jobs, *message.failures]]
+    elif isinstance(message, m.StatsReply):  # its `last_job` may be a void number
+        ids = [str(message.stats.get("last_job"))]
     else:
         return set()
     return {seq for seq in map(job_seq, ids) if seq is not None}

@@ -359,6 +359,23 @@ def test_a_failed_insert_voids_the_transaction_and_refuses_submits_meanwhile(
     assert h.submit(1, ["early"]) == ["job_id_2"]  # job_id_1 was never told: not reused
 
 
+def test_a_failed_commit_also_voids_recent_and_stats_replies_naming_its_jobs(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(store)
+    h.client(m.Submit("void", "global_mean", {"question": "Q"}), tag=b"s")
+    h.client(m.Recent(10), who=b"dashboard", tag=b"r")
+    h.client(m.Stats(), who=b"status", tag=b"st")
+    failing(monkeypatch, store, "commit")
+    with pytest.raises(StorageError) as failure:
+        h.core.commit()
+    h.core.roll_back(failure.value)
+    monkeypatch.undo()
+    clients, _ = h.sent()
+    # job_id_1 was never committed: no reply may name it, RECENT and STATS included.
+    assert replies(clients) == {b"s": STORAGE_ERROR, b"r": STORAGE_ERROR, b"st": STORAGE_ERROR}
+
+
 # --- roles and caps -----------------------------------------------------------------
 
 ALICE = Caller(Role.CLIENT, "A" * 40, "alice")
