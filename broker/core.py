@@ -24,6 +24,7 @@ from broker.latency import LatencyRecorder
 from broker.limits import (
     ANSWER_BYTES_PER_TURN,
     DATA_BYTES_PER_TURN,
+    MAX_WAITERS,
     MAX_WAITERS_PER_PEER,
     PEER_ANSWER_BYTES_PER_TURN,
     Budget,
@@ -295,7 +296,10 @@ class BrokerCore:
 
     def _add_waiter(self, identity: bytes, tag: bytes, seq: int) -> None:
         if not self._waiters.add(seq, identity, tag):
-            why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
+            if self._waiters.total >= MAX_WAITERS:  # not this peer's doing: say so
+                why = f"too many waits at once (at most {MAX_WAITERS} in all); ask again later"
+            else:
+                why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
             self.refuse(identity, tag, ErrorCode.OVER_LIMIT, why)
 
     def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs, caller: Caller) -> None:

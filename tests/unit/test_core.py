@@ -434,6 +434,20 @@ def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPat
     assert h.sent()[0] == [] and h.core.stats(h.now)["waiters"] == 4
 
 
+def test_a_wait_refused_for_the_global_cap_does_not_blame_its_peer(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("broker.limits.MAX_WAITERS", 2)
+    monkeypatch.setattr("broker.core.MAX_WAITERS", 2)
+    h = Harness(store)
+    (job,) = h.submit(1)
+    for who in (b"a", b"b", b"c"):
+        h.client(m.Wait(job), who=who)
+    (refused,) = h.sent()[0]
+    assert refused.identity == b"c" and isinstance(refused.message, m.ErrorReply)
+    assert "2 in all" in refused.message.reason and "per peer" not in refused.message.reason
+
+
 def test_answers_per_peer_and_turn_are_capped(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
