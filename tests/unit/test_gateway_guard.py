@@ -54,3 +54,12 @@ def test_the_token_is_taken_from_bearer_or_basic_only() -> None:
     for given in ("", "t0ken", "Bearer t0ke", "Basic t0ken", "Token t0ken"):
         refusal = policy.refusal(environ(**host, http_authorization=given))
         assert refusal is not None and refusal.status == 401, given
+
+
+def test_the_shutdown_wants_bearer_as_a_browser_sends_basic_from_any_page() -> None:
+    policy = Policy.for_listen("10.0.0.1", 5000, token="t0ken")
+    shutdown = {"http_host": "10.0.0.1:5000", "PATH_INFO": "/api/graceful_shutdown"}
+    basic = "Basic " + base64.b64encode(b"me:t0ken").decode()
+    refusal = policy.refusal(environ(**shutdown, http_authorization=basic))
+    assert refusal is not None and refusal.status == 401 and "Bearer" in refusal.reason
+    assert policy.refusal(environ(**shutdown, http_authorization="Bearer t0ken")) is None
