@@ -34,7 +34,14 @@ log = logging.getLogger("lss.gateway")
 
 SHUTTING_DOWN = {"job_id": -1, "reason": "shutting down"}
 TEXT_FIELDS = ("question", "state")
-_REFUSAL_HTTP_STATUS: dict[str, int] = {ErrorCode.BAD_REQUEST: 400, ErrorCode.QUEUE_FULL: 503}
+_REFUSAL_HTTP_STATUS: dict[str, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.TOO_LARGE: 413,  # the caller's doing, not the broker's (502 said otherwise)
+    ErrorCode.FORBIDDEN: 403,  # the gateway's key may not (e.g. a client key's shutdown)
+    ErrorCode.QUEUE_FULL: 503,
+    ErrorCode.STORAGE: 503,
+    ErrorCode.OVER_LIMIT: 503,
+}
 
 ViewResult = Response | tuple[Response, int]
 

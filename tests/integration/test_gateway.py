@@ -81,6 +81,8 @@ def test_bad_requests_get_400_or_404_with_a_json_reason(
         assert status == 400 and "must be a string" in reply["reason"], payload
     status, reply = http.post("/api/best5", {"question": OBESITY, "n": 2**70})
     assert status == 400, reply
+    status, reply = http.post("/api/best5", {"question": "x" * 5000})  # the broker refuses it
+    assert status == 413 and "over 4096" in reply["reason"], (status, reply)
     status, reply = http.post("/api/no_such_statistic", {"question": OBESITY})
     assert status == 404 and "unknown statistic" in reply["reason"]
     status, reply = http.get("/api/best5")
