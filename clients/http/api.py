@@ -28,6 +28,7 @@ from clients.http.dashboard import Dashboard, register
 from clients.http.jsonbody import InvalidBody, parse_json
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
+from protocol.logs import shown
 from protocol.messages import STATISTICS, ErrorCode
 
 log = logging.getLogger("lss.gateway")
@@ -152,7 +153,7 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 
 def _internal_error(exc: Exception) -> tuple[Response, int]:
-    log.exception("internal error serving %s %s", request.method, request.path)
+    log.exception("internal error serving %s %s", request.method, shown(request.path))
     return _error(500, f"internal error: {type(exc).__name__}")
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from protocol.logs import Throttle
+from protocol.logs import Throttle, shown
 
 log = logging.getLogger("lss.gateway")
 
@@ -114,9 +114,9 @@ class Policy:
     def log_refusal(self, environ: dict[str, Any], refusal: Refusal) -> None:
         throttle = self._throttles.setdefault(refusal.cause, Throttle(log, burst=5))
         peer = str(environ.get("REMOTE_ADDR"))
-        throttle.warning(peer, "refused %s %s from %s: %d %s", environ.get("REQUEST_METHOD"),
-                         _cut(str(environ.get("PATH_INFO", ""))), environ.get("REMOTE_ADDR"),
-                         refusal.status, refusal.reason)  # fmt: skip
+        throttle.warning(peer, "refused %s %s from %s: %d %s", shown(environ.get("REQUEST_METHOD")),
+                         shown(environ.get("PATH_INFO", "")), environ.get("REMOTE_ADDR"),
+                         refusal.status, shown(refusal.reason))  # fmt: skip
 
 
 class Guard:
