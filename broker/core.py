@@ -345,7 +345,7 @@ class BrokerCore:
             return
         if self.fingerprint is None:
             self.fingerprint = msg.fingerprint
-            log.info("service data fingerprint set by the first worker: %s", msg.fingerprint)
+            log.info("service data fingerprint set by the first worker: %s", shown(msg.fingerprint))
         if msg.fingerprint != self.fingerprint or msg.credit < 1:
             self._warn.warning(
                 ("refused worker", identity),
@@ -403,7 +403,7 @@ class BrokerCore:
         self.rates.count(status, now_s)
         self.latency.finished(seq, now_s)
         text = job_id(seq)
-        log.debug("%s %s%s", text, status, f": {outcome.reason}" if outcome.reason else "")
+        log.debug("%s %s%s", text, status, f": {shown(outcome.reason)}" if outcome.reason else "")
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
         for identity, tag in waiters:
             self._reply(identity, tag, state, outcome.answer)

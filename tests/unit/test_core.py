@@ -513,3 +513,19 @@ def test_stats_carry_latency_per_phase_and_recent_reads_the_store(store: Store) 
     assert recent_reply.jobs[1]["params"] == {"question": "Q"}
     assert [(j["job_id"], j["reason"]) for j in recent_reply.failures] == [(failing, "no data")]
     assert stats_reply.stats["workers"][0]["last_seen_s_ago"] == 0.0
+
+
+def test_what_a_worker_sent_is_escaped_in_the_log_lines_about_it(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(store)
+    h.core.fingerprint = None  # the first worker sets it
+    forged = "fp\n2026-01-01T00:00:00.000Z INFO    lss.broker[1] forged \x1b[2J"
+    with caplog.at_level("DEBUG", logger="lss.broker"):
+        h.worker(m.Ready(1, forged), b"w1")
+        (job,) = h.submit(1)
+        h.sent()
+        h.worker(m.Result("error", forged, reason=forged), b"w1", job.encode())
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("forged" in line for line in lines) >= 2, lines
+    assert not [line for line in lines if "\n" in line or "\x1b" in line], lines
