@@ -30,10 +30,15 @@ class Budget:
     def take(self, peer: bytes, size: int) -> bool:
         """Count `size` more bytes for `peer` if both caps allow it; False otherwise."""
         if self._used[peer] + size > self.per_peer or self._used_total + size > self.total:
+            self._used[peer] = max(self._used[peer], self.per_peer)  # `spent` from now on
             return False
         self._used[peer] += size
         self._used_total += size
         return True
+
+    def spent(self, peer: bytes) -> bool:
+        """Whether `peer` (or everyone) has used up this turn's bytes."""
+        return self._used[peer] >= self.per_peer or self._used_total >= self.total
 
     def reset(self) -> None:
         self._used.clear()
