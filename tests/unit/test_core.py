@@ -286,6 +286,15 @@ def failing(monkeypatch: pytest.MonkeyPatch, store: Store, method: str) -> None:
     monkeypatch.setattr(store, method, full)
 
 
+def commit_fails(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The turn's commit fails as on a full disk, and the core rolls back."""
+    failing(monkeypatch, h.core.store, "commit")
+    with pytest.raises(StorageError) as failure:
+        h.core.commit()
+    h.core.roll_back(failure.value)
+    monkeypatch.undo()
+
+
 def replies(clients: list[m.Envelope]) -> dict[bytes, m.Message]:
     return {e.tag: e.message for e in clients}
 
@@ -313,11 +322,7 @@ def test_a_failed_commit_takes_back_every_id_and_answer_of_the_transaction(
         (b"w1", b"job_id_2"),
         (b"w1", b"job_id_3"),
     ]
-    failing(monkeypatch, store, "commit")
-    with pytest.raises(StorageError) as failure:
-        h.core.commit()
-    h.core.roll_back(failure.value)
-    monkeypatch.undo()
+    commit_fails(h, monkeypatch)
     clients, to_workers = h.sent()
     # No id and no answer of the failed transaction leaves; the waiter still waits.
     assert replies(clients) == {b"p": STORAGE_ERROR, b"n": STORAGE_ERROR, b"g": STORAGE_ERROR}
@@ -367,11 +372,7 @@ def test_a_failed_commit_also_voids_recent_and_stats_replies_naming_its_jobs(
     h.client(m.Submit("void", "global_mean", {"question": "Q"}), tag=b"s")
     h.client(m.Recent(10), who=b"dashboard", tag=b"r")
     h.client(m.Stats(), who=b"status", tag=b"st")
-    failing(monkeypatch, store, "commit")
-    with pytest.raises(StorageError) as failure:
-        h.core.commit()
-    h.core.roll_back(failure.value)
-    monkeypatch.undo()
+    commit_fails(h, monkeypatch)
     clients, _ = h.sent()
     # job_id_1 was never committed: no reply may name it, RECENT and STATS included.
     assert replies(clients) == {b"s": STORAGE_ERROR, b"r": STORAGE_ERROR, b"st": STORAGE_ERROR}
