@@ -51,7 +51,8 @@ _FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DE
 
 
 class RefusalLog:
-    """Rate-limited WARNING lines: the first refusal of a (peer, key) at once, then a count."""
+    """Rate-limited WARNING lines: the first refusal of a (peer, reason) at once, then a
+    count. By reason, not key: a peer making up a new key per connection is one peer."""
 
     def __init__(
         self, every_s: float = REPEAT_LOG_S, clock: Callable[[], float] = time.monotonic
@@ -67,11 +68,11 @@ class RefusalLog:
         now = self.clock()
         with self.lock:
             self.total += 1
-            logged_at, quiet = self._seen.pop((peer, key), (None, 0))
+            logged_at, quiet = self._seen.pop((peer, why), (None, 0))
             if logged_at is not None and now - logged_at < self.every_s:
-                self._seen[(peer, key)] = (logged_at, quiet + 1)
+                self._seen[(peer, why)] = (logged_at, quiet + 1)
                 return False
-            self._seen[(peer, key)] = (now, 0)
+            self._seen[(peer, why)] = (now, 0)
             while len(self._seen) > MAX_TRACKED:
                 self._seen.popitem(last=False)
         again = f" (refused {quiet} more time(s) since the last report)" if quiet else ""
