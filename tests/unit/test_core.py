@@ -365,17 +365,21 @@ def test_a_failed_insert_voids_the_transaction_and_refuses_submits_meanwhile(
     assert h.submit(1, ["early"]) == ["job_id_2"]  # job_id_1 was never told: not reused
 
 
-def test_a_failed_commit_also_voids_recent_and_stats_replies_naming_its_jobs(
+def test_a_failed_commit_takes_its_jobs_out_of_recent_replies(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = Harness(store)
+    h.submit(1, ["kept"])
+    h.core.commit()
     h.client(m.Submit("void", "global_mean", {"question": "Q"}), tag=b"s")
     h.client(m.Recent(10), who=b"dashboard", tag=b"r")
-    h.client(m.Stats(), who=b"status", tag=b"st")
     commit_fails(h, monkeypatch)
-    clients, _ = h.sent()
-    # job_id_1 was never committed: no reply may name it, RECENT and STATS included.
-    assert replies(clients) == {b"s": STORAGE_ERROR, b"r": STORAGE_ERROR, b"st": STORAGE_ERROR}
+    got = replies(h.sent()[0])
+    # job_id_2 was never committed: no reply may name it, RECENT's listing included.
+    assert got[b"s"] == STORAGE_ERROR
+    recent = got[b"r"]
+    assert isinstance(recent, m.RecentJobs)
+    assert [job["job_id"] for job in recent.jobs] == ["job_id_1"] and recent.failures == []
 
 
 # --- roles and caps -----------------------------------------------------------------
