@@ -24,6 +24,7 @@ from broker.latency import LatencyRecorder
 from broker.limits import (
     ANSWER_BYTES_PER_TURN,
     DATA_BYTES_PER_TURN,
+    MAX_WAITERS,
     MAX_WAITERS_PER_PEER,
     PEER_ANSWER_BYTES_PER_TURN,
     Budget,
@@ -157,12 +158,16 @@ class BrokerCore:
         elif isinstance(msg, m.Ping):
             self._reply(identity, tag, m.Pong(self.broker_id, shutting_down=self.shutting_down))
         elif isinstance(msg, m.Stats | m.Recent):
-            self._reply(identity, tag, self._report(msg, now_s, caller))
+            self._reply(identity, tag, self._report(identity, msg, now_s, caller))
         else:
             name = type(msg).__name__
             self.refuse(identity, tag, ErrorCode.UNKNOWN_COMMAND, f"{name} is not a client request")
 
-    def _report(self, msg: m.Stats | m.Recent, now_s: float, caller: Caller) -> m.Message:
+    def _report(
+        self, identity: bytes, msg: m.Stats | m.Recent, now_s: float, caller: Caller
+    ) -> m.Message:
+        if self.outbox.answers.spent(identity):  # its reply could not go: spare the work
+            return _over_budget()
         if isinstance(msg, m.Recent):  # a client key sees only its own jobs here too
             return recent_jobs(self.store, msg.limit, None if caller.sees_all else caller.key)
         return m.StatsReply(self.stats(now_s))
@@ -174,10 +179,12 @@ class BrokerCore:
     def _reply(
         self, identity: bytes, tag: bytes, message: m.Message, payload: bytes | None = None
     ) -> None:
-        if payload is not None and not self.outbox.answers.take(identity, len(payload)):
-            why = f"more than {PEER_ANSWER_BYTES_PER_TURN} bytes of answers at once; ask again"
-            message, payload = m.ErrorReply(ErrorCode.OVER_LIMIT.value, why), None
-        self.outbox.clients.append(m.route(identity, message, tag, payload))
+        frames = m.route(identity, message, tag, payload)
+        if payload is not None or isinstance(message, SIZED_REPLIES):
+            size = len(payload) if payload is not None else sum(map(len, frames))
+            if not self.outbox.answers.take(identity, size):
+                frames = m.route(identity, _over_budget(), tag)
+        self.outbox.clients.append(frames)
 
     def _forbid(self, identity: bytes, tag: bytes, caller: Caller, what: str) -> None:
         """Refuse an operation `caller`'s role does not allow; logged once in a while."""
@@ -295,10 +302,16 @@ class BrokerCore:
 
     def _add_waiter(self, identity: bytes, tag: bytes, seq: int) -> None:
         if not self._waiters.add(seq, identity, tag):
-            why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
+            if self._waiters.total >= MAX_WAITERS:  # not this peer's doing: say so
+                why = f"too many waits at once (at most {MAX_WAITERS} in all); ask again later"
+            else:
+                why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
             self.refuse(identity, tag, ErrorCode.OVER_LIMIT, why)
 
     def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs, caller: Caller) -> None:
+        if self.outbox.answers.spent(identity):  # its reply could not go: spare the work
+            self._reply(identity, tag, _over_budget())
+            return
         limit = max(1, min(msg.limit, self.settings.list_page_limit))
         after = min(max(msg.after, 0), self.store.last_seq())
         page = self.store.page(after, limit, None if caller.sees_all else caller.key)
@@ -341,7 +354,7 @@ class BrokerCore:
             return
         if self.fingerprint is None:
             self.fingerprint = msg.fingerprint
-            log.info("service data fingerprint set by the first worker: %s", msg.fingerprint)
+            log.info("service data fingerprint set by the first worker: %s", shown(msg.fingerprint))
         if msg.fingerprint != self.fingerprint or msg.credit < 1:
             self._warn.warning(
                 ("refused worker", identity),
@@ -400,7 +413,7 @@ class BrokerCore:
         self.rates.count(status, now_s)
         self.latency.finished(seq, now_s)
         text = job_id(seq)
-        log.debug("%s %s%s", text, status, f": {outcome.reason}" if outcome.reason else "")
+        log.debug("%s %s%s", text, status, f": {shown(outcome.reason)}" if outcome.reason else "")
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
         for identity, tag in waiters:
             self._reply(identity, tag, state, outcome.answer)
@@ -586,6 +599,16 @@ class BrokerCore:
             "storage_failures": dict(self._storage_failures),
             "latency": self.latency.describe(),
         }
+
+
+# Replies whose size a peer chooses (up to a page or MAX_RECENT jobs, ~100 KB): they
+# count against the peer's answer budget of a turn, as answers do.
+SIZED_REPLIES = (m.RecentJobs, m.JobList, m.StatsReply)
+
+
+def _over_budget() -> m.ErrorReply:
+    why = f"more than {PEER_ANSWER_BYTES_PER_TURN} bytes of answers at once; ask again"
+    return m.ErrorReply(ErrorCode.OVER_LIMIT.value, why)
 
 
 def _is_answer(payload: bytes) -> bool:

@@ -26,17 +26,24 @@ class Budget:
         self.per_peer, self.total = per_peer, total
         self._used: Counter[bytes] = Counter()
         self._used_total = 0
+        self._refused: set[bytes] = set()
 
     def take(self, peer: bytes, size: int) -> bool:
         """Count `size` more bytes for `peer` if both caps allow it; False otherwise."""
         if self._used[peer] + size > self.per_peer or self._used_total + size > self.total:
+            self._refused.add(peer)
             return False
         self._used[peer] += size
         self._used_total += size
         return True
 
+    def spent(self, peer: bytes) -> bool:
+        """Whether `take` has refused `peer` this turn (or everyone is out of bytes)."""
+        return peer in self._refused or self._used_total >= self.total
+
     def reset(self) -> None:
         self._used.clear()
+        self._refused.clear()
         self._used_total = 0
 
 

@@ -7,7 +7,7 @@ endpoint; `client` or `admin` on the client endpoint (see protocol.curve for the
 the directories are reread when a key file changes, so keys can be added or revoked
 without a restart). The ZAP user id names the admitted key (broker.access), and ZeroMQ
 attaches it to every message the peer sends. Every refusal is logged at WARNING with the
-peer's address and public key (at most once per REPEAT_LOG_S for the same peer and key,
+peer's address and public key (at most once per REPEAT_LOG_S for the same peer and reason,
 with a count): wrong or unknown keys through ZAP, and peers that do not speak CURVE at
 all (keyless, or garbage) through a socket monitor, which cannot tell their address,
 only the endpoint they reached.
@@ -40,7 +40,7 @@ from protocol.logs import shown
 
 log = logging.getLogger("lss.broker.auth")
 
-REPEAT_LOG_S = 10.0  # one refusal line per peer and key per this many seconds
+REPEAT_LOG_S = 10.0  # one refusal line per peer and reason per this many seconds
 MAX_TRACKED = 1024  # refusal counters kept, oldest dropped first
 MONITOR_POLL_MS = 200
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27)
@@ -51,7 +51,8 @@ _FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DE
 
 
 class RefusalLog:
-    """Rate-limited WARNING lines: the first refusal of a (peer, key) at once, then a count."""
+    """Rate-limited WARNING lines: the first refusal of a (peer, reason) at once, then a
+    count. By reason, not key: a peer making up a new key per connection is one peer."""
 
     def __init__(
         self, every_s: float = REPEAT_LOG_S, clock: Callable[[], float] = time.monotonic
@@ -63,15 +64,15 @@ class RefusalLog:
         self._seen: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
 
     def refused(self, peer: str, key: str, why: str) -> bool:
-        """Count one refusal; log it unless this peer and key were logged recently."""
+        """Count one refusal; log it unless this peer was refused so recently."""
         now = self.clock()
         with self.lock:
             self.total += 1
-            logged_at, quiet = self._seen.pop((peer, key), (None, 0))
+            logged_at, quiet = self._seen.pop((peer, why), (None, 0))
             if logged_at is not None and now - logged_at < self.every_s:
-                self._seen[(peer, key)] = (logged_at, quiet + 1)
+                self._seen[(peer, why)] = (logged_at, quiet + 1)
                 return False
-            self._seen[(peer, key)] = (now, 0)
+            self._seen[(peer, why)] = (now, 0)
             while len(self._seen) > MAX_TRACKED:
                 self._seen.popitem(last=False)
         again = f" (refused {quiet} more time(s) since the last report)" if quiet else ""

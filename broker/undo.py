@@ -9,7 +9,7 @@ so they decode frames rather than make the hot path carry bookkeeping.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from protocol import messages as m
 from protocol.errors import ProtocolError
@@ -41,7 +41,9 @@ def client_replies(
         who = (envelope.identity or b"", envelope.tag)
         if who in dropped:
             continue
-        if _named_jobs(envelope.message) & void:
+        if isinstance(envelope.message, m.RecentJobs):  # a listing: without the void jobs
+            kept.append(m.route(who[0], _without(envelope.message, void), who[1]))
+        elif _named_jobs(envelope.message) & void:
             kept.append(m.route(who[0], m.ErrorReply(ErrorCode.STORAGE.value, reason), who[1]))
         else:
             kept.append(frames)
@@ -71,6 +73,13 @@ def _named_jobs(message: m.Message) -> set[int]:
     else:
         return set()
     return {seq for seq in map(job_seq, ids) if seq is not None}
+
+
+def _without(recent: m.RecentJobs, void: set[int]) -> m.RecentJobs:
+    def kept(entries: list[Any]) -> list[Any]:
+        return [entry for entry in entries if job_seq(str(entry.get("job_id"))) not in void]
+
+    return m.RecentJobs(kept(recent.jobs), kept(recent.failures))
 
 
 def _job_of(frames: list[bytes]) -> int | None:

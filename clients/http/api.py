@@ -28,13 +28,21 @@ from clients.http.dashboard import Dashboard, register
 from clients.http.jsonbody import InvalidBody, parse_json
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
+from protocol.logs import shown
 from protocol.messages import STATISTICS, ErrorCode
 
 log = logging.getLogger("lss.gateway")
 
 SHUTTING_DOWN = {"job_id": -1, "reason": "shutting down"}
 TEXT_FIELDS = ("question", "state")
-_REFUSAL_HTTP_STATUS: dict[str, int] = {ErrorCode.BAD_REQUEST: 400, ErrorCode.QUEUE_FULL: 503}
+_REFUSAL_HTTP_STATUS: dict[str, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.TOO_LARGE: 413,  # the caller's doing, not the broker's (502 said otherwise)
+    ErrorCode.FORBIDDEN: 403,  # the gateway's key may not (e.g. a client key's shutdown)
+    ErrorCode.QUEUE_FULL: 503,
+    ErrorCode.STORAGE: 503,
+    ErrorCode.OVER_LIMIT: 503,
+}
 
 ViewResult = Response | tuple[Response, int]
 
@@ -145,7 +153,7 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 
 def _internal_error(exc: Exception) -> tuple[Response, int]:
-    log.exception("internal error serving %s %s", request.method, request.path)
+    log.exception("internal error serving %s %s", request.method, shown(request.path))
     return _error(500, f"internal error: {type(exc).__name__}")
 
 

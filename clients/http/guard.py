@@ -11,7 +11,8 @@ application, so that no route can forget it:
   these headers and are served as before.
 - **Token**: when the gateway has a token (`LSS_HTTP_TOKEN`), every request needs
   `Authorization: Bearer <token>` (or HTTP Basic with the token as password, which a
-  browser asks its user for); compared in constant time; 401 otherwise.
+  browser asks its user for, except on the shutdown route); compared in constant time;
+  401 otherwise.
 - **Bodies**: a POST must be `Content-Type: application/json` (415 otherwise).
 - **HEAD** only reads: a HEAD of a route that acts (the shutdown) gets 405.
 """
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from protocol.logs import Throttle
+from protocol.logs import Throttle, shown
 
 log = logging.getLogger("lss.gateway")
 
@@ -91,9 +92,9 @@ class Policy:
     def _token(self, environ: dict[str, Any]) -> Refusal | None:
         if not self.token:
             return None
-        given = _credential(str(environ.get("HTTP_AUTHORIZATION", "")))
-        if hmac.compare_digest(given.encode(), self.token.encode()):
-            return None
+        header = str(environ.get("HTTP_AUTHORIZATION", ""))
+        if hmac.compare_digest(_credential(header).encode(), self.token.encode()):
+            return _basic_acting(header, environ)
         challenge = (("WWW-Authenticate", "Bearer"), ("WWW-Authenticate", 'Basic realm="lss"'))
         return Refusal(401, "a valid 'Authorization: Bearer <token>' is required", "token",
                        challenge)  # fmt: skip
@@ -113,9 +114,9 @@ class Policy:
     def log_refusal(self, environ: dict[str, Any], refusal: Refusal) -> None:
         throttle = self._throttles.setdefault(refusal.cause, Throttle(log, burst=5))
         peer = str(environ.get("REMOTE_ADDR"))
-        throttle.warning(peer, "refused %s %s from %s: %d %s", environ.get("REQUEST_METHOD"),
-                         _cut(str(environ.get("PATH_INFO", ""))), environ.get("REMOTE_ADDR"),
-                         refusal.status, refusal.reason)  # fmt: skip
+        throttle.warning(peer, "refused %s %s from %s: %d %s", shown(environ.get("REQUEST_METHOD")),
+                         shown(environ.get("PATH_INFO", "")), environ.get("REMOTE_ADDR"),
+                         refusal.status, shown(refusal.reason))  # fmt: skip
 
 
 class Guard:
@@ -139,6 +140,16 @@ class Guard:
                 name = header.removeprefix("HTTP_").title()
                 return Refusal(403, f"requests from other sites are refused ({name})", "origin")
         return None
+
+
+def _basic_acting(header: str, environ: dict[str, Any]) -> Refusal | None:
+    """A route that acts wants Bearer: a browser that has HTTP Basic credentials for the
+    gateway sends them by itself, also for an `<img>` on another site's page, and over
+    plain HTTP to a non-loopback address it sends no `Sec-Fetch-Site` to give that away."""
+    if environ.get("PATH_INFO") in ACTING_GET_PATHS and header.lower().startswith("basic"):
+        why = "this route needs 'Authorization: Bearer <token>' (HTTP Basic: a browser's)"
+        return Refusal(401, why, "token", (("WWW-Authenticate", "Bearer"),))
+    return None
 
 
 def _cross_site(environ: dict[str, Any]) -> Refusal | None:

@@ -93,6 +93,9 @@ def make_server(app: WsgiApp, host: str, port: int, limits: Limits) -> DeadlineS
         max_request_body_size=limits.max_body_bytes,
         ident="lss-gateway",
         expose_tracebacks=False,
+        # select() fails on a descriptor past 1023 and would end the event loop for good
+        # once about 1000 connections are open (the connection limit allows that many).
+        asyncore_use_poll=True,
     )
 
 
@@ -102,7 +105,17 @@ def serve_until(server: DeadlineServer, stop: threading.Event) -> None:
     The event loop thread is a daemon: waitress has no way to end its loop from another
     thread while connections are open, and the process exits right after this returns.
     """
-    thread = threading.Thread(target=server.run, name="lss-http", daemon=True)
+    thread = threading.Thread(target=_run_then_stop, args=(server, stop), name="lss-http",
+                              daemon=True)  # fmt: skip
     thread.start()
     stop.wait()
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+
+
+def _run_then_stop(server: DeadlineServer, stop: threading.Event) -> None:
+    """Serve; should the event loop ever end (it only does by an error), the gateway
+    stops rather than live on without serving."""
+    try:
+        server.run()
+    finally:
+        stop.set()

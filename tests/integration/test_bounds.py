@@ -217,6 +217,25 @@ def test_3000_gets_of_a_72_kb_answer_in_one_batch(
         assert client.get(job)["status"] == "done"
 
 
+def test_2000_recents_of_100_kb_each_in_two_batches(
+    service_factory: Callable[..., Service], peers: Peers
+) -> None:
+    svc = service_factory()
+    svc.start_workers(1)
+    with svc.client() as client:  # 100 failures with long parameters: ~100 KB per RECENT
+        jobs = [client.submit("states_mean", question=f"{n}" + "Z" * 3000) for n in range(110)]
+        wait_until(lambda: client.num_jobs() == 0 or None, 60, f"{len(jobs)} failures")
+        assert len(m.pack(client.recent(100))) > 90_000
+    recents = [m.batch([m.encode(m.Recent(100), b"%d" % n) for n in range(1000)])] * 2
+    assert sum(map(len, recents[0])) < 30_000
+    peer = attacker(peers, svc.client_endpoint, b"recent")
+    with measured(svc, "2 BATCHes of 1,000 RECENTs of ~100 KB, not read"):
+        for batch in recents:
+            peer.send(batch)
+        replies = settle(peer, raw(C.PING, {}, b"settle"), pong)
+    assert codes(replies).get("over_limit", 0) > 0, codes(replies)
+
+
 def test_a_worker_credit_is_capped(service_factory: Callable[..., Service], peers: Peers) -> None:
     svc = service_factory()
     greedy, _ = fake_worker(svc, peers, credit=1_000_000)

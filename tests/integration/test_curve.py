@@ -288,11 +288,12 @@ def test_refusals_are_logged_once_per_interval_with_a_count(
         assert log.refused("10.0.0.9", "KEY", "Unknown key")
         assert not log.refused("10.0.0.9", "KEY", "Unknown key")
         assert log.refused("10.0.0.8", "KEY", "Unknown key")  # another peer: its own line
+        assert not log.refused("10.0.0.9", "KEY2", "Unknown key")  # a new key: the same peer
         now[0] += 10.0
         assert log.refused("10.0.0.9", "KEY", "Unknown key")
-    assert log.total == 4
+    assert log.total == 5
     assert [r.getMessage() for r in caplog.records] == [
         "refused 10.0.0.9 with key KEY: Unknown key",
         "refused 10.0.0.8 with key KEY: Unknown key",
-        "refused 10.0.0.9 with key KEY: Unknown key (refused 1 more time(s) since the last report)",
+        "refused 10.0.0.9 with key KEY: Unknown key (refused 2 more time(s) since the last report)",
     ]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +82,8 @@ def test_bad_requests_get_400_or_404_with_a_json_reason(
         assert status == 400 and "must be a string" in reply["reason"], payload
     status, reply = http.post("/api/best5", {"question": OBESITY, "n": 2**70})
     assert status == 400, reply
+    status, reply = http.post("/api/best5", {"question": "x" * 5000})  # the broker refuses it
+    assert status == 413 and "over 4096" in reply["reason"], (status, reply)
     status, reply = http.post("/api/no_such_statistic", {"question": OBESITY})
     assert status == 404 and "unknown statistic" in reply["reason"]
     status, reply = http.get("/api/best5")
@@ -252,6 +256,40 @@ def test_slow_connections_do_not_hold_up_a_normal_request(
             assert http.get("/api/num_jobs") == (200, {"num_jobs": 0})
             assert time.monotonic() - started < 1.0  # the issue's bound
         wait_until(lambda: slow.closed_by_server == 200 or None, 30, "overdue requests closed")
+
+
+def test_a_thousand_connections_at_once_do_not_end_the_event_loop(
+    service: Service, gateway_for: Callable[..., Http]
+) -> None:
+    """More connections than select() can watch (descriptors past 1023, which the default
+    limit of 1000 connections nearly reaches by itself): once they are gone, requests are
+    served again (with select(), the event loop died for good)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1600
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))  # the gateway too
+    http = gateway_for(service, "--max-connections", "1500")
+    host, port = http.base.removeprefix("http://").rsplit(":", 1)
+    peers: list[socket.socket] = []
+    try:
+        for _ in range(1200):
+            peers.append(socket.create_connection((host, int(port)), timeout=5))
+            peers[-1].sendall(b"GET /api/num_jobs HTTP/1.1\r\n")  # and never the rest
+        descriptors = Path(f"/proc/{http.proc.pid}/fd")
+        wait_until(lambda: len(list(descriptors.iterdir())) > 1200 or None, 30, "all accepted")
+    finally:
+        for peer in peers:
+            peer.close()
+    status = wait_until(lambda: _answers(http), 30, "an answer after the connections closed")
+    assert status == (200, {"num_jobs": 0}) and http.proc.poll() is None
+
+
+def _answers(http: Http) -> tuple[int, object] | None:
+    try:
+        return http.get("/api/num_jobs")
+    except OSError:
+        return None
 
 
 def test_a_token_is_required_when_set(service: Service, gateway_for: Callable[..., Http]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,6 +286,15 @@ def failing(monkeypatch: pytest.MonkeyPatch, store: Store, method: str) -> None:
     monkeypatch.setattr(store, method, full)
 
 
+def commit_fails(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The turn's commit fails as on a full disk, and the core rolls back."""
+    failing(monkeypatch, h.core.store, "commit")
+    with pytest.raises(StorageError) as failure:
+        h.core.commit()
+    h.core.roll_back(failure.value)
+    monkeypatch.undo()
+
+
 def replies(clients: list[m.Envelope]) -> dict[bytes, m.Message]:
     return {e.tag: e.message for e in clients}
 
@@ -312,11 +322,7 @@ def test_a_failed_commit_takes_back_every_id_and_answer_of_the_transaction(
         (b"w1", b"job_id_2"),
         (b"w1", b"job_id_3"),
     ]
-    failing(monkeypatch, store, "commit")
-    with pytest.raises(StorageError) as failure:
-        h.core.commit()
-    h.core.roll_back(failure.value)
-    monkeypatch.undo()
+    commit_fails(h, monkeypatch)
     clients, to_workers = h.sent()
     # No id and no answer of the failed transaction leaves; the waiter still waits.
     assert replies(clients) == {b"p": STORAGE_ERROR, b"n": STORAGE_ERROR, b"g": STORAGE_ERROR}
@@ -357,6 +363,23 @@ def test_a_failed_insert_voids_the_transaction_and_refuses_submits_meanwhile(
     assert store.find_request("early") is None
     h.core.storage_refusal = None
     assert h.submit(1, ["early"]) == ["job_id_2"]  # job_id_1 was never told: not reused
+
+
+def test_a_failed_commit_takes_its_jobs_out_of_recent_replies(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(store)
+    h.submit(1, ["kept"])
+    h.core.commit()
+    h.client(m.Submit("void", "global_mean", {"question": "Q"}), tag=b"s")
+    h.client(m.Recent(10), who=b"dashboard", tag=b"r")
+    commit_fails(h, monkeypatch)
+    got = replies(h.sent()[0])
+    # job_id_2 was never committed: no reply may name it, RECENT's listing included.
+    assert got[b"s"] == STORAGE_ERROR
+    recent = got[b"r"]
+    assert isinstance(recent, m.RecentJobs)
+    assert [job["job_id"] for job in recent.jobs] == ["job_id_1"] and recent.failures == []
 
 
 # --- roles and caps -----------------------------------------------------------------
@@ -417,6 +440,20 @@ def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPat
     assert h.sent()[0] == [] and h.core.stats(h.now)["waiters"] == 4
 
 
+def test_a_wait_refused_for_the_global_cap_does_not_blame_its_peer(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("broker.limits.MAX_WAITERS", 2)
+    monkeypatch.setattr("broker.core.MAX_WAITERS", 2)
+    h = Harness(store)
+    (job,) = h.submit(1)
+    for who in (b"a", b"b", b"c"):
+        h.client(m.Wait(job), who=who)
+    (refused,) = h.sent()[0]
+    assert refused.identity == b"c" and isinstance(refused.message, m.ErrorReply)
+    assert "2 in all" in refused.message.reason and "per peer" not in refused.message.reason
+
+
 def test_answers_per_peer_and_turn_are_capped(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -434,6 +471,36 @@ def test_answers_per_peer_and_turn_are_capped(
     assert kinds == ["JobState"] * 3 + ["ErrorReply"] * 2, kinds
     h.client(m.Get(job))  # a new turn, a new budget
     assert isinstance(h.sent()[0][0].message, m.JobState)
+
+
+def test_recent_and_list_replies_count_against_the_answer_budget(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RECENT is ~20 bytes and its reply up to ~100 KB: a BATCH of them must not make
+    a turn's replies (or its work) grow past the per-peer budget."""
+    monkeypatch.setattr("broker.core.PEER_ANSWER_BYTES_PER_TURN", 3000)
+    h = Harness(store)
+    h.submit(5)
+    h.core.commit()
+    h.sent()
+    queries: list[int] = []
+    real_recent = store.recent
+
+    def recent(*args: Any, **kwargs: Any) -> Any:
+        queries.append(1)
+        return real_recent(*args, **kwargs)
+
+    monkeypatch.setattr(store, "recent", recent)
+    for n in range(50):
+        h.client(m.Recent(100), tag=b"r%d" % n)
+        h.client(m.ListJobs(0, 100), tag=b"l%d" % n)
+    replies, _ = h.sent()
+    kinds = [type(r.message).__name__ for r in replies]
+    assert kinds.count("ErrorReply") > 90 and {"RecentJobs", "JobList"} <= set(kinds), kinds
+    assert sum(len(m.encode(r.message, r.tag)[1]) for r in replies) < 3000 + 100 * 200
+    assert len(queries) <= 12  # each RECENT queries twice; the refused ones not at all
+    h.client(m.Recent(100), tag=b"next")  # a new turn, a new budget
+    assert isinstance(h.sent()[0][0].message, m.RecentJobs)
 
 
 def test_a_large_job_or_request_id_is_refused_and_credit_is_capped(store: Store) -> None:
@@ -482,3 +549,19 @@ def test_stats_carry_latency_per_phase_and_recent_reads_the_store(store: Store) 
     assert recent_reply.jobs[1]["params"] == {"question": "Q"}
     assert [(j["job_id"], j["reason"]) for j in recent_reply.failures] == [(failing, "no data")]
     assert stats_reply.stats["workers"][0]["last_seen_s_ago"] == 0.0
+
+
+def test_what_a_worker_sent_is_escaped_in_the_log_lines_about_it(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(store)
+    h.core.fingerprint = None  # the first worker sets it
+    forged = "fp\n2026-01-01T00:00:00.000Z INFO    lss.broker[1] forged \x1b[2J"
+    with caplog.at_level("DEBUG", logger="lss.broker"):
+        h.worker(m.Ready(1, forged), b"w1")
+        (job,) = h.submit(1)
+        h.sent()
+        h.worker(m.Result("error", forged, reason=forged), b"w1", job.encode())
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("forged" in line for line in lines) >= 2, lines
+    assert not [line for line in lines if "\n" in line or "\x1b" in line], lines

@@ -54,3 +54,24 @@ def test_the_token_is_taken_from_bearer_or_basic_only() -> None:
     for given in ("", "t0ken", "Bearer t0ke", "Basic t0ken", "Token t0ken"):
         refusal = policy.refusal(environ(**host, http_authorization=given))
         assert refusal is not None and refusal.status == 401, given
+
+
+def test_the_shutdown_wants_bearer_as_a_browser_sends_basic_from_any_page() -> None:
+    policy = Policy.for_listen("10.0.0.1", 5000, token="t0ken")
+    shutdown = {"http_host": "10.0.0.1:5000", "PATH_INFO": "/api/graceful_shutdown"}
+    basic = "Basic " + base64.b64encode(b"me:t0ken").decode()
+    refusal = policy.refusal(environ(**shutdown, http_authorization=basic))
+    assert refusal is not None and refusal.status == 401 and "Bearer" in refusal.reason
+    assert policy.refusal(environ(**shutdown, http_authorization="Bearer t0ken")) is None
+
+
+def test_a_refusal_log_line_escapes_what_the_peer_sent(caplog: pytest.LogCaptureFixture) -> None:
+    policy = Policy.for_listen("127.0.0.1", 5000)
+    forged = "/api/x\n2026-01-01T00:00:00.000Z INFO    lss.gateway[1] forged \x1b[2J"
+    request = environ(http_host="evil.example", PATH_INFO=forged)
+    refusal = policy.refusal(request)
+    assert refusal is not None
+    with caplog.at_level("WARNING", logger="lss.gateway"):
+        policy.log_refusal(request, refusal)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "\n" not in line and "\x1b" not in line and "forged" in line
