@@ -2,9 +2,10 @@
 
 A pipeline is driven by one caller, so it has its own socket (clients.transport) and
 needs no lock: it sends submit-and-wait requests up to the window, reads the final
-states as they come, and yields the requests in input order. Jobs submitted while
-answers are at hand are sent together, as one BATCH, once no answer is at hand (or
-after MAX_HOLD_S at most). Liveness and resending are the session's (clients.session).
+states as they come, and yields the requests in input order. A job is sent before the
+pipeline asks the caller's iterable for the next one: holding it back to send several
+together would deadlock an iterable that waits for that job (test_smoke checks this).
+Liveness and resending are the session's (clients.session).
 A job not over within the caller's timeout ends with `JobTimeout`; the others go on.
 """
 
@@ -21,7 +22,6 @@ from protocol import messages as m
 from protocol.errors import JobTimeout
 
 Job = tuple[str, dict[str, Any]]
-MAX_HOLD_S = 0.001  # the longest a submitted job waits to be sent with others
 
 
 class Pipeline:
@@ -31,7 +31,6 @@ class Pipeline:
         self.transport = transport
         self.session = transport.session
         self.timeout_s = timeout_s
-        self.unsent_since = 0.0
 
     def run(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
         """Each job's request, over (answered, or failed with `JobTimeout`), in input order."""
@@ -41,8 +40,7 @@ class Pipeline:
                 in_flight.append(self._submit(statistic, params))
                 while len(in_flight) >= window:
                     yield self._take(*in_flight.popleft())
-                if not in_flight or not in_flight[0][0].done:
-                    self.transport.flush()  # before `jobs`, which may keep us waiting
+                self.transport.flush()  # before `jobs`, which may wait for this very job
             while in_flight:
                 yield self._take(*in_flight.popleft())
         finally:
@@ -50,16 +48,12 @@ class Pipeline:
 
     def _submit(self, statistic: str, params: dict[str, Any]) -> tuple[Request, float]:
         now = time.monotonic()
-        if not self.session.has_outgoing:
-            self.unsent_since = now
         submit = m.Submit(self.session.new_request_id(), statistic, dict(params), notify=True)
         return self.session.request(submit), now
 
     def _take(self, request: Request, sent_at: float) -> Request:
         """Wait for `request` to be over, serving other replies and liveness meanwhile."""
-        if self.session.has_outgoing and (
-            not request.done or time.monotonic() - self.unsent_since > MAX_HOLD_S
-        ):
+        if self.session.has_outgoing and not request.done:
             self.transport.flush()
         while not request.done:
             left = sent_at + self.timeout_s - time.monotonic()
