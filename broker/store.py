@@ -354,7 +354,7 @@ class SqliteStore:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             return None
-        record = _record(row)
+        record = record_from_row(row)
         if seq in self._finished:
             outcome, finished_s = self._finished[seq]
             record = _finished(record, outcome, finished_s)
@@ -418,14 +418,14 @@ class SqliteStore:
             " AND (? IS NULL OR owner = ?) ORDER BY seq DESC LIMIT ?",
             (self._issued - RECENT_SCAN, wanted, wanted, owner, owner, limit),
         )
-        return [_record((*row[:5], None, *row[5:])) for row in rows]
+        return [record_from_row((*row[:5], None, *row[5:])) for row in rows]
 
     @_storage_op
     def unfinished(self) -> list[JobRecord]:
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
         )
-        return [_record(row) for row in rows if row[0] not in self._finished]
+        return [record_from_row(row) for row in rows if row[0] not in self._finished]
 
     def count(self, status: JobStatus) -> int:
         return self._counts[status]
@@ -539,7 +539,7 @@ def _add_owner_column(db: sqlite3.Connection) -> None:
     db.commit()
 
 
-def _record(row: tuple[Any, ...]) -> JobRecord:
+def record_from_row(row: tuple[Any, ...]) -> JobRecord:
     seq, request_id, request, status, attempts, answer, reason, fingerprint, created = row[:9]
     finished, owner = row[9:]
     return JobRecord(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.postgres import PostgresServer, postgres_server, skip_reason
 from tests.procs import Service, running
 from workers.standin import generate
 
@@ -65,3 +66,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests.postgres); skipped without one."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as server:
+        yield server

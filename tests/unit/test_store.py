@@ -1,4 +1,5 @@
-"""One behaviour, two stores: every test runs on MemoryStore and on SqliteStore."""
+"""One behaviour, three stores: every test taking `store` runs on MemoryStore, SqliteStore
+and PgStore (a real PostgreSQL: skipped, with the reason, where none is installed)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,23 @@ DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
 FAILED = Outcome(JobStatus.ERROR, reason="no data")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
+    made: Store
+    if request.param == "postgresql":
+        made = pg_store(request.getfixturevalue("postgres").database())
+    else:
+        made = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
     yield made
     made.close()
+
+
+def pg_store(url: str, broker_id: str = "broker-a") -> Store:
+    from broker.pgstore import PgStore
+
+    made = PgStore(url, broker_id)
+    made.register(lease_s=60.0)
+    return made
 
 
 def test_numbers_start_at_one_and_increase(store: Store) -> None:
