@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from broker.broker import Broker, BrokerSettings
 from broker.core import CoreSettings
-from broker.store import SYNCHRONOUS_MODES
+from broker.pgschema import SchemaTooNew
+from broker.store import SYNCHRONOUS_MODES, StorageError
 from protocol import config
 from protocol.logs import setup_logging
+
+log = logging.getLogger("lss.broker")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +80,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=env_float("disk_reserve_mb", config.DISK_RESERVE_MB),
         help="refuse submits while the state dir has less free space (LSS_DISK_RESERVE_MB)",
     )
+    p.add_argument(
+        "--store",
+        default=env_str("store", config.STORE),
+        help="'sqlite' (in the state dir) or a postgresql:// URL brokers may share (LSS_STORE)",
+    )
+    p.add_argument(
+        "--broker-lease-s",
+        type=float,
+        default=env_float("broker_lease_s", config.BROKER_LEASE_S),
+        help="on a shared store: how long this broker's jobs stay its own unrenewed"
+        " (LSS_BROKER_LEASE_S)",
+    )
     p.add_argument("--log-level", default=env_str("log_level", "INFO"))
     return p.parse_args(argv)  # fmt: skip
 
@@ -99,13 +115,22 @@ def settings_from(args: argparse.Namespace) -> BrokerSettings:
         curve_dir=args.curve_dir,
         sqlite_synchronous=args.sqlite_synchronous,
         disk_reserve_mb=args.disk_reserve_mb,
+        store=args.store,
+        broker_lease_s=args.broker_lease_s,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.state_dir, "broker", args.log_level)
-    broker = Broker(settings_from(args))
+    try:
+        broker = Broker(settings_from(args))
+    except (StorageError, SchemaTooNew) as exc:
+        log.error("cannot open the store: %s", exc)
+        return config.EXIT_FAILURE
+    except ValueError as exc:
+        log.error("%s", exc)
+        return config.EXIT_USAGE
     broker.install_signal_handlers()
     return broker.run()
 

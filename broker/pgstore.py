@@ -332,9 +332,17 @@ class PgStore:
 
     # --- leases, adoption, shutdown of every broker ------------------------------------
 
+    def backend_pid(self) -> int:
+        """The database server process of this store's connection (0 if none)."""
+        db = self._db
+        return 0 if db is None or db.closed else db.info.backend_pid
+
     @_pg_op
     def register(self, lease_s: float) -> int:
-        """Register this broker with a new epoch and a lease of `lease_s`; the epoch."""
+        """Register this broker with a new epoch and a lease of `lease_s`, ending its
+        previous one if it has any (its jobs are then anyone's to adopt); the epoch."""
+        if self.epoch:
+            self._read("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
         epoch, registered_at = self._read(
             "INSERT INTO brokers (epoch, broker_id, host, expires_at)"
             " VALUES (nextval('broker_epoch_seq'), %s, %s, now() + make_interval(secs => %s))"

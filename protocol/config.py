@@ -40,6 +40,12 @@ SQLITE_SYNCHRONOUS = "NORMAL"
 # Free space in the state directory below which submits are refused (`storage`): room
 # for the answers of accepted jobs, the WAL between checkpoints (16 MiB) and the logs.
 DISK_RESERVE_MB = 64.0
+# Where the broker keeps its jobs: "sqlite" (<state dir>/jobs.sqlite3), or a
+# postgresql://... URL that several brokers may share (docs/deployment.md).
+STORE = "sqlite"
+# How long a broker on a shared store stays the owner of its jobs without renewing;
+# past it, another broker adopts them (renewed every third of it).
+BROKER_LEASE_S = 10.0
 
 ENV = {
     "client_endpoint": "LSS_CLIENT_ENDPOINT",
@@ -60,6 +66,8 @@ ENV = {
     "http_addr": "LSS_HTTP_ADDR",
     "sqlite_synchronous": "LSS_SQLITE_SYNCHRONOUS",
     "disk_reserve_mb": "LSS_DISK_RESERVE_MB",
+    "store": "LSS_STORE",
+    "broker_lease_s": "LSS_BROKER_LEASE_S",
     "http_allowed_hosts": "LSS_HTTP_ALLOWED_HOSTS",
     "http_token": "LSS_HTTP_TOKEN",
 }

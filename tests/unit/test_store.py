@@ -3,37 +3,17 @@ and PgStore (a real PostgreSQL: skipped, with the reason, where none is installe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker.numbering import SEQ_BLOCK
-from broker.store import MemoryStore, Outcome, SqliteStore, StorageError, Store
+from broker.store import Outcome, SqliteStore, StorageError, Store
 from protocol.messages import JobStatus
 from tests.tmpfs import leave_free, small_tmpfs
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
 FAILED = Outcome(JobStatus.ERROR, reason="no data")
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store
-    if request.param == "postgresql":
-        made = pg_store(request.getfixturevalue("postgres").database())
-    else:
-        made = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
-    yield made
-    made.close()
-
-
-def pg_store(url: str, broker_id: str = "broker-a") -> Store:
-    from broker.pgstore import PgStore
-
-    made = PgStore(url, broker_id)
-    made.register(lease_s=60.0)
-    return made
 
 
 def test_numbers_start_at_one_and_increase(store: Store) -> None:
