@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar
 import psycopg
 from psycopg import pq
 
-from broker.pgschema import migrate
+from broker.pgschema import SchemaTooNew, migrate
 from broker.store import RECENT_SCAN, JobRecord, Outcome, StorageError, record_from_row
 from protocol.messages import JobStatus, job_id
 
@@ -101,7 +101,15 @@ class PgStore:
         try:
             migrate(self._conn())
         except psycopg.Error as exc:
-            raise StorageError("migrate", str(exc)) from exc
+            self._close_connection()
+            raise StorageError("migrate", str(exc).strip()) from exc
+        except SchemaTooNew:
+            self._close_connection()
+            raise
+
+    def _close_connection(self) -> None:
+        if self._db is not None:
+            self._db.close()
 
     # --- connection and transaction ---------------------------------------------------
 
@@ -327,8 +335,7 @@ class PgStore:
             self._conn().execute("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
         except (StorageError, psycopg.Error) as exc:
             log.error("could not commit at close; uncommitted writes are lost: %s", exc)
-        if self._db is not None:
-            self._db.close()
+        self._close_connection()
 
     # --- leases, adoption, shutdown of every broker ------------------------------------
 
