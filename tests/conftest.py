@@ -76,3 +76,9 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(reason)
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """An empty database on the session's PostgreSQL server."""
+    return postgres.database()

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from broker.store import MemoryStore, SqliteStore, Store
-from tests.postgres import PostgresServer
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -28,9 +27,3 @@ def pg_store(url: str, broker_id: str = "broker-a") -> Store:
     made = PgStore(url, broker_id)
     made.register(lease_s=60.0)
     return made
-
-
-@pytest.fixture
-def pg_url(postgres: PostgresServer) -> str:
-    """An empty database on the session's PostgreSQL server."""
-    return postgres.database()
