@@ -22,7 +22,14 @@ import time
 import psycopg
 
 from broker.core import BrokerCore
-from broker.pgstore import FINISHED_CHANNEL, SHUTDOWN_CHANNEL, Connection, PgStore, connect
+from broker.pgstore import (
+    FINISHED_CHANNEL,
+    SHUTDOWN_CHANNEL,
+    Connection,
+    PgStore,
+    connect,
+    reason,
+)
 from broker.store import JobRecord
 
 log = logging.getLogger("lss.broker.cluster")
@@ -92,7 +99,7 @@ class Cluster:
         except psycopg.Error as exc:
             self._next_listen_s = now + self._listen_backoff_s
             self._listen_backoff_s = min(2 * self._listen_backoff_s, LISTEN_RETRY_MAX_S)
-            log.warning("cannot listen to the store's notifications: %s", str(exc).strip())
+            log.warning("cannot listen to the store's notifications: %s", reason(exc))
             return
         self._listener, self._listen_backoff_s = listener, LISTEN_RETRY_MIN_S
         log.info("listening to the store's notifications")
@@ -107,7 +114,7 @@ class Cluster:
         try:
             listener.pgconn.consume_input()
         except psycopg.Error as exc:
-            log.warning("lost the store's notifications: %s", str(exc).strip())
+            log.warning("lost the store's notifications: %s", reason(exc))
             self._listener = None
             listener.close()
             return

@@ -68,9 +68,14 @@ def _pg_op(method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except psycopg.Error as exc:
-            raise StorageError(method.__name__, str(exc).strip() or type(exc).__name__) from exc
+            raise StorageError(method.__name__, reason(exc)) from exc
 
     return translated
+
+
+def reason(exc: Exception) -> str:
+    """A database error on one line (libpq's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def connect(url: str) -> Connection:
@@ -102,7 +107,7 @@ class PgStore:
             migrate(self._conn())
         except psycopg.Error as exc:
             self._close_connection()
-            raise StorageError("migrate", str(exc).strip()) from exc
+            raise StorageError("migrate", reason(exc)) from exc
         except SchemaTooNew:
             self._close_connection()
             raise
@@ -125,7 +130,7 @@ class PgStore:
         except psycopg.Error as exc:
             self._next_connect_s = now + self._backoff_s
             self._backoff_s = min(2 * self._backoff_s, RECONNECT_MAX_S)
-            raise StorageError("connect", str(exc).strip()) from exc
+            raise StorageError("connect", reason(exc)) from exc
         if db is not None:
             log.info("connected to the database again")
         self._backoff_s = RECONNECT_MIN_S
@@ -323,7 +328,7 @@ class PgStore:
             if self._in_transaction():
                 db.execute("ROLLBACK")
         except psycopg.Error as exc:
-            raise StorageError("rollback", str(exc)) from exc
+            raise StorageError("rollback", reason(exc)) from exc
 
     def has_changes(self) -> bool:
         return self._changed
