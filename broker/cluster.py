@@ -5,8 +5,9 @@
   deposed (its lease ran out and another broker took its jobs, or a finish was
   refused), the broker drops its unfinished jobs, registers again with a new epoch, and
   takes back whatever no live broker covers;
-- then it adopts the unfinished jobs of brokers whose lease ran out (not while
-  shutting down);
+- every `lease_s / ADOPT_CHECKS_PER_LEASE` it adopts the unfinished jobs of brokers
+  whose lease ran out (not while shutting down): a dead broker's jobs move within
+  about 1.1 lease times of its last renewal;
 - it reads the store's notifications on a dedicated LISTEN connection, whose socket
   the loop polls with its ZeroMQ sockets: jobs other brokers finished (their waiters
   here are answered at once) and a request that every broker shut down.
@@ -35,6 +36,7 @@ from broker.store import JobRecord
 log = logging.getLogger("lss.broker.cluster")
 
 LISTEN_RETRY_MIN_S, LISTEN_RETRY_MAX_S = 0.2, 5.0
+ADOPT_CHECKS_PER_LEASE = 10  # one indexed query over unfinished jobs each
 
 
 class Cluster:
@@ -42,7 +44,7 @@ class Cluster:
 
     def __init__(self, store: PgStore, core: BrokerCore, lease_s: float) -> None:
         self.store, self.core, self.lease_s = store, core, lease_s
-        self._next_renew_s = 0.0  # time.monotonic()
+        self._next_renew_s = self._next_adopt_s = 0.0  # time.monotonic()
         self._listener: Connection | None = None
         self._next_listen_s = 0.0
         self._listen_backoff_s = LISTEN_RETRY_MIN_S
@@ -71,6 +73,9 @@ class Cluster:
         if self.store.deposed or now >= self._next_renew_s:
             self._renew()
             self._next_renew_s = now + self.lease_s / 3
+        if now >= self._next_adopt_s and not self.core.shutting_down:
+            self._take(self.store.adopt(), "adopted from brokers whose lease ran out")
+            self._next_adopt_s = now + self.lease_s / ADOPT_CHECKS_PER_LEASE
 
     def _renew(self) -> None:
         if self.store.deposed or not self.store.renew(self.lease_s):
@@ -82,8 +87,7 @@ class Cluster:
                 "this broker was deposed (epoch %d): another broker runs its jobs now; it"
                 " dropped them and registered again as epoch %d", old, self.store.epoch,
             )  # fmt: skip
-        if not self.core.shutting_down:
-            self._take(self.store.adopt(), "adopted from brokers whose lease ran out")
+            self._next_adopt_s = 0.0  # take back at once what nobody runs
 
     def _take(self, records: list[JobRecord], why: str) -> None:
         taken = self.core.adopt(records)

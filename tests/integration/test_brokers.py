@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,14 @@ def test_a_killed_brokers_jobs_are_adopted_and_finish_once(
         jobs = [on_a.submit("state_mean", question=OBESITY, state="Ohio") for _ in range(20)]
     assert a.broker is not None
     a.broker.kill()  # SIGKILL: its lease is never given back
+    killed = time.monotonic()
+    wait_until(lambda: stats(b)["cluster"]["jobs_adopted"] == len(jobs), 10, "B to adopt")
+    adopted_s = time.monotonic() - killed
+    print(f"a SIGKILLed broker's {len(jobs)} jobs adopted after {adopted_s:.2f} s"
+          f" (lease {LEASE_S:g} s)")  # fmt: skip
+    # Issue 12: adopted within the lease time (its last renewal was at most a third of
+    # it before the kill; the adopter looks every tenth): generous room for a busy CI.
+    assert adopted_s < 2 * LEASE_S
     b.start_workers(2, diagnostics=True)
     with b.client() as on_b:
         for job in jobs:
