@@ -67,15 +67,23 @@ class Cluster:
         now = time.monotonic()
         if self._listener is None and now >= self._next_listen_s:
             self._listen(now)
-        if self.store.reconnected:  # a commit whose outcome was unknown may have stored jobs
-            self.store.reconnected = False
-            self._take(self.store.unfinished(), "of this broker's found in the store again")
+        if self.store.reconnected:
+            self._catch_up()
         if self.store.deposed or now >= self._next_renew_s:
             self._renew()
             self._next_renew_s = now + self.lease_s / 3
         if now >= self._next_adopt_s and not self.core.shutting_down:
             self._take(self.store.adopt(), "adopted from brokers whose lease ran out")
             self._next_adopt_s = now + self.lease_s / ADOPT_CHECKS_PER_LEASE
+
+    def _catch_up(self) -> None:
+        """After the store's connection was made again: what the lost one may have hidden.
+        A commit whose outcome was unknown may have stored jobs; notifications read while
+        the store failed may not have been acted on."""
+        self._take(self.store.unfinished(), "of this broker's found in the store again")
+        self.core.finished_elsewhere(self.core.remote_waits())
+        self._check_shutdown()
+        self.store.reconnected = False  # only once all of it succeeded
 
     def _renew(self) -> None:
         if self.store.deposed or not self.store.renew(self.lease_s):

@@ -294,12 +294,14 @@ class PgStore:
 
     @_pg_op
     def expire(self, finished_before_s: float) -> int:
-        rows = self._write(
-            "DELETE FROM jobs WHERE finished_s < %s RETURNING status", (finished_before_s,)
+        gone = self._write(
+            "WITH gone AS (DELETE FROM jobs WHERE finished_s < %s RETURNING status)"
+            " SELECT status, count(*) FROM gone GROUP BY status",
+            (finished_before_s,),
         ).fetchall()
-        for (status,) in rows:
-            self._counts[JobStatus(status)] -= 1
-        return len(rows)
+        for status, count in gone:
+            self._counts[JobStatus(status)] -= int(count)
+        return sum(int(count) for _, count in gone)
 
     @_pg_op
     def commit(self) -> None:
