@@ -28,7 +28,7 @@ import psycopg
 from psycopg import pq
 
 from broker.pgschema import SchemaTooNew, migrate
-from broker.store import RECENT_SCAN, JobRecord, Outcome, StorageError, record_from_row
+from broker.store import JOB_COLUMNS, RECENT_SCAN, JobRecord, Outcome, StorageError, record_from_row
 from protocol.messages import JobStatus, job_id
 
 log = logging.getLogger("lss.broker.store")
@@ -49,11 +49,7 @@ CONNECT_OPTIONS: dict[str, Any] = {
     "tcp_user_timeout": 5000,
 }
 _RUNNING = str(JobStatus.RUNNING)
-_COLUMNS = (
-    "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
-    " finished_s, owner"
-)
-_SUMMARY = _COLUMNS.replace("answer, ", "NULL, ")
+_SUMMARY = JOB_COLUMNS.replace("answer, ", "NULL, ")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -183,7 +179,7 @@ class PgStore:
 
     @_pg_op
     def get(self, seq: int) -> JobRecord | None:
-        row = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE seq = %s", (seq,)).fetchone()
+        row = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = %s", (seq,)).fetchone()
         return None if row is None else record_from_row(row)
 
     @_pg_op
@@ -262,7 +258,7 @@ class PgStore:
     def unfinished(self) -> list[JobRecord]:
         """The unfinished jobs this broker (its current epoch) dispatches."""
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = %s AND broker_epoch = %s ORDER BY seq",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s AND broker_epoch = %s ORDER BY seq",
             (_RUNNING, self.epoch),
         )
         return [record_from_row(row) for row in rows]
@@ -393,7 +389,7 @@ class PgStore:
             rows = db.execute(
                 f"UPDATE jobs SET broker_id = %s, broker_epoch = %s WHERE status = %s"
                 f" AND broker_epoch <> %s AND NOT EXISTS (SELECT 1 FROM brokers b"
-                f" WHERE b.epoch = jobs.broker_epoch) RETURNING {_COLUMNS}",
+                f" WHERE b.epoch = jobs.broker_epoch) RETURNING {JOB_COLUMNS}",
                 (self.broker_id, self.epoch, _RUNNING, self.epoch),
             ).fetchall()
         return sorted((record_from_row(row) for row in rows), key=lambda record: record.seq)

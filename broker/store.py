@@ -251,11 +251,11 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s I
 # inserts pay nothing for it. Queries must say `owner != ''` to use it.
 _OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner != ''"
 _RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
-_COLUMNS = (
+JOB_COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
     " finished_s, owner"
 )
-_SUMMARY_COLUMNS = _COLUMNS.replace("answer, ", "")
+_SUMMARY_COLUMNS = JOB_COLUMNS.replace("answer, ", "")
 
 
 P = ParamSpec("P")
@@ -351,7 +351,7 @@ class SqliteStore:
 
     @_storage_op
     def get(self, seq: int) -> JobRecord | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
+        row = self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             return None
         record = record_from_row(row)
@@ -423,7 +423,8 @@ class SqliteStore:
     @_storage_op
     def unfinished(self) -> list[JobRecord]:
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq",
+            (JobStatus.RUNNING.value,),
         )
         return [record_from_row(row) for row in rows if row[0] not in self._finished]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.postgres import PostgresServer, postgres_server, skip_reason
+from tests.postgres import PostgresServer, postgres_or_skip
 from tests.procs import Service, running
 from workers.standin import generate
 
@@ -71,10 +71,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session (tests.postgres); skipped without one."""
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as server:
+    with postgres_or_skip() as server:
         yield server
 
 

@@ -23,7 +23,7 @@ import zmq
 from protocol import config
 from protocol import messages as m
 from protocol.errors import RequestRefused
-from tests.postgres import PostgresServer, postgres_server, skip_reason
+from tests.postgres import PostgresServer, postgres_or_skip
 from tests.procs import ROOT, Service, wait_until
 from tests.reference import Reference, assert_close
 
@@ -196,10 +196,7 @@ def test_a_broker_shutdown_stops_only_that_broker(brokers: Brokers) -> None:
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A server of this test's own, which it may stop and start."""
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as server:
+    with postgres_or_skip() as server:
         yield server
 
 
