@@ -23,6 +23,7 @@ import zmq
 from protocol import config
 from protocol import messages as m
 from protocol.errors import RequestRefused
+from tests.integration.gateway_http import Http
 from tests.postgres import PostgresServer, postgres_or_skip
 from tests.procs import ROOT, Service, wait_until
 from tests.reference import Reference, assert_close
@@ -179,6 +180,18 @@ def test_shutdown_of_every_broker_drains_them_all(brokers: Brokers) -> None:
     a, b = brokers(2)
     with a.client() as on_a:
         on_a.shutdown(scope=m.SHUTDOWN_ALL)
+    for svc in (a, b):
+        assert svc.broker is not None
+        assert svc.broker.wait(timeout=30) == config.EXIT_OK
+
+
+def test_the_gateways_graceful_shutdown_drains_every_broker(
+    brokers: Brokers, gateway_for: Callable[..., Http]
+) -> None:
+    a, b = brokers(2)
+    http = gateway_for(a)
+    status, body = http.get("/api/graceful_shutdown")
+    assert status == 200 and body["status"] in {"shutting_down", "done"}
     for svc in (a, b):
         assert svc.broker is not None
         assert svc.broker.wait(timeout=30) == config.EXIT_OK
