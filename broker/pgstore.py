@@ -28,7 +28,15 @@ import psycopg
 from psycopg import pq
 
 from broker.pgschema import SchemaTooNew, migrate
-from broker.store import JOB_COLUMNS, RECENT_SCAN, JobRecord, Outcome, StorageError, record_from_row
+from broker.store import (
+    JOB_COLUMNS,
+    RECENT_SCAN,
+    JobRecord,
+    Outcome,
+    StorageError,
+    record_from_row,
+    with_outcome,
+)
 from protocol.messages import JobStatus, job_id
 
 log = logging.getLogger("lss.broker.store")
@@ -50,6 +58,16 @@ CONNECT_OPTIONS: dict[str, Any] = {
 }
 _RUNNING = str(JobStatus.RUNNING)
 _SUMMARY = JOB_COLUMNS.replace("answer, ", "NULL, ")
+# Every outcome of a turn in one statement, each only if the job is still running and
+# this broker's (its epoch): the fence of docs/deployment.md, "Several brokers".
+_FINISH = (
+    "UPDATE jobs SET status = v.status, answer = v.answer, reason = v.reason,"
+    " fingerprint = v.fingerprint, finished_s = v.finished_s"
+    " FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[], %s::text[],"
+    " %s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)"
+    " WHERE jobs.seq = v.seq AND jobs.status = %s AND jobs.broker_epoch = %s"
+    " RETURNING jobs.seq"
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +114,7 @@ class PgStore:
         self._backoff_s = RECONNECT_MIN_S
         self._changed = False
         self._to_notify: list[int] = []
+        self._finishing: dict[int, tuple[Outcome, float]] = {}  # not written yet
         self._issued = 0
         self._counts: Counter[JobStatus] = Counter()
         self._counts_at = -COUNTS_MAX_AGE_S
@@ -180,24 +199,39 @@ class PgStore:
     @_pg_op
     def get(self, seq: int) -> JobRecord | None:
         row = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = %s", (seq,)).fetchone()
-        return None if row is None else record_from_row(row)
+        if row is None:
+            return None
+        record = record_from_row(row)
+        if seq in self._finishing:
+            outcome, finished_s = self._finishing[seq]
+            record = with_outcome(record, outcome, finished_s)
+        return record
 
-    @_pg_op
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        """Record how job `seq` ended, if this broker (epoch) still owns it; else
-        `StorageError`, and `deposed` is set."""
-        updated = self._write(
-            "UPDATE jobs SET status = %s, answer = %s, reason = %s, fingerprint = %s,"
-            " finished_s = %s WHERE seq = %s AND status = %s AND broker_epoch = %s",
-            (str(outcome.status), outcome.answer, outcome.reason, outcome.fingerprint, now_s,
-             seq, _RUNNING, self.epoch),
-        ).rowcount  # fmt: skip
-        if updated == 1:
-            self._counts[JobStatus.RUNNING] -= 1
-            self._counts[outcome.status] += 1
-            self._to_notify.append(seq)
+        """Record how job `seq` ended, if this broker (epoch) still owns it: written with
+        the others of the turn by one statement, at the latest at `commit`, which raises
+        `StorageError` (and sets `deposed`) if another broker owns it."""
+        self._finishing[seq] = (outcome, now_s)
+        self._counts[JobStatus.RUNNING] -= 1
+        self._counts[outcome.status] += 1
+        self._changed = True
+
+    def _write_finished(self) -> None:
+        """Write the outcomes recorded since the last call: one conditional UPDATE."""
+        if not self._finishing:
             return
-        self._refused_finish(seq)
+        pending, self._finishing = self._finishing, {}
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for seq, (outcome, finished_s) in pending.items():
+            row = (seq, str(outcome.status), outcome.answer, outcome.reason,
+                   outcome.fingerprint, finished_s)  # fmt: skip
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        written = self._write(_FINISH, (*columns, _RUNNING, self.epoch)).fetchall()
+        done = {int(seq) for (seq,) in written}
+        self._to_notify += done
+        for seq in pending.keys() - done:
+            self._refused_finish(seq)
 
     def _refused_finish(self, seq: int) -> None:
         row = self._read("SELECT status, broker_epoch FROM jobs WHERE seq = %s", (seq,)).fetchone()
@@ -228,6 +262,7 @@ class PgStore:
     @_pg_op
     def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
         """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
+        self._write_finished()
         if owner is None:
             rows = self._read(
                 "SELECT seq, status FROM jobs WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
@@ -247,6 +282,7 @@ class PgStore:
         """Up to `limit` of the last `RECENT_SCAN` jobs (of `status`, of `owner`), newest
         first, without their answers."""
         wanted = None if status is None else str(status)
+        self._write_finished()
         rows = self._read(
             f"SELECT {_SUMMARY} FROM jobs WHERE seq > %s AND (%s::text IS NULL OR status = %s)"
             " AND (%s::text IS NULL OR owner = %s) ORDER BY seq DESC LIMIT %s",
@@ -257,6 +293,7 @@ class PgStore:
     @_pg_op
     def unfinished(self) -> list[JobRecord]:
         """The unfinished jobs this broker (its current epoch) dispatches."""
+        self._write_finished()
         rows = self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s AND broker_epoch = %s ORDER BY seq",
             (_RUNNING, self.epoch),
@@ -277,6 +314,9 @@ class PgStore:
             log.debug("counts not refreshed: %s", exc)  # the last counts stand meanwhile
             return
         self._counts = Counter({JobStatus(status): int(n) for status, n in rows})
+        for outcome, _ in self._finishing.values():  # recorded here, not written yet
+            self._counts[JobStatus.RUNNING] -= 1
+            self._counts[outcome.status] += 1
         self._counts_at = time.monotonic()
 
     @_pg_op
@@ -290,6 +330,7 @@ class PgStore:
 
     @_pg_op
     def expire(self, finished_before_s: float) -> int:
+        self._write_finished()
         gone = self._write(
             "WITH gone AS (DELETE FROM jobs WHERE finished_s < %s RETURNING status)"
             " SELECT status, count(*) FROM gone GROUP BY status",
@@ -305,6 +346,7 @@ class PgStore:
         db = self._conn()
         if db.info.transaction_status == pq.TransactionStatus.INERROR:
             raise StorageError("commit", "the transaction had failed; it must be rolled back")
+        self._write_finished()
         if not self._in_transaction():
             self._changed = False
             return
@@ -316,6 +358,7 @@ class PgStore:
 
     def rollback(self) -> None:
         """Undo every write since the last commit (job numbers stay used)."""
+        self._finishing.clear()
         self._to_notify = []
         self._changed = False
         self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`

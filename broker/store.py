@@ -153,7 +153,7 @@ class MemoryStore:
         return self._jobs.get(seq)
 
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        self._put(seq, _finished(self._jobs[seq], outcome, now_s))
+        self._put(seq, with_outcome(self._jobs[seq], outcome, now_s))
 
     def add_attempt(self, seq: int) -> int:
         record = self._jobs[seq]
@@ -221,7 +221,7 @@ class MemoryStore:
         """Nothing to release."""
 
 
-def _finished(record: JobRecord, outcome: Outcome, now_s: float) -> JobRecord:
+def with_outcome(record: JobRecord, outcome: Outcome, now_s: float) -> JobRecord:
     return replace(
         record, status=outcome.status, answer=outcome.answer, reason=outcome.reason,
         fingerprint=outcome.fingerprint, finished_s=now_s,
@@ -357,7 +357,7 @@ class SqliteStore:
         record = record_from_row(row)
         if seq in self._finished:
             outcome, finished_s = self._finished[seq]
-            record = _finished(record, outcome, finished_s)
+            record = with_outcome(record, outcome, finished_s)
         return record
 
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:

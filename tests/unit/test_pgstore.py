@@ -73,8 +73,9 @@ def test_an_expired_lease_is_adopted_and_the_deposed_broker_fenced(pg_url: str) 
         adopted = wait_until(b.adopt, 10, "b to adopt a's jobs once a's lease ran out")
         assert [r.seq for r in adopted] == seqs
         assert b.adopt() == []  # adopted once
+        a.finish(seqs[0], DONE, 1.0)  # written with the turn's other outcomes, at commit
         with pytest.raises(StorageError, match="deposed"):
-            a.finish(seqs[0], DONE, 1.0)
+            a.commit()
         a.rollback()
         assert a.deposed and not a.renew(60.0)
         b.finish(seqs[0], DONE, 2.0)
