@@ -157,11 +157,12 @@ class BrokerCore:
             if seq in self._requests or not self._waiters.waiting(seq):
                 continue
             record = self.store.get(seq)
-            if record is not None and record.status is JobStatus.RUNNING:
-                continue
-            state = _final_state(seq, record)
-            for identity, tag in self._waiters.pop(seq):
-                self._reply(identity, tag, state, record.answer if record else None)
+            if record is None:  # expired meanwhile
+                for identity, tag in self._waiters.pop(seq):
+                    self.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
+            elif record.status is not JobStatus.RUNNING:
+                for identity, tag in self._waiters.pop(seq):
+                    self._reply(identity, tag, _final_state(seq, record), record.answer)
 
     def remote_waits(self) -> list[int]:
         """Jobs waited for here that another broker runs."""
@@ -616,10 +617,8 @@ class BrokerCore:
         }
 
 
-def _final_state(seq: int, record: JobRecord | None) -> m.JobState:
-    """A stored job's state (one that expired meanwhile reads as an error)."""
-    if record is None:
-        return m.JobState(job_id(seq), JobStatus.ERROR.value, "expired")
+def _final_state(seq: int, record: JobRecord) -> m.JobState:
+    """A stored job's state."""
     return m.JobState(job_id(seq), record.status.value, record.reason, record.fingerprint)
 
 
