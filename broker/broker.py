@@ -431,7 +431,8 @@ def open_store(settings: BrokerSettings, broker_id: str) -> Store:
         from broker.pgstore import PgStore  # psycopg is needed only here
 
         return PgStore(settings.store, broker_id, socket.gethostname())
-    raise ValueError(f"--store must be 'sqlite' or a postgresql:// URL, not {settings.store!r}")
+    scheme = settings.store.split(":", 1)[0][:20]  # never the rest: it may hold a password
+    raise ValueError(f"--store must be 'sqlite' or a postgresql:// URL, not {scheme!r}...")
 
 
 def group_by_peer(routed: list[list[bytes]], max_bytes: int) -> list[list[bytes]]:
