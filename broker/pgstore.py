@@ -55,6 +55,10 @@ CONNECT_OPTIONS: dict[str, Any] = {
     "keepalives_interval": 2,
     "keepalives_count": 2,
     "tcp_user_timeout": 5000,
+    # A broker stopped (or cut off) in the middle of a turn must not hold its row locks
+    # and block the others: the server ends such a session after 2 s, and no statement
+    # waits for a lock much longer (it fails, and the turn is rolled back).
+    "options": "-c idle_in_transaction_session_timeout=2000 -c lock_timeout=3000",
 }
 _RUNNING = str(JobStatus.RUNNING)
 _SUMMARY = JOB_COLUMNS.replace("answer, ", "NULL, ")

@@ -140,3 +140,19 @@ def test_notify_payloads_stay_under_postgresql_limit() -> None:
     payloads = notify_payloads(seqs)
     assert all(len(p) < 8000 for p in payloads)
     assert [int(s) for p in payloads for s in p.split(",")] == seqs
+
+
+def test_a_broker_stopped_in_mid_turn_blocks_the_others_for_two_seconds_at_most(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    """A holds a request id in a transaction it never finishes (as if SIGSTOPped): the
+    server ends A's session, and B takes the request id instead of waiting forever."""
+    a, b = brokers
+    a.add("contended", b"q", 0.0)  # A's turn stops here, its row lock held
+    seq, new = b.add("contended", b"q", 1.0)  # waits for A's session to be ended
+    b.commit()
+    assert new
+    with pytest.raises(StorageError):
+        a.commit()  # A's transaction is gone with its session
+    a.rollback()
+    assert a.find_request("contended") == seq  # A serves again on a new connection
