@@ -121,9 +121,10 @@ class BrokerCore:
         self._finished: dict[int, Unfinished] = {}
         self._storage_failures: Counter[str] = Counter()  # by the store method that failed
         # Set by the loop when brokers share the store (broker.cluster): asks every
-        # broker to shut down, and describes the cluster in `stats`.
+        # broker to shut down, describes the cluster in `stats`, counts a key's jobs.
         self.on_shutdown_all: Callable[[], None] | None = None
         self.cluster_stats: Callable[[], dict[str, object]] | None = None
+        self.running_of: Callable[[str], int] | None = None  # a key's jobs, all brokers
         recovered = self.adopt(store.unfinished())
         if recovered:
             log.info("recovered %d unfinished job(s) from the store", recovered)
@@ -296,6 +297,8 @@ class BrokerCore:
     def _count_running(self, caller: Caller) -> int:
         if caller.sees_all:
             return self.store.count(JobStatus.RUNNING)
+        if self.running_of is not None:
+            return self.running_of(caller.key)
         return self._owners.running(caller.key)
 
     def _read(

@@ -41,6 +41,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL",
         "CREATE INDEX jobs_owner ON jobs (owner, seq) WHERE owner <> ''",
         "CREATE INDEX jobs_running ON jobs (broker_epoch) WHERE status = 'running'",
+        "CREATE INDEX jobs_owner_running ON jobs (owner) WHERE status = 'running' AND owner <> ''",
         """CREATE TABLE brokers (
             epoch bigint PRIMARY KEY,
             broker_id text NOT NULL,

@@ -324,6 +324,16 @@ class PgStore:
         self._counts_at = time.monotonic()
 
     @_pg_op
+    def running_of(self, owner: str) -> int:
+        """Unfinished jobs of the key `owner`, on every broker."""
+        self._write_finished()
+        row = self._read(
+            "SELECT count(*) FROM jobs WHERE owner = %s AND owner <> '' AND status = %s",
+            (owner, _RUNNING),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @_pg_op
     def last_seq(self) -> int:
         """The highest job number handed out by any broker on the store."""
         row = self._read(

@@ -81,6 +81,9 @@ def test_a_client_key_sees_its_own_jobs_on_every_broker_and_only_those(
     assert isinstance(admins, m.JobState)
     (listing,) = b.ask(m.ListJobs(), BOB)
     assert isinstance(listing, m.JobList) and listing.jobs == []
+    b.core.running_of = b.store.running_of  # as broker.cluster sets it
+    assert b.ask(m.NumJobs(), ALICE) == [m.JobCount(1)]
+    assert b.ask(m.NumJobs(), BOB) == [m.JobCount(0)]
     (reuse,) = b.ask(m.Submit("r1", "global_mean", {"question": "Q"}), BOB)
     assert isinstance(reuse, m.ErrorReply) and reuse.code == m.ErrorCode.FORBIDDEN
 
