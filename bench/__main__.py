@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import gateway, report
+from bench import brokers, gateway, report
 from bench.data import dataset
 from bench.driver import Shape, run, wait_for_quiet
 from bench.echo import EchoService
@@ -45,6 +45,7 @@ class Bench:
     def __init__(self, plan: Plan, work_dir: Path) -> None:
         self.plan = plan
         self.work_dir = work_dir
+        self.say = say
 
     def shape(self, producers: int, window: int, mix: str = "small", **kw: Any) -> Shape:
         return Shape(
@@ -231,6 +232,9 @@ def execute(plan: Plan, work_dir: Path) -> dict[str, Any]:
     if plan.sync_modes:
         results["sync_modes"] = bench.sync_modes(data)
         return results
+    if plan.postgres:
+        results["postgres"] = brokers.measure_all(bench, data)
+        return results
     results["comparison"], results["skipped"] = bench.comparison(data)
     results["scaling"] = [] if plan.skip_scaling else bench.scaling(data)
     results["rows"] = [] if plan.skip_rows else bench.data_sizes()
@@ -254,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
     shutil.rmtree(work_dir, ignore_errors=True)
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
-    if plan.sync_modes:
-        print(report.sync_modes_markdown(results["sync_modes"]))
+    if plan.sync_modes or plan.postgres:
+        section = results.get("sync_modes") or results["postgres"]
+        print(report.sync_modes_markdown(section) if plan.sync_modes else brokers.markdown(section))
         say(f"done in {results['meta']['elapsed_s']:g} s")
         return 0
     json_path, md_path = report.save(results, plan.out_dir)

@@ -156,7 +156,8 @@ def _split(outcome: Any) -> tuple[list[float], int]:
 def _producer(target: Target, shape: Shape, index: int, conn: Connection) -> None:
     """One producer process: warm up, say ready, start at the shared instant, report."""
     try:
-        producer = _producer_for(target.kind, shape.style)(target.address)
+        addresses = target.options.get("addresses") or [target.address]  # one per producer
+        producer = _producer_for(target.kind, shape.style)(addresses[index % len(addresses)])
         try:
             seed = shape.seed * 1000 + index
             producer.run(jobs(shape.mix, seed, time.monotonic() + shape.warmup_s), 1)

@@ -37,6 +37,7 @@ class Plan:
     skip_rows: bool = False
     profile: bool = False
     sync_modes: bool = False
+    postgres: bool = False
     data_dir: Path = DATA_DIR
     out_dir: Path = RESULTS_DIR
 
@@ -92,6 +93,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only ours per SQLite synchronous mode (and echo), loaded small mix",
     )
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="only brokers on SQLite and on one PostgreSQL (1, 2, 3 brokers), loaded small mix",
+    )
     p.add_argument("--data-dir", type=Path, help="where generated data sets are cached")
     p.add_argument("--out-dir", type=Path, help="where latest.json and latest.md go")
     return p.parse_args(argv)
@@ -115,4 +121,5 @@ def plan_from(args: argparse.Namespace) -> Plan:
         given[f"skip_{part}"] = True if getattr(args, f"skip_{part}") else None
     given["profile"] = args.profile or None
     given["sync_modes"] = args.sync_modes or None
+    given["postgres"] = args.postgres or None
     return replace(plan, **{k: v for k, v in given.items() if v is not None})

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from broker.broker import Broker, BrokerSettings
 from broker.core import CoreSettings
+from broker.pgschema import SchemaTooNew
+from broker.store import StorageError
 from protocol import config
 from protocol.events import write_events
 from protocol.lifetime import die_with_parent
@@ -19,10 +22,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T", bound="DataclassInstance")
 
+log = logging.getLogger("lss.broker")
+
 BROKER_SETTINGS = (
     "client_endpoint", "worker_endpoint", "state_dir", "data", "heartbeat_interval_ms",
     "heartbeat_liveness", "job_timeout_s", "max_attempts", "max_queue", "result_ttl_s",
-    "max_message_bytes", "curve_dir", "sqlite_synchronous", "disk_reserve_mb", "log_level",
+    "max_message_bytes", "curve_dir", "sqlite_synchronous", "disk_reserve_mb", "store",
+    "broker_lease_s", "log_level",
 )  # fmt: skip
 """The settings the broker takes, defined in protocol.config.SETTINGS."""
 
@@ -49,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.state_dir, "broker", args.log_level)
     write_events(args.state_dir, "broker")
-    broker = Broker(settings_from(args))
+    try:
+        broker = Broker(settings_from(args))
+    except (StorageError, SchemaTooNew) as exc:
+        log.error("cannot open the store: %s", exc)
+        return config.EXIT_FAILURE
+    except ValueError as exc:
+        log.error("%s", exc)
+        return config.EXIT_USAGE
     broker.install_signal_handlers()
     return broker.run()
 

@@ -16,10 +16,12 @@ import logging
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -28,13 +30,16 @@ from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
 from broker.security import CurveServer, warn_if_plaintext
 from broker.storage_guard import MB, StorageGuard
-from broker.store import SqliteStore, StorageError
+from broker.store import SqliteStore, StorageError, Store
 from protocol import config
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.logs import Throttle, shown
 from protocol.messages import Envelope
 from protocol.wire import send_frames, waiting, waiting_from
+
+if TYPE_CHECKING:
+    from broker.cluster import Cluster
 
 log = logging.getLogger("lss.broker")
 
@@ -71,6 +76,8 @@ class BrokerSettings:
     sqlite_synchronous: str = config.SQLITE_SYNCHRONOUS
     disk_reserve_mb: float = config.DISK_RESERVE_MB
     shutdown_linger_s: float = 1.0
+    store: str = config.STORE  # "sqlite" or a postgresql:// URL
+    broker_lease_s: float = config.BROKER_LEASE_S
 
 
 def default_core_settings() -> CoreSettings:
@@ -92,13 +99,16 @@ class Broker:
         self.settings = settings
         self.core_settings = settings.core or default_core_settings()
         state = Path(settings.state_dir)
-        self.store = SqliteStore(state / "jobs.sqlite3", synchronous=settings.sqlite_synchronous)
+        broker_id = uuid.uuid4().hex
+        self.store = open_store(settings, broker_id)
         self.guard = StorageGuard(state, int(settings.disk_reserve_mb * MB))
         data = DataFile(settings.data) if settings.data else None
         fingerprint = data.fingerprint if data else None
         self.core = BrokerCore(
-            self.store, self.core_settings, fingerprint, data.chunk if data else None
+            self.store, self.core_settings, fingerprint, data.chunk if data else None, broker_id
         )
+        self.cluster = self._join_cluster()
+        self._polled_fd: int | None = None
         self.context = zmq.Context()
         self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None
         self.frontend = self._bind(settings.client_endpoint, "client")
@@ -111,6 +121,16 @@ class Broker:
         self._storage_errors = Throttle(log, burst=5, window_s=60.0)
         self._callers = Callers(secured=self.curve is not None)
         self._write_endpoints(state)
+
+    def _join_cluster(self) -> Cluster | None:
+        """With a shared (PostgreSQL) store: this broker's lease, adoption and news."""
+        if not is_postgres_url(self.settings.store):
+            return None
+        from broker.cluster import Cluster
+        from broker.pgstore import PgStore
+
+        assert isinstance(self.store, PgStore)  # open_store made it from the same URL
+        return Cluster(self.store, self.core, self.settings.broker_lease_s)
 
     def _bind(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
@@ -162,8 +182,10 @@ class Broker:
         drained_at: float | None = None
         try:
             while self._signals < 2:
+                self._poll_store_news(poller)
                 ready = dict(poller.poll(int(tick_every_s * 1000)))
                 now = time.time()
+                self._step_cluster(ready, now)
                 self.core.storage_refusal = self.guard.refusal(now)
                 self._turn(ready, now)
                 if now >= next_tick:
@@ -181,6 +203,26 @@ class Broker:
             return config.EXIT_INTERRUPTED
         finally:
             self.close()
+
+    def _poll_store_news(self, poller: zmq.Poller) -> None:
+        """Poll the cluster's listening connection too (its socket changes when it is
+        made again)."""
+        fd = self.cluster.fileno() if self.cluster is not None else None
+        if fd != self._polled_fd:
+            if self._polled_fd is not None:
+                poller.unregister(self._polled_fd)
+            if fd is not None:
+                poller.register(fd, zmq.POLLIN)
+            self._polled_fd = fd
+
+    def _step_cluster(self, ready: dict[Any, int], now: float) -> None:
+        """Between turns, outside any transaction: broker.cluster."""
+        if self.cluster is None:
+            return
+        try:
+            self.cluster.step(self._polled_fd is not None and self._polled_fd in ready)
+        except StorageError as exc:
+            self._storage_failed(exc, now)
 
     def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
         if self.frontend in ready:
@@ -360,12 +402,35 @@ class Broker:
             send_frames(self.frontend, frames)
 
     def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
         self.store.close()
         for sock in (self.frontend, self.backend):
             sock.close(linger=0)
         if self.curve:
             self.curve.stop()
         self.context.term()
+
+
+def is_postgres_url(store: str) -> bool:
+    return store.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(settings: BrokerSettings, broker_id: str) -> Store:
+    """The store `settings.store` names: SQLite in the state directory, or PostgreSQL.
+
+    Raises `StorageError` if PostgreSQL cannot be reached, `SchemaTooNew` if its schema
+    is newer than this broker's, ValueError for anything else.
+    """
+    if settings.store == "sqlite":
+        path = Path(settings.state_dir) / "jobs.sqlite3"
+        return SqliteStore(path, synchronous=settings.sqlite_synchronous)
+    if is_postgres_url(settings.store):
+        from broker.pgstore import PgStore  # psycopg is needed only here
+
+        return PgStore(settings.store, broker_id, socket.gethostname())
+    scheme = settings.store.split(":", 1)[0][:20]  # never the rest: it may hold a password
+    raise ValueError(f"--store must be 'sqlite' or a postgresql:// URL, not {scheme!r}...")
 
 
 def group_by_peer(routed: list[list[bytes]], max_bytes: int) -> list[list[bytes]]:

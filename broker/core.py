@@ -32,7 +32,7 @@ from broker.limits import (
 )
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
-from broker.store import Outcome, StorageError, Store
+from broker.store import JobRecord, Outcome, StorageError, Store
 from broker.undo import Unfinished
 from protocol import config, events
 from protocol import messages as m
@@ -106,11 +106,12 @@ class BrokerCore:
         settings: CoreSettings,
         fingerprint: str | None,
         data_chunk: Callable[[int, int], m.DataChunk | None] | None = None,
+        broker_id: str | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.fingerprint = fingerprint
-        self.broker_id = uuid.uuid4().hex
+        self.broker_id = broker_id or uuid.uuid4().hex
         self.outbox = Outbox()
         self.pool = WorkerPool()
         self.shutting_down = False
@@ -130,14 +131,54 @@ class BrokerCore:
         self._added: set[int] = set()
         self._finished: dict[int, Unfinished] = {}
         self._storage_failures: Counter[str] = Counter()  # by the store method that failed
-        for record in store.unfinished():
+        # Set by the loop when brokers share the store (broker.cluster): asks every
+        # broker to shut down, describes the cluster in `stats`, counts a key's jobs.
+        self.on_shutdown_all: Callable[[], None] | None = None
+        self.cluster_stats: Callable[[], dict[str, object]] | None = None
+        self.running_of: Callable[[str], int] | None = None  # a key's jobs, all brokers
+        recovered = self.adopt(store.unfinished())
+        if recovered:
+            log.info("recovered %d unfinished job(s) from the store", recovered)
+
+    def adopt(self, records: list[JobRecord]) -> int:
+        """Queue unfinished jobs this broker now runs (at start, or taken over from a
+        broker whose lease ran out); returns how many were new here."""
+        new = [record for record in records if record.seq not in self._requests]
+        for record in new:
             self._queue.append(record.seq)
             self._requests[record.seq] = record.request
             self._owners.own(record.seq, record.owner)
             if record.attempts >= ALONE_AFTER_LOSSES:
                 self._retried.add(record.seq)
-        if self._queue:
-            log.info("recovered %d unfinished job(s) from the store", len(self._queue))
+        return len(new)
+
+    def forget_jobs(self) -> None:
+        """Drop every unfinished job (this broker was deposed: another one runs them).
+        Their waiters stay, answered when the job finishes elsewhere; results that
+        workers still send for them are ignored."""
+        for seq in self._requests:
+            self._owners.disown(seq)
+            self.latency.forget(seq)
+        self._requests.clear()
+        self._queue.clear()
+        self._retried.clear()
+
+    def finished_elsewhere(self, seqs: list[int]) -> None:
+        """Answer the waiters of jobs another broker finished (told by the store)."""
+        for seq in seqs:
+            if seq in self._requests or not self._waiters.waiting(seq):
+                continue
+            record = self.store.get(seq)
+            if record is None:  # expired meanwhile
+                for identity, tag in self._waiters.pop(seq):
+                    self.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
+            elif record.status is not JobStatus.RUNNING:
+                for identity, tag in self._waiters.pop(seq):
+                    self._reply(identity, tag, _final_state(seq, record), record.answer)
+
+    def remote_waits(self) -> list[int]:
+        """Jobs waited for here that another broker runs."""
+        return [seq for seq in self._waiters.jobs() if seq not in self._requests]
 
     # --- clients -----------------------------------------------------------------
 
@@ -154,7 +195,7 @@ class BrokerCore:
         elif isinstance(msg, m.NumJobs):
             self._reply(identity, tag, m.JobCount(self._count_running(caller)))
         elif isinstance(msg, m.Shutdown):
-            self._shutdown(identity, tag, caller)
+            self._shutdown(identity, tag, caller, msg.scope)
         elif isinstance(msg, m.Ping):
             self._reply(identity, tag, m.Pong(self.broker_id, shutting_down=self.shutting_down))
         elif isinstance(msg, m.Stats | m.Recent):
@@ -194,10 +235,16 @@ class BrokerCore:
         )  # fmt: skip
         self.refuse(identity, tag, ErrorCode.FORBIDDEN, f"a {caller.role} key may not {what}")
 
-    def _shutdown(self, identity: bytes, tag: bytes, caller: Caller) -> None:
+    def _shutdown(self, identity: bytes, tag: bytes, caller: Caller, scope: str) -> None:
         if not caller.may_change_service:
             self._forbid(identity, tag, caller, "shut the service down")
             return
+        if scope not in m.SHUTDOWN_SCOPES:
+            self.refuse(identity, tag, ErrorCode.BAD_REQUEST, f"scope must be one of"
+                        f" {', '.join(m.SHUTDOWN_SCOPES)}")  # fmt: skip
+            return
+        if scope == m.SHUTDOWN_ALL and self.on_shutdown_all is not None:
+            self.on_shutdown_all()  # every broker on the store; this one as well
         self.begin_shutdown(f"{caller.role} key {shown(caller.name)} asked" if caller.role
                             else "a client asked")  # fmt: skip
         self._reply(identity, tag, m.ShuttingDown(pending=len(self._requests)))
@@ -267,6 +314,8 @@ class BrokerCore:
     def _count_running(self, caller: Caller) -> int:
         if caller.sees_all:
             return self.store.count(JobStatus.RUNNING)
+        if self.running_of is not None:
+            return self.running_of(caller.key)
         return self._owners.running(caller.key)
 
     def _read(
@@ -274,21 +323,20 @@ class BrokerCore:
     ) -> None:
         """Answer with job `seq`'s state, or (`wait`) register for its final one. Another
         key's job answers exactly as a job id never issued."""
-        if seq is None or seq > self.store.last_seq():
-            self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
-        elif seq in self._requests:
+        if seq is not None and seq in self._requests:  # answered without the store
             self._read_running(identity, tag, seq, wait, caller)
+        elif seq is None or seq > self.store.last_seq():
+            self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
         else:
             record = self.store.get(seq)
             if record is None:
                 self.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
             elif not caller.sees_all and record.owner != caller.key:
                 self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+            elif wait and record.status is JobStatus.RUNNING:  # another broker runs it
+                self._add_waiter(identity, tag, seq)
             else:
-                state = m.JobState(
-                    job_id(seq), record.status.value, record.reason, record.fingerprint
-                )
-                self._reply(identity, tag, state, record.answer)
+                self._reply(identity, tag, _final_state(seq, record), record.answer)
 
     def _read_running(
         self, identity: bytes, tag: bytes, seq: int, wait: bool, caller: Caller
@@ -598,6 +646,7 @@ class BrokerCore:
             "fingerprint": self.fingerprint,
             "storage_failures": dict(self._storage_failures),
             "latency": self.latency.describe(),
+            **({"cluster": self.cluster_stats()} if self.cluster_stats else {}),
         }
 
 
@@ -609,6 +658,11 @@ SIZED_REPLIES = (m.RecentJobs, m.JobList, m.StatsReply)
 def _over_budget() -> m.ErrorReply:
     why = f"more than {PEER_ANSWER_BYTES_PER_TURN} bytes of answers at once; ask again"
     return m.ErrorReply(ErrorCode.OVER_LIMIT.value, why)
+
+
+def _final_state(seq: int, record: JobRecord) -> m.JobState:
+    """A stored job's state."""
+    return m.JobState(job_id(seq), record.status.value, record.reason, record.fingerprint)
 
 
 def _is_answer(payload: bytes) -> bool:

@@ -76,6 +76,13 @@ class Waiters:
             self._per_peer[identity] += 1
             self.total += 1
 
+    def waiting(self, seq: int) -> bool:
+        return seq in self._by_job
+
+    def jobs(self) -> list[int]:
+        """The jobs someone waits for."""
+        return list(self._by_job)
+
     def pop(self, seq: int) -> set[Waiter]:
         """The waits for job `seq`, now over."""
         done = self._by_job.pop(seq, set())

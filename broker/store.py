@@ -153,7 +153,7 @@ class MemoryStore:
         return self._jobs.get(seq)
 
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        self._put(seq, _finished(self._jobs[seq], outcome, now_s))
+        self._put(seq, with_outcome(self._jobs[seq], outcome, now_s))
 
     def add_attempt(self, seq: int) -> int:
         record = self._jobs[seq]
@@ -221,7 +221,7 @@ class MemoryStore:
         """Nothing to release."""
 
 
-def _finished(record: JobRecord, outcome: Outcome, now_s: float) -> JobRecord:
+def with_outcome(record: JobRecord, outcome: Outcome, now_s: float) -> JobRecord:
     return replace(
         record, status=outcome.status, answer=outcome.answer, reason=outcome.reason,
         fingerprint=outcome.fingerprint, finished_s=now_s,
@@ -251,11 +251,11 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s I
 # inserts pay nothing for it. Queries must say `owner != ''` to use it.
 _OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner != ''"
 _RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
-_COLUMNS = (
+JOB_COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
     " finished_s, owner"
 )
-_SUMMARY_COLUMNS = _COLUMNS.replace("answer, ", "")
+_SUMMARY_COLUMNS = JOB_COLUMNS.replace("answer, ", "")
 
 
 P = ParamSpec("P")
@@ -351,13 +351,13 @@ class SqliteStore:
 
     @_storage_op
     def get(self, seq: int) -> JobRecord | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
+        row = self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             return None
-        record = _record(row)
+        record = record_from_row(row)
         if seq in self._finished:
             outcome, finished_s = self._finished[seq]
-            record = _finished(record, outcome, finished_s)
+            record = with_outcome(record, outcome, finished_s)
         return record
 
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
@@ -418,14 +418,15 @@ class SqliteStore:
             " AND (? IS NULL OR owner = ?) ORDER BY seq DESC LIMIT ?",
             (self._issued - RECENT_SCAN, wanted, wanted, owner, owner, limit),
         )
-        return [_record((*row[:5], None, *row[5:])) for row in rows]
+        return [record_from_row((*row[:5], None, *row[5:])) for row in rows]
 
     @_storage_op
     def unfinished(self) -> list[JobRecord]:
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq",
+            (JobStatus.RUNNING.value,),
         )
-        return [_record(row) for row in rows if row[0] not in self._finished]
+        return [record_from_row(row) for row in rows if row[0] not in self._finished]
 
     def count(self, status: JobStatus) -> int:
         return self._counts[status]
@@ -539,7 +540,7 @@ def _add_owner_column(db: sqlite3.Connection) -> None:
     db.commit()
 
 
-def _record(row: tuple[Any, ...]) -> JobRecord:
+def record_from_row(row: tuple[Any, ...]) -> JobRecord:
     seq, request_id, request, status, attempts, answer, reason, fingerprint, created = row[:9]
     finished, owner = row[9:]
     return JobRecord(

@@ -163,9 +163,10 @@ class Client(Statistics[Answer]):
         """Jobs accepted and not yet finished."""
         return session.expect(self._ask(m.NumJobs()).message, m.JobCount).num_jobs
 
-    def shutdown(self) -> int:
-        """Start a graceful shutdown; returns how many jobs are still to finish."""
-        return session.expect(self._ask(m.Shutdown()).message, m.ShuttingDown).pending
+    def shutdown(self, scope: str = m.SHUTDOWN_BROKER) -> int:
+        """Start a graceful shutdown of this broker, or with `scope` "all" of every broker
+        on its store; returns how many jobs this broker still has to finish."""
+        return session.expect(self._ask(m.Shutdown(scope)).message, m.ShuttingDown).pending
 
     def ping(self) -> dict[str, Any]:
         """The broker's id, protocol version and whether it is shutting down."""

@@ -49,6 +49,12 @@ SQLITE_SYNCHRONOUS = "NORMAL"
 # Free space in the state directory below which submits are refused (`storage`): room
 # for the answers of accepted jobs, the WAL between checkpoints (16 MiB) and the logs.
 DISK_RESERVE_MB = 64.0
+# Where the broker keeps its jobs: "sqlite" (<state dir>/jobs.sqlite3), or a
+# postgresql://... URL that several brokers may share (docs/deployment.md).
+STORE = "sqlite"
+# How long a broker on a shared store stays the owner of its jobs without renewing;
+# past it, another broker adopts them (renewed every third of it).
+BROKER_LEASE_S = 10.0
 
 
 def endpoints(text: str | Sequence[str]) -> list[str]:
@@ -137,6 +143,12 @@ SETTINGS = {
             choices=("OFF", "NORMAL", "FULL", "EXTRA"),
         ),
         Setting("disk_reserve_mb", DISK_RESERVE_MB, "refuse submits below this free space"),
+        Setting("store", STORE, "'sqlite' or a postgresql:// URL that brokers may share"),
+        Setting(
+            "broker_lease_s",
+            BROKER_LEASE_S,
+            "on a shared store: how long a silent broker keeps its jobs",
+        ),
         Setting("curve_dir", None, "turn CurveZMQ on with the keys in this directory"),
         Setting("curve_server_key", None, "the broker's public key file: turns CURVE on"),
         Setting("curve_secret", None, "this process's secret key file"),

@@ -181,11 +181,18 @@ class NumJobs(Message):
     COMMAND: ClassVar[Command] = Command.NUM_JOBS
 
 
+SHUTDOWN_BROKER = "broker"
+SHUTDOWN_ALL = "all"
+SHUTDOWN_SCOPES = (SHUTDOWN_BROKER, SHUTDOWN_ALL)
+
+
 @dataclass(frozen=True)
 class Shutdown(Message):
-    """Start a graceful shutdown of the whole service."""
+    """Start a graceful shutdown: of the broker that reads it (`scope` "broker"), or of
+    every broker sharing its store (`scope` "all"; the same with one broker)."""
 
     COMMAND: ClassVar[Command] = Command.SHUTDOWN
+    scope: str = SHUTDOWN_BROKER
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bench.harness import Service
+from tests.postgres import PostgresServer, postgres_or_skip
 from workers.standin import generate
 
 STANDIN_ROWS = 18_000
@@ -66,3 +67,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests.postgres); skipped without one."""
+    with postgres_or_skip() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """An empty database on the session's PostgreSQL server."""
+    return postgres.database()

@@ -29,7 +29,7 @@ from clients.http.jsonbody import InvalidBody, parse_json
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
 from protocol.logs import shown
-from protocol.messages import STATISTICS, ErrorCode
+from protocol.messages import SHUTDOWN_ALL, STATISTICS, ErrorCode
 
 log = logging.getLogger("lss.gateway")
 
@@ -88,7 +88,7 @@ class Gateway:
         if self.drained.is_set():
             return jsonify({"status": "done"})
         try:
-            pending = self.client.shutdown()
+            pending = self.client.shutdown(SHUTDOWN_ALL)  # every broker on the store
         except BrokerUnavailable:
             if not self.shutdown_seen.is_set():
                 raise

@@ -20,6 +20,19 @@ def test_broker_does_not_import_pandas() -> None:
     assert out.stdout.strip() == b"False"
 
 
+def test_a_broker_on_sqlite_needs_no_psycopg(tmp_path: Path) -> None:
+    """psycopg is the `postgres` extra: without it, a SQLite broker still starts."""
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"  # as if it were not installed
+        "from broker.broker import Broker, BrokerSettings\n"
+        f"broker = Broker(BrokerSettings(state_dir={str(tmp_path)!r},"
+        " client_endpoint='tcp://127.0.0.1:*', worker_endpoint='tcp://127.0.0.1:*'))\n"
+        "broker.close(); print(type(broker.store).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == b"SqliteStore"
+
+
 def imported_top_levels(package: str) -> set[str]:
     names: set[str] = set()
     for path in (ROOT / package).rglob("*.py"):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.access import Caller, Role
 from broker.core import BrokerCore, CoreSettings
-from broker.store import MemoryStore, SqliteStore, StorageError, Store
+from broker.store import StorageError, Store
 from protocol import messages as m
 
 FP = "f" * 64
@@ -18,13 +16,6 @@ SETTINGS = CoreSettings(
     heartbeat_interval_s=0.5, heartbeat_liveness=5, job_timeout_s=60.0, max_attempts=3,
     max_queue=100, result_ttl_s=1000.0, max_message_bytes=1 << 20,
 )  # fmt: skip
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
-    yield made
-    made.close()
 
 
 class Harness:

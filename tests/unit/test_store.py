@@ -1,26 +1,19 @@
-"""One behaviour, two stores: every test runs on MemoryStore and on SqliteStore."""
+"""One behaviour, three stores: every test taking `store` runs on MemoryStore, SqliteStore
+and PgStore (a real PostgreSQL: skipped, with the reason, where none is installed)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker.numbering import SEQ_BLOCK
-from broker.store import MemoryStore, Outcome, SqliteStore, StorageError, Store
+from broker.store import Outcome, SqliteStore, StorageError, Store
 from protocol.messages import JobStatus
 from tests.tmpfs import leave_free, small_tmpfs
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
 FAILED = Outcome(JobStatus.ERROR, reason="no data")
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
-    yield made
-    made.close()
 
 
 def test_numbers_start_at_one_and_increase(store: Store) -> None:

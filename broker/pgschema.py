@@ -1,0 +1,78 @@
+"""The PostgreSQL store's schema: its versions, and creating or migrating it at start.
+
+`schema_version` holds the version a database is at. A broker brings an older (or
+empty) database up to `SCHEMA_VERSION` under an advisory lock, so that brokers starting
+together migrate once; a database newer than this code raises `SchemaTooNew`, and the
+broker refuses to start rather than write rows a newer schema does not expect.
+
+Tables: `jobs` (as in SQLite, plus the dispatching broker's `broker_id` and
+`broker_epoch`, the fencing token of docs/deployment.md "Several brokers"), `brokers`
+(one lease row per registered broker epoch) and `shutdown_requests` (scope "all").
+Job numbers come from the sequence `job_seq`, epochs from `broker_epoch_seq`: neither
+is ever rolled back, so no number is issued twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_VERSION = 1
+MIGRATION_LOCK = 0x155_0001  # pg_advisory_xact_lock key: one migration at a time
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE SEQUENCE job_seq",
+        "CREATE SEQUENCE broker_epoch_seq",
+        """CREATE TABLE jobs (
+            seq bigint PRIMARY KEY,
+            request_id text NOT NULL UNIQUE,
+            request bytea NOT NULL,
+            status text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            answer bytea,
+            reason text,
+            fingerprint text,
+            created_s double precision NOT NULL,
+            finished_s double precision,
+            owner text NOT NULL DEFAULT '',
+            broker_id text NOT NULL,
+            broker_epoch bigint NOT NULL
+        )""",
+        "CREATE INDEX jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL",
+        "CREATE INDEX jobs_owner ON jobs (owner, seq) WHERE owner <> ''",
+        "CREATE INDEX jobs_running ON jobs (broker_epoch) WHERE status = 'running'",
+        "CREATE INDEX jobs_owner_running ON jobs (owner) WHERE status = 'running' AND owner <> ''",
+        """CREATE TABLE brokers (
+            epoch bigint PRIMARY KEY,
+            broker_id text NOT NULL,
+            host text NOT NULL,
+            registered_at timestamptz NOT NULL DEFAULT now(),
+            expires_at timestamptz NOT NULL
+        )""",
+        "CREATE TABLE shutdown_requests (requested_at timestamptz NOT NULL DEFAULT now())",
+    ),
+}
+
+
+class SchemaTooNew(Exception):
+    """The database was made by a newer version of the service than this one."""
+
+
+def migrate(conn: Any) -> int:
+    """Create or migrate the schema on `conn` (a psycopg connection in autocommit
+    mode), in one transaction; returns the version it is at. Raises `SchemaTooNew`."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the store's schema is version {current}, newer than this broker's"
+                f" {SCHEMA_VERSION}: upgrade the broker (or point it at another database)"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    return SCHEMA_VERSION

@@ -1,0 +1,475 @@
+"""The results store in PostgreSQL, shared by several brokers (`--store postgresql://...`).
+
+`PgStore` keeps the `Store` interface of broker.store, so the broker's logic and the
+durability rule (docs/protocol.md, "Durability") are the same as on SQLite: writes form
+one transaction until `commit()`, any database error (a lost connection included)
+raises `StorageError`, and the broker rolls the turn back. A lost connection is made
+again by itself, at most every `RECONNECT_MAX_S` (a failed try is a `StorageError` too).
+
+What sharing adds (docs/deployment.md, "Several brokers"): job numbers from a database
+sequence; each broker registers a lease row with a new epoch (`register`, `renew`);
+the jobs a broker dispatches carry its `broker_id` and `broker_epoch`, and `finish` is
+a conditional UPDATE on that epoch, so a deposed broker's late answer is refused
+(`deposed` turns True) and every job is recorded as finished once; `adopt` takes over
+the unfinished jobs of brokers whose lease ran out. Each commit that finished jobs
+NOTIFYs `lss_finished` with their numbers, for waiters on other brokers (broker.cluster).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import psycopg
+from psycopg import pq
+
+from broker.pgschema import SchemaTooNew, migrate
+from broker.store import (
+    JOB_COLUMNS,
+    RECENT_SCAN,
+    JobRecord,
+    Outcome,
+    StorageError,
+    record_from_row,
+    with_outcome,
+)
+from protocol.messages import JobStatus, job_id
+
+log = logging.getLogger("lss.broker.store")
+
+FINISHED_CHANNEL = "lss_finished"
+SHUTDOWN_CHANNEL = "lss_shutdown"
+NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
+COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
+# Bounds on a blocking call to an unreachable database host: the broker's loop waits
+# on it (libpq connection parameters; a URL's own values win).
+CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 2,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 5000,
+    # A broker stopped (or cut off) in the middle of a turn must not hold its row locks
+    # and block the others: the server ends such a session after 2 s, and no statement
+    # waits for a lock much longer (it fails, and the turn is rolled back).
+    "options": "-c idle_in_transaction_session_timeout=2000 -c lock_timeout=3000",
+}
+_RUNNING = str(JobStatus.RUNNING)
+_SUMMARY = JOB_COLUMNS.replace("answer, ", "NULL, ")
+# Every outcome of a turn in one statement, each only if the job is still running and
+# this broker's (its epoch): the fence of docs/deployment.md, "Several brokers".
+_FINISH = (
+    "UPDATE jobs SET status = v.status, answer = v.answer, reason = v.reason,"
+    " fingerprint = v.fingerprint, finished_s = v.finished_s"
+    " FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[], %s::text[],"
+    " %s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)"
+    " WHERE jobs.seq = v.seq AND jobs.status = %s AND jobs.broker_epoch = %s"
+    " RETURNING jobs.seq"
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+def _pg_op(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn any database error of `method` into a `StorageError`."""
+
+    @functools.wraps(method)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except psycopg.Error as exc:
+            raise StorageError(method.__name__, reason(exc)) from exc
+
+    return translated
+
+
+def reason(exc: Exception) -> str:
+    """A database error on one line (libpq's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def connect(url: str) -> Connection:
+    """An autocommit connection to `url`, with the module's timeouts unless it sets its own."""
+    options = {k: v for k, v in CONNECT_OPTIONS.items() if f"{k}=" not in url}
+    return psycopg.connect(url, autocommit=True, **options)
+
+
+class PgStore:
+    """A `Store` in a PostgreSQL database that several brokers share."""
+
+    def __init__(self, url: str, broker_id: str, host: str = "") -> None:
+        """Connect, create or migrate the schema (`SchemaTooNew` if it is newer), and
+        register this broker. `StorageError` if the database cannot be reached."""
+        self.url, self.broker_id, self.host = url, broker_id, host
+        self.epoch = 0
+        self.deposed = False  # set when the store refused a write: another broker owns it
+        self.reconnected = False  # set at each new connection; broker.cluster clears it
+        self.started_at: Any = None  # the database's time at the first registration
+        self._db: Connection | None = None
+        self._next_connect_s = 0.0
+        self._backoff_s = RECONNECT_MIN_S
+        self._changed = False
+        self._to_notify: list[int] = []
+        self._finishing: dict[int, tuple[Outcome, float]] = {}  # not written yet
+        self._issued = 0
+        self._counts: Counter[JobStatus] = Counter()
+        self._counts_at = -COUNTS_MAX_AGE_S
+        try:
+            migrate(self._conn())
+        except psycopg.Error as exc:
+            self._close_connection()
+            raise StorageError("migrate", reason(exc)) from exc
+        except SchemaTooNew:
+            self._close_connection()
+            raise
+
+    def _close_connection(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+    # --- connection and transaction ---------------------------------------------------
+
+    def _conn(self) -> Connection:
+        db = self._db
+        if db is not None and not db.closed and not db.broken:
+            return db
+        now = time.monotonic()
+        if now < self._next_connect_s:
+            raise StorageError("connect", "the database is unreachable; trying again soon")
+        try:
+            self._db = connect(self.url)
+        except psycopg.Error as exc:
+            self._next_connect_s = now + self._backoff_s
+            self._backoff_s = min(2 * self._backoff_s, RECONNECT_MAX_S)
+            raise StorageError("connect", reason(exc)) from exc
+        if db is not None:
+            log.info("connected to the database again")
+        self._backoff_s = RECONNECT_MIN_S
+        self.reconnected = True
+        return self._db
+
+    def _in_transaction(self) -> bool:
+        db = self._db
+        return db is not None and db.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[tuple[Any, ...]]:
+        """Run a writing statement inside the open transaction (begun if need be)."""
+        db = self._conn()
+        if not self._in_transaction():
+            db.execute("BEGIN")
+        self._changed = True
+        return db.execute(sql, params)
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[tuple[Any, ...]]:
+        """Run a query: in the open transaction if there is one, else on its own."""
+        return self._conn().execute(sql, params)
+
+    # --- the Store interface ----------------------------------------------------------
+
+    @_pg_op
+    def add(
+        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+    ) -> tuple[int, bool]:
+        """The job for `request_id`: a new one (True), or the one it already has (False),
+        whichever broker took it (the request id is UNIQUE)."""
+        row = self._write(
+            "INSERT INTO jobs (seq, request_id, request, status, created_s, owner, broker_id,"
+            " broker_epoch) VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (request_id) DO NOTHING RETURNING seq",
+            (request_id, request, _RUNNING, now_s, owner, self.broker_id, self.epoch),
+        ).fetchone()
+        if row is not None:
+            self._issued = max(self._issued, int(row[0]))
+            self._counts[JobStatus.RUNNING] += 1
+            return int(row[0]), True
+        known = self.find_request(request_id)
+        if known is None:
+            raise StorageError("add", f"request id {request_id[:100]!r} vanished meanwhile")
+        return known, False
+
+    @_pg_op
+    def find_request(self, request_id: str) -> int | None:
+        row = self._read("SELECT seq FROM jobs WHERE request_id = %s", (request_id,)).fetchone()
+        return int(row[0]) if row else None
+
+    @_pg_op
+    def get(self, seq: int) -> JobRecord | None:
+        row = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = %s", (seq,)).fetchone()
+        if row is None:
+            return None
+        record = record_from_row(row)
+        if seq in self._finishing:
+            outcome, finished_s = self._finishing[seq]
+            record = with_outcome(record, outcome, finished_s)
+        return record
+
+    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+        """Record how job `seq` ended, if this broker (epoch) still owns it: written with
+        the others of the turn by one statement, at the latest at `commit`, which raises
+        `StorageError` (and sets `deposed`) if another broker owns it."""
+        self._finishing[seq] = (outcome, now_s)
+        self._counts[JobStatus.RUNNING] -= 1
+        self._counts[outcome.status] += 1
+        self._changed = True
+
+    def _write_finished(self) -> None:
+        """Write the outcomes recorded since the last call: one conditional UPDATE."""
+        if not self._finishing:
+            return
+        pending, self._finishing = self._finishing, {}
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for seq, (outcome, finished_s) in pending.items():
+            row = (seq, str(outcome.status), outcome.answer, outcome.reason,
+                   outcome.fingerprint, finished_s)  # fmt: skip
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        written = self._write(_FINISH, (*columns, _RUNNING, self.epoch)).fetchall()
+        done = {int(seq) for (seq,) in written}
+        self._to_notify += done
+        for seq in pending.keys() - done:
+            self._refused_finish(seq)
+
+    def _refused_finish(self, seq: int) -> None:
+        row = self._read("SELECT status, broker_epoch FROM jobs WHERE seq = %s", (seq,)).fetchone()
+        if row is not None and row[0] != _RUNNING and row[1] == self.epoch:
+            # Finished by this epoch already: a commit whose outcome the connection's loss
+            # hid. The first record stands.
+            log.info("%s was already recorded as finished", job_id(seq))
+            return
+        self.deposed = True
+        owner = "nobody (it expired)" if row is None else f"broker epoch {row[1]}"
+        raise StorageError(
+            "finish", f"{job_id(seq)} belongs to {owner}, not to this broker's epoch"
+            f" {self.epoch}: this broker was deposed",
+        )  # fmt: skip
+
+    @_pg_op
+    def add_attempt(self, seq: int) -> int:
+        """One more lost worker for job `seq` (refused, unchanged, if another owns it)."""
+        row = self._write(
+            "UPDATE jobs SET attempts = attempts + 1 WHERE seq = %s AND broker_epoch = %s"
+            " RETURNING attempts",
+            (seq, self.epoch),
+        ).fetchone()
+        if row is None:
+            row = self._read("SELECT attempts FROM jobs WHERE seq = %s", (seq,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @_pg_op
+    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
+        self._write_finished()
+        if owner is None:
+            rows = self._read(
+                "SELECT seq, status FROM jobs WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
+            )
+        else:
+            rows = self._read(
+                "SELECT seq, status FROM jobs WHERE owner = %s AND owner <> '' AND seq > %s"
+                " ORDER BY seq LIMIT %s",
+                (owner, after, limit),
+            )
+        return [(int(seq), JobStatus(status)) for seq, status in rows]
+
+    @_pg_op
+    def recent(
+        self, limit: int, status: JobStatus | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Up to `limit` of the last `RECENT_SCAN` jobs (of `status`, of `owner`), newest
+        first, without their answers."""
+        wanted = None if status is None else str(status)
+        self._write_finished()
+        rows = self._read(
+            f"SELECT {_SUMMARY} FROM jobs WHERE seq > %s AND (%s::text IS NULL OR status = %s)"
+            " AND (%s::text IS NULL OR owner = %s) ORDER BY seq DESC LIMIT %s",
+            (self.last_seq() - RECENT_SCAN, wanted, wanted, owner, owner, limit),
+        )
+        return [record_from_row(row) for row in rows]
+
+    @_pg_op
+    def unfinished(self) -> list[JobRecord]:
+        """The unfinished jobs this broker (its current epoch) dispatches."""
+        self._write_finished()
+        rows = self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s AND broker_epoch = %s ORDER BY seq",
+            (_RUNNING, self.epoch),
+        )
+        return [record_from_row(row) for row in rows]
+
+    def count(self, status: JobStatus) -> int:
+        """Jobs in the whole store by status: counted at most every COUNTS_MAX_AGE_S,
+        plus this broker's own writes since (docs/deployment.md, "Several brokers")."""
+        if time.monotonic() - self._counts_at >= COUNTS_MAX_AGE_S:
+            self._recount()
+        return self._counts[status]
+
+    def _recount(self) -> None:
+        try:
+            rows = self._read("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        except (psycopg.Error, StorageError) as exc:
+            log.debug("counts not refreshed: %s", exc)  # the last counts stand meanwhile
+            return
+        self._counts = Counter({JobStatus(status): int(n) for status, n in rows})
+        for outcome, _ in self._finishing.values():  # recorded here, not written yet
+            self._counts[JobStatus.RUNNING] -= 1
+            self._counts[outcome.status] += 1
+        self._counts_at = time.monotonic()
+
+    @_pg_op
+    def running_of(self, owner: str) -> int:
+        """Unfinished jobs of the key `owner`, on every broker."""
+        self._write_finished()
+        row = self._read(
+            "SELECT count(*) FROM jobs WHERE owner = %s AND owner <> '' AND status = %s",
+            (owner, _RUNNING),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @_pg_op
+    def last_seq(self) -> int:
+        """The highest job number handed out by any broker on the store."""
+        row = self._read(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM job_seq"
+        ).fetchone()
+        self._issued = max(self._issued, int(row[0]) if row else 0)
+        return self._issued
+
+    @_pg_op
+    def expire(self, finished_before_s: float) -> int:
+        self._write_finished()
+        gone = self._write(
+            "WITH gone AS (DELETE FROM jobs WHERE finished_s < %s RETURNING status)"
+            " SELECT status, count(*) FROM gone GROUP BY status",
+            (finished_before_s,),
+        ).fetchall()
+        for status, count in gone:
+            self._counts[JobStatus(status)] -= int(count)
+        return sum(int(count) for _, count in gone)
+
+    @_pg_op
+    def commit(self) -> None:
+        """Commit the open transaction, and tell other brokers which jobs it finished."""
+        db = self._conn()
+        if db.info.transaction_status == pq.TransactionStatus.INERROR:
+            raise StorageError("commit", "the transaction had failed; it must be rolled back")
+        self._write_finished()
+        if not self._in_transaction():
+            self._changed = False
+            return
+        for payload in notify_payloads(self._to_notify):
+            db.execute("SELECT pg_notify(%s, %s)", (FINISHED_CHANNEL, payload))
+        db.execute("COMMIT")
+        self._to_notify = []
+        self._changed = False
+
+    def rollback(self) -> None:
+        """Undo every write since the last commit (job numbers stay used)."""
+        self._finishing.clear()
+        self._to_notify = []
+        self._changed = False
+        self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`
+        db = self._db
+        if db is None or db.closed or db.broken:
+            return  # the server ended the transaction with the connection
+        try:
+            if self._in_transaction():
+                db.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            raise StorageError("rollback", reason(exc)) from exc
+
+    def has_changes(self) -> bool:
+        return self._changed
+
+    def close(self) -> None:
+        """Commit, give up this broker's lease (others adopt what it leaves at once), close."""
+        try:
+            self.commit()
+            self._conn().execute("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
+        except (StorageError, psycopg.Error) as exc:
+            log.error("could not commit at close; uncommitted writes are lost: %s", exc)
+        self._close_connection()
+
+    # --- leases, adoption, shutdown of every broker ------------------------------------
+
+    def backend_pid(self) -> int:
+        """The database server process of this store's connection (0 if none)."""
+        db = self._db
+        return 0 if db is None or db.closed else db.info.backend_pid
+
+    @_pg_op
+    def register(self, lease_s: float) -> int:
+        """Register this broker with a new epoch and a lease of `lease_s`, ending its
+        previous one if it has any (its jobs are then anyone's to adopt); the epoch."""
+        if self.epoch:
+            self._read("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
+        epoch, registered_at = self._read(
+            "INSERT INTO brokers (epoch, broker_id, host, expires_at)"
+            " VALUES (nextval('broker_epoch_seq'), %s, %s, now() + make_interval(secs => %s))"
+            " RETURNING epoch, registered_at",
+            (self.broker_id, self.host, lease_s),
+        ).fetchone() or (0, None)
+        self.epoch, self.deposed = int(epoch), False
+        if self.started_at is None:
+            self.started_at = registered_at
+        return self.epoch
+
+    @_pg_op
+    def renew(self, lease_s: float) -> bool:
+        """Extend this broker's lease; False (and `deposed`) if another broker ended it."""
+        renewed = self._read(
+            "UPDATE brokers SET expires_at = now() + make_interval(secs => %s) WHERE epoch = %s",
+            (lease_s, self.epoch),
+        ).rowcount
+        if renewed != 1:
+            self.deposed = True
+        return renewed == 1
+
+    @_pg_op
+    def adopt(self) -> list[JobRecord]:
+        """End the leases that ran out and take over every unfinished job that no live
+        lease covers; the jobs taken. Runs in a transaction of its own."""
+        db = self._conn()
+        with db.transaction():
+            ended = db.execute(
+                "DELETE FROM brokers WHERE expires_at < now() RETURNING epoch, broker_id"
+            ).fetchall()
+            for epoch, broker_id in ended:
+                log.warning("the lease of broker %s (epoch %d) ran out", broker_id, epoch)
+            rows = db.execute(
+                f"UPDATE jobs SET broker_id = %s, broker_epoch = %s WHERE status = %s"
+                f" AND broker_epoch <> %s AND NOT EXISTS (SELECT 1 FROM brokers b"
+                f" WHERE b.epoch = jobs.broker_epoch) RETURNING {JOB_COLUMNS}",
+                (self.broker_id, self.epoch, _RUNNING, self.epoch),
+            ).fetchall()
+        return sorted((record_from_row(row) for row in rows), key=lambda record: record.seq)
+
+    @_pg_op
+    def request_shutdown(self) -> None:
+        """Ask every broker on the store to drain and exit (at the next commit)."""
+        self._write("INSERT INTO shutdown_requests DEFAULT VALUES", ())
+        self._write("SELECT pg_notify(%s, '')", (SHUTDOWN_CHANNEL,))
+
+    @_pg_op
+    def shutdown_requested(self) -> bool:
+        """Whether every broker was asked to shut down since this one started."""
+        row = self._read(
+            "SELECT EXISTS (SELECT 1 FROM shutdown_requests WHERE requested_at >= %s)",
+            (self.started_at,),
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def notify_payloads(seqs: list[int]) -> list[str]:
+    """Job numbers as comma-separated NOTIFY payloads, each under PostgreSQL's limit."""
+    payloads: list[str] = []
+    for start in range(0, len(seqs), NOTIFY_SEQS):
+        payloads.append(",".join(map(str, seqs[start : start + NOTIFY_SEQS])))
+    return payloads

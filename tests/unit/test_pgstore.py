@@ -1,0 +1,158 @@
+"""What PostgreSQL adds to the Store suite: several brokers on one database.
+
+Two `PgStore`s on one real database stand for two brokers: numbers unique across them,
+one job per request id whichever broker takes it, leases, adoption, and the fencing
+that refuses a deposed broker's late answer. Skipped (with the reason) without
+PostgreSQL binaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from bench.service import wait_until
+from broker.pgschema import SCHEMA_VERSION, SchemaTooNew
+from broker.pgstore import PgStore, notify_payloads
+from broker.store import Outcome, StorageError
+from protocol.messages import JobStatus
+
+DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
+
+
+@pytest.fixture
+def brokers(pg_url: str) -> Iterator[tuple[PgStore, PgStore]]:
+    a, b = PgStore(pg_url, "broker-a"), PgStore(pg_url, "broker-b")
+    a.register(lease_s=60.0)
+    b.register(lease_s=60.0)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_numbers_are_unique_across_brokers(brokers: tuple[PgStore, PgStore]) -> None:
+    a, b = brokers
+    seqs = [s.add(f"{s.broker_id}-{n}", b"q", 0.0)[0] for n in range(10) for s in (a, b)]
+    a.commit()
+    b.commit()
+    assert sorted(seqs) == list(range(1, 21))
+    assert a.last_seq() == b.last_seq() == 20
+
+
+def test_a_request_id_is_one_job_whichever_broker_takes_it(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    a, b = brokers
+    seq, new = a.add("same", b"q", 0.0)
+    a.commit()
+    assert new and b.add("same", b"other", 1.0) == (seq, False)
+    record = b.get(seq)
+    assert record is not None and record.request == b"q"
+
+
+def test_any_broker_reads_any_job(brokers: tuple[PgStore, PgStore]) -> None:
+    a, b = brokers
+    seq, _ = a.add("r", b"q", 0.0, "KEY")
+    a.finish(seq, DONE, 1.0)
+    a.commit()
+    record = b.get(seq)
+    assert record is not None and (record.status, record.answer) == (JobStatus.DONE, DONE.answer)
+    assert b.page(0, 10, "KEY") == [(seq, JobStatus.DONE)]
+    assert b.unfinished() == []  # b dispatches none of them
+
+
+def test_an_expired_lease_is_adopted_and_the_deposed_broker_fenced(pg_url: str) -> None:
+    a, b = PgStore(pg_url, "broker-a"), PgStore(pg_url, "broker-b")
+    try:
+        a.register(lease_s=0.2)
+        b.register(lease_s=60.0)
+        seqs = [a.add(f"r{n}", b"q", 0.0)[0] for n in range(3)]
+        a.commit()
+        adopted = wait_until(b.adopt, 10, "b to adopt a's jobs once a's lease ran out")
+        assert [r.seq for r in adopted] == seqs
+        assert b.adopt() == []  # adopted once
+        a.finish(seqs[0], DONE, 1.0)  # written with the turn's other outcomes, at commit
+        with pytest.raises(StorageError, match="deposed"):
+            a.commit()
+        a.rollback()
+        assert a.deposed and not a.renew(60.0)
+        b.finish(seqs[0], DONE, 2.0)
+        b.commit()
+        record = b.get(seqs[0])
+        assert record is not None and (record.status, record.finished_s) == (JobStatus.DONE, 2.0)
+        assert a.add_attempt(seqs[1]) == 0  # refused too: b owns it
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_finish_recorded_before_a_lost_commit_reply_is_not_refused(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    a, _ = brokers
+    seq, _ = a.add("r", b"q", 0.0)
+    a.finish(seq, DONE, 1.0)
+    a.commit()
+    a.finish(seq, Outcome(JobStatus.ERROR, reason="again"), 2.0)  # as after a retried turn
+    a.commit()
+    record = a.get(seq)
+    assert record is not None and record.status is JobStatus.DONE and not a.deposed
+
+
+def test_a_broker_registering_again_takes_back_what_nobody_runs(pg_url: str) -> None:
+    a = PgStore(pg_url, "broker-a")
+    try:
+        first = a.register(lease_s=60.0)
+        seq, _ = a.add("r", b"q", 0.0)
+        a.commit()
+        assert a.register(lease_s=60.0) > first
+        assert a.unfinished() == []
+        assert [r.seq for r in a.adopt()] == [seq]
+    finally:
+        a.close()
+
+
+def test_shutdown_of_every_broker_is_seen_by_all(brokers: tuple[PgStore, PgStore]) -> None:
+    a, b = brokers
+    assert not b.shutdown_requested()
+    a.request_shutdown()
+    a.commit()
+    assert a.shutdown_requested() and b.shutdown_requested()
+
+
+def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    PgStore(pg_url, "broker-a").close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match="newer than this broker"):
+        PgStore(pg_url, "broker-a")
+
+
+def test_an_unreachable_database_is_a_storage_error() -> None:
+    with pytest.raises(StorageError, match="connect"):
+        PgStore("postgresql:///none?host=/nonexistent&connect_timeout=1", "broker-a")
+
+
+def test_notify_payloads_stay_under_postgresql_limit() -> None:
+    seqs = list(range(10**18, 10**18 + 1000))
+    payloads = notify_payloads(seqs)
+    assert all(len(p) < 8000 for p in payloads)
+    assert [int(s) for p in payloads for s in p.split(",")] == seqs
+
+
+def test_a_broker_stopped_in_mid_turn_blocks_the_others_for_two_seconds_at_most(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    """A holds a request id in a transaction it never finishes (as if SIGSTOPped): the
+    server ends A's session, and B takes the request id instead of waiting forever."""
+    a, b = brokers
+    a.add("contended", b"q", 0.0)  # A's turn stops here, its row lock held
+    seq, new = b.add("contended", b"q", 1.0)  # waits for A's session to be ended
+    b.commit()
+    assert new
+    with pytest.raises(StorageError):
+        a.commit()  # A's transaction is gone with its session
+    a.rollback()
+    assert a.find_request("contended") == seq  # A serves again on a new connection
