@@ -24,7 +24,7 @@ import zmq
 
 from bench.harness import Service
 from bench.service import wait_until
-from broker.limits import MAX_WAITERS_PER_PEER
+from broker.limits import MAX_WAITERS, MAX_WAITERS_PER_PEER
 from protocol import messages as m
 from tests.integration.test_hostile import RawPeer, fake_worker, peers, raw
 
@@ -153,6 +153,32 @@ def test_400000_waits_on_a_running_job(
     with svc.client() as client:
         assert client.stats()["waiters"] == MAX_WAITERS_PER_PEER
         assert client.get(job) == {"status": "running"}
+
+
+def test_peers_holding_every_wait_lock_no_client_out(
+    service_factory: Callable[..., Service], peers: Peers
+) -> None:
+    svc = service_factory()
+    svc.start_workers(2, diagnostics=True)
+    with svc.client() as client:
+        job = client.submit("_sleep", seconds=600.0)  # runs while the peers wait for it
+    body = msgpack.packb({"job_id": job})
+    waits = [[m.PROTOCOL_ID + bytes([C.WAIT]) + b"%0200d" % n, body]
+             for n in range(MAX_WAITERS_PER_PEER)]  # fmt: skip
+    hogs = [attacker(peers, svc.client_endpoint, b"hog-%d" % n)
+            for n in range(MAX_WAITERS // MAX_WAITERS_PER_PEER + 1)]  # fmt: skip
+    with measured(svc, f"{len(hogs)} peers x 10,000 WAITs with 200-byte tags on a running job"):
+        for hog in hogs:
+            for frames in batched(waits):
+                hog.send(frames)
+        for hog in hogs:
+            settle(hog, raw(C.PING, {}, b"settle"), pong)
+        with svc.client() as client:
+            assert client.stats()["waiters"] == MAX_WAITERS
+            answer = client.run("global_mean", question=OBESITY)
+            assert "global_mean" in answer, answer
+            assert client.get(job) == {"status": "running"}
+    assert "ended the oldest wait of hog-" in _log(svc)
 
 
 def test_100_submits_with_1_mb_parameters(
