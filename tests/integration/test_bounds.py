@@ -24,7 +24,9 @@ import zmq
 
 from bench.harness import Service
 from bench.service import wait_until
-from broker.limits import MAX_WAITERS, MAX_WAITERS_PER_PEER
+from broker.broker import SEND_HWM
+from broker.limits import ANSWER_BYTES_PER_TURN, MAX_WAITERS, MAX_WAITERS_PER_PEER
+from protocol import config
 from protocol import messages as m
 from tests.integration.test_hostile import RawPeer, fake_worker, peers, raw
 
@@ -64,7 +66,7 @@ def _mb(status: str, field: str) -> float:
 
 
 @contextmanager
-def measured(svc: Service, attack: str) -> Iterator[None]:
+def measured(svc: Service, attack: str, rss_bound_mb: float = RSS_BOUND_MB) -> Iterator[None]:
     """Assert that what runs inside keeps the broker and its store within bounds."""
     assert svc.broker is not None
     Path(f"/proc/{svc.broker.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -75,7 +77,7 @@ def measured(svc: Service, attack: str) -> Iterator[None]:
         f"\n{attack}: RSS {before.rss_mb:.1f} -> peak {after.peak_mb:.1f}, after "
         f"{after.rss_mb:.1f} MB; store {before.store_mb:.2f} -> {after.store_mb:.2f} MB"
     )
-    assert after.peak_mb - before.rss_mb <= RSS_BOUND_MB, (before, after)
+    assert after.peak_mb - before.rss_mb <= rss_bound_mb, (before, after)
     assert after.store_mb - before.store_mb <= STORE_BOUND_MB, (before, after)
     assert svc.broker.poll() is None, "the broker died"
 
@@ -243,6 +245,31 @@ def test_3000_gets_of_a_72_kb_answer_in_one_batch(
         assert client.get(job)["status"] == "done"
 
 
+@pytest.mark.parametrize("clients", [4, 10])
+def test_several_clients_that_do_not_read(
+    service_factory: Callable[..., Service], peers: Peers, clients: int
+) -> None:
+    """Each connection that stops reading holds at most SEND_HWM messages (each at most
+    the message limit) in the broker, on top of one turn's answers (ANSWER_BYTES_PER_TURN,
+    built, then copied into BATCHes): the sum grows with the number of connections, and
+    nothing else caps it (docs/protocol.md, "Limits")."""
+    svc = service_factory()
+    svc.start_workers(1)
+    with svc.client() as client:
+        job = client.submit("mean_by_category", question=OBESITY)
+        assert len(m.pack(client.wait(job))) > 70_000
+    gets = m.batch([m.encode(m.Get(job), b"%d" % n) for n in range(3000)])
+    getters = [attacker(peers, svc.client_endpoint, b"getter-%d" % n) for n in range(clients)]
+    turn_mb = 2 * ANSWER_BYTES_PER_TURN / 1e6
+    bound_mb = clients * SEND_HWM * svc_message_mb() + turn_mb + RSS_BOUND_MB
+    with measured(svc, f"{clients} clients x 10 BATCHes of 3,000 GETs, not read", bound_mb):
+        for getter in getters:
+            for _ in range(10):
+                getter.send(gets)
+        for getter in getters:
+            settle(getter, raw(C.PING, {}, b"settle"), pong)
+
+
 def test_2000_recents_of_100_kb_each_in_two_batches(
     service_factory: Callable[..., Service], peers: Peers
 ) -> None:
@@ -356,6 +383,11 @@ def test_an_oversize_result_fails_its_job_and_keeps_the_worker(
         (again,) = worker.envelopes(1)
         assert again.tag == second.encode(), "the worker was dropped"
     assert "lost" not in _log(svc)
+
+
+def svc_message_mb() -> float:
+    """The largest message the broker sends a client, in MB."""
+    return config.MAX_MESSAGE_BYTES / 1e6
 
 
 def _log(svc: Service) -> str:
