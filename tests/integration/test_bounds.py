@@ -225,13 +225,7 @@ def test_fetch_data_floods_from_a_peer_that_does_not_read(
 def test_3000_gets_of_a_72_kb_answer_in_one_batch(
     service_factory: Callable[..., Service], peers: Peers
 ) -> None:
-    svc = service_factory()
-    svc.start_workers(1)
-    with svc.client() as client:
-        job = client.submit("mean_by_category", question=OBESITY)
-        assert len(m.pack(client.wait(job))) > 70_000
-    gets = m.batch([m.encode(m.Get(job), b"%d" % n) for n in range(3000)])
-    assert sum(map(len, gets)) < 100_000
+    svc, job, gets = _gets_of_a_72_kb_answer(service_factory)
     peer = attacker(peers, svc.client_endpoint, b"getter")
     with measured(svc, "5 BATCHes of 3,000 GETs of a 72 KB answer, not read"):
         for _ in range(5):
@@ -245,6 +239,21 @@ def test_3000_gets_of_a_72_kb_answer_in_one_batch(
         assert client.get(job)["status"] == "done"
 
 
+def _gets_of_a_72_kb_answer(
+    service_factory: Callable[..., Service],
+) -> tuple[Service, str, list[bytes]]:
+    """A service with one worker, a finished job whose answer takes over 70 KB, and a
+    BATCH of 3,000 GETs of it (under 100 KB)."""
+    svc = service_factory()
+    svc.start_workers(1)
+    with svc.client() as client:
+        job = client.submit("mean_by_category", question=OBESITY)
+        assert len(m.pack(client.wait(job))) > 70_000
+    gets = m.batch([m.encode(m.Get(job), b"%d" % n) for n in range(3000)])
+    assert sum(map(len, gets)) < 100_000
+    return svc, job, gets
+
+
 @pytest.mark.parametrize("clients", [4, 10])
 def test_several_clients_that_do_not_read(
     service_factory: Callable[..., Service], peers: Peers, clients: int
@@ -253,12 +262,7 @@ def test_several_clients_that_do_not_read(
     the message limit) in the broker, on top of one turn's answers (ANSWER_BYTES_PER_TURN,
     built, then copied into BATCHes): the sum grows with the number of connections, and
     nothing else caps it (docs/protocol.md, "Limits")."""
-    svc = service_factory()
-    svc.start_workers(1)
-    with svc.client() as client:
-        job = client.submit("mean_by_category", question=OBESITY)
-        assert len(m.pack(client.wait(job))) > 70_000
-    gets = m.batch([m.encode(m.Get(job), b"%d" % n) for n in range(3000)])
+    svc, _, gets = _gets_of_a_72_kb_answer(service_factory)
     getters = [attacker(peers, svc.client_endpoint, b"getter-%d" % n) for n in range(clients)]
     turn_mb = 2 * ANSWER_BYTES_PER_TURN / 1e6
     bound_mb = clients * SEND_HWM * svc_message_mb() + turn_mb + RSS_BOUND_MB
