@@ -120,7 +120,7 @@ class BrokerCore:
         self._data_chunk = data_chunk
         self._queue: deque[int] = deque()
         self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
-        self._waiters = Waiters()
+        self._waiters = Waiters(MAX_WAITERS_PER_PEER, MAX_WAITERS)
         self._retried: set[int] = set()  # unfinished jobs that must run alone
         self._owners = Owners()  # of unfinished jobs
         self._warn = Throttle(log)
@@ -349,12 +349,26 @@ class BrokerCore:
             self._reply(identity, tag, m.JobState(job_id(seq), JobStatus.RUNNING.value))
 
     def _add_waiter(self, identity: bytes, tag: bytes, seq: int) -> None:
-        if not self._waiters.add(seq, identity, tag):
-            if self._waiters.total >= MAX_WAITERS:  # not this peer's doing: say so
-                why = f"too many waits at once (at most {MAX_WAITERS} in all); ask again later"
-            else:
-                why = f"too many waits at once (at most {MAX_WAITERS_PER_PEER} per peer)"
-            self.refuse(identity, tag, ErrorCode.OVER_LIMIT, why)
+        admission = self._waiters.add(seq, identity, tag)
+        if admission.displaced is not None:  # the largest holder's oldest wait made room
+            displaced, displaced_tag = admission.displaced
+            self._warn.warning(
+                ("displaced", displaced), "ended the oldest wait of %s: waits full (%d), it"
+                " holds the most", peer_name(displaced), self._waiters.cap,
+            )  # fmt: skip
+            why = (
+                f"too many waits at once (at most {self._waiters.cap} in all): this peer"
+                " held the most, and its oldest wait made room for another's; ask again"
+            )
+            self.refuse(displaced, displaced_tag, ErrorCode.OVER_LIMIT, why)
+        if not admission.admitted:
+            self.refuse(identity, tag, ErrorCode.OVER_LIMIT, self._wait_refusal(identity))
+
+    def _wait_refusal(self, identity: bytes) -> str:
+        if self._waiters.held(identity) >= self._waiters.per_peer:
+            return f"too many waits at once (at most {self._waiters.per_peer} per peer)"
+        return (f"too many waits at once (at most {self._waiters.cap} in all, and this peer"
+                " holds as many as any other); ask again later")  # fmt: skip
 
     def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs, caller: Caller) -> None:
         if self.outbox.answers.spent(identity):  # its reply could not go: spare the work

@@ -8,10 +8,11 @@ constants in protocol.messages.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
+from typing import NamedTuple
 
 MAX_WAITERS_PER_PEER = 10_000
-MAX_WAITERS = 100_000
+MAX_WAITERS = 50_000  # 200-byte tags: ~35 MB of waits (docs/protocol.md, "Limits")
 PEER_ANSWER_BYTES_PER_TURN = 8 << 20  # answers to one client in one loop turn
 ANSWER_BYTES_PER_TURN = 64 << 20  # answers to all clients in one loop turn
 DATA_BYTES_PER_TURN = 4 << 20  # data chunks to all workers in one loop turn
@@ -47,34 +48,61 @@ class Budget:
         self._used_total = 0
 
 
-class Waiters:
-    """Who waits for which unfinished job, at most MAX_WAITERS_PER_PEER per peer and
-    MAX_WAITERS in all (a peer's waits end with their job, or with the broker)."""
+class Admission(NamedTuple):
+    """What `Waiters.add` did: whether the wait was taken, and the wait it displaced."""
 
-    def __init__(self) -> None:
+    admitted: bool
+    displaced: Waiter | None = None
+
+
+class Waiters:
+    """Who waits for which unfinished job: at most `per_peer` waits per peer and `total`
+    in all (a peer's waits end with their job, or with the broker).
+
+    The total is shared fairly: when it is full, a peer holding fewer waits than the
+    largest holder still gets its wait, and the largest holder's oldest wait ends (its
+    peer is told `over_limit`). So peers that fill the total between them lock no one
+    out; they only trade waits among themselves. Every operation is O(1) per wait.
+    """
+
+    def __init__(self, per_peer: int = MAX_WAITERS_PER_PEER, total: int = MAX_WAITERS) -> None:
+        self.per_peer, self.cap = per_peer, total
         self._by_job: dict[int, set[Waiter]] = {}
-        self._per_peer: Counter[bytes] = Counter()
+        # Each peer's waits, oldest first, as (job, tag).
+        self._by_peer: dict[bytes, OrderedDict[tuple[int, bytes], None]] = {}
+        # Peers by how many waits they hold (each count's peers in the order they got
+        # there), and the largest count held: the holder to displace is found at once.
+        self._holding: dict[int, OrderedDict[bytes, None]] = {}
+        self._most = 0
         self.total = 0
 
-    def add(self, seq: int, identity: bytes, tag: bytes) -> bool:
-        """Register a wait for job `seq`; False if the peer (or everyone) is at the cap.
-        The same peer and tag twice is one wait."""
-        if self._per_peer[identity] >= MAX_WAITERS_PER_PEER or self.total >= MAX_WAITERS:
-            return False
-        waiting = self._by_job.setdefault(seq, set())
-        if (identity, tag) not in waiting:
-            waiting.add((identity, tag))
-            self._per_peer[identity] += 1
-            self.total += 1
-        return True
+    def add(self, seq: int, identity: bytes, tag: bytes) -> Admission:
+        """Register a wait for job `seq` (the same peer and tag twice is one wait). Refused
+        when the peer is at `per_peer`, or when the total is full and no peer holds more
+        waits than this one; else admitted, displacing the largest holder's oldest wait
+        when the total is full."""
+        if (seq, tag) in self._by_peer.get(identity, ()):
+            return Admission(True)
+        held = self.held(identity)
+        if held >= self.per_peer:
+            return Admission(False)
+        displaced = None
+        if self.total >= self.cap:
+            if held >= self._most:  # this peer is (one of) the largest holders
+                return Admission(False)
+            displaced = self._displace()
+        self._insert(seq, identity, tag)
+        return Admission(True, displaced)
+
+    def held(self, identity: bytes) -> int:
+        """How many waits `identity` holds."""
+        return len(self._by_peer.get(identity, ()))
 
     def restore(self, seq: int, waiters: set[Waiter]) -> None:
         """Register again waits that `pop` ended (their answer was rolled back): they
         were admitted once, so the caps do not turn them away now."""
         for identity, tag in waiters - self._by_job.get(seq, set()):
-            self._by_job.setdefault(seq, set()).add((identity, tag))
-            self._per_peer[identity] += 1
-            self.total += 1
+            self._insert(seq, identity, tag)
 
     def waiting(self, seq: int) -> bool:
         return seq in self._by_job
@@ -86,9 +114,45 @@ class Waiters:
     def pop(self, seq: int) -> set[Waiter]:
         """The waits for job `seq`, now over."""
         done = self._by_job.pop(seq, set())
-        for identity, _tag in done:
-            self._per_peer[identity] -= 1
-            if not self._per_peer[identity]:
-                del self._per_peer[identity]
-        self.total -= len(done)
+        for identity, tag in done:
+            self._forget(seq, identity, tag)
         return done
+
+    def _displace(self) -> Waiter:
+        """End the largest holder's oldest wait (the first peer to reach that count)."""
+        identity = next(iter(self._holding[self._most]))
+        seq, tag = next(iter(self._by_peer[identity]))
+        waiting = self._by_job[seq]
+        waiting.discard((identity, tag))
+        if not waiting:
+            del self._by_job[seq]
+        self._forget(seq, identity, tag)
+        return identity, tag
+
+    def _insert(self, seq: int, identity: bytes, tag: bytes) -> None:
+        self._by_job.setdefault(seq, set()).add((identity, tag))
+        mine = self._by_peer.setdefault(identity, OrderedDict())
+        mine[seq, tag] = None
+        self._move(identity, len(mine) - 1, len(mine))
+        self._most = max(self._most, len(mine))
+        self.total += 1
+
+    def _forget(self, seq: int, identity: bytes, tag: bytes) -> None:
+        """Drop one wait from the peer's count (not from `_by_job`: the caller does)."""
+        mine = self._by_peer[identity]
+        del mine[seq, tag]
+        self._move(identity, len(mine) + 1, len(mine))
+        if not mine:
+            del self._by_peer[identity]
+        if self._most not in self._holding:  # the largest holder went down by one
+            self._most -= 1
+        self.total -= 1
+
+    def _move(self, identity: bytes, old: int, new: int) -> None:
+        if old:
+            peers = self._holding[old]
+            del peers[identity]
+            if not peers:
+                del self._holding[old]
+        if new:
+            self._holding.setdefault(new, OrderedDict())[identity] = None

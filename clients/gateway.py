@@ -103,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--max-connections", type=int, default=Limits.connections)
     p.add_argument("--threads", type=int, default=Limits.threads)
+    config.add_flags(p, ["http_connections_per_address"])
     p.add_argument(
         "--request-timeout-s",
         type=float,
@@ -180,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal(stop))
-    limits = Limits(args.max_connections, args.threads, args.request_timeout_s)
+    limits = Limits(
+        args.max_connections, args.threads, args.request_timeout_s,
+        args.http_connections_per_address,
+    )  # fmt: skip
     with Client(args.endpoint, timeout=args.timeout) as client:
         gateway = Gateway(client)
         try:

@@ -41,6 +41,8 @@ CLIENT_TIMEOUT_S = 10.0
 # Messages a client socket queues each way: far more than a client has in flight (a
 # request past it would wait for a resend), yet finite.
 CLIENT_HWM = 100_000
+# HTTP connections one client address may hold open at the gateway (of 1000 in all).
+HTTP_CONNECTIONS_PER_ADDRESS = 64
 # A process whose parent died drains for at most this long, then stops (protocol/lifetime.py).
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
@@ -158,6 +160,11 @@ SETTINGS = {
         Setting("http_addr", "127.0.0.1:5000", "the HTTP gateway's HOST:PORT (off: none)"),
         Setting("http_allowed_hosts", "", "more Host names the gateway answers to (a,b)"),
         Setting("http_token", None, "the gateway's bearer token (needed off loopback)"),
+        Setting(
+            "http_connections_per_address",
+            HTTP_CONNECTIONS_PER_ADDRESS,
+            "HTTP connections one client address may hold open (more are closed at once)",
+        ),
         Setting("log_level", "INFO", "DEBUG logs one line per job event"),
     )
 }

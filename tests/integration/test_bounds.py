@@ -24,7 +24,9 @@ import zmq
 
 from bench.harness import Service
 from bench.service import wait_until
-from broker.limits import MAX_WAITERS_PER_PEER
+from broker.broker import SEND_HWM
+from broker.limits import ANSWER_BYTES_PER_TURN, MAX_WAITERS, MAX_WAITERS_PER_PEER
+from protocol import config
 from protocol import messages as m
 from tests.integration.test_hostile import RawPeer, fake_worker, peers, raw
 
@@ -64,7 +66,7 @@ def _mb(status: str, field: str) -> float:
 
 
 @contextmanager
-def measured(svc: Service, attack: str) -> Iterator[None]:
+def measured(svc: Service, attack: str, rss_bound_mb: float = RSS_BOUND_MB) -> Iterator[None]:
     """Assert that what runs inside keeps the broker and its store within bounds."""
     assert svc.broker is not None
     Path(f"/proc/{svc.broker.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -75,7 +77,7 @@ def measured(svc: Service, attack: str) -> Iterator[None]:
         f"\n{attack}: RSS {before.rss_mb:.1f} -> peak {after.peak_mb:.1f}, after "
         f"{after.rss_mb:.1f} MB; store {before.store_mb:.2f} -> {after.store_mb:.2f} MB"
     )
-    assert after.peak_mb - before.rss_mb <= RSS_BOUND_MB, (before, after)
+    assert after.peak_mb - before.rss_mb <= rss_bound_mb, (before, after)
     assert after.store_mb - before.store_mb <= STORE_BOUND_MB, (before, after)
     assert svc.broker.poll() is None, "the broker died"
 
@@ -155,6 +157,32 @@ def test_400000_waits_on_a_running_job(
         assert client.get(job) == {"status": "running"}
 
 
+def test_peers_holding_every_wait_lock_no_client_out(
+    service_factory: Callable[..., Service], peers: Peers
+) -> None:
+    svc = service_factory()
+    svc.start_workers(2, diagnostics=True)
+    with svc.client() as client:
+        job = client.submit("_sleep", seconds=600.0)  # runs while the peers wait for it
+    body = msgpack.packb({"job_id": job})
+    waits = [[m.PROTOCOL_ID + bytes([C.WAIT]) + b"%0200d" % n, body]
+             for n in range(MAX_WAITERS_PER_PEER)]  # fmt: skip
+    hogs = [attacker(peers, svc.client_endpoint, b"hog-%d" % n)
+            for n in range(MAX_WAITERS // MAX_WAITERS_PER_PEER + 1)]  # fmt: skip
+    with measured(svc, f"{len(hogs)} peers x 10,000 WAITs with 200-byte tags on a running job"):
+        for hog in hogs:
+            for frames in batched(waits):
+                hog.send(frames)
+        for hog in hogs:
+            settle(hog, raw(C.PING, {}, b"settle"), pong)
+        with svc.client() as client:
+            assert client.stats()["waiters"] == MAX_WAITERS
+            answer = client.run("global_mean", question=OBESITY)
+            assert "global_mean" in answer, answer
+            assert client.get(job) == {"status": "running"}
+    assert "ended the oldest wait of hog-" in _log(svc)
+
+
 def test_100_submits_with_1_mb_parameters(
     service_factory: Callable[..., Service], peers: Peers
 ) -> None:
@@ -197,13 +225,7 @@ def test_fetch_data_floods_from_a_peer_that_does_not_read(
 def test_3000_gets_of_a_72_kb_answer_in_one_batch(
     service_factory: Callable[..., Service], peers: Peers
 ) -> None:
-    svc = service_factory()
-    svc.start_workers(1)
-    with svc.client() as client:
-        job = client.submit("mean_by_category", question=OBESITY)
-        assert len(m.pack(client.wait(job))) > 70_000
-    gets = m.batch([m.encode(m.Get(job), b"%d" % n) for n in range(3000)])
-    assert sum(map(len, gets)) < 100_000
+    svc, job, gets = _gets_of_a_72_kb_answer(service_factory)
     peer = attacker(peers, svc.client_endpoint, b"getter")
     with measured(svc, "5 BATCHes of 3,000 GETs of a 72 KB answer, not read"):
         for _ in range(5):
@@ -215,6 +237,41 @@ def test_3000_gets_of_a_72_kb_answer_in_one_batch(
     assert isinstance(answered[-1].message, m.JobState), answered[-1]
     with svc.client() as client:
         assert client.get(job)["status"] == "done"
+
+
+def _gets_of_a_72_kb_answer(
+    service_factory: Callable[..., Service],
+) -> tuple[Service, str, list[bytes]]:
+    """A service with one worker, a finished job whose answer takes over 70 KB, and a
+    BATCH of 3,000 GETs of it (under 100 KB)."""
+    svc = service_factory()
+    svc.start_workers(1)
+    with svc.client() as client:
+        job = client.submit("mean_by_category", question=OBESITY)
+        assert len(m.pack(client.wait(job))) > 70_000
+    gets = m.batch([m.encode(m.Get(job), b"%d" % n) for n in range(3000)])
+    assert sum(map(len, gets)) < 100_000
+    return svc, job, gets
+
+
+@pytest.mark.parametrize("clients", [4, 10])
+def test_several_clients_that_do_not_read(
+    service_factory: Callable[..., Service], peers: Peers, clients: int
+) -> None:
+    """Each connection that stops reading holds at most SEND_HWM messages (each at most
+    the message limit) in the broker, on top of one turn's answers (ANSWER_BYTES_PER_TURN,
+    built, then copied into BATCHes): the sum grows with the number of connections, and
+    nothing else caps it (docs/protocol.md, "Limits")."""
+    svc, _, gets = _gets_of_a_72_kb_answer(service_factory)
+    getters = [attacker(peers, svc.client_endpoint, b"getter-%d" % n) for n in range(clients)]
+    turn_mb = 2 * ANSWER_BYTES_PER_TURN / 1e6
+    bound_mb = clients * SEND_HWM * svc_message_mb() + turn_mb + RSS_BOUND_MB
+    with measured(svc, f"{clients} clients x 10 BATCHes of 3,000 GETs, not read", bound_mb):
+        for getter in getters:
+            for _ in range(10):
+                getter.send(gets)
+        for getter in getters:
+            settle(getter, raw(C.PING, {}, b"settle"), pong)
 
 
 def test_2000_recents_of_100_kb_each_in_two_batches(
@@ -330,6 +387,11 @@ def test_an_oversize_result_fails_its_job_and_keeps_the_worker(
         (again,) = worker.envelopes(1)
         assert again.tag == second.encode(), "the worker was dropped"
     assert "lost" not in _log(svc)
+
+
+def svc_message_mb() -> float:
+    """The largest message the broker sends a client, in MB."""
+    return config.MAX_MESSAGE_BYTES / 1e6
 
 
 def _log(svc: Service) -> str:

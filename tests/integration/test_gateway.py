@@ -249,7 +249,11 @@ def test_deep_or_malformed_json_is_a_400_with_a_reason(
 def test_slow_connections_do_not_hold_up_a_normal_request(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
-    http = gateway_for(service, "--request-timeout-s", "3")
+    # The slow peers and the normal requests share an address: lift its share, so that
+    # the request deadline, not the per-address limit, is what deals with them.
+    http = gateway_for(
+        service, "--request-timeout-s", "3", "--http-connections-per-address", "1000"
+    )
     with SlowPeers(http.base, 200, drip_s=0.5) as slow:
         for _ in range(5):
             started = time.monotonic()
@@ -269,7 +273,9 @@ def test_a_thousand_connections_at_once_do_not_end_the_event_loop(
     if hard != resource.RLIM_INFINITY and hard < wanted:
         pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))  # the gateway too
-    http = gateway_for(service, "--max-connections", "1500")
+    http = gateway_for(
+        service, "--max-connections", "1500", "--http-connections-per-address", "1500"
+    )
     host, port = http.base.removeprefix("http://").rsplit(":", 1)
     peers: list[socket.socket] = []
     try:
@@ -283,6 +289,46 @@ def test_a_thousand_connections_at_once_do_not_end_the_event_loop(
             peer.close()
     status = wait_until(lambda: _answers(http), 30, "an answer after the connections closed")
     assert status == (200, {"num_jobs": 0}) and http.proc.poll() is None
+
+
+def test_idle_connections_from_one_address_leave_room_for_others(
+    service: Service, gateway_for: Callable[..., Http]
+) -> None:
+    """300 connections that send nothing, from one address (127.0.0.3; the gateway is on
+    127.0.0.1, the normal requests come from 127.0.0.1): all but 64 are closed at once,
+    and those 64 once they have been silent for 5 s; meanwhile requests still answer."""
+    http = gateway_for(service, "--max-connections", "300")  # the attack fills it alone
+    host, port = http.base.removeprefix("http://").rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), 5, ("127.0.0.3", 0)) for _ in range(300)]
+    try:
+        closed = wait_until(lambda: _closed(idle, 300 - 64), 10, "connections over the share")
+        assert len(closed) == 300 - 64
+        for _ in range(5):
+            started = time.monotonic()
+            assert http.get("/api/num_jobs") == (200, {"num_jobs": 0})
+            assert time.monotonic() - started < 1.0  # the issue's bound
+        wait_until(lambda: _closed(idle, 300), 30, "silent connections closed")
+    finally:
+        for sock in idle:
+            sock.close()
+    log = (Path(http.address_file).parent / "gateway.stderr").read_text()
+    refusals = [line for line in log.splitlines() if "closed a connection from 127.0.0.3" in line]
+    assert 1 <= len(refusals) <= 3, refusals  # throttled
+
+
+def _closed(socks: list[socket.socket], at_least: int) -> set[int] | None:
+    """The indexes of `socks` the other end has closed, once there are `at_least`."""
+    closed: set[int] = set()
+    for n, sock in enumerate(socks):
+        sock.setblocking(False)
+        try:
+            if sock.recv(1) == b"":
+                closed.add(n)
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed.add(n)
+    return closed if len(closed) >= at_least else None
 
 
 def _answers(http: Http) -> tuple[int, object] | None:

@@ -418,7 +418,7 @@ def test_only_admins_and_open_peers_may_shut_down(store: Store) -> None:
 
 
 def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("broker.limits.MAX_WAITERS_PER_PEER", 3)
+    monkeypatch.setattr("broker.core.MAX_WAITERS_PER_PEER", 3)
     h = Harness(store)
     (job,) = h.submit(1)
     for n in range(5):
@@ -427,22 +427,37 @@ def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPat
     assert [r.message.code for r in replies if isinstance(r.message, m.ErrorReply)] == [
         "over_limit", "over_limit"
     ]  # fmt: skip
+    assert all("3 per peer" in r.message.reason for r in replies)  # type: ignore[attr-defined]
     h.client(m.Wait(job), who=b"c2")  # another peer has its own share
     assert h.sent()[0] == [] and h.core.stats(h.now)["waiters"] == 4
 
 
-def test_a_wait_refused_for_the_global_cap_does_not_blame_its_peer(
+def test_peers_filling_every_wait_lock_no_one_out(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker.limits.MAX_WAITERS", 2)
-    monkeypatch.setattr("broker.core.MAX_WAITERS", 2)
+    monkeypatch.setattr("broker.core.MAX_WAITERS", 4)
     h = Harness(store)
-    (job,) = h.submit(1)
-    for who in (b"a", b"b", b"c"):
-        h.client(m.Wait(job), who=who)
+    h.worker(m.Ready(1, FP), b"w1")
+    stuck, job = h.submit(2)  # w1 runs `stuck`; `job` waits for w1
+    h.sent()
+    for n in range(5):  # one peer fills the total, and a fifth wait is refused
+        h.client(m.Wait(stuck), who=b"hog", tag=b"%d" % n)
     (refused,) = h.sent()[0]
-    assert refused.identity == b"c" and isinstance(refused.message, m.ErrorReply)
-    assert "2 in all" in refused.message.reason and "per peer" not in refused.message.reason
+    assert refused.tag == b"4" and "4 in all" in refused.message.reason  # type: ignore[attr-defined]
+    h.client(m.Wait(job), who=b"c2", tag=b"mine")
+    (displaced,) = h.sent()[0]  # the hog's oldest wait made room
+    assert (displaced.identity, displaced.tag) == (b"hog", b"0")
+    assert displaced.message.code == "over_limit"  # type: ignore[attr-defined]
+    assert "held the most" in displaced.message.reason  # type: ignore[attr-defined]
+    h.result(b"w1", stuck.encode())
+    answered, _ = h.sent()
+    assert sorted(e.tag for e in answered if isinstance(e.message, m.JobState)) == [
+        b"1", b"2", b"3"
+    ]  # fmt: skip
+    h.result(b"w1", job.encode())
+    (mine,) = h.sent()[0]
+    assert (mine.identity, mine.tag, mine.message.status) == (b"c2", b"mine", "done")  # type: ignore[attr-defined]
+    assert h.core.stats(h.now)["waiters"] == 0
 
 
 def test_answers_per_peer_and_turn_are_capped(
