@@ -55,7 +55,6 @@ PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, a
 TURN_MESSAGES = 50_000
 EXPIRY_EVERY_S = 60.0
 ENDPOINTS_FILE = "broker.endpoints.json"
-RESULT_HEADER = m.PROTOCOL_ID + bytes([m.Command.RESULT])
 
 
 @dataclass(frozen=True)
@@ -222,7 +221,7 @@ class Broker:
         self,
         sock: zmq.Socket[bytes],
         handle: Callable[[Envelope, float, Caller], None],
-        on_error: Callable[[list[bytes], ProtocolError], None],
+        on_error: Callable[[list[bytes], ProtocolError, float], None],
         now: float,
     ) -> None:
         per_peer: dict[bytes, int] = {}
@@ -241,19 +240,20 @@ class Broker:
         self,
         sock: zmq.Socket[bytes],
         frames: list[bytes],
-        on_error: Callable[[list[bytes], ProtocolError], None],
+        on_error: Callable[[list[bytes], ProtocolError, float], None],
         now: float,
     ) -> list[list[bytes]]:
         """The messages in `frames` (one, or a BATCH's); [] if it was refused."""
         too_large = self._size_error(frames)
         if too_large is not None:
-            if not (sock is self.backend and self._oversize_result(frames, too_large, now)):
-                on_error(frames, ProtocolError(too_large, "too_large"))
+            reason = f"too_large: {too_large}"
+            if not (sock is self.backend and self._unreadable_result(frames, reason, now)):
+                on_error(frames, ProtocolError(too_large, "too_large"), now)
             return []
         try:
             return m.messages_in(frames, routed=True)
         except ProtocolError as exc:
-            on_error(frames, exc)
+            on_error(frames, exc, now)
             return []
 
     def _waiting(self, sock: zmq.Socket[bytes]) -> Iterator[tuple[list[bytes], str]]:
@@ -283,14 +283,14 @@ class Broker:
         self,
         frames: list[bytes],
         handle: Callable[[Envelope, float, Caller], None],
-        on_error: Callable[[list[bytes], ProtocolError], None],
+        on_error: Callable[[list[bytes], ProtocolError, float], None],
         now: float,
         caller: Caller,
     ) -> None:
         try:
             envelope = m.decode(frames, routed=True)
         except ProtocolError as exc:
-            on_error(frames, exc)
+            on_error(frames, exc, now)
             return
         try:
             handle(envelope, now, caller)
@@ -302,25 +302,24 @@ class Broker:
         limit = self.core_settings.max_message_bytes
         return f"message of {size} bytes exceeds the limit of {limit}" if size > limit else None
 
-    def _oversize_result(self, frames: list[bytes], reason: str, now: float) -> bool:
-        """An oversize RESULT from the worker holding its job ends that job as an error
-        (the worker stays); True if it was one."""
-        if len(frames) < 2 or frames[1][: len(RESULT_HEADER)] != RESULT_HEADER:
+    def _unreadable_result(self, frames: list[bytes], reason: str, now: float) -> bool:
+        """A RESULT this broker cannot read (oversize, or malformed, e.g. with a field it
+        does not know) from the worker holding its job ends that job as an error now, not
+        when its lease runs out; the worker stays. True if it was one."""
+        if len(frames) < 2 or m.header_command(frames[1]) != m.Command.RESULT:
             return False
-        tag = frames[1][len(RESULT_HEADER) :]
-        return self.core.fail_oversize(frames[0], tag, reason, now)
+        return self.core.fail_unreadable_result(frames[0], m.header_tag(frames[1]), reason, now)
 
-    def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
+    def _bad_client_message(self, frames: list[bytes], exc: ProtocolError, _now: float) -> None:
         peer = frames[0] if frames else b""
         self._malformed.warning(
             ("malformed client", peer), "malformed client message (%d frames) from %s: %s",
             len(frames), shown(peer), exc,
         )  # fmt: skip
         if len(frames) >= 2:
-            tag = frames[1][len(m.PROTOCOL_ID) + 1 :][: m.MAX_TAG_BYTES]
-            self.core.refuse(frames[0], tag, exc.code, str(exc))
+            self.core.refuse(frames[0], m.header_tag(frames[1]), exc.code, str(exc))
 
-    def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError) -> None:
+    def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError, now: float) -> None:
         peer = frames[0] if frames else b""
         self._malformed.warning(
             ("malformed worker", peer), "malformed worker message (%d frames) from %s: %s",
@@ -328,6 +327,7 @@ class Broker:
         )  # fmt: skip
         if len(frames) >= 2:
             self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
+            self._unreadable_result(frames, f"worker sent a malformed result: {exc}", now)
 
     def _expire(self, now: float) -> None:
         removed = self.core.expire_results(now)

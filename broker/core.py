@@ -198,7 +198,7 @@ class BrokerCore:
     def _submit(
         self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float, caller: Caller
     ) -> None:
-        body = m.pack({"statistic": msg.statistic, "params": msg.params})
+        body = m.body_of(m.Job(msg.statistic, msg.params))
         refusal = self._submit_refusal(msg, body)
         seq = self.store.find_request(msg.request_id) if refusal else None
         if refusal and seq is None:
@@ -379,15 +379,18 @@ class BrokerCore:
             return Outcome(JobStatus.ERROR, reason="worker sent a malformed answer")
         return Outcome(JobStatus.DONE, answer=payload, fingerprint=msg.fingerprint)
 
-    def fail_oversize(self, identity: bytes, tag: bytes, reason: str, now_s: float) -> bool:
-        """A RESULT too large to read, from a registered worker holding the job its tag
-        names: the job ends as an error (`reason`) and the worker stays. False otherwise."""
+    def fail_unreadable_result(
+        self, identity: bytes, tag: bytes, reason: str, now_s: float
+    ) -> bool:
+        """A RESULT that cannot be read (too large, malformed), from a registered worker
+        holding the job its tag names: the job ends as an error (`reason`) and the worker
+        stays. False otherwise."""
         seq = job_seq(tag.decode("utf-8", "replace"))
         if seq is None or not self.pool.release(identity, seq):
             return False
-        self._warn.warning(("oversize", identity), "%s from worker %s: %s", job_id(seq),
+        self._warn.warning(("unreadable", identity), "%s from worker %s: %s", job_id(seq),
                            peer_name(identity), reason)  # fmt: skip
-        self._finish(seq, Outcome(JobStatus.ERROR, reason=f"too_large: {reason}"), now_s)
+        self._finish(seq, Outcome(JobStatus.ERROR, reason=reason), now_s)
         return True
 
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:

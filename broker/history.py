@@ -41,16 +41,10 @@ def summary(record: JobRecord) -> dict[str, Any]:
 
 def _request_of(body: bytes) -> tuple[str, dict[str, Any]]:
     try:
-        request = m.unpack(body)
+        job = m.decode_body(m.Job, body)
     except ProtocolError:
         return "?", {}
-    if not isinstance(request, dict):
-        return "?", {}
-    params = request.get("params")
-    shown = (
-        {str(k)[:MAX_TEXT]: _cut(v) for k, v in params.items()} if isinstance(params, dict) else {}
-    )
-    return _cut(request.get("statistic", "?")), shown
+    return _cut(job.statistic), {str(k)[:MAX_TEXT]: _cut(v) for k, v in job.params.items()}
 
 
 def _cut(value: Any) -> Any:

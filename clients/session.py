@@ -201,9 +201,7 @@ class Session:
 def _tag_of(frames: Sequence[bytes]) -> bytes | None:
     """The tag of a message that did not decode, when its header is whole enough to say."""
     header = frames[0] if frames else b""
-    if not header.startswith(m.PROTOCOL_ID) or len(header) <= len(m.PROTOCOL_ID):
-        return None
-    return header[len(m.PROTOCOL_ID) + 1 :]
+    return None if m.header_command(header) is None else m.header_tag(header)
 
 
 # --- replies -> answers or errors --------------------------------------------------------

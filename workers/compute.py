@@ -31,7 +31,8 @@ MAX_SLEEP_S = 3600.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """The frames a worker sends back for one job: RESULT body and optional payload."""
+    """The frames a worker sends back for one job: `Result` body (`body_of`) and optional
+    answer payload."""
 
     body: bytes
     payload: bytes | None
@@ -53,6 +54,9 @@ class JobRunner:
         self._fingerprint = fingerprint
         self._max_answer_bytes = max_answer_bytes
         self._diagnostics = diagnostics
+        self._done = m.body_of(
+            m.Result(m.JobStatus.DONE.value, fingerprint)
+        )  # the same for every job
         # Written by the compute thread only, read by both: plain dict operations are
         # atomic under the GIL. Eviction is first-in first-out.
         self._cache: dict[bytes, Outcome] = {}
@@ -87,20 +91,15 @@ class JobRunner:
         payload = m.pack(answer)
         if len(payload) > self._max_answer_bytes:
             return self._error(f"answer of {len(payload)} bytes exceeds {self._max_answer_bytes}")
-        body = m.pack({"status": m.JobStatus.DONE.value, "fingerprint": self._fingerprint})
-        return Outcome(body, payload)
+        return Outcome(self._done, payload)
 
     def _error(self, reason: str) -> Outcome:
         """An error outcome; the reason is cut short (it may quote a huge parameter, and
         an oversize RESULT would fail the job anyway)."""
-        body = m.pack(
-            {
-                "status": m.JobStatus.ERROR.value,
-                "fingerprint": self._fingerprint,
-                "reason": shown(reason, m.MAX_REASON_CHARS),
-            }
+        reason = shown(reason, m.MAX_REASON_CHARS)
+        return Outcome(
+            m.body_of(m.Result(m.JobStatus.ERROR.value, self._fingerprint, reason)), None
         )
-        return Outcome(body, None)
 
     def _remember(self, request: bytes, outcome: Outcome) -> None:
         self._cache[request] = outcome
@@ -120,5 +119,4 @@ class JobRunner:
         if isinstance(only_pid, int) and only_pid != os.getpid():
             slept = 0.0
         time.sleep(slept)
-        body = m.pack({"status": m.JobStatus.DONE.value, "fingerprint": self._fingerprint})
-        return Outcome(body, m.pack({"slept_s": slept}))
+        return Outcome(self._done, m.pack({"slept_s": slept}))

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
 import pytest
 import zmq
 
@@ -137,8 +136,8 @@ def test_400000_waits_on_a_running_job(
     svc = service_factory()  # no workers: the job stays running
     with svc.client() as client:
         job = client.submit("global_mean", question=OBESITY)
-    body = msgpack.packb({"job_id": job})
-    waits = [[m.PROTOCOL_ID + bytes([C.WAIT]) + b"%0200d" % n, body] for n in range(410_000)]
+    body = m.body_of(m.Wait(job))
+    waits = [m.frames_of(C.WAIT, b"%0200d" % n, body) for n in range(410_000)]
     peer = attacker(peers, svc.client_endpoint, b"waiter")
     with measured(svc, "400,000 WAITs with 200-byte tags"):
         for frames in batched(waits[:400_000]):
