@@ -1,6 +1,6 @@
 """The broker process: two ROUTER sockets, one poll loop, group commit, shutdown.
 
-Each loop turn drains both sockets (up to a batch, and up to PEER_MESSAGES_PER_TURN
+Each loop turn drains both sockets (up to READS_PER_TURN, and PEER_MESSAGES_PER_TURN
 from any one peer), lets `BrokerCore` act on the messages (with the sender's role when
 CURVE is on, broker.access), dispatches queued jobs, sends the jobs, commits the store
 once, and only then answers clients: the durability rule of docs/protocol.md
@@ -38,7 +38,7 @@ from protocol.wire import send_frames, waiting, waiting_from
 
 log = logging.getLogger("lss.broker")
 
-BATCH = 1000  # messages read from one socket per loop turn
+READS_PER_TURN = 1000  # messages read from one socket per loop turn
 HARD_LIMIT_FACTOR = 4
 # Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
 # so such a peer holds at most this many messages (each at most the message limit) in
@@ -260,8 +260,8 @@ class Broker:
         """The messages waiting on `sock`, with their sender's User-Id (CURVE only: the
         lookup costs a little per message, and without CURVE there is none)."""
         if self.curve:
-            return waiting_from(sock, BATCH)
-        return ((frames, "") for frames in waiting(sock, BATCH))
+            return waiting_from(sock, READS_PER_TURN)
+        return ((frames, "") for frames in waiting(sock, READS_PER_TURN))
 
     def _within_turn_budget(
         self, identity: bytes, count: int, per_peer: dict[bytes, int], sock: zmq.Socket[bytes]

@@ -35,7 +35,7 @@ from workers.settings import WorkerSettings, add_worker_flags, settings_from
 log = logging.getLogger("lss.worker")
 
 PIPE = "inproc://lss-worker-compute"
-BATCH = 1000
+READS_PER_TURN = 1000
 STOP = b""  # empty tag: tells the compute thread to end
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
 # Messages queued each way; finite so that a broker that stops reading cannot grow a
@@ -162,7 +162,7 @@ class Worker:
 
     def _read_broker(self) -> None:
         sock = self.sock
-        for frames in waiting(sock, BATCH):
+        for frames in waiting(sock, READS_PER_TURN):
             self.last_heard = time.monotonic()
             try:
                 messages = m.messages_in(frames)
@@ -212,7 +212,7 @@ class Worker:
             self._reconnect()
 
     def _read_results(self) -> None:
-        for frames in waiting(self.pipe, BATCH):
+        for frames in waiting(self.pipe, READS_PER_TURN):
             tag, body, payload, connection = frames
             self.held -= 1
             if connection != self.identity:
