@@ -1,7 +1,7 @@
-"""Running one job: decode its request, compute the statistic, encode the outcome.
+"""Running one job: decode its request, compute the statistic, encode the result.
 
 `JobRunner` turns a forwarded `Job` body into a `Result` body and an answer payload. It
-never raises: a bad request or a failing statistic becomes an error outcome. Outcomes
+never raises: a bad request or a failing statistic becomes an error result. Results
 are cached by request bytes, since the data never changes while a worker lives; the
 socket thread answers cached jobs itself (`cached`), the compute thread the rest.
 The runner also owns the diagnostic statistics (`_sleep`, `_crash`), which exist only
@@ -30,7 +30,7 @@ MAX_SLEEP_S = 3600.0
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ResultFrames:
     """The frames a worker sends back for one job: `Result` body (`body_of`) and optional
     answer payload."""
 
@@ -59,14 +59,14 @@ class JobRunner:
         )  # the same for every job
         # Written by the compute thread only, read by both: plain dict operations are
         # atomic under the GIL. Eviction is first-in first-out.
-        self._cache: dict[bytes, Outcome] = {}
+        self._cache: dict[bytes, ResultFrames] = {}
 
-    def cached(self, request: bytes) -> Outcome | None:
-        """The outcome of an identical earlier job, if remembered."""
+    def cached(self, request: bytes) -> ResultFrames | None:
+        """The result of an identical earlier job, if remembered."""
         return self._cache.get(request)
 
-    def run(self, request: bytes) -> Outcome:
-        """The outcome of the job whose `Job` body is `request`."""
+    def run(self, request: bytes) -> ResultFrames:
+        """The result of the job whose `Job` body is `request`."""
         cached = self._cache.get(request)
         if cached is not None:
             return cached
@@ -76,11 +76,11 @@ class JobRunner:
             return self._error(f"malformed job: {exc}")
         if job.statistic.startswith("_") and self._diagnostics:
             return self._diagnostic(job)
-        outcome = self._outcome(job)
-        self._remember(request, outcome)
-        return outcome
+        result = self._computed(job)
+        self._remember(request, result)
+        return result
 
-    def _outcome(self, job: m.Job) -> Outcome:
+    def _computed(self, job: m.Job) -> ResultFrames:
         try:
             answer = self._compute(job.statistic, job.params)
         except self._expected_error as exc:
@@ -91,22 +91,22 @@ class JobRunner:
         payload = m.pack(answer)
         if len(payload) > self._max_answer_bytes:
             return self._error(f"answer of {len(payload)} bytes exceeds {self._max_answer_bytes}")
-        return Outcome(self._done, payload)
+        return ResultFrames(self._done, payload)
 
-    def _error(self, reason: str) -> Outcome:
-        """An error outcome; the reason is cut short (it may quote a huge parameter, and
+    def _error(self, reason: str) -> ResultFrames:
+        """An error result; the reason is cut short (it may quote a huge parameter, and
         an oversize RESULT would fail the job anyway)."""
         reason = shown(reason, m.MAX_REASON_CHARS)
-        return Outcome(
+        return ResultFrames(
             m.body_of(m.Result(m.JobStatus.ERROR.value, self._fingerprint, reason)), None
         )
 
-    def _remember(self, request: bytes, outcome: Outcome) -> None:
-        self._cache[request] = outcome
+    def _remember(self, request: bytes, result: ResultFrames) -> None:
+        self._cache[request] = result
         if len(self._cache) > CACHE_ENTRIES:
             del self._cache[next(iter(self._cache))]
 
-    def _diagnostic(self, job: m.Job) -> Outcome:
+    def _diagnostic(self, job: m.Job) -> ResultFrames:
         """`_sleep` {seconds, only_pid?}: answer {"slept_s"} after a delay (none on a worker
         whose pid is not `only_pid`, when given); `_crash`: the process dies at once."""
         if job.statistic == "_crash":
@@ -119,4 +119,4 @@ class JobRunner:
         if isinstance(only_pid, int) and only_pid != os.getpid():
             slept = 0.0
         time.sleep(slept)
-        return Outcome(self._done, m.pack({"slept_s": slept}))
+        return ResultFrames(self._done, m.pack({"slept_s": slept}))

@@ -75,8 +75,8 @@ class Worker:
                 tag, request, connection = pipe.recv_multipart()
                 if tag == STOP:
                     return
-                outcome = self.runner.run(request)
-                pipe.send_multipart([tag, outcome.body, outcome.payload or b"", connection])
+                result = self.runner.run(request)
+                pipe.send_multipart([tag, result.body, result.payload or b"", connection])
         finally:
             pipe.close(linger=0)
 
@@ -190,9 +190,9 @@ class Worker:
         if self.draining:
             return  # the broker re-queues it when we leave
         log.debug("%s received", tag.decode(errors="replace"))
-        outcome = self.runner.cached(request)
-        if outcome is not None:
-            self._send_result(tag, outcome.body, outcome.payload)
+        result = self.runner.cached(request)
+        if result is not None:
+            self._send_result(tag, result.body, result.payload)
         else:
             self.pipe.send_multipart([tag, request, self.identity])
             self.held += 1
