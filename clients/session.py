@@ -232,9 +232,10 @@ def _unexpected(message: m.Message, kind: type[m.Message]) -> LssError:
     return ProtocolError(f"expected {kind.__name__}, got {type(message).__name__}")
 
 
-def job_state(envelope: m.Envelope) -> dict[str, Any]:
-    """A reply about a job as {"status": "running" | "done" (with "data") | "error"
-    (with "reason")}, the original service's shape; an unknown or expired job is an error."""
+def status_dict(envelope: m.Envelope) -> dict[str, Any]:
+    """What `get` returns for a reply about a job: {"status": "running" | "done" (with
+    "data") | "error" (with "reason")}, the original service's shape; an unknown or
+    expired job is an error."""
     msg = envelope.message
     if isinstance(msg, m.ErrorReply) and msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
         return {"status": JobStatus.ERROR.value, "reason": msg.reason}

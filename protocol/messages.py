@@ -81,7 +81,7 @@ class Command(enum.IntEnum):
     STATS = 0x08
     RECENT = 0x09
     SUBMITTED = 0x11
-    JOB_STATUS = 0x12
+    JOB_STATE = 0x12
     JOB_LIST = 0x13
     JOB_COUNT = 0x14
     SHUTTING_DOWN = 0x15
@@ -225,7 +225,7 @@ class Submitted(Message):
 class JobState(Message):
     """A job's status; a done job's answer travels in the payload frame."""
 
-    COMMAND: ClassVar[Command] = Command.JOB_STATUS
+    COMMAND: ClassVar[Command] = Command.JOB_STATE
     job_id: str
     status: str
     reason: str | None = None
