@@ -1,8 +1,8 @@
-"""Running one job: decode its request, compute the statistic, encode the result.
+"""Running one job: decode its `Job` body, compute the statistic, encode the result.
 
 `JobRunner` turns a forwarded `Job` body into a `Result` body and an answer payload. It
-never raises: a bad request or a failing statistic becomes an error result. Results
-are cached by request bytes, since the data never changes while a worker lives; the
+never raises: a malformed job or a failing statistic becomes an error result. Results
+are cached by job body, since the data never changes while a worker lives; the
 socket thread answers cached jobs itself (`cached`), the compute thread the rest.
 The runner also owns the diagnostic statistics (`_sleep`, `_crash`), which exist only
 when a worker is started with --diagnostics, for fault-injection tests.
@@ -61,23 +61,23 @@ class JobRunner:
         # atomic under the GIL. Eviction is first-in first-out.
         self._cache: dict[bytes, ResultFrames] = {}
 
-    def cached(self, request: bytes) -> ResultFrames | None:
+    def cached(self, job_body: bytes) -> ResultFrames | None:
         """The result of an identical earlier job, if remembered."""
-        return self._cache.get(request)
+        return self._cache.get(job_body)
 
-    def run(self, request: bytes) -> ResultFrames:
-        """The result of the job whose `Job` body is `request`."""
-        cached = self._cache.get(request)
+    def run(self, job_body: bytes) -> ResultFrames:
+        """The result of the job whose `Job` body is `job_body`."""
+        cached = self._cache.get(job_body)
         if cached is not None:
             return cached
         try:
-            job = m.decode_body(m.Job, request)
+            job = m.decode_body(m.Job, job_body)
         except ProtocolError as exc:
             return self._error(f"malformed job: {exc}")
         if job.statistic.startswith("_") and self._diagnostics:
             return self._diagnostic(job)
         result = self._computed(job)
-        self._remember(request, result)
+        self._remember(job_body, result)
         return result
 
     def _computed(self, job: m.Job) -> ResultFrames:
@@ -101,8 +101,8 @@ class JobRunner:
             m.body_of(m.Result(m.JobStatus.ERROR.value, self._fingerprint, reason)), None
         )
 
-    def _remember(self, request: bytes, result: ResultFrames) -> None:
-        self._cache[request] = result
+    def _remember(self, job_body: bytes, result: ResultFrames) -> None:
+        self._cache[job_body] = result
         if len(self._cache) > CACHE_ENTRIES:
             del self._cache[next(iter(self._cache))]
 

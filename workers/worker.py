@@ -72,10 +72,10 @@ class Worker:
         pipe.connect(PIPE)
         try:
             while True:
-                tag, request, connection = pipe.recv_multipart()
+                tag, job_body, connection = pipe.recv_multipart()
                 if tag == STOP:
                     return
-                result = self.runner.run(request)
+                result = self.runner.run(job_body)
                 pipe.send_multipart([tag, result.body, result.payload or b"", connection])
         finally:
             pipe.close(linger=0)
@@ -186,15 +186,15 @@ class Worker:
         else:
             self._on_broker(m.decode(frames).message)
 
-    def _on_job(self, tag: bytes, request: bytes) -> None:
+    def _on_job(self, tag: bytes, job_body: bytes) -> None:
         if self.draining:
             return  # the broker re-queues it when we leave
         log.debug("%s received", tag.decode(errors="replace"))
-        result = self.runner.cached(request)
+        result = self.runner.cached(job_body)
         if result is not None:
             self._send_result(tag, result.body, result.payload)
         else:
-            self.pipe.send_multipart([tag, request, self.identity])
+            self.pipe.send_multipart([tag, job_body, self.identity])
             self.held += 1
 
     def _on_broker(self, msg: m.Message) -> None:
