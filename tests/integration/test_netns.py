@@ -29,6 +29,7 @@ from bench.service import ROOT, wait_until
 from protocol import config
 from protocol.curve import generate_keys, load_public_key
 from protocol.events import read_events
+from protocol.messages import STATE_STATISTICS, STATISTICS
 from tests.netns import Agent, AgentError, Lab, clean_leftovers, unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
@@ -40,11 +41,13 @@ INACTIVE = "Percent of adults who engage in no leisure-time physical activity"
 JOBS: list[tuple[str, dict[str, Any]]] = [
     (stat, {"question": q})
     for q in (OBESITY, INACTIVE)
-    for stat in ("global_mean", "states_mean", "best5", "worst5", "mean_by_category")
+    for stat in STATISTICS
+    if stat not in STATE_STATISTICS
 ] + [
     (stat, {"question": OBESITY, "state": state})
     for state in ("Ohio", "Texas")
-    for stat in ("state_mean", "state_diff_from_mean", "state_mean_by_category")
+    for stat in STATISTICS
+    if stat in STATE_STATISTICS
 ]
 SLEEP_S = 4.0
 HEARTBEAT_WINDOW_S = config.HEARTBEAT_INTERVAL_MS / 1000 * config.HEARTBEAT_LIVENESS
