@@ -36,7 +36,7 @@ data_file() {
     else
         if [[ ! -f "$STANDIN" ]]; then
             say "no data set found: generating a deterministic stand-in at $STANDIN"
-            say "(for the real CDC file run: ./run.sh fetch-data)"
+            say "(for the real CDC file run: ./run.sh download-data)"
             "$PY" -m workers.standin --rows 18000 --out "$STANDIN" >&2
         fi
         echo "$STANDIN"
@@ -147,7 +147,7 @@ usage: ./run.sh [command] [args...]
   broker [ARGS]  run the broker only           (python -m broker --help)
   workers [ARGS] run the worker pool only      (python -m workers --help)
   client [ARGS]  the lss command line          (lss --help)
-  fetch-data     download the real CDC file into data/ (needs network)
+  download-data  download the real CDC file into data/ (needs network)
   keys [DIR] [ROLE:NAME...]
                  CurveZMQ key pairs with roles (worker, client, admin; default var/keys
                  worker:worker client:client admin:admin)
@@ -172,7 +172,7 @@ case "$cmd" in
         exec "$PY" -m workers "$@"
         ;;
     client) setup; exec "$VENV/bin/lss" "$@" ;;
-    fetch-data) setup; exec "$PY" -m workers.download --out "$FULL" "$@" ;;
+    download-data) setup; exec "$PY" -m workers.download --out "$FULL" "$@" ;;
     keys) setup; exec "$PY" -m protocol.curve "${1:-var/keys}" "${@:2}" ;;
     bench) setup; exec "$PY" -m bench "$@" ;;
     soak) setup; exec "$PY" -m bench.soak "$@" ;;

@@ -29,7 +29,7 @@ from bench.service import Processes, Target, read_json, wait_until
 from protocol.config import WORKER_CREDIT
 
 READY = b"READY"
-BATCH = 1000
+READS_PER_TURN = 1000
 CREDIT = WORKER_CREDIT  # as our workers' default
 Job = tuple[str, dict[str, Any]]
 
@@ -88,7 +88,7 @@ def _router(context: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
 
 
 def _drain(sock: zmq.Socket[bytes]) -> Iterator[list[bytes]]:
-    for _ in range(BATCH):
+    for _ in range(READS_PER_TURN):
         try:
             yield sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:

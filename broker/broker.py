@@ -1,6 +1,6 @@
 """The broker process: two ROUTER sockets, one poll loop, group commit, shutdown.
 
-Each loop turn drains both sockets (up to a batch, and up to PEER_MESSAGES_PER_TURN
+Each loop turn drains both sockets (up to READS_PER_TURN, and PEER_MESSAGES_PER_TURN
 from any one peer), lets `BrokerCore` act on the messages (with the sender's role when
 CURVE is on, broker.access), dispatches queued jobs, sends the jobs, commits the store
 once, and only then answers clients: the durability rule of docs/protocol.md
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lss.broker")
 
-BATCH = 1000  # messages read from one socket per loop turn
+READS_PER_TURN = 1000  # messages read from one socket per loop turn
 HARD_LIMIT_FACTOR = 4
 # Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
 # so such a peer holds at most this many messages (each at most the message limit) in
@@ -60,7 +60,6 @@ PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, a
 TURN_MESSAGES = 50_000
 EXPIRY_EVERY_S = 60.0
 ENDPOINTS_FILE = "broker.endpoints.json"
-RESULT_HEADER = m.PROTOCOL_ID + bytes([m.Command.RESULT])
 
 
 @dataclass(frozen=True)
@@ -264,7 +263,7 @@ class Broker:
         self,
         sock: zmq.Socket[bytes],
         handle: Callable[[Envelope, float, Caller], None],
-        on_error: Callable[[list[bytes], ProtocolError], None],
+        on_error: Callable[[list[bytes], ProtocolError, float], None],
         now: float,
     ) -> None:
         per_peer: dict[bytes, int] = {}
@@ -283,27 +282,28 @@ class Broker:
         self,
         sock: zmq.Socket[bytes],
         frames: list[bytes],
-        on_error: Callable[[list[bytes], ProtocolError], None],
+        on_error: Callable[[list[bytes], ProtocolError, float], None],
         now: float,
     ) -> list[list[bytes]]:
         """The messages in `frames` (one, or a BATCH's); [] if it was refused."""
         too_large = self._size_error(frames)
         if too_large is not None:
-            if not (sock is self.backend and self._oversize_result(frames, too_large, now)):
-                on_error(frames, ProtocolError(too_large, "too_large"))
+            reason = f"too_large: {too_large}"
+            if not (sock is self.backend and self._unreadable_result(frames, reason, now)):
+                on_error(frames, ProtocolError(too_large, "too_large"), now)
             return []
         try:
             return m.messages_in(frames, routed=True)
         except ProtocolError as exc:
-            on_error(frames, exc)
+            on_error(frames, exc, now)
             return []
 
     def _waiting(self, sock: zmq.Socket[bytes]) -> Iterator[tuple[list[bytes], str]]:
         """The messages waiting on `sock`, with their sender's User-Id (CURVE only: the
         lookup costs a little per message, and without CURVE there is none)."""
         if self.curve:
-            return waiting_from(sock, BATCH)
-        return ((frames, "") for frames in waiting(sock, BATCH))
+            return waiting_from(sock, READS_PER_TURN)
+        return ((frames, "") for frames in waiting(sock, READS_PER_TURN))
 
     def _within_turn_budget(
         self, identity: bytes, count: int, per_peer: dict[bytes, int], sock: zmq.Socket[bytes]
@@ -325,14 +325,14 @@ class Broker:
         self,
         frames: list[bytes],
         handle: Callable[[Envelope, float, Caller], None],
-        on_error: Callable[[list[bytes], ProtocolError], None],
+        on_error: Callable[[list[bytes], ProtocolError, float], None],
         now: float,
         caller: Caller,
     ) -> None:
         try:
             envelope = m.decode(frames, routed=True)
         except ProtocolError as exc:
-            on_error(frames, exc)
+            on_error(frames, exc, now)
             return
         try:
             handle(envelope, now, caller)
@@ -344,25 +344,24 @@ class Broker:
         limit = self.core_settings.max_message_bytes
         return f"message of {size} bytes exceeds the limit of {limit}" if size > limit else None
 
-    def _oversize_result(self, frames: list[bytes], reason: str, now: float) -> bool:
-        """An oversize RESULT from the worker holding its job ends that job as an error
-        (the worker stays); True if it was one."""
-        if len(frames) < 2 or frames[1][: len(RESULT_HEADER)] != RESULT_HEADER:
+    def _unreadable_result(self, frames: list[bytes], reason: str, now: float) -> bool:
+        """A RESULT this broker cannot read (oversize, or malformed, e.g. with a field it
+        does not know) from the worker holding its job ends that job as an error now, not
+        when its lease runs out; the worker stays. True if it was one."""
+        if len(frames) < 2 or m.header_command(frames[1]) != m.Command.RESULT:
             return False
-        tag = frames[1][len(RESULT_HEADER) :]
-        return self.core.fail_oversize(frames[0], tag, reason, now)
+        return self.core.fail_unreadable_result(frames[0], m.header_tag(frames[1]), reason, now)
 
-    def _bad_client_message(self, frames: list[bytes], exc: ProtocolError) -> None:
+    def _bad_client_message(self, frames: list[bytes], exc: ProtocolError, _now: float) -> None:
         peer = frames[0] if frames else b""
         self._malformed.warning(
             ("malformed client", peer), "malformed client message (%d frames) from %s: %s",
             len(frames), shown(peer), exc,
         )  # fmt: skip
         if len(frames) >= 2:
-            tag = frames[1][len(m.PROTOCOL_ID) + 1 :][: m.MAX_TAG_BYTES]
-            self.core.refuse(frames[0], tag, exc.code, str(exc))
+            self.core.refuse(frames[0], m.header_tag(frames[1]), exc.code, str(exc))
 
-    def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError) -> None:
+    def _bad_worker_message(self, frames: list[bytes], exc: ProtocolError, now: float) -> None:
         peer = frames[0] if frames else b""
         self._malformed.warning(
             ("malformed worker", peer), "malformed worker message (%d frames) from %s: %s",
@@ -370,6 +369,7 @@ class Broker:
         )  # fmt: skip
         if len(frames) >= 2:
             self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
+            self._unreadable_result(frames, f"worker sent a malformed result: {exc}", now)
 
     def _expire(self, now: float) -> None:
         removed = self.core.expire_results(now)

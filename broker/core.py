@@ -119,7 +119,7 @@ class BrokerCore:
         self.latency = LatencyRecorder()
         self._data_chunk = data_chunk
         self._queue: deque[int] = deque()
-        self._requests: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
+        self._job_bodies: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
         self._waiters = Waiters(MAX_WAITERS_PER_PEER, MAX_WAITERS)
         self._retried: set[int] = set()  # unfinished jobs that must run alone
         self._owners = Owners()  # of unfinished jobs
@@ -127,7 +127,7 @@ class BrokerCore:
         # Why submits are refused while storage fails or space is short (set by the loop).
         self.storage_refusal: str | None = None
         # What the store's open transaction did here, for `roll_back`: jobs added, and
-        # jobs finished (with their request, the waiters that were answered, the owner).
+        # jobs finished (with their job body, the waiters that were answered, the owner).
         self._added: set[int] = set()
         self._finished: dict[int, Unfinished] = {}
         self._storage_failures: Counter[str] = Counter()  # by the store method that failed
@@ -143,10 +143,10 @@ class BrokerCore:
     def adopt(self, records: list[JobRecord]) -> int:
         """Queue unfinished jobs this broker now runs (at start, or taken over from a
         broker whose lease ran out); returns how many were new here."""
-        new = [record for record in records if record.seq not in self._requests]
+        new = [record for record in records if record.seq not in self._job_bodies]
         for record in new:
             self._queue.append(record.seq)
-            self._requests[record.seq] = record.request
+            self._job_bodies[record.seq] = record.job_body
             self._owners.own(record.seq, record.owner)
             if record.attempts >= ALONE_AFTER_LOSSES:
                 self._retried.add(record.seq)
@@ -156,17 +156,17 @@ class BrokerCore:
         """Drop every unfinished job (this broker was deposed: another one runs them).
         Their waiters stay, answered when the job finishes elsewhere; results that
         workers still send for them are ignored."""
-        for seq in self._requests:
+        for seq in self._job_bodies:
             self._owners.disown(seq)
             self.latency.forget(seq)
-        self._requests.clear()
+        self._job_bodies.clear()
         self._queue.clear()
         self._retried.clear()
 
     def finished_elsewhere(self, seqs: list[int]) -> None:
         """Answer the waiters of jobs another broker finished (told by the store)."""
         for seq in seqs:
-            if seq in self._requests or not self._waiters.waiting(seq):
+            if seq in self._job_bodies or not self._waiters.waiting(seq):
                 continue
             record = self.store.get(seq)
             if record is None:  # expired meanwhile
@@ -178,7 +178,7 @@ class BrokerCore:
 
     def remote_waits(self) -> list[int]:
         """Jobs waited for here that another broker runs."""
-        return [seq for seq in self._waiters.jobs() if seq not in self._requests]
+        return [seq for seq in self._waiters.jobs() if seq not in self._job_bodies]
 
     # --- clients -----------------------------------------------------------------
 
@@ -247,12 +247,12 @@ class BrokerCore:
             self.on_shutdown_all()  # every broker on the store; this one as well
         self.begin_shutdown(f"{caller.role} key {shown(caller.name)} asked" if caller.role
                             else "a client asked")  # fmt: skip
-        self._reply(identity, tag, m.ShuttingDown(pending=len(self._requests)))
+        self._reply(identity, tag, m.ShuttingDown(pending=len(self._job_bodies)))
 
     def _submit(
         self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float, caller: Caller
     ) -> None:
-        body = m.pack({"statistic": msg.statistic, "params": msg.params})
+        body = m.body_of(m.Job(msg.statistic, msg.params))
         refusal = self._submit_refusal(msg, body)
         seq = self.store.find_request(msg.request_id) if refusal else None
         if refusal and seq is None:
@@ -271,7 +271,7 @@ class BrokerCore:
         seq, new = self.store.add(msg.request_id, body, now_s, owner)
         if not new:
             return seq
-        self._requests[seq] = body
+        self._job_bodies[seq] = body
         self._owners.own(seq, owner)
         self._queue.append(seq)
         self._added.add(seq)
@@ -298,7 +298,7 @@ class BrokerCore:
         return None
 
     def _queue_refusal(self) -> tuple[ErrorCode, str] | None:
-        if len(self._requests) >= self.settings.max_queue:
+        if len(self._job_bodies) >= self.settings.max_queue:
             return ErrorCode.QUEUE_FULL, f"queue full ({self.settings.max_queue} jobs waiting)"
         return None
 
@@ -306,7 +306,7 @@ class BrokerCore:
         """Whether `caller` may know of job `seq` (a client key: only its own jobs)."""
         if caller.sees_all:
             return True
-        if seq in self._requests:
+        if seq in self._job_bodies:
             return self._owners.of(seq) == caller.key
         record = self.store.get(seq)
         return record is None or record.owner == caller.key
@@ -323,7 +323,7 @@ class BrokerCore:
     ) -> None:
         """Answer with job `seq`'s state, or (`wait`) register for its final one. Another
         key's job answers exactly as a job id never issued."""
-        if seq is not None and seq in self._requests:  # answered without the store
+        if seq is not None and seq in self._job_bodies:  # answered without the store
             self._read_running(identity, tag, seq, wait, caller)
         elif seq is None or seq > self.store.last_seq():
             self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
@@ -411,7 +411,7 @@ class BrokerCore:
             )  # fmt: skip
 
     def _register(self, identity: bytes, msg: m.Ready, now_s: float) -> None:
-        if self.shutting_down and not self._requests:
+        if self.shutting_down and not self._job_bodies:
             self._to_worker(identity, m.Disconnect("shutdown"), now_s)
             return
         if self.fingerprint is None:
@@ -439,7 +439,11 @@ class BrokerCore:
         self, worker: WorkerInfo, tag: bytes, msg: m.Result, payload: bytes | None, now_s: float
     ) -> None:
         seq = job_seq(tag.decode("utf-8", "replace"))
-        if seq is None or not self.pool.release(worker.identity, seq) or seq not in self._requests:
+        if (
+            seq is None
+            or not self.pool.release(worker.identity, seq)
+            or seq not in self._job_bodies
+        ):
             log.info("ignored a result for %s from worker %s: not its job", shown(tag), worker.name)
             return
         self._finish(seq, self._outcome(msg, payload), now_s)
@@ -454,21 +458,24 @@ class BrokerCore:
             return Outcome(JobStatus.ERROR, reason="worker sent a malformed answer")
         return Outcome(JobStatus.DONE, answer=payload, fingerprint=msg.fingerprint)
 
-    def fail_oversize(self, identity: bytes, tag: bytes, reason: str, now_s: float) -> bool:
-        """A RESULT too large to read, from a registered worker holding the job its tag
-        names: the job ends as an error (`reason`) and the worker stays. False otherwise."""
+    def fail_unreadable_result(
+        self, identity: bytes, tag: bytes, reason: str, now_s: float
+    ) -> bool:
+        """A RESULT that cannot be read (too large, malformed), from a registered worker
+        holding the job its tag names: the job ends as an error (`reason`) and the worker
+        stays. False otherwise."""
         seq = job_seq(tag.decode("utf-8", "replace"))
         if seq is None or not self.pool.release(identity, seq):
             return False
-        self._warn.warning(("oversize", identity), "%s from worker %s: %s", job_id(seq),
+        self._warn.warning(("unreadable", identity), "%s from worker %s: %s", job_id(seq),
                            peer_name(identity), reason)  # fmt: skip
-        self._finish(seq, Outcome(JobStatus.ERROR, reason=f"too_large: {reason}"), now_s)
+        self._finish(seq, Outcome(JobStatus.ERROR, reason=reason), now_s)
         return True
 
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self.store.finish(seq, outcome, now_s)
         waiters = self._waiters.pop(seq)
-        self._finished[seq] = Unfinished(self._requests.pop(seq), waiters, self._owners.of(seq))
+        self._finished[seq] = Unfinished(self._job_bodies.pop(seq), waiters, self._owners.of(seq))
         self._owners.disown(seq)
         self._retried.discard(seq)
         status = str(outcome.status)
@@ -483,7 +490,7 @@ class BrokerCore:
     def _requeue(self, seqs: list[int], lost: str | None, now_s: float) -> None:
         """Put a lost worker's jobs back at the front; a job lost too often fails."""
         for seq in reversed(seqs):
-            if seq not in self._requests:
+            if seq not in self._job_bodies:
                 continue  # its number was rolled back (see `roll_back`)
             attempts = self.store.add_attempt(seq) if lost else 0
             if attempts >= self.settings.max_attempts:
@@ -538,7 +545,7 @@ class BrokerCore:
         """Give queued jobs to free workers, least recently used first."""
         while self._queue and self.pool.has_free():
             seq = self._queue[0]
-            if seq not in self._requests:
+            if seq not in self._job_bodies:
                 self._queue.popleft()  # finished while queued (a poison job failed)
                 continue
             alone = seq in self._retried
@@ -549,7 +556,7 @@ class BrokerCore:
             self.latency.dispatched(seq, now_s)
             worker.last_sent_s = now_s
             text = job_id(seq)
-            frames = m.frames_of(m.Command.JOB, text.encode(), self._requests[seq])
+            frames = m.frames_of(m.Command.JOB, text.encode(), self._job_bodies[seq])
             self.outbox.workers.append([worker.identity, *frames])
             log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
 
@@ -603,7 +610,7 @@ class BrokerCore:
         for identity, seq in taken:
             self.pool.release(identity, seq)
         for seq in added:
-            self._requests.pop(seq, None)
+            self._job_bodies.pop(seq, None)
             self._owners.disown(seq)
             self.latency.forget(seq)
             self._retried.discard(seq)
@@ -616,7 +623,7 @@ class BrokerCore:
         restored: set[undo.Waiter] = set()
         for seq, job in finished.items():
             if seq not in added:
-                self._requests[seq] = job.request
+                self._job_bodies[seq] = job.job_body
                 self._owners.own(seq, job.owner or "")
                 self._waiters.restore(seq, job.waiters)
                 restored |= job.waiters
@@ -625,20 +632,20 @@ class BrokerCore:
     def _requeue_unheld(self) -> None:
         """Queue exactly the unfinished jobs no worker holds; the front for the unqueued."""
         held = {seq for worker in self.pool.all() for seq in worker.jobs}
-        queued = [seq for seq in self._queue if seq in self._requests and seq not in held]
-        missing = sorted(set(self._requests) - held - set(queued))
+        queued = [seq for seq in self._queue if seq in self._job_bodies and seq not in held]
+        missing = sorted(set(self._job_bodies) - held - set(queued))
         self._queue = deque(missing + queued)
 
     # --- shutdown ----------------------------------------------------------------
 
     def begin_shutdown(self, why: str) -> None:
         if not self.shutting_down:
-            log.info("graceful shutdown (%s): %d job(s) to finish", why, len(self._requests))
+            log.info("graceful shutdown (%s): %d job(s) to finish", why, len(self._job_bodies))
         self.shutting_down = True
 
     def drained(self) -> bool:
         """Shutting down and nothing left to run."""
-        return self.shutting_down and not self._requests
+        return self.shutting_down and not self._job_bodies
 
     def release_workers(self, now_s: float) -> None:
         """Tell every worker to exit (after a drained shutdown)."""

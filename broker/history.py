@@ -1,7 +1,7 @@
 """The store's newest jobs and failures as a `RecentJobs` reply (for the dashboard).
 
 Read from the store, not from memory, so the list survives a restart of the broker. A
-job's request body is decoded for its statistic and parameters; text longer than
+job's body is decoded for its statistic and parameters; text longer than
 `MAX_TEXT` is cut, so a reply stays small whatever clients submitted.
 """
 
@@ -27,7 +27,7 @@ def recent_jobs(store: Store, limit: int, owner: str | None = None) -> m.RecentJ
 
 
 def summary(record: JobRecord) -> dict[str, Any]:
-    statistic, params = _request_of(record.request)
+    statistic, params = _job_of(record.job_body)
     return {
         "job_id": m.job_id(record.seq),
         "statistic": statistic,
@@ -39,18 +39,12 @@ def summary(record: JobRecord) -> dict[str, Any]:
     }
 
 
-def _request_of(body: bytes) -> tuple[str, dict[str, Any]]:
+def _job_of(body: bytes) -> tuple[str, dict[str, Any]]:
     try:
-        request = m.unpack(body)
+        job = m.decode_body(m.Job, body)
     except ProtocolError:
         return "?", {}
-    if not isinstance(request, dict):
-        return "?", {}
-    params = request.get("params")
-    shown = (
-        {str(k)[:MAX_TEXT]: _cut(v) for k, v in params.items()} if isinstance(params, dict) else {}
-    )
-    return _cut(request.get("statistic", "?")), shown
+    return _cut(job.statistic), {str(k)[:MAX_TEXT]: _cut(v) for k, v in job.params.items()}
 
 
 def _cut(value: Any) -> Any:

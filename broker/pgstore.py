@@ -176,7 +176,7 @@ class PgStore:
 
     @_pg_op
     def add(
-        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
     ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False),
         whichever broker took it (the request id is UNIQUE)."""
@@ -184,7 +184,7 @@ class PgStore:
             "INSERT INTO jobs (seq, request_id, request, status, created_s, owner, broker_id,"
             " broker_epoch) VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (request_id) DO NOTHING RETURNING seq",
-            (request_id, request, _RUNNING, now_s, owner, self.broker_id, self.epoch),
+            (request_id, job_body, _RUNNING, now_s, owner, self.broker_id, self.epoch),
         ).fetchone()
         if row is not None:
             self._issued = max(self._issued, int(row[0]))

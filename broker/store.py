@@ -1,4 +1,4 @@
-"""The results store: every job's request, status and answer, keyed by job number.
+"""The results store: every job's body, status and answer, keyed by job number.
 
 Two implementations share one interface (`Store`): `SqliteStore`, durable (WAL mode),
 and `MemoryStore` for unit tests. Writes form one transaction until `commit()`; a
@@ -50,11 +50,11 @@ RECENT_SCAN = 10_000
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job as stored: `request` is the msgpack body of the `Job` sent to workers."""
+    """One job as stored: `job_body` is the msgpack body of the `Job` sent to workers."""
 
     seq: int
     request_id: str
-    request: bytes
+    job_body: bytes
     status: JobStatus
     attempts: int = 0
     answer: bytes | None = None
@@ -74,7 +74,7 @@ class Store(Protocol):
     """
 
     def add(
-        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
     ) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
@@ -120,7 +120,7 @@ class MemoryStore:
         self._undo: list[Callable[[], object]] = []
 
     def add(
-        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
     ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False)."""
         known = self._by_request.get(request_id)
@@ -130,7 +130,7 @@ class MemoryStore:
         seq = self._last_seq
         self._put(
             seq,
-            JobRecord(seq, request_id, request, JobStatus.RUNNING, created_s=now_s, owner=owner),
+            JobRecord(seq, request_id, job_body, JobStatus.RUNNING, created_s=now_s, owner=owner),
         )
         self._by_request[request_id] = seq
         self._undo.append(lambda: self._by_request.pop(request_id, None))
@@ -317,7 +317,7 @@ class SqliteStore:
 
     @_storage_op
     def add(
-        self, request_id: str, request: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
     ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False).
 
@@ -330,7 +330,7 @@ class SqliteStore:
             self._db.execute(
                 "INSERT INTO jobs (seq, request_id, request, status, created_s, owner)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, request_id, request, _RUNNING, now_s, owner),
+                (seq, request_id, job_body, _RUNNING, now_s, owner),
             )
         except sqlite3.IntegrityError:
             known = self.find_request(request_id)
@@ -546,7 +546,7 @@ def record_from_row(row: tuple[Any, ...]) -> JobRecord:
     return JobRecord(
         seq=seq,
         request_id=request_id,
-        request=bytes(request),
+        job_body=bytes(request),  # the column keeps its first name, "request": no migration
         status=JobStatus(status),
         attempts=attempts,
         answer=None if answer is None else bytes(answer),

@@ -21,7 +21,7 @@ Waiter = tuple[bytes, bytes]  # (client identity, request tag)
 class Unfinished(NamedTuple):
     """What finishing a job took away, to give back if the transaction fails."""
 
-    request: bytes  # the Job body
+    job_body: bytes
     waiters: set[Waiter]  # the clients its answer was queued for
     owner: str | None  # the key that submitted it (CURVE only)
 

@@ -93,7 +93,7 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """See `Client.get`."""
-        return session.job_state(await self._ask(m.Get(job_id)))
+        return session.status_dict(await self._ask(m.Get(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """See `Client.wait`."""

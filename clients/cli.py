@@ -5,10 +5,10 @@
     lss jobs / num-jobs / shutdown / status
     lss report --question Q [--state S]    -> every statistic as tables
     lss plot --question Q --out FILE.png   -> the states ranked, best and worst five marked
-    lss batch jobs.jsonl [--out answers.jsonl]
+    lss bulk jobs.jsonl [--out answers.jsonl]
 
 This module owns the commands: parsing, talking to the broker through `Client` (a
-batch through `Client.outcomes`), exit codes and error messages. A failure is one line on
+`bulk` through `Client.outcomes`), exit codes and error messages. A failure is one line on
 stderr (`lss: error: ...`) and a non-zero exit, never a traceback. What is printed is
 shaped by `clients.render`.
 """
@@ -35,7 +35,7 @@ from protocol.fingerprint import is_standin
 from protocol.messages import STATE_STATISTICS, STATISTICS
 
 Handler = Callable[[argparse.Namespace], int]
-BATCH_WINDOW = 64
+BULK_WINDOW = 64
 EXIT_JOBS_FAILED = config.EXIT_FAILURE
 
 
@@ -127,10 +127,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return config.EXIT_OK
 
 
-def cmd_batch(args: argparse.Namespace) -> int:
-    jobs = list(_read_batch(args.file))
+def cmd_bulk(args: argparse.Namespace) -> int:
+    jobs = list(_read_bulk(args.file))
     with _output(args.out) as out:
-        failed = _run_batch(args, jobs, out)
+        failed = _run_bulk(args, jobs, out)
     if failed:
         print(
             f'lss: {failed} of {len(jobs)} job(s) failed (see "reason" in the output)',
@@ -188,18 +188,18 @@ def _state_for(statistic: str, state: str | None) -> str | None:
     return state if statistic in STATE_STATISTICS else None
 
 
-def _read_batch(path: str) -> Iterator[dict[str, Any]]:
+def _read_bulk(path: str) -> Iterator[dict[str, Any]]:
     """Jobs from JSON lines: {"statistic": S, "question": Q, ...} or {"statistic": S, "params": {}}.
 
-    An optional "id" is echoed in the output; a malformed line stops the batch before it runs.
+    An optional "id" is echoed in the output; a malformed line stops `bulk` before any job runs.
     """
     with _input(path) as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():
-                yield _batch_job(number, line)
+                yield _bulk_job(number, line)
 
 
-def _batch_job(number: int, line: str) -> dict[str, Any]:
+def _bulk_job(number: int, line: str) -> dict[str, Any]:
     try:
         job = json.loads(line)
     except ValueError as exc:
@@ -215,14 +215,14 @@ def _batch_job(number: int, line: str) -> dict[str, Any]:
     return record
 
 
-def _run_batch(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO) -> int:
+def _run_bulk(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO) -> int:
     """Run `jobs` with up to `--window` in flight; write results in input order; count failures."""
     failed = 0
     progress = tqdm(
         total=len(jobs), unit="job", file=sys.stderr, disable=args.hide_progress, dynamic_ncols=True
     )
     with _client(args) as client:
-        client.ping()  # an unreachable broker fails the batch at once, not job by job
+        client.ping()  # an unreachable broker fails `bulk` at once, not job by job
         pairs = ((job["statistic"], job["params"]) for job in jobs)
         for job, state in zip(jobs, client.outcomes(pairs, args.window), strict=True):
             failed += state["status"] != "done"
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the broker, and for each job (default %(default)g)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_submit, _add_reads, _add_admin, _add_report, _add_plot, _add_batch):
+    for add in (_add_submit, _add_reads, _add_admin, _add_report, _add_plot, _add_bulk):
         add(commands)
     return parser
 
@@ -327,18 +327,18 @@ def _add_plot(commands: Any) -> None:
     sub.add_argument("--dpi", type=int, default=120)
 
 
-def _add_batch(commands: Any) -> None:
+def _add_bulk(commands: Any) -> None:
     sub = _command(
         commands,
-        "batch",
-        cmd_batch,
+        "bulk",
+        cmd_bulk,
         "run the jobs of a JSON-lines file; write answers as JSON lines",
     )
     sub.add_argument(
         "file", help='input, "-" for stdin: one {"statistic": ..., "question": ..., ...} a line'
     )
     sub.add_argument("--out", help="output file (default: stdout)")
-    sub.add_argument("--window", type=int, default=BATCH_WINDOW, help="jobs in flight at once")
+    sub.add_argument("--window", type=int, default=BULK_WINDOW, help="jobs in flight at once")
     bar = sub.add_mutually_exclusive_group()
     bar.add_argument(
         "--progress",

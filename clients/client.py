@@ -111,7 +111,7 @@ class Client(Statistics[Answer]):
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
-        return session.job_state(self._ask(m.Get(job_id)))
+        return session.status_dict(self._ask(m.Get(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
@@ -209,7 +209,7 @@ class Client(Statistics[Answer]):
             self._give_up(request)
             return {"status": m.JobStatus.RUNNING.value}
         try:
-            return session.job_state(request.outcome())
+            return session.status_dict(request.outcome())
         except LssError as exc:
             return {"status": m.JobStatus.ERROR.value, "reason": str(exc)}
 

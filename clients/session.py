@@ -232,9 +232,7 @@ class Session:
 def _tag_of(frames: Sequence[bytes]) -> bytes | None:
     """The tag of a message that did not decode, when its header is whole enough to say."""
     header = frames[0] if frames else b""
-    if not header.startswith(m.PROTOCOL_ID) or len(header) <= len(m.PROTOCOL_ID):
-        return None
-    return header[len(m.PROTOCOL_ID) + 1 :]
+    return None if m.header_command(header) is None else m.header_tag(header)
 
 
 # --- replies -> answers or errors --------------------------------------------------------
@@ -265,9 +263,10 @@ def _unexpected(message: m.Message, kind: type[m.Message]) -> LssError:
     return ProtocolError(f"expected {kind.__name__}, got {type(message).__name__}")
 
 
-def job_state(envelope: m.Envelope) -> dict[str, Any]:
-    """A reply about a job as {"status": "running" | "done" (with "data") | "error"
-    (with "reason")}, the original service's shape; an unknown or expired job is an error."""
+def status_dict(envelope: m.Envelope) -> dict[str, Any]:
+    """What `get` returns for a reply about a job: {"status": "running" | "done" (with
+    "data") | "error" (with "reason")}, the original service's shape; an unknown or
+    expired job is an error."""
     msg = envelope.message
     if isinstance(msg, m.ErrorReply) and msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
         return {"status": JobStatus.ERROR.value, "reason": msg.reason}

@@ -26,7 +26,7 @@ from protocol import config
 from protocol.curve import secure_client
 from protocol.wire import send_frames, waiting
 
-RECEIVE_BATCH = 1000  # messages read per `receive` before the driver looks up again
+READS_PER_TURN = 1000  # messages read per `receive` before the driver looks up again
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Transport:
         """Read what has come (without blocking); the requests it answered."""
         now = time.monotonic()
         answered: list[Request] = []
-        for frames in waiting(self.sock, RECEIVE_BATCH):
+        for frames in waiting(self.sock, READS_PER_TURN):
             answered += self.session.receive(frames, now)
         return answered
 

@@ -155,7 +155,7 @@ SETTINGS = {
         Setting("curve_server_key", None, "the broker's public key file: turns CURVE on"),
         Setting("curve_secret", None, "this process's secret key file"),
         Setting("diagnostics", False, "the _sleep/_crash test statistics; never in production"),
-        Setting("fetch_data", False, "if --data is missing, download it from the broker"),
+        Setting("fetch_data", False, "if --data is missing, fetch it from the broker"),
         Setting("name", "worker", "log file: STATE_DIR/logs/NAME.log", ""),
         Setting("http_addr", "127.0.0.1:5000", "the HTTP gateway's HOST:PORT (off: none)"),
         Setting("http_allowed_hosts", "", "more Host names the gateway answers to (a,b)"),

@@ -81,7 +81,7 @@ class Command(enum.IntEnum):
     STATS = 0x08
     RECENT = 0x09
     SUBMITTED = 0x11
-    JOB_STATUS = 0x12
+    JOB_STATE = 0x12
     JOB_LIST = 0x13
     JOB_COUNT = 0x14
     SHUTTING_DOWN = 0x15
@@ -232,7 +232,7 @@ class Submitted(Message):
 class JobState(Message):
     """A job's status; a done job's answer travels in the payload frame."""
 
-    COMMAND: ClassVar[Command] = Command.JOB_STATUS
+    COMMAND: ClassVar[Command] = Command.JOB_STATE
     job_id: str
     status: str
     reason: str | None = None
@@ -391,14 +391,24 @@ class Envelope:
 
 def encode(message: Message, tag: bytes = b"", payload: bytes | None = None) -> list[bytes]:
     """Frames for `message`, as a DEALER sends them (prefix the identity on a ROUTER)."""
-    body = msgpack.packb(_to_map(message), use_bin_type=True)
-    return frames_of(message.COMMAND, tag, body, payload)
+    return frames_of(message.COMMAND, tag, body_of(message), payload)
+
+
+def body_of(message: Message) -> bytes:
+    """The body frame of `message` (a msgpack map of its fields), as `encode` sends it.
+
+    For a body made once and sent many times without decoding: the broker keeps each
+    job's `Job` body, a worker caches its `Result` bodies. Send it with `frames_of`.
+    """
+    # A frozen dataclass's instance dict holds exactly its fields (COMMAND is the
+    # class's): cheaper than building a map field by field, on every hot path.
+    return msgpack.packb(vars(message), use_bin_type=True)
 
 
 def frames_of(
     command: Command, tag: bytes, body: bytes, payload: bytes | None = None
 ) -> list[bytes]:
-    """Frames from an already encoded body (used to forward a body without decoding it)."""
+    """Frames from a body made by `body_of` (used to send a body without encoding it again)."""
     if len(tag) > MAX_TAG_BYTES:
         raise ProtocolError(f"tag of {len(tag)} bytes exceeds {MAX_TAG_BYTES}")
     header = PROTOCOL_ID + bytes([command]) + tag
@@ -511,7 +521,22 @@ def parse_header(header: bytes) -> tuple[type[Message], bytes]:
         raise ProtocolError("header frame has no command byte")
     if len(header) > len(PROTOCOL_ID) + 1 + MAX_TAG_BYTES:  # its reply could not carry it
         raise ProtocolError(f"tag longer than {MAX_TAG_BYTES} bytes")
-    return _message_class(header[len(PROTOCOL_ID)]), header[len(PROTOCOL_ID) + 1 :]
+    return _message_class(header[len(PROTOCOL_ID)]), header_tag(header)
+
+
+def header_command(header: bytes) -> int | None:
+    """The command byte of a header frame of this protocol; None for any other frame.
+
+    For a message that did not decode, to tell what it was meant to be."""
+    if len(header) <= len(PROTOCOL_ID) or header[: len(PROTOCOL_ID)] != PROTOCOL_ID:
+        return None
+    return header[len(PROTOCOL_ID)]
+
+
+def header_tag(header: bytes) -> bytes:
+    """The tag in a header frame (at most MAX_TAG_BYTES), whether or not the message
+    decodes, so that an error reply can name the request it answers."""
+    return header[len(PROTOCOL_ID) + 1 :][:MAX_TAG_BYTES]
 
 
 def route(
@@ -543,12 +568,8 @@ def _message_class(command: int) -> type[Message]:
         raise ProtocolError(f"unknown command 0x{command:02x}", "unknown_command") from exc
 
 
-def _to_map(message: Message) -> dict[str, Any]:
-    return {name: getattr(message, name) for name in _checks_of(type(message))}
-
-
 def decode_body(cls: type[M], body: bytes) -> M:
-    """Decode a msgpack body frame into a message of type `cls` (a forwarded `Job`)."""
+    """Decode a body frame made by `body_of` into a message of type `cls` (a kept `Job`)."""
     return _from_body(cls, body)
 
 

@@ -12,9 +12,8 @@ from typing import Any
 
 from bench.reference import QUESTIONS
 from clients import Client
+from protocol.messages import STATE_STATISTICS, STATISTICS
 
-STATISTICS = ["states_mean", "best5", "worst5", "global_mean", "diff_from_mean", "mean_by_category"]
-PER_STATE = ["state_mean", "state_diff_from_mean", "state_mean_by_category"]
 STATES = ["Ohio", "Texas", "Alaska", "National", "Puerto Rico", "Maine", "Iowa"]
 
 
@@ -23,9 +22,9 @@ def job_mix(count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
     rng = random.Random(seed)
     jobs: list[tuple[str, dict[str, Any]]] = []
     for _ in range(count):
-        statistic = rng.choice(STATISTICS + PER_STATE)
+        statistic = rng.choice(STATISTICS)
         params: dict[str, Any] = {"question": rng.choice(QUESTIONS)}
-        if statistic in PER_STATE:
+        if statistic in STATE_STATISTICS:
             params["state"] = rng.choice(STATES)
         jobs.append((statistic, params))
     return jobs

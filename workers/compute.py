@@ -1,8 +1,8 @@
-"""Running one job: decode its request, compute the statistic, encode the outcome.
+"""Running one job: decode its `Job` body, compute the statistic, encode the result.
 
 `JobRunner` turns a forwarded `Job` body into a `Result` body and an answer payload. It
-never raises: a bad request or a failing statistic becomes an error outcome. Outcomes
-are cached by request bytes, since the data never changes while a worker lives; the
+never raises: a malformed job or a failing statistic becomes an error result. Results
+are cached by job body, since the data never changes while a worker lives; the
 socket thread answers cached jobs itself (`cached`), the compute thread the rest.
 The runner also owns the diagnostic statistics (`_sleep`, `_crash`), which exist only
 when a worker is started with --diagnostics, for fault-injection tests.
@@ -30,8 +30,9 @@ MAX_SLEEP_S = 3600.0
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """The frames a worker sends back for one job: RESULT body and optional payload."""
+class ResultFrames:
+    """The frames a worker sends back for one job: `Result` body (`body_of`) and optional
+    answer payload."""
 
     body: bytes
     payload: bytes | None
@@ -53,30 +54,33 @@ class JobRunner:
         self._fingerprint = fingerprint
         self._max_answer_bytes = max_answer_bytes
         self._diagnostics = diagnostics
+        self._done = m.body_of(
+            m.Result(m.JobStatus.DONE.value, fingerprint)
+        )  # the same for every job
         # Written by the compute thread only, read by both: plain dict operations are
         # atomic under the GIL. Eviction is first-in first-out.
-        self._cache: dict[bytes, Outcome] = {}
+        self._cache: dict[bytes, ResultFrames] = {}
 
-    def cached(self, request: bytes) -> Outcome | None:
-        """The outcome of an identical earlier job, if remembered."""
-        return self._cache.get(request)
+    def cached(self, job_body: bytes) -> ResultFrames | None:
+        """The result of an identical earlier job, if remembered."""
+        return self._cache.get(job_body)
 
-    def run(self, request: bytes) -> Outcome:
-        """The outcome of the job whose `Job` body is `request`."""
-        cached = self._cache.get(request)
+    def run(self, job_body: bytes) -> ResultFrames:
+        """The result of the job whose `Job` body is `job_body`."""
+        cached = self._cache.get(job_body)
         if cached is not None:
             return cached
         try:
-            job = m.decode_body(m.Job, request)
+            job = m.decode_body(m.Job, job_body)
         except ProtocolError as exc:
             return self._error(f"malformed job: {exc}")
         if job.statistic.startswith("_") and self._diagnostics:
             return self._diagnostic(job)
-        outcome = self._outcome(job)
-        self._remember(request, outcome)
-        return outcome
+        result = self._computed(job)
+        self._remember(job_body, result)
+        return result
 
-    def _outcome(self, job: m.Job) -> Outcome:
+    def _computed(self, job: m.Job) -> ResultFrames:
         try:
             answer = self._compute(job.statistic, job.params)
         except self._expected_error as exc:
@@ -87,27 +91,22 @@ class JobRunner:
         payload = m.pack(answer)
         if len(payload) > self._max_answer_bytes:
             return self._error(f"answer of {len(payload)} bytes exceeds {self._max_answer_bytes}")
-        body = m.pack({"status": m.JobStatus.DONE.value, "fingerprint": self._fingerprint})
-        return Outcome(body, payload)
+        return ResultFrames(self._done, payload)
 
-    def _error(self, reason: str) -> Outcome:
-        """An error outcome; the reason is cut short (it may quote a huge parameter, and
+    def _error(self, reason: str) -> ResultFrames:
+        """An error result; the reason is cut short (it may quote a huge parameter, and
         an oversize RESULT would fail the job anyway)."""
-        body = m.pack(
-            {
-                "status": m.JobStatus.ERROR.value,
-                "fingerprint": self._fingerprint,
-                "reason": shown(reason, m.MAX_REASON_CHARS),
-            }
+        reason = shown(reason, m.MAX_REASON_CHARS)
+        return ResultFrames(
+            m.body_of(m.Result(m.JobStatus.ERROR.value, self._fingerprint, reason)), None
         )
-        return Outcome(body, None)
 
-    def _remember(self, request: bytes, outcome: Outcome) -> None:
-        self._cache[request] = outcome
+    def _remember(self, job_body: bytes, result: ResultFrames) -> None:
+        self._cache[job_body] = result
         if len(self._cache) > CACHE_ENTRIES:
             del self._cache[next(iter(self._cache))]
 
-    def _diagnostic(self, job: m.Job) -> Outcome:
+    def _diagnostic(self, job: m.Job) -> ResultFrames:
         """`_sleep` {seconds, only_pid?}: answer {"slept_s"} after a delay (none on a worker
         whose pid is not `only_pid`, when given); `_crash`: the process dies at once."""
         if job.statistic == "_crash":
@@ -120,5 +119,4 @@ class JobRunner:
         if isinstance(only_pid, int) and only_pid != os.getpid():
             slept = 0.0
         time.sleep(slept)
-        body = m.pack({"status": m.JobStatus.DONE.value, "fingerprint": self._fingerprint})
-        return Outcome(body, m.pack({"slept_s": slept}))
+        return ResultFrames(self._done, m.pack({"slept_s": slept}))

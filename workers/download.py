@@ -1,4 +1,4 @@
-"""`./run.sh fetch-data`: download the real CDC data set and check that it can be loaded.
+"""`./run.sh download-data`: download the real CDC data set and check that it can be loaded.
 
 The file is written beside its final name and renamed into place only once complete and
 carrying every column a job needs, so an interrupted download never replaces good data.
@@ -49,7 +49,7 @@ def check_header(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fetch-data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="download-data", description=__doc__)
     parser.add_argument("--url", default=CDC_URL, help="where to download from")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="where to save it")
     args = parser.parse_args(argv)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         size = download(args.url, args.out)
     except (OSError, DatasetError) as exc:
-        print(f"fetch-data: {exc}", file=sys.stderr)
+        print(f"download-data: {exc}", file=sys.stderr)
         return 1
     print(f"saved {size:,} bytes; run.sh now uses it (or set LSS_DATA={args.out})", file=sys.stderr)
     return 0

@@ -1,8 +1,8 @@
 """Getting the data file onto a worker host: use the local file, or fetch it from the broker.
 
-The broker serves its data file in chunks (FETCH_DATA -> DATA_CHUNK). The download is
+The broker serves its data file in chunks (FETCH_DATA -> DATA_CHUNK). The fetch is
 written beside its final name, checked against the SHA-256 the broker announces, and only
-then renamed into place, so a torn download is never loaded.
+then renamed into place, so a torn fetch is never loaded.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _download(sock: zmq.Socket[bytes], out: object, first: m.DataChunk) -> str:
         out.write(chunk.data)  # type: ignore[attr-defined]
         offset += len(chunk.data)
     if digest.hexdigest() != announced:
-        raise ProtocolError(f"download sha256 {digest.hexdigest()} != announced {announced}")
+        raise ProtocolError(f"fetched sha256 {digest.hexdigest()} != announced {announced}")
     return announced
 
 

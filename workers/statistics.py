@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from protocol.errors import LssError
-from protocol.messages import STATISTICS
+from protocol.messages import STATE_STATISTICS, STATISTICS
 from protocol.questions import BEST_IS_MAX, BEST_IS_MIN
 from workers.dataset import VALUE_COLUMN, keep_counted, load_frame
 
@@ -120,7 +120,6 @@ _STATE_HANDLERS: dict[str, StateHandler] = {
     "state_diff_from_mean": _state_diff_from_mean,
     "state_mean_by_category": _state_mean_by_category,
 }
-STATISTIC_NAMES = STATISTICS
 
 
 class Statistics:
@@ -130,7 +129,7 @@ class Statistics:
     may mutate. Means are arithmetic means of the counted `Data_Value`s (percent).
     """
 
-    names: ClassVar[tuple[str, ...]] = STATISTIC_NAMES
+    names: ClassVar[tuple[str, ...]] = STATISTICS
 
     def __init__(self, frame: pd.DataFrame) -> None:
         """Precompute every answer table from `frame` (rows that do not count are dropped)."""
@@ -154,10 +153,10 @@ class Statistics:
         """
         if not isinstance(params, Mapping):
             raise StatisticError(f"parameters must be a map, got {type(params).__name__}")
-        if not isinstance(statistic, str) or statistic not in STATISTIC_NAMES:
-            known = ", ".join(STATISTIC_NAMES)
+        if not isinstance(statistic, str) or statistic not in STATISTICS:
+            known = ", ".join(STATISTICS)
             raise StatisticError(f"unknown statistic {statistic!r}; known: {known}")
-        per_state = statistic in _STATE_HANDLERS
+        per_state = statistic in STATE_STATISTICS
         fields = ("question", "state") if per_state else ("question",)
         _check_fields(statistic, params, fields)
         values = {name: _text_param(params, name) for name in fields}

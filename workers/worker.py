@@ -35,7 +35,7 @@ from workers.settings import WorkerSettings, add_worker_flags, settings_from
 log = logging.getLogger("lss.worker")
 
 PIPE = "inproc://lss-worker-compute"
-BATCH = 1000
+READS_PER_TURN = 1000
 STOP = b""  # empty tag: tells the compute thread to end
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
 
@@ -74,14 +74,14 @@ class Worker:
         pipe.connect(PIPE)
         try:
             while True:
-                tag, request, connection = pipe.recv_multipart()
+                tag, job_body, connection = pipe.recv_multipart()
                 if tag == STOP:
                     return
                 if connection not in self.live:  # its broker is lost: the result would be
                     pipe.send_multipart([tag, b"", b"", connection])  # dropped; skip the work
                     continue
-                outcome = self.runner.run(request)
-                pipe.send_multipart([tag, outcome.body, outcome.payload or b"", connection])
+                result = self.runner.run(job_body)
+                pipe.send_multipart([tag, result.body, result.payload or b"", connection])
         finally:
             pipe.close(linger=0)
 
@@ -128,7 +128,7 @@ class Worker:
 
     def _read_broker(self, link: Link) -> None:
         sock = link.sock
-        for frames in waiting(sock, BATCH):
+        for frames in waiting(sock, READS_PER_TURN):
             try:
                 messages = m.messages_in(frames)
             except ProtocolError as exc:
@@ -150,15 +150,15 @@ class Worker:
         else:
             self._on_broker(link, m.decode(frames).message)
 
-    def _on_job(self, link: Link, tag: bytes, request: bytes) -> None:
+    def _on_job(self, link: Link, tag: bytes, job_body: bytes) -> None:
         if self.draining:
             return  # the broker re-queues it when we leave
         log.debug("%s received from %s", tag.decode(errors="replace"), link.endpoint)
-        outcome = self.runner.cached(request)
-        if outcome is not None:
-            link.outgoing.append(m.frames_of(m.Command.RESULT, tag, outcome.body, outcome.payload))
+        result = self.runner.cached(job_body)
+        if result is not None:
+            link.outgoing.append(m.frames_of(m.Command.RESULT, tag, result.body, result.payload))
         else:
-            self.pipe.send_multipart([tag, request, link.identity])
+            self.pipe.send_multipart([tag, job_body, link.identity])
             self.held += 1
 
     def _on_broker(self, link: Link, msg: m.Message) -> None:
@@ -181,7 +181,7 @@ class Worker:
 
     def _read_results(self) -> None:
         links = {link.identity: link for link in self.links}
-        for frames in waiting(self.pipe, BATCH):
+        for frames in waiting(self.pipe, READS_PER_TURN):
             tag, body, payload, connection = frames
             self.held -= 1
             link = links.get(connection)

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
 import pytest
 import zmq
 
@@ -139,8 +138,8 @@ def test_400000_waits_on_a_running_job(
     svc = service_factory()  # no workers: the job stays running
     with svc.client() as client:
         job = client.submit("global_mean", question=OBESITY)
-    body = msgpack.packb({"job_id": job})
-    waits = [[m.PROTOCOL_ID + bytes([C.WAIT]) + b"%0200d" % n, body] for n in range(410_000)]
+    body = m.body_of(m.Wait(job))
+    waits = [m.frames_of(C.WAIT, b"%0200d" % n, body) for n in range(410_000)]
     peer = attacker(peers, svc.client_endpoint, b"waiter")
     with measured(svc, "400,000 WAITs with 200-byte tags"):
         for frames in batched(waits[:400_000]):
@@ -164,9 +163,8 @@ def test_peers_holding_every_wait_lock_no_client_out(
     svc.start_workers(2, diagnostics=True)
     with svc.client() as client:
         job = client.submit("_sleep", seconds=600.0)  # runs while the peers wait for it
-    body = msgpack.packb({"job_id": job})
-    waits = [[m.PROTOCOL_ID + bytes([C.WAIT]) + b"%0200d" % n, body]
-             for n in range(MAX_WAITERS_PER_PEER)]  # fmt: skip
+    body = m.body_of(m.Wait(job))
+    waits = [m.frames_of(C.WAIT, b"%0200d" % n, body) for n in range(MAX_WAITERS_PER_PEER)]
     hogs = [attacker(peers, svc.client_endpoint, b"hog-%d" % n)
             for n in range(MAX_WAITERS // MAX_WAITERS_PER_PEER + 1)]  # fmt: skip
     with measured(svc, f"{len(hogs)} peers x 10,000 WAITs with 200-byte tags on a running job"):

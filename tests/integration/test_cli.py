@@ -133,7 +133,7 @@ def test_plot_writes_a_png(service: Service, tmp_path: Path) -> None:
     assert len(data) > 30_000
 
 
-def test_batch_in_and_out_as_json_lines(service: Service, tmp_path: Path) -> None:
+def test_bulk_in_and_out_as_json_lines(service: Service, tmp_path: Path) -> None:
     jobs = [
         {"statistic": "global_mean", "question": OBESITY},
         {"id": "mine", "statistic": "state_mean", "params": {"question": OBESITY, "state": "Ohio"}},
@@ -142,7 +142,7 @@ def test_batch_in_and_out_as_json_lines(service: Service, tmp_path: Path) -> Non
     source = tmp_path / "jobs.jsonl"
     source.write_text("".join(json.dumps(job) + "\n" for job in jobs) + "\n")
     out = tmp_path / "answers.jsonl"
-    result = lss(service, "batch", str(source), "--out", str(out), "--window", "7", "--progress")
+    result = lss(service, "bulk", str(source), "--out", str(out), "--window", "7", "--progress")
     assert result.returncode == 1 and "20 of 60 job(s) failed" in result.stderr
     assert "60/60" in result.stderr  # the progress bar reached the end
     answers = [json.loads(line) for line in out.read_text().splitlines()]
@@ -153,7 +153,7 @@ def test_batch_in_and_out_as_json_lines(service: Service, tmp_path: Path) -> Non
     assert mine["id"] == "mine" and mine["status"] == "done" and close_enough(mine["data"], want)
     assert answers[2]["status"] == "error" and "no data for state" in answers[2]["reason"]
     good = "".join(json.dumps(job) + "\n" for job in jobs[:2])
-    piped = ok(lss(service, "batch", "-", stdin=good))
+    piped = ok(lss(service, "bulk", "-", stdin=good))
     assert [json.loads(line)["status"] for line in piped.splitlines()] == ["done", "done"]
 
 
@@ -188,9 +188,7 @@ def test_errors_are_one_line_and_a_non_zero_exit(service: Service, tmp_path: Pat
     assert "needs --state" in one_line_error(
         lss(service, "submit", "state_mean", "--question", "Q")
     )
-    assert "line 2" in one_line_error(
-        lss(service, "batch", "-", stdin='{"statistic": "best5"}\n[]')
-    )
+    assert "line 2" in one_line_error(lss(service, "bulk", "-", stdin='{"statistic": "best5"}\n[]'))
     assert "cannot use the endpoint" in one_line_error(lss(service, "jobs", endpoint="nonsense"))
     failed_get = lss(service, "get", "job_id_424242")
     assert failed_get.returncode == 1 and json.loads(failed_get.stdout)["status"] == "error"

@@ -140,7 +140,7 @@ def raw(command: int, body: Any, tag: bytes = b"t", proto: bytes = m.PROTOCOL_ID
 
 def reply_tag(frames: list[bytes]) -> bytes:
     """The tag the broker echoes for a malformed message: what follows id and command."""
-    return frames[0][len(m.PROTOCOL_ID) + 1 :][: m.MAX_TAG_BYTES] if frames else b""
+    return m.header_tag(frames[0]) if frames else b""
 
 
 def expect_error(envelope: m.Envelope, code: str, tag: bytes | None = None) -> m.ErrorReply:
@@ -402,6 +402,30 @@ def test_a_registered_impostor_cannot_corrupt_other_jobs(
     assert state == {"status": "error", "reason": "worker sent a malformed answer"}
     assert "ignored a result for job_id_999999" in broker_log(svc)
     assert "Traceback" not in broker_log(svc)
+
+
+def test_a_result_with_a_field_the_broker_does_not_know_fails_its_job_at_once(
+    service_factory: Callable[..., Service], peers: Callable[[int, str], RawPeer]
+) -> None:
+    """The decode stays strict: a RESULT with an added field (a newer worker's) is refused,
+    the worker is told why, and the job ends as an error naming the field at once, not
+    when its lease (60 s by default) runs out."""
+    svc = service_factory()
+    worker, fingerprint = fake_worker(svc, peers)
+    newer = m.pack({**m.unpack(m.body_of(m.Result("done", fingerprint))), "elapsed_s": 0.1})
+    with svc.client() as client:
+        job = client.submit("global_mean", question=OBESITY)
+        (handed,) = worker.envelopes(1)
+        worker.send(m.frames_of(m.Command.RESULT, handed.tag, newer, m.pack({"x": 1.0})))
+        state = client.wait_all([job], timeout=10)[job]
+        told = wait_until(
+            lambda: [e.message for e in worker.envelopes(1) if isinstance(e.message, m.ErrorReply)],
+            10, "the worker to be told",
+        )  # fmt: skip
+    why = "Result has no field 'elapsed_s'"
+    assert state == {"status": "error", "reason": f"worker sent a malformed result: {why}"}
+    assert told == [m.ErrorReply("bad_request", why)]
+    assert why in broker_log(svc) and "Traceback" not in broker_log(svc)
 
 
 # --- fuzz -------------------------------------------------------------------------

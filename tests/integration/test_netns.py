@@ -6,15 +6,15 @@ host, two worker hosts, a producer host and a rogue host, each running the real 
 and producers hold authorized keys, except the rogue host's, whose key pair is unknown.
 Worker host w2 has no data file: it fetches the data set from the broker over CURVE.
 
-The test shows, in order: answers equal a local computation; the rogue host gets nothing
-and is logged; unplugging w1 while it runs a long `_sleep` job moves that job to w2
-within the heartbeat window (the failover time is printed); plugging w1 back in makes
-its worker register again. Run as root: `pytest -m netns -s` (it is skipped otherwise).
+The test shows, in order: answers agree with an independent computation (bench.reference,
+plain Python sharing no code with the workers); the rogue host gets nothing and is
+logged; unplugging w1 while it runs a long `_sleep` job moves that job to w2 within the
+heartbeat window (the failover time is printed); plugging w1 back in makes its worker
+register again. Run as root: `pytest -m netns -s` (it is skipped otherwise).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,10 +25,12 @@ from typing import Any
 
 import pytest
 
+from bench.reference import Reference, assert_close
 from bench.service import ROOT, wait_until
 from protocol import config
 from protocol.curve import generate_keys, load_public_key
 from protocol.events import read_events
+from protocol.messages import STATE_STATISTICS, STATISTICS
 from tests.netns import Agent, AgentError, Lab, clean_leftovers, unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
@@ -40,20 +42,16 @@ INACTIVE = "Percent of adults who engage in no leisure-time physical activity"
 JOBS: list[tuple[str, dict[str, Any]]] = [
     (stat, {"question": q})
     for q in (OBESITY, INACTIVE)
-    for stat in ("global_mean", "states_mean", "best5", "worst5", "mean_by_category")
+    for stat in STATISTICS
+    if stat not in STATE_STATISTICS
 ] + [
     (stat, {"question": OBESITY, "state": state})
     for state in ("Ohio", "Texas")
-    for stat in ("state_mean", "state_diff_from_mean", "state_mean_by_category")
+    for stat in STATISTICS
+    if stat in STATE_STATISTICS
 ]
 SLEEP_S = 4.0
 HEARTBEAT_WINDOW_S = config.HEARTBEAT_INTERVAL_MS / 1000 * config.HEARTBEAT_LIVENESS
-EXPECTED = """
-import json, sys
-from workers.statistics import Statistics
-stats = Statistics.from_csv(sys.argv[1])
-print(json.dumps([stats.compute(s, p) for s, p in json.loads(sys.argv[2])]))
-"""
 
 
 @pytest.fixture
@@ -127,11 +125,13 @@ class Deployment:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.base.glob("*.stderr")))
 
 
-def expected_answers(data: Path) -> subprocess.Popen[str]:
-    """The answers to JOBS computed directly from the data, in a process of their own."""
-    argv = [sys.executable, "-c", EXPECTED, str(data), json.dumps(JOBS)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, text=True)
-    return proc
+def expected_answers(data: Path) -> list[dict[str, Any]]:
+    """The answers to JOBS by bench.reference: plain Python over the CSV, sharing no code
+    with the workers under test."""
+    reference = Reference(data)
+    return [
+        reference.answer(stat, params["question"], params.get("state")) for stat, params in JOBS
+    ]
 
 
 def workers_by_pid(agent: Agent) -> dict[int, dict[str, Any]]:
@@ -151,12 +151,9 @@ def test_distributed_secure_service(lab: Lab, tmp_path: Path, standin_csv: Path)
     except BaseException:
         print(f"--- logs ---\n{world.logs()[-30000:]}")
         raise
-    finally:
-        expected.kill()
-        expected.communicate()
 
 
-def run_scenario(world: Deployment, expected: subprocess.Popen[str]) -> None:
+def run_scenario(world: Deployment, expected: list[dict[str, Any]]) -> None:
     world.start_broker()
     keys, rogue = world.keys, world.rogue_keys
     world.start_worker("w1", keys / "worker.key_secret", f"--data={world.data}")
@@ -173,8 +170,9 @@ def run_scenario(world: Deployment, expected: subprocess.Popen[str]) -> None:
     )  # fmt: skip
 
     answers = producer.call("map", jobs=JOBS)
-    stdout, _ = expected.communicate(timeout=60)
-    assert answers == json.loads(stdout)
+    assert len(answers) == len(expected)
+    for (statistic, params), answer, want in zip(JOBS, answers, expected, strict=True):
+        assert_close(answer, want, f"{statistic} {params}")
 
     check_rogue_refused(world, producer, outsider)
     failover_s = unplug_w1_mid_job(world, producer)

@@ -9,11 +9,12 @@ import pytest
 
 from bench.harness import Service
 from bench.reference import MINIMISED, QUESTIONS, Reference, assert_close
+from protocol.messages import STATE_STATISTICS, STATISTICS
 
 pytestmark = pytest.mark.integration
 
-WHOLE = ["states_mean", "best5", "worst5", "global_mean", "diff_from_mean", "mean_by_category"]
-PER_STATE = ["state_mean", "state_diff_from_mean", "state_mean_by_category"]
+WHOLE = [s for s in STATISTICS if s not in STATE_STATISTICS]
+PER_STATE = [s for s in STATISTICS if s in STATE_STATISTICS]
 STATES = ["Ohio", "California", "National", "Guam", "District of Columbia"]
 
 

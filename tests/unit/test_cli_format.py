@@ -100,10 +100,10 @@ def test_best_first_follows_the_direction_of_best5() -> None:
     assert [s for s, _ in render._best_first(highest_best)] == ["Texas", "Ohio", "Colorado"]
 
 
-def test_batch_lines_flat_or_with_params() -> None:
-    flat = cli._batch_job(1, '{"statistic": "state_mean", "question": "Q", "state": "S"}')
+def test_bulk_lines_flat_or_with_params() -> None:
+    flat = cli._bulk_job(1, '{"statistic": "state_mean", "question": "Q", "state": "S"}')
     assert flat == {"line": 1, "statistic": "state_mean", "params": {"question": "Q", "state": "S"}}
-    nested = cli._batch_job(2, '{"id": 9, "statistic": "best5", "params": {"question": "Q"}}')
+    nested = cli._bulk_job(2, '{"id": 9, "statistic": "best5", "params": {"question": "Q"}}')
     assert nested == {"line": 2, "statistic": "best5", "params": {"question": "Q"}, "id": 9}
 
 
@@ -116,9 +116,9 @@ def test_batch_lines_flat_or_with_params() -> None:
         ('{"statistic": "best5", "params": [1]}', 'line 4: "params" must be an object'),
     ],
 )
-def test_bad_batch_lines_name_their_line(line: str, reason: str) -> None:
+def test_bad_bulk_lines_name_their_line(line: str, reason: str) -> None:
     with pytest.raises(cli.UsageError, match=reason):
-        cli._batch_job(4, line)
+        cli._bulk_job(4, line)
 
 
 def test_submit_parameters() -> None:
@@ -151,7 +151,7 @@ def test_every_command_has_a_handler() -> None:
         "status",
         "report",
         "plot",
-        "batch",
+        "bulk",
     }
     for sub in actions[0].choices.values():
         assert callable(sub.get_default("handler"))

@@ -12,7 +12,7 @@ import pytest
 
 from clients import AsyncClient, Client
 from clients.api import Statistics
-from clients.session import HEARTBEAT_TAG, Request, Session, answer_of, final_answer, job_state
+from clients.session import HEARTBEAT_TAG, Request, Session, answer_of, final_answer, status_dict
 from protocol import messages as m
 from protocol.errors import (
     BrokerUnavailable,
@@ -82,7 +82,7 @@ def test_replies_in_a_batch_each_end_their_request_and_duplicates_are_dropped() 
 def test_a_malformed_reply_fails_its_request_and_is_counted() -> None:
     session = new_session()
     request = session.request(m.Get("job_id_1"))
-    garbled = [m.PROTOCOL_ID + bytes([m.Command.JOB_STATUS]) + request.tag, b"\xc1"]
+    garbled = [m.PROTOCOL_ID + bytes([m.Command.JOB_STATE]) + request.tag, b"\xc1"]
     assert session.receive(garbled, 0.1) == [request]
     with pytest.raises(ProtocolError, match="malformed reply"):
         request.outcome()
@@ -170,15 +170,15 @@ def test_replies_become_answers_or_typed_errors() -> None:
 
 
 def test_job_states_have_the_original_services_shape() -> None:
-    assert job_state(_envelope(m.JobState("job_id_1", "running"))) == {"status": "running"}
-    assert job_state(_envelope(m.JobState("job_id_1", "done"), ANSWER)) == {
+    assert status_dict(_envelope(m.JobState("job_id_1", "running"))) == {"status": "running"}
+    assert status_dict(_envelope(m.JobState("job_id_1", "done"), ANSWER)) == {
         "status": "done",
         "data": ANSWER,
     }
     failed = _envelope(m.JobState("job_id_1", "error", reason="boom"))
-    assert job_state(failed) == {"status": "error", "reason": "boom"}
+    assert status_dict(failed) == {"status": "error", "reason": "boom"}
     expired = _envelope(m.ErrorReply("expired", "expired"))
-    assert job_state(expired) == {"status": "error", "reason": "expired"}
+    assert status_dict(expired) == {"status": "error", "reason": "expired"}
 
 
 def test_the_statistic_methods_are_the_protocols_catalogue() -> None:

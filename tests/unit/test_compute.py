@@ -1,4 +1,4 @@
-"""A worker's outcome of one job: an error's reason is cut short, whatever it quotes."""
+"""A worker's result of one job: an error's reason is cut short, whatever it quotes."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def quote_the_question(_statistic: str, params: Mapping[str, object]) -> dict[st
 
 def test_an_error_reason_is_capped_and_escaped() -> None:
     runner = JobRunner(quote_the_question, Refused, "f" * 64, 1 << 20)
-    request = m.pack({"statistic": "best5", "params": {"question": "\x7f" * 300_000}})
-    outcome = runner.run(request)
-    result = m.decode_body(m.Result, outcome.body)
+    request = m.body_of(m.Job("best5", {"question": "\x7f" * 300_000}))
+    frames = runner.run(request)
+    result = m.decode_body(m.Result, frames.body)
     assert result.status == "error" and result.reason is not None
     assert len(result.reason) < m.MAX_REASON_CHARS + 30
     assert result.reason.startswith("no data for question '\\x7f\\x7f")
-    assert len(outcome.body) < 2 * m.MAX_REASON_CHARS
+    assert len(frames.body) < 2 * m.MAX_REASON_CHARS

@@ -518,13 +518,14 @@ def test_a_large_job_or_request_id_is_refused_and_credit_is_capped(store: Store)
     assert h.core.stats(h.now)["workers"][0]["credit"] == m.MAX_WORKER_CREDIT  # type: ignore[index]
 
 
-def test_an_oversize_result_from_the_holder_fails_its_job_only(store: Store) -> None:
+def test_an_unreadable_result_from_the_holder_fails_its_job_only(store: Store) -> None:
     h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     (job,) = h.submit(1)
     h.sent()
-    assert not h.core.fail_oversize(b"w2", job.encode(), "too big", h.now)  # not its job
-    assert h.core.fail_oversize(b"w1", job.encode(), "too big", h.now)
+    fail = h.core.fail_unreadable_result
+    assert not fail(b"w2", job.encode(), "too_large: too big", h.now)  # not its job
+    assert fail(b"w1", job.encode(), "too_large: too big", h.now)
     state = ask(h, m.Get(job), ADMIN)
     assert state == m.JobState(job, "error", "too_large: too big")
     assert h.core.pool.get(b"w1") is not None

@@ -1,4 +1,4 @@
-"""fetch-data against a local HTTP server on loopback: good files land, bad ones do not."""
+"""download-data against a local HTTP server on loopback: good files land, bad ones do not."""
 
 from __future__ import annotations
 

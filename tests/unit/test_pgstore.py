@@ -49,7 +49,7 @@ def test_a_request_id_is_one_job_whichever_broker_takes_it(
     a.commit()
     assert new and b.add("same", b"other", 1.0) == (seq, False)
     record = b.get(seq)
-    assert record is not None and record.request == b"q"
+    assert record is not None and record.job_body == b"q"
 
 
 def test_any_broker_reads_any_job(brokers: tuple[PgStore, PgStore]) -> None:

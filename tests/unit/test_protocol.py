@@ -39,6 +39,29 @@ def test_every_message_type_has_an_example() -> None:
     assert {type(msg) for msg in EXAMPLES} == set(m.MESSAGE_TYPES)
 
 
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda msg: type(msg).__name__)
+def test_a_body_holds_exactly_the_fields_of_its_type(message: m.Message) -> None:
+    names = [field.name for field in dataclasses.fields(message)]  # type: ignore[arg-type]
+    assert list(m.unpack(m.body_of(message))) == names
+    assert m.decode_body(type(message), m.body_of(message)) == message
+
+
+def test_a_field_added_to_a_result_fails_its_decode_by_name() -> None:
+    """A newer worker's RESULT with a field this peer does not know is refused, loudly;
+    the broker then fails that job at once (test_hostile shows it end to end)."""
+    newer = m.pack({"status": "done", "fingerprint": "f" * 64, "elapsed_s": 0.1})
+    with pytest.raises(ProtocolError, match="Result has no field 'elapsed_s'"):
+        m.decode(m.frames_of(m.Command.RESULT, b"job_id_1", newer))
+
+
+def test_a_header_that_does_not_decode_still_names_its_command_and_tag() -> None:
+    header = m.PROTOCOL_ID + bytes([m.Command.RESULT]) + b"job_id_7"
+    assert (m.header_command(header), m.header_tag(header)) == (m.Command.RESULT, b"job_id_7")
+    assert m.header_command(b"LSS2\x23job_id_7") is None
+    assert m.header_command(m.PROTOCOL_ID) is None
+    assert m.header_tag(header + b"x" * 1000) == b"job_id_7" + b"x" * (m.MAX_TAG_BYTES - 8)
+
+
 def test_router_side_sees_the_identity() -> None:
     envelope = m.decode(m.route(b"peer", m.Ping(), b"7"), routed=True)
     assert (envelope.identity, envelope.tag, envelope.message) == (b"peer", b"7", m.Ping())

@@ -278,7 +278,7 @@ def test_recent_lists_the_newest_jobs_and_failures_without_answers(store: Store)
     assert [r.seq for r in newest] == [6, 5, 4, 3]
     running, done, error = JobStatus.RUNNING, JobStatus.DONE, JobStatus.ERROR
     assert [r.status for r in newest] == [running, error, running, done]
-    assert all(r.answer is None for r in newest) and newest[3].request == b"req2"
+    assert all(r.answer is None for r in newest) and newest[3].job_body == b"req2"
     failures = store.recent(10, JobStatus.ERROR)
     assert [(r.seq, r.reason, r.finished_s) for r in failures] == [
         (5, "no data", 12.0),

@@ -323,6 +323,19 @@ function jobRow(job, last, lastClass) {
   return tr;
 }
 
+// The job tables' headers: the columns `jobRow` fills, then the table's own last two.
+function jobHeads() {
+  for (const table of [$("recent"), $("failures")]) {
+    const tr = el("tr");
+    for (const name of ["job", "statistic", "parameters", ...table.dataset.lastColumns.split(" ")]) {
+      const th = el("th", name);
+      th.scope = "col";
+      tr.append(th);
+    }
+    table.tHead.replaceChildren(tr);
+  }
+}
+
 function paintJobs(recent, failures) {
   $("recent").tBodies[0].replaceChildren(...recent.map((job) => {
     const tr = jobRow(job, job.status, `status-${job.status}`);
@@ -452,5 +465,6 @@ async function start() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  jobHeads();
   start().catch((error) => { $("explorer-status").textContent = `failed: ${error.message}`; });
 });
