@@ -13,6 +13,7 @@ jobs adopted by a live broker within the lease time. The figures are printed (ru
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,9 @@ from bench.reference import QUESTIONS, Reference, close_enough, params_for
 from bench.service import wait_until
 from clients import Client
 from protocol import config
+from protocol import messages as m
 from protocol.messages import STATE_STATISTICS
+from tests.postgres import postgres_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +160,67 @@ def check_answers(producers: list[Producer], reference: Reference) -> None:
             state = producer.answers[job]
             assert state["status"] == "done", (rid, job, state)
             assert close_enough(state["data"], expected[key]), (statistic, params, state)
+
+
+# --- refusals a client of several brokers gets past (ErrorReply.retry_after_ms) -----------
+
+OBESITY = QUESTIONS[0]
+
+
+def test_a_client_moves_off_a_broker_that_is_shutting_down(
+    service_factory: Callable[..., Service], pg_url: str, standin_csv: Path
+) -> None:
+    a, b = (service_factory(store=pg_url, broker_lease_s=LEASE_S) for _ in "ab")
+    a.start_workers(1, diagnostics=True)  # `_sleep` is a diagnostic
+    b.start_workers(1)
+    with Client(f"{a.client_endpoint},{b.client_endpoint}", timeout=30) as client:
+        client.submit("_sleep", seconds=3.0)  # A drains it: A refuses submits meanwhile
+        wait_until(lambda: a_in_flight(a), 10, "A's worker to hold the job")
+        assert client.shutdown() == 1  # scope: this broker only
+        answer = client.run("global_mean", question=OBESITY)
+        assert client.ping()["broker_id"] == broker_id(b)
+    assert close_enough(answer, Reference(standin_csv).answer("global_mean", OBESITY))
+
+
+def refused_again(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("(storage); sending it again" in r.getMessage() for r in caplog.records)
+
+
+def a_in_flight(svc: Service) -> bool:
+    with svc.client(timeout=10) as client:
+        return bool(client.stats()["in_flight"])
+
+
+def broker_id(svc: Service) -> str:
+    with svc.client(timeout=10) as client:
+        return str(client.ping()["broker_id"])
+
+
+def test_a_submit_during_a_database_outage_is_sent_again_until_it_is_back(
+    service_factory: Callable[..., Service], standin_csv: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker says a `storage` refusal may be sent again; the client does so."""
+    caplog.set_level(logging.DEBUG, "lss.client")
+    with postgres_or_skip() as server:
+        svc = service_factory(store=server.database(), broker_lease_s=LEASE_S)
+        svc.start_workers(1)
+        with svc.client(timeout=60) as client, ThreadPoolExecutor(1) as pool:
+            server.stop()
+            submitting = pool.submit(client.run, "global_mean", question=OBESITY)
+            wait_until(lambda: refused_again(caplog), 20, "a refused submit")
+            assert not submitting.done()
+            server.start()
+            answer = submitting.result(timeout=60)
+    assert close_enough(answer, Reference(standin_csv).answer("global_mean", OBESITY))
+
+
+def test_a_worker_of_every_broker_drains_and_exits_on_a_shutdown_of_all(
+    service_factory: Callable[..., Service], pg_url: str
+) -> None:
+    cluster = Cluster.of([service_factory(store=pg_url, broker_lease_s=LEASE_S) for _ in "ab"])
+    (worker,) = cluster.start_workers(1)
+    with cluster.services[1].client(timeout=30) as client:
+        client.shutdown(scope=m.SHUTDOWN_ALL)
+    for svc in cluster.services:
+        assert svc.broker is not None and svc.broker.wait(timeout=30) == config.EXIT_OK
+    assert worker.wait(timeout=30) == config.EXIT_OK
