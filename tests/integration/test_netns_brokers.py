@@ -195,7 +195,7 @@ def cut_the_database(lab: Lab, hosts: Hosts, producer: Agent, url: str) -> None:
             return None
         raise AssertionError("a submit was accepted while the database was unreachable")
 
-    assert wait_until(refused, 40, "a storage refusal") == "RequestRefused"
+    assert wait_until(refused, 50, "a storage refusal") == "RequestRefused"
     refused_s = time.monotonic() - cut
     lab.set_link("db", up=True)
     back = time.monotonic()
@@ -205,6 +205,6 @@ def cut_the_database(lab: Lab, hosts: Hosts, producer: Agent, url: str) -> None:
         assert producer.call("wait", job=waited, timeout=60, timeout_s=90)["slept_s"] > 0
     print(f"database host cut: submits refused with `storage` {refused_s:.2f} s after the"
           f" cut; accepted again {resumed_s:.2f} s after the link came back;"
-          f" {len(acknowledged)} acknowledged jobs finished; before the refusal: {before}")  # fmt: skip
+          f" {len(acknowledged)} acknowledged jobs finished; met first: {before}")  # fmt: skip
     statuses = query(url, "SELECT DISTINCT status FROM jobs")
     assert statuses == [("done",)]
