@@ -31,7 +31,7 @@ from bench.service import ROOT, wait_until
 from protocol import config
 from protocol.messages import STATE_STATISTICS
 from tests.integration.test_netns import clean_env
-from tests.netns import SUBNET, Agent, AgentError, Lab, clean_leftovers, unavailable
+from tests.netns import SUBNET, Agent, AgentError, Lab, built, unavailable
 from tests.postgres import PostgresServer, skip_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
@@ -49,13 +49,8 @@ def lab() -> Iterator[Lab]:
     reason = unavailable() or skip_reason()
     if reason:
         pytest.skip(reason)
-    clean_leftovers()
-    lab = Lab(HOSTS)
-    try:
-        lab.create()
+    with built(HOSTS) as lab:
         yield lab
-    finally:
-        lab.destroy()
 
 
 @pytest.fixture
