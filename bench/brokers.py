@@ -1,8 +1,9 @@
 """The bench's PostgreSQL section (`python -m bench --postgres`): brokers on one database.
 
 One broker on SQLite, then 1, 2 and 3 brokers sharing one throwaway PostgreSQL (with
-fsync on, as in production), each broker with its own workers; producer N talks to
-broker N mod count (clients and workers with several endpoints come later). Each row
+fsync on, as in production), each broker with its own workers; producer N is given
+every broker's endpoint, starting with broker N mod count: it works with that one, and
+would move on if it fell silent, as a user's client does. Each row
 gives jobs/s, p50 and CPU per job by process kind: brokers, workers, PostgreSQL (the
 postmaster and its connections), clients.
 """
@@ -73,7 +74,8 @@ class SharedStoreBrokers(Processes):
 
     def target(self) -> Target:
         endpoints = [broker.client_endpoint for broker in self.brokers]
-        return Target("ours", endpoints[0], {"addresses": endpoints})
+        rotations = [",".join(endpoints[n:] + endpoints[:n]) for n in range(len(endpoints))]
+        return Target("ours", rotations[0], {"addresses": rotations})
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

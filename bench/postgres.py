@@ -5,7 +5,11 @@ always removed.
 a Unix socket in it (no TCP port), as the unprivileged `postgres` user when the tests
 run as root (PostgreSQL refuses to run as root). `database()` creates an empty database
 and returns its URL. `stop()` / `start()` let a test take the database away and bring
-it back; `remove()` stops it for sure and deletes the directory. Without the binaries,
+it back; `remove()` stops it for sure and deletes the directory. Given `listen` (an
+address) and `clients_from` (a CIDR), it also listens on TCP there and trusts that
+subnet, and given `netns` it runs inside that network namespace: the multi-host tests
+(tests/integration/test_netns_brokers.py) put it on a host of their own that way.
+Without the binaries,
 `skip_reason()` says why: the test fixtures skip, the bench's section too.
 """
 
@@ -59,10 +63,14 @@ def skip_reason() -> str | None:
 class PostgresServer:
     """One throwaway PostgreSQL cluster on a Unix socket."""
 
-    def __init__(self, fsync: bool = False) -> None:
+    def __init__(
+        self, fsync: bool = False, *, listen: str = "", clients_from: str = "", netns: str = ""
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lss-pg-"))
         self.data = self.dir / "data"
         self.fsync = fsync
+        self.listen = listen
+        self._prefix = ["ip", "netns", "exec", netns] if netns else []
         self._names = itertools.count(1)
         self._as_root = os.geteuid() == 0
         if self._as_root:
@@ -71,13 +79,21 @@ class PostgresServer:
         self.dir.chmod(0o700)
         self._run(_binary("initdb") or "initdb", "-D", str(self.data), "-A", "trust",
                   "-U", RUN_AS, "--no-sync", "-E", "UTF8")  # fmt: skip
+        if clients_from:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all {RUN_AS} {clients_from} trust\n")
 
     def _run(self, *args: str) -> None:
         command = ["runuser", "-u", RUN_AS, "--", *args] if self._as_root else list(args)
-        subprocess.run(command, check=True, capture_output=True, timeout=START_TIMEOUT_S)
+        subprocess.run(
+            [*self._prefix, *command], check=True, capture_output=True, timeout=START_TIMEOUT_S
+        )
 
     def start(self) -> None:
-        options = f"-k {self.dir} -c listen_addresses='' -c fsync={'on' if self.fsync else 'off'}"
+        options = (
+            f"-k {self.dir} -c listen_addresses='{self.listen}'"
+            f" -c fsync={'on' if self.fsync else 'off'}"
+        )
         self._run(_binary("pg_ctl") or "pg_ctl", "-D", str(self.data), "-l",
                   str(self.dir / "server.log"), "-o", options, "-w", "-t",
                   str(START_TIMEOUT_S), "start")  # fmt: skip
@@ -91,14 +107,22 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql:///{database}?host={self.dir}&user={RUN_AS}"
 
-    def database(self) -> str:
-        """A new empty database; its URL."""
+    def tcp_url(self, database: str) -> str:
+        """`database` over TCP, at the `listen` address."""
+        return f"postgresql://{RUN_AS}@{self.listen}:5432/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database; its name."""
         import psycopg
 
         name = f"lss_{os.getpid()}_{next(self._names)}"
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        return name
+
+    def database(self) -> str:
+        """A new empty database; its URL (on the Unix socket)."""
+        return self.url(self.create_database())
 
     def pid(self) -> int:
         """The postmaster's pid (its children are the connections' server processes)."""

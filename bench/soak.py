@@ -8,11 +8,19 @@ recorded id and prints jobs submitted, finished, lost (an id returned that never
 finished, or whose answer is wrong or unreadable) and duplicated (two ids for one request,
 one id for two requests, or more jobs in the broker than requests), with the detection
 and recovery times it saw. Exit status 0 only if lost and duplicated are both 0.
+
+With `--brokers N` (issue 12) it runs N brokers on one store (`--store URL`, or a
+throwaway PostgreSQL it starts and removes), workers connected to all of them, and
+producers given every broker's endpoint (producer P starting at broker P mod N); a
+broker kill picks one at random and restarts it on its endpoints. Job numbers then come
+from a database sequence, which a killed broker's unfinished transaction may skip: ids
+must be unique, not contiguous.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import random
@@ -26,12 +34,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.harness import Service
+from bench.cluster import Cluster
+from bench.postgres import postgres_server
 from bench.reference import QUESTIONS, Reference, close_enough
 from clients import Client
 from protocol import config
@@ -62,6 +71,9 @@ class SoakConfig:
     max_broker_down_s: float = 1.5
     seed: int = 1
     data: Path | None = None
+    brokers: int = 1
+    store: str | None = None  # None: SQLite (one broker); else a postgresql:// URL
+    lease_s: float = 2.0  # each broker's lease on a shared store
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,7 @@ class Ledger:
                 self.counts["duplicated"] += 1  # one request, two ids
             if self.by_job.setdefault(job, request) != request:
                 self.counts["duplicated"] += 1  # one id, two requests
+                self.counts["ids_reused"] += 1
             self.specs[job] = spec
 
     def count(self, what: str) -> None:
@@ -110,9 +123,9 @@ class Times:
 class Soak:
     """One soak run on its own service; `run()` returns the report as a dict."""
 
-    def __init__(self, cfg: SoakConfig, service: Service, menu: list[Spec]) -> None:
+    def __init__(self, cfg: SoakConfig, cluster: Cluster, menu: list[Spec]) -> None:
         self.cfg = cfg
-        self.svc = service
+        self.cluster = cluster
         self.menu = [s for s in menu if not s.statistic.startswith("_")]
         self.sleeps = [s for s in menu if s.statistic.startswith("_")]
         self.ledger = Ledger()
@@ -121,8 +134,8 @@ class Soak:
         self.rng = random.Random(cfg.seed)
 
     def run(self) -> dict[str, Any]:
-        self.svc.start_broker()
-        self.svc.start_workers(self.cfg.workers, diagnostics=True)
+        self.cluster.start_brokers()
+        self.cluster.start_workers(self.cfg.workers, diagnostics=True)
         producers = [
             threading.Thread(target=self._produce, args=(n,), name=f"producer-{n}")
             for n in range(self.cfg.producers)
@@ -141,7 +154,7 @@ class Soak:
 
     def _produce(self, number: int) -> None:
         rng = random.Random(self.cfg.seed * 1000 + number)
-        with Client(self.svc.client_endpoint, timeout=WAIT_TIMEOUT_S) as client:
+        with Client(self.cluster.client_endpoints(number), timeout=WAIT_TIMEOUT_S) as client:
             while not self.stop.is_set():
                 spec = rng.choice(self.sleeps if rng.random() < SLEEP_SHARE else self.menu)
                 self._one_job(client, spec, rng)
@@ -217,29 +230,29 @@ class Soak:
                 self._kill_worker()
 
     def _kill_worker(self) -> None:
-        live = [w for w in self.svc.workers if w.poll() is None]
+        live = [w for w in self.cluster.workers if w.poll() is None]
         victim = self.rng.choice(live)
         self.times.worker_kills.append((time.time(), victim.pid))
         victim.kill()
         victim.wait()
-        self.svc.start_worker(diagnostics=True)
+        self.cluster.start_worker(diagnostics=True)
 
     def _kill_broker(self) -> None:
+        number = self.rng.randrange(len(self.cluster.services))
         killed = time.monotonic()
-        self.svc.kill_broker()
+        self.cluster.kill_broker(number)
         self.stop.wait(self.rng.uniform(0, self.cfg.max_broker_down_s))
         restarted = time.monotonic()
-        self.svc.start_broker()
+        self.cluster.start_broker(number)
         self.times.broker_restart.append(time.monotonic() - restarted)
         self.times.broker_serving.append(time.monotonic() - killed)
-        live = len([w for w in self.svc.workers if w.poll() is None])
-        self.svc.wait_workers(live)
+        self.cluster.wait_workers(self.cluster.live_workers())
         self.times.broker_recovered.append(time.monotonic() - killed)
 
     # --- the verdict ----------------------------------------------------------------
 
     def _verdict(self) -> dict[str, Any]:
-        with Client(self.svc.client_endpoint, timeout=WAIT_TIMEOUT_S) as client:
+        with Client(self.cluster.client_endpoints(), timeout=WAIT_TIMEOUT_S) as client:
             outcomes = _judge_all(client, self.ledger.specs, time.monotonic() + SETTLE_S)
             listing = client.jobs()
         counts = self.ledger.counts
@@ -259,9 +272,11 @@ class Soak:
             "submit_retries": counts["submit_retries"],
             "broker_jobs": len(listing),
             "ids_contiguous": seqs == list(range(1, len(seqs) + 1)),
+            "ids_unique": counts["ids_reused"] == 0 and len(set(seqs)) == len(seqs),
+            "brokers": len(self.cluster.services),
             "waits_during_chaos": {"ok": counts["waits_ok"], "failed": counts["waits_failed"]},
             "kills": kills,
-            "detection_s": _summary(_detections(self.svc, self.times.worker_kills)),
+            "detection_s": _summary(_detections(self.cluster, self.times.worker_kills)),
             "broker_serving_s": _summary(self.times.broker_serving),
             "broker_restart_s": _summary(self.times.broker_restart),
             "broker_recovered_s": _summary(self.times.broker_recovered),
@@ -315,9 +330,9 @@ def _judge_answer(answer: Any, spec: Spec) -> str:
     return "done" if want_status == "done" and close_enough(answer, want) else "wrong"
 
 
-def _detections(svc: Service, kills: list[tuple[float, int]]) -> list[float]:
-    """Seconds from each worker SIGKILL to the broker's worker_lost event for it (if any)."""
-    lost = [(e["t"], e["worker_pid"]) for e in svc.events("worker_lost")]
+def _detections(cluster: Cluster, kills: list[tuple[float, int]]) -> list[float]:
+    """Seconds from each worker SIGKILL to the first broker's worker_lost event for it."""
+    lost = [(e["t"], e["worker_pid"]) for e in cluster.events("worker_lost")]
     found = []
     for killed_at, pid in kills:
         times = [t for t, p in lost if p == pid and t >= killed_at - 0.001]
@@ -363,7 +378,8 @@ def build_menu(data: Path) -> list[Spec]:
 
 
 def print_report(report: dict[str, Any], cfg: SoakConfig, out: Callable[[str], None]) -> None:
-    shape = f"{cfg.workers} workers, {cfg.producers} producers, seed {cfg.seed}"
+    store = f"{cfg.brokers} broker(s) on {'PostgreSQL' if cfg.store else 'SQLite'}"
+    shape = f"{store}, {cfg.workers} workers, {cfg.producers} producers, seed {cfg.seed}"
     out(f"soak: {cfg.minutes:g} min, {shape}")
     for key in ("submitted", "finished", "lost", "duplicated"):
         out(f"  {key:<11} {report[key]}")
@@ -384,6 +400,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     p.add_argument("--data", type=Path, help="CSV file (default: a generated stand-in)")
     p.add_argument("--state-dir", type=Path, help="kept afterwards (default: a temp dir)")
+    p.add_argument("--brokers", type=int, default=1, help="brokers on one store (default 1)")
+    p.add_argument("--store", help="the brokers' postgresql:// URL (default with --brokers > 1:"
+                   " a throwaway PostgreSQL)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -394,16 +413,16 @@ def main(argv: list[str] | None = None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     cfg = SoakConfig(
         minutes=args.minutes, workers=args.workers, producers=args.producers,
-        rate_per_producer=args.rate, seed=args.seed, data=args.data,
+        rate_per_producer=args.rate, seed=args.seed, data=args.data, brokers=args.brokers,
+        store=args.store,
     )  # fmt: skip
     signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(filename=state / "soak.log", level=logging.INFO, format=FORMAT)
     data = cfg.data or _standin(state)
-    service = Service(state / "service", data)
-    try:
-        report = Soak(cfg, service, build_menu(data)).run()
-    finally:
-        service.stop()
+    with contextlib.ExitStack() as stack:
+        if cfg.brokers > 1 and not cfg.store:
+            cfg = replace(cfg, store=stack.enter_context(postgres_server()).database())
+        report = soak(cfg, state, data)
     print_report(report, cfg, print)
     ok = report["lost"] == 0 and report["duplicated"] == 0
     if ok and args.state_dir is None:
@@ -411,6 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     elif not ok:
         print(f"logs kept in {state}", file=sys.stderr)
     return config.EXIT_OK if ok else config.EXIT_FAILURE
+
+
+def soak(cfg: SoakConfig, state: Path, data: Path) -> dict[str, Any]:
+    """One soak on a cluster of its own, stopped afterwards (also on failure)."""
+    lease = {"broker_lease_s": cfg.lease_s} if cfg.store else {}
+    cluster = Cluster(state / "service", data, cfg.brokers, store=cfg.store, **lease)
+    try:
+        return Soak(cfg, cluster, build_menu(data)).run()
+    finally:
+        cluster.stop()
 
 
 def _standin(state: Path) -> Path:

@@ -29,7 +29,7 @@ from broker.access import Caller, Callers
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
 from broker.security import CurveServer, warn_if_plaintext
-from broker.storage_guard import MB, StorageGuard
+from broker.storage_guard import MB, RETRY_AFTER_FAILURE_S, StorageGuard
 from broker.store import SqliteStore, StorageError, Store
 from protocol import config
 from protocol import messages as m
@@ -107,6 +107,8 @@ class Broker:
             self.store, self.core_settings, fingerprint, data.chunk if data else None, broker_id
         )
         self.cluster = self._join_cluster()
+        if self.cluster is not None:  # another moment, or another broker, may serve it
+            self.core.retry_refused_ms = int(RETRY_AFTER_FAILURE_S * 1000)
         self._polled_fd: int | None = None
         self.context = zmq.Context()
         self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None

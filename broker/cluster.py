@@ -27,8 +27,8 @@ from broker.pgstore import (
     FINISHED_CHANNEL,
     SHUTDOWN_CHANNEL,
     Connection,
+    Connector,
     PgStore,
-    connect,
     reason,
 )
 from broker.store import JobRecord
@@ -46,6 +46,7 @@ class Cluster:
         self.store, self.core, self.lease_s = store, core, lease_s
         self._next_renew_s = self._next_adopt_s = 0.0  # time.monotonic()
         self._listener: Connection | None = None
+        self._listener_maker = Connector(store.url)
         self._next_listen_s = 0.0
         self._listen_backoff_s = LISTEN_RETRY_MIN_S
         self._adopted = self._depositions = 0
@@ -106,7 +107,9 @@ class Cluster:
 
     def _listen(self, now: float) -> None:
         try:
-            listener = connect(self.store.url)
+            listener = self._listener_maker.take()
+            if listener is None:
+                return  # being made: the next step looks again
             listener.execute(f"LISTEN {FINISHED_CHANNEL}")
             listener.execute(f"LISTEN {SHUTDOWN_CHANNEL}")
         except psycopg.Error as exc:

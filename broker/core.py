@@ -46,6 +46,7 @@ log = logging.getLogger("lss.broker")
 # that a job killing workers cannot take its neighbours to the poison limit with it.
 # After a single loss it goes back to any free worker: a lost host must fail over fast.
 ALONE_AFTER_LOSSES = 2
+RETRYABLE = (ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN)  # may pass, or another broker serves
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class BrokerCore:
         self._warn = Throttle(log)
         # Why submits are refused while storage fails or space is short (set by the loop).
         self.storage_refusal: str | None = None
+        self.retry_refused_ms = 0  # set on a shared store: see `refuse`
         # What the store's open transaction did here, for `roll_back`: jobs added, and
         # jobs finished (with their job body, the waiters that were answered, the owner).
         self._added: set[int] = set()
@@ -214,8 +216,10 @@ class BrokerCore:
         return m.StatsReply(self.stats(now_s))
 
     def refuse(self, identity: bytes, tag: bytes, code: ErrorCode | str, reason: str) -> None:
-        """Answer a request with an error."""
-        self._reply(identity, tag, m.ErrorReply(str(code), reason))
+        """Answer a request with an error; one that passes, or that another broker on
+        the store would not make, says when to try again (`retry_refused_ms`)."""
+        retry_ms = self.retry_refused_ms if code in RETRYABLE else 0
+        self._reply(identity, tag, m.ErrorReply(str(code), reason, retry_ms))
 
     def _reply(
         self, identity: bytes, tag: bytes, message: m.Message, payload: bytes | None = None
@@ -604,7 +608,7 @@ class BrokerCore:
         self._added, self._finished = set(), {}
         restored = self._unfinish(finished, added)
         self.outbox.clients = undo.client_replies(
-            self.outbox.clients, added | finished.keys(), restored, reason
+            self.outbox.clients, added | finished.keys(), restored, reason, self.retry_refused_ms
         )
         self.outbox.workers, taken = undo.worker_jobs(self.outbox.workers, added)
         for identity, seq in taken:

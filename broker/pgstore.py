@@ -4,7 +4,9 @@
 durability rule (docs/protocol.md, "Durability") are the same as on SQLite: writes form
 one transaction until `commit()`, any database error (a lost connection included)
 raises `StorageError`, and the broker rolls the turn back. A lost connection is made
-again by itself, at most every `RECONNECT_MAX_S` (a failed try is a `StorageError` too).
+again by itself, at most every `RECONNECT_MAX_S` (a failed try is a `StorageError` too),
+in a thread of its own (`Connector`): a connect to a host whose link is cut waits for
+its timeout, and the broker's loop must go on answering meanwhile.
 
 What sharing adds (docs/deployment.md, "Several brokers"): job numbers from a database
 sequence; each broker registers a lease row with a new epoch (`register`, `renew`);
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -46,6 +49,7 @@ SHUTDOWN_CHANNEL = "lss_shutdown"
 NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
+CONNECT_GRACE_S = 0.05  # a connect that takes longer goes on in the background
 # Bounds on a blocking call to an unreachable database host: the broker's loop waits
 # on it (libpq connection parameters; a URL's own values win).
 CONNECT_OPTIONS: dict[str, Any] = {
@@ -102,6 +106,36 @@ def connect(url: str) -> Connection:
     return psycopg.connect(url, autocommit=True, **options)
 
 
+class Connector:
+    """Makes connections to `url` in a thread of its own, one at a time."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._thread: threading.Thread | None = None
+        self._made: Connection | psycopg.Error | None = None
+
+    def take(self) -> Connection | None:
+        """The connection made since the last call, or None while it is being made (the
+        first call starts making one). Raises the `psycopg.Error` of a failed try."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._make, name="pg-connect", daemon=True)
+            self._thread.start()
+        self._thread.join(CONNECT_GRACE_S)  # a reachable database answers within it
+        if self._thread.is_alive():
+            return None
+        self._thread = None
+        made, self._made = self._made, None
+        if isinstance(made, psycopg.Error):
+            raise made
+        return made
+
+    def _make(self) -> None:
+        try:
+            self._made = connect(self.url)
+        except psycopg.Error as exc:
+            self._made = exc
+
+
 class PgStore:
     """A `Store` in a PostgreSQL database that several brokers share."""
 
@@ -114,6 +148,7 @@ class PgStore:
         self.reconnected = False  # set at each new connection; broker.cluster clears it
         self.started_at: Any = None  # the database's time at the first registration
         self._db: Connection | None = None
+        self._connector: Connector | None = None  # after the first connection: reconnects
         self._next_connect_s = 0.0
         self._backoff_s = RECONNECT_MIN_S
         self._changed = False
@@ -124,6 +159,7 @@ class PgStore:
         self._counts_at = -COUNTS_MAX_AGE_S
         try:
             migrate(self._conn())
+            self._connector = Connector(url)
         except psycopg.Error as exc:
             self._close_connection()
             raise StorageError("migrate", reason(exc)) from exc
@@ -145,11 +181,14 @@ class PgStore:
         if now < self._next_connect_s:
             raise StorageError("connect", "the database is unreachable; trying again soon")
         try:
-            self._db = connect(self.url)
+            made = self._connector.take() if self._connector else connect(self.url)
         except psycopg.Error as exc:
             self._next_connect_s = now + self._backoff_s
             self._backoff_s = min(2 * self._backoff_s, RECONNECT_MAX_S)
             raise StorageError("connect", reason(exc)) from exc
+        if made is None:
+            raise StorageError("connect", "connecting to the database again")
+        self._db = made
         if db is not None:
             log.info("connected to the database again")
         self._backoff_s = RECONNECT_MIN_S

@@ -27,7 +27,11 @@ class Unfinished(NamedTuple):
 
 
 def client_replies(
-    routed: list[list[bytes]], void: set[int], dropped: set[Waiter], reason: str
+    routed: list[list[bytes]],
+    void: set[int],
+    dropped: set[Waiter],
+    reason: str,
+    retry_after_ms: int = 0,
 ) -> list[list[bytes]]:
     """`routed` without the replies to `dropped` waiters (they will be answered later),
     and with every other reply naming a job in `void` turned into a `storage` error."""
@@ -44,7 +48,8 @@ def client_replies(
         if isinstance(envelope.message, m.RecentJobs):  # a listing: without the void jobs
             kept.append(m.route(who[0], _without(envelope.message, void), who[1]))
         elif _named_jobs(envelope.message) & void:
-            kept.append(m.route(who[0], m.ErrorReply(ErrorCode.STORAGE.value, reason), who[1]))
+            refusal = m.ErrorReply(ErrorCode.STORAGE.value, reason, retry_after_ms)
+            kept.append(m.route(who[0], refusal, who[1]))
         else:
             kept.append(frames)
     return kept

@@ -196,6 +196,8 @@ class Client(Statistics[Answer]):
         (request,) = self._start([message])
         if not self._drive([request], time.monotonic() + limit):
             self._give_up(request)
+            if request.refusal is not None:  # refused until the end: that is the answer
+                raise request.refusal
             if job is not None:
                 raise JobTimeout(f"{job} did not finish within {limit:g} s")
             raise BrokerUnavailable(f"no reply from {self.endpoint} within {limit:g} s")

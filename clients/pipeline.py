@@ -59,7 +59,8 @@ class Pipeline:
             left = sent_at + self.timeout_s - time.monotonic()
             if left <= 0:
                 self.session.forget(request)
-                request.fail(JobTimeout(f"a job of this map took over {self.timeout_s:g} s"))
+                late = JobTimeout(f"a job of this map took over {self.timeout_s:g} s")
+                request.fail(request.refusal or late)
                 break
             self.transport.pump(left)
         return request

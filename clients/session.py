@@ -3,13 +3,15 @@
 `Session` owns what every client driver needs and nothing of sockets, threads or
 clocks: correlation tags, the requests still unanswered, the frames waiting to be sent,
 liveness (a ping after an interval of silence, a reconnect after LIVENESS intervals),
-which broker of the client's endpoint list to talk to (the next one after a silence),
-resending everything unanswered when the broker changes, and matching a reply to its
-request. Drivers hand it what they received and the time, and send what it hands them:
-`clients.transport` (one DEALER, for `Client` and `Client.map`) and `clients.aio`.
-The functions at the end turn a reply into what a caller gets: an answer, or an error
-of the `LssError` tree. The liveness, failover and resend rules are in docs/protocol.md
-("Client liveness", "Several brokers", "Idempotence").
+which broker of the client's endpoint list to talk to (the next one after a silence,
+or after a refusal that says another broker would serve it), resending everything
+unanswered when the broker changes, sending again later what a broker said may pass,
+and matching a reply to its request. Drivers hand it what they received and the time,
+and send what it hands them: `clients.transport` (one DEALER, for `Client` and
+`Client.map`) and `clients.aio`. The functions at the end turn a reply into what a
+caller gets: an answer, or an error of the `LssError` tree. The liveness, failover and
+resend rules are in docs/protocol.md ("Client liveness", "Several brokers",
+"Idempotence").
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Request:
     reply: m.Envelope | None = None
     error: LssError | None = None
     done: bool = False
+    refusal: RequestRefused | None = None  # the last refusal it is being sent again after
+    moves: int = 0  # brokers it was sent on to because one was shutting down
 
     def fail(self, error: LssError) -> None:
         self.error, self.done = error, True
@@ -84,6 +88,8 @@ class Session:
         self._request_ids = itertools.count(1)
         self._request_prefix = uuid.uuid4().hex + "-"  # + a count: unique, cheaper than a UUID
         self._unsent: list[list[bytes]] = []
+        self._later: list[tuple[float, Request]] = []  # refused for now: (when to resend, it)
+        self._move_due = False  # a broker refused, saying another would serve
         self._ping_due = False
         self._last_heard = self._last_ping = self._last_tick = now
         self._idle = True  # nothing was pending at the last tick, or since
@@ -117,6 +123,7 @@ class Session:
         failed = list(self.pending.values())
         self.pending.clear()
         self._unsent.clear()
+        self._later.clear()
         for request in failed:
             request.fail(error)
         return failed
@@ -151,6 +158,8 @@ class Session:
                 answered += self._malformed(message, exc)
                 continue
             request = self.pending.pop(envelope.tag, None)
+            if request is not None and self._send_again(request, envelope.message, now):
+                continue
             if request is not None:
                 request.reply, request.done = envelope, True
                 answered.append(request)
@@ -158,6 +167,23 @@ class Session:
                 self._on_heartbeat(envelope.message)
             # else: a duplicate after a resend, or a request given up on
         return answered
+
+    def _send_again(self, request: Request, message: m.Message, now: float) -> bool:
+        """Keep a request whose refusal says it may be sent again: to the next broker when
+        this one is shutting down (once to each other broker), else here after the delay."""
+        if not isinstance(message, m.ErrorReply) or message.retry_after_ms <= 0:
+            return False
+        if message.code == ErrorCode.SHUTTING_DOWN:
+            if request.moves >= len(self.endpoints) - 1:
+                return False
+            request.moves += 1
+            self._move_due = True
+        else:
+            self._later.append((now + message.retry_after_ms / 1000, request))
+        request.refusal = RequestRefused(message.code, message.reason)
+        self.pending[request.tag] = request
+        log.debug("request %s refused (%s); sending it again", request.tag, message.code)
+        return True
 
     def _malformed(self, frames: list[bytes], exc: ProtocolError) -> list[Request]:
         """Report a reply that did not decode; fail its request when its tag is readable."""
@@ -194,14 +220,20 @@ class Session:
     def tick(self, now: float) -> bool:
         """Keep the broker honest: queue a ping when due. True when the driver must
         reconnect (to `endpoint`, now the next in the list; then call `connected`):
-        nothing heard for LIVENESS intervals while requests were pending."""
+        nothing heard for LIVENESS intervals while requests were pending, or a broker
+        refused a request saying that another would serve it."""
+        if self._move_due:
+            self._move_due = False
+            self._move_on(f"{self.endpoint} is shutting down")
+            return True
+        self._resend_due(now)
         if self._idle or not self.pending:
             self._idle = not self.pending
             self._last_heard = now - self._doubt_s  # silence without a question is no
             return False  # sign of death, but the silence of a question given up on is
         self._doubt_s, self._last_tick = 0.0, now
         if now - self._last_heard > self.interval_s * self.liveness:
-            self._move_on(now - self._last_heard)
+            self._move_on(f"no word from {self.endpoint} for {now - self._last_heard:.1f} s")
             return True
         if now - max(self._last_heard, self._last_ping) >= self.interval_s:
             self._ping(now)
@@ -212,14 +244,20 @@ class Session:
         client, which then starts where this one found a broker."""
         return self.endpoints[self._at :] + self.endpoints[: self._at]
 
-    def _move_on(self, silence_s: float) -> None:
-        """Leave a silent broker for the next endpoint (the same one when it is alone)."""
+    def _move_on(self, why: str) -> None:
+        """Leave a broker for the next endpoint (the same one when it is alone)."""
         self._at = (self._at + 1) % len(self.endpoints)
         log.warning(
-            "no word from %s for %.1f s; moving to %s with %d pending request(s)",
-            self.endpoint, silence_s, self.endpoints[self._at], len(self.pending),
+            "%s; moving to %s with %d pending request(s)",
+            why, self.endpoints[self._at], len(self.pending),
         )  # fmt: skip
         self.endpoint = self.endpoints[self._at]
+
+    def _resend_due(self, now: float) -> None:
+        """Queue again the refused requests whose delay is over (and still wanted)."""
+        due = [request for at, request in self._later if at <= now]
+        self._later = [(at, request) for at, request in self._later if at > now]
+        self._unsent += [request.frames for request in due if request.tag in self.pending]
 
     def _ping(self, now: float) -> None:
         self._ping_due = True

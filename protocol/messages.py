@@ -294,11 +294,15 @@ class RecentJobs(Message):
 
 @dataclass(frozen=True)
 class ErrorReply(Message):
-    """A request that could not be served; `code` is an `ErrorCode` value."""
+    """A request that could not be served; `code` is an `ErrorCode` value. A broker on a
+    shared store sets `retry_after_ms` on a refusal that passes (`storage`) or that
+    another broker would not make (`shutting_down`): the same request may be sent again
+    after that long, or at once to another broker (docs/protocol.md, "Several brokers")."""
 
     COMMAND: ClassVar[Command] = Command.ERROR
     code: str
     reason: str
+    retry_after_ms: int = 0
 
 
 # --- workers <-> broker -----------------------------------------------------------

@@ -8,7 +8,8 @@ Names are PREFIX + pid + role, so parallel runs never clash; `clean_leftovers()`
 the namespaces of earlier runs whose process is gone. `Lab.spawn` starts a process on a
 host in its own process group (with its own hostname, when `unshare` exists);
 `Lab.destroy()` kills those groups, then anything else still inside (`ip netns pids`),
-then deletes the namespaces. It is idempotent, for finalizers and `finally` blocks alike.
+then deletes the namespaces. It is idempotent, for finalizers and `finally` blocks alike;
+`built(hosts)` wraps the lot in a `with` block.
 
 The module also holds the producer agent, `python -m tests.netns agent ENDPOINT ...`: a
 `Client` on a lab host that serves JSON-line requests on stdin (ping, stats, submit, get,
@@ -29,7 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -184,6 +185,19 @@ class Lab:
         self.created = [name for name in self.created if name in lab_namespaces()]
         if self.created:
             raise RuntimeError(f"namespaces left behind: {self.created}")
+
+
+@contextlib.contextmanager
+def built(hosts: dict[str, int]) -> Iterator[Lab]:
+    """A lab of `hosts`, created (after removing earlier runs' leftovers) and destroyed
+    when the block ends, also on failure."""
+    clean_leftovers()
+    lab = Lab(hosts)
+    try:
+        lab.create()
+        yield lab
+    finally:
+        lab.destroy()
 
 
 # --- the producer agent ------------------------------------------------------------

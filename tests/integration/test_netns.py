@@ -31,7 +31,7 @@ from protocol import config
 from protocol.curve import generate_keys, load_public_key
 from protocol.events import read_events
 from protocol.messages import STATE_STATISTICS, STATISTICS
-from tests.netns import Agent, AgentError, Lab, clean_leftovers, unavailable
+from tests.netns import Agent, AgentError, Lab, built, unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -59,13 +59,8 @@ def lab() -> Iterator[Lab]:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    clean_leftovers()
-    lab = Lab(HOSTS)
-    try:
-        lab.create()
+    with built(HOSTS) as lab:
         yield lab
-    finally:
-        lab.destroy()
 
 
 def clean_env() -> dict[str, str]:

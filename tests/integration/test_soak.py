@@ -24,7 +24,7 @@ from protocol.lifetime import child_env
 pytestmark = pytest.mark.integration
 
 SEED = 20240603
-RunSoak = Callable[[float, float], tuple[int, dict[str, Any], str]]
+RunSoak = Callable[..., tuple[int, dict[str, Any], str]]
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def soak(tmp_path: Path, standin_csv: Path) -> Iterator[RunSoak]:
     """Run `python -m bench.soak` with some flags; return its exit code and report."""
     started: list[subprocess.Popen[str]] = []
 
-    def run(minutes: float, timeout_s: float) -> tuple[int, dict[str, Any], str]:
+    def run(minutes: float, timeout_s: float, *flags: str) -> tuple[int, dict[str, Any], str]:
         argv = [
             sys.executable, "-m", "bench.soak", f"--minutes={minutes}", f"--seed={SEED}",
-            f"--data={standin_csv}", f"--state-dir={tmp_path / 'soak'}",
+            f"--data={standin_csv}", f"--state-dir={tmp_path / 'soak'}", *flags,
         ]  # fmt: skip
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -55,13 +55,13 @@ def soak(tmp_path: Path, standin_csv: Path) -> Iterator[RunSoak]:
         proc.wait(timeout=STOP_TIMEOUT_S)
 
 
-def check(code: int, report: dict[str, Any]) -> None:
+def check(code: int, report: dict[str, Any], ids: str = "ids_contiguous") -> None:
     assert report["lost"] == 0, report
     assert report["duplicated"] == 0, report
     assert code == 0, report
     assert report["submitted"] > 100 and report["finished"] == report["submitted"], report
     assert report["kills"]["worker"] >= 1 and report["kills"]["broker"] >= 1, report
-    assert report["ids_contiguous"], report
+    assert report[ids], report
 
 
 def test_one_minute_soak_loses_and_duplicates_nothing(soak: RunSoak) -> None:
@@ -75,3 +75,17 @@ def test_ten_minute_soak_loses_and_duplicates_nothing(soak: RunSoak) -> None:
     code, report, _ = soak(10, 840)
     check(code, report)
     assert report["detection_s"]["n"] > 0 and report["broker_serving_s"]["n"] > 0
+
+
+@pytest.mark.slow
+def test_half_a_minute_on_three_brokers_loses_and_duplicates_nothing(
+    soak: RunSoak, pg_url: str
+) -> None:
+    """Issue 12: brokers on one PostgreSQL, killed and restarted at random, as are
+    workers; producers with every broker's endpoint. Job ids come from a sequence that
+    a killed broker's transaction may skip: unique, not contiguous. Slow, not for its
+    time but because it is not yet reliable: about one job in 15,000 ends by the poison
+    rule (README, "the jobs they lost to the poison rule"), so a run fails now and then."""
+    code, report, _ = soak(0.5, 110, "--brokers=3", f"--store={pg_url}")
+    assert report["brokers"] == 3, report
+    check(code, report, ids="ids_unique")

@@ -196,3 +196,57 @@ def test_the_clients_take_a_comma_separated_list_or_a_list(
     assert AsyncClient().endpoints == [local_b, local_a]
     with pytest.raises(ValueError, match="no broker endpoint"):
         Client(" , ")
+
+
+# --- refusals that say the request may be sent again (ErrorReply.retry_after_ms) -------
+
+
+def refusal(request: Request, code: m.ErrorCode, retry_after_ms: int) -> list[bytes]:
+    return m.encode(m.ErrorReply(code.value, "no", retry_after_ms), request.tag)
+
+
+def test_shutting_down_with_a_retry_moves_to_the_next_broker_and_resends() -> None:
+    session = new_session()
+    submit = session.request(m.Submit("r-1", "global_mean", {"question": "q"}))
+    sent(session)
+    assert session.receive(refusal(submit, m.ErrorCode.SHUTTING_DOWN, 1000), 1.0) == []
+    assert session.tick(1.0) and session.endpoint == B  # at once, no silence needed
+    session.connected(1.0)
+    assert m.Submit("r-1", "global_mean", {"question": "q"}) in messages(session)
+    assert not submit.done
+
+
+def test_shutting_down_everywhere_ends_the_request_after_each_broker_refused() -> None:
+    session = new_session()
+    submit = session.request(m.Submit("r-1", "global_mean", {"question": "q"}))
+    for now in (1.0, 2.0):
+        session.receive(refusal(submit, m.ErrorCode.SHUTTING_DOWN, 1000), now)
+        assert session.tick(now)
+        session.connected(now)
+    answered = session.receive(refusal(submit, m.ErrorCode.SHUTTING_DOWN, 1000), 3.0)
+    assert answered == [submit] and submit.reply is not None
+    assert not session.tick(3.0)
+
+
+def test_a_refusal_without_retry_or_with_one_endpoint_is_the_answer() -> None:
+    for endpoints, code, retry_ms in ((A, m.ErrorCode.SHUTTING_DOWN, 1000),
+                                      (f"{A},{B}", m.ErrorCode.SHUTTING_DOWN, 0),
+                                      (f"{A},{B}", m.ErrorCode.STORAGE, 0)):  # fmt: skip
+        session = new_session(endpoints)
+        submit = session.request(m.Submit("r-1", "global_mean", {"question": "q"}))
+        assert session.receive(refusal(submit, code, retry_ms), 1.0) == [submit]
+        assert not session.tick(1.0) and session.endpoint == A
+
+
+def test_a_storage_refusal_with_a_retry_is_sent_again_here_after_the_delay() -> None:
+    session = new_session()
+    submit = session.request(m.Submit("r-1", "global_mean", {"question": "q"}))
+    sent(session)
+    assert session.receive(refusal(submit, m.ErrorCode.STORAGE, 1500), 1.0) == []
+    assert submit.refusal is not None and submit.refusal.code == "storage"
+    assert not session.tick(2.0) and messages(session) == []  # not yet
+    assert not session.tick(2.5) and session.endpoint == A
+    assert messages(session) == [m.Submit("r-1", "global_mean", {"question": "q"})]
+    session.forget(submit)  # its caller gave up: nothing more is sent
+    session.receive(refusal(submit, m.ErrorCode.STORAGE, 100), 3.0)
+    assert not session.tick(4.0) and messages(session) == []
