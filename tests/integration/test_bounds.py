@@ -252,7 +252,7 @@ def _gets_of_a_72_kb_answer(
     return svc, job, gets
 
 
-@pytest.mark.parametrize("clients", [4, 10])
+@pytest.mark.parametrize("clients", [4, pytest.param(10, marks=pytest.mark.slow)])
 def test_several_clients_that_do_not_read(
     service_factory: Callable[..., Service], peers: Peers, clients: int
 ) -> None:

@@ -64,6 +64,7 @@ def check(code: int, report: dict[str, Any], ids: str = "ids_contiguous") -> Non
     assert report[ids], report
 
 
+@pytest.mark.slow  # a minute of the default suite's ten; `./run.sh test -m slow`
 def test_one_minute_soak_loses_and_duplicates_nothing(soak: RunSoak) -> None:
     code, report, _ = soak(1, 110)
     check(code, report)
