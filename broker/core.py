@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
 from broker import undo
@@ -42,10 +42,17 @@ from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
 
-# A job whose worker was lost this often runs alone on an idle worker from then on, so
-# that a job killing workers cannot take its neighbours to the poison limit with it.
-# After a single loss it goes back to any free worker: a lost host must fail over fast.
+# A job whose worker was lost this often is a suspect: it runs alone on an idle worker
+# from then on (SUSPECT_JOB), so that a job killing workers cannot take its neighbours to
+# the poison limit with it, and it is blamed for a lost worker only if that worker had
+# said STARTED for it. A worker serving several brokers computes all their jobs one
+# after another: a suspect queued there behind other brokers' jobs is innocent of a
+# death that struck while those ran. After a single loss a job goes back to any free
+# worker: a lost host must fail over fast.
 ALONE_AFTER_LOSSES = 2
+# Losses after which a suspect fails even if no worker ever said STARTED for it (one
+# that crashed before its STARTED left), as a multiple of `max_attempts`.
+UNCONFIRMED_LOSS_FACTOR = 3
 RETRYABLE = (ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN)  # may pass, or another broker serves
 
 
@@ -404,6 +411,8 @@ class BrokerCore:
         worker.last_seen_s = now_s
         if isinstance(msg, m.Result):
             self._finish_from(worker, env.tag, msg, env.payload, now_s)
+        elif isinstance(msg, m.Started):
+            self._on_started(worker, env.tag, now_s)
         elif isinstance(msg, m.Disconnect):
             log.info("worker %s (pid %d) left: %s", peer_name(identity), worker.pid,
                      shown(msg.reason))  # fmt: skip
@@ -438,6 +447,16 @@ class BrokerCore:
                  shown(host or "?"), credit,
                  f" (asked for {msg.credit})" if credit < msg.credit else "")  # fmt: skip
         events.emit("worker_registered", worker=peer_name(identity), worker_pid=msg.pid)
+
+    def _on_started(self, worker: WorkerInfo, tag: bytes, now_s: float) -> None:
+        """The worker begins a suspect job it holds: a loss of this worker from now on is
+        that job's doing. The broker says STARTED back, upon which the worker computes."""
+        seq = job_seq(tag.decode("utf-8", "replace"))
+        if seq is None or seq not in worker.jobs or seq not in self._retried:
+            return  # not its suspect (any more): the worker goes ahead after a wait
+        worker.started.add(seq)
+        worker.jobs[seq] = now_s + self.settings.job_timeout_s  # the lease runs from here
+        self._to_worker(worker.identity, m.Started(), now_s, tag)
 
     def _finish_from(
         self, worker: WorkerInfo, tag: bytes, msg: m.Result, payload: bytes | None, now_s: float
@@ -491,13 +510,16 @@ class BrokerCore:
         for identity, tag in waiters:
             self._reply(identity, tag, state, outcome.answer)
 
-    def _requeue(self, seqs: list[int], lost: str | None, now_s: float) -> None:
-        """Put a lost worker's jobs back at the front; a job lost too often fails."""
+    def _requeue(
+        self, seqs: list[int], lost: str | None, now_s: float, started: Set[int] = frozenset()
+    ) -> None:
+        """Put a lost worker's jobs back at the front; a job lost too often fails, a
+        suspect only if the worker had `started` it (see ALONE_AFTER_LOSSES)."""
         for seq in reversed(seqs):
             if seq not in self._job_bodies:
                 continue  # its number was rolled back (see `roll_back`)
             attempts = self.store.add_attempt(seq) if lost else 0
-            if attempts >= self.settings.max_attempts:
+            if attempts >= self.settings.max_attempts and self._blamed(seq, attempts, started):
                 reason = f"job failed: the worker running it was lost {attempts} times ({lost})"
                 self._finish(seq, Outcome(JobStatus.ERROR, reason=reason), now_s)
             else:
@@ -505,17 +527,25 @@ class BrokerCore:
                 if attempts >= ALONE_AFTER_LOSSES:
                     self._retried.add(seq)
 
+    def _blamed(self, seq: int, attempts: int, started: Set[int]) -> bool:
+        """Whether job `seq` may have caused its worker's loss: any job but a suspect;
+        a suspect if the worker had started it, or after too many unconfirmed losses."""
+        if seq not in self._retried or seq in started:
+            return True
+        return attempts >= self.settings.max_attempts * UNCONFIRMED_LOSS_FACTOR
+
     def lose_worker(self, identity: bytes, why: str, now_s: float) -> None:
         """Drop a dead or hung worker and re-queue what it held."""
         log.warning("worker %s lost: %s", peer_name(identity), why)
         self._to_worker(identity, m.Disconnect(why), now_s)
         worker = self.pool.get(identity)
+        started = set(worker.started) if worker else set()
         held = self.pool.remove(identity)
         events.emit(
             "worker_lost", worker=peer_name(identity), worker_pid=worker.pid if worker else None,
             reason=why, jobs=[job_id(seq) for seq in held],
         )  # fmt: skip
-        self._requeue(held, lost=why, now_s=now_s)
+        self._requeue(held, lost=why, now_s=now_s, started=started)
 
     def _to_worker(
         self, identity: bytes, message: m.Message, now_s: float, tag: bytes = b""
@@ -560,7 +590,8 @@ class BrokerCore:
             self.latency.dispatched(seq, now_s)
             worker.last_sent_s = now_s
             text = job_id(seq)
-            frames = m.frames_of(m.Command.JOB, text.encode(), self._job_bodies[seq])
+            command = m.Command.SUSPECT_JOB if alone else m.Command.JOB
+            frames = m.frames_of(command, text.encode(), self._job_bodies[seq])
             self.outbox.workers.append([worker.identity, *frames])
             log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
 

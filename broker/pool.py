@@ -32,6 +32,7 @@ class WorkerInfo:
     last_sent_s: float
     jobs: dict[int, float] = field(default_factory=dict)  # seq -> lease deadline
     alone: bool = False  # running a retried job, which gets the worker to itself
+    started: set[int] = field(default_factory=set)  # suspect jobs it said it is computing
 
     def __str__(self) -> str:
         return self.name
@@ -130,6 +131,7 @@ class WorkerPool:
         info = self._workers.get(identity)
         if info is None or info.jobs.pop(seq, None) is None:
             return False
+        info.started.discard(seq)
         info.alone = info.alone and bool(info.jobs)
         if identity not in self._free:
             self._free[identity] = None

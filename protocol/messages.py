@@ -96,6 +96,8 @@ class Command(enum.IntEnum):
     DISCONNECT = 0x25
     FETCH_DATA = 0x26
     DATA_CHUNK = 0x27
+    SUSPECT_JOB = 0x28
+    STARTED = 0x29
     BATCH = 0x30
 
 
@@ -329,6 +331,22 @@ class Job(Message):
 
 
 @dataclass(frozen=True)
+class SuspectJob(Job):
+    """A job whose workers were lost twice (docs/protocol.md, "Poison jobs"): the worker
+    computes it only once `Started` went to the broker and came back, so that the broker
+    blames it for a lost worker only if it was the job running."""
+
+    COMMAND: ClassVar[Command] = Command.SUSPECT_JOB
+
+
+@dataclass(frozen=True)
+class Started(Message):
+    """Worker: it is about to compute the suspect job in the tag, alone; broker: noted."""
+
+    COMMAND: ClassVar[Command] = Command.STARTED
+
+
+@dataclass(frozen=True)
 class Result(Message):
     """A worker's outcome for the job in the tag frame; answer in the payload frame."""
 
@@ -376,7 +394,7 @@ class DataChunk(Message):
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats, Recent,
     Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, RecentJobs, ErrorReply,
-    Ready, Job, Result, Heartbeat, Disconnect, FetchData, DataChunk,
+    Ready, Job, SuspectJob, Started, Result, Heartbeat, Disconnect, FetchData, DataChunk,
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
 

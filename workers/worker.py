@@ -5,7 +5,9 @@ a comma-separated list): each registers (READY with credit and data fingerprint)
 heartbeats and reconnects on its own, so losing one broker never holds up the others.
 It hands every link's jobs to the one compute thread over an inproc pipe and sends the
 results back on the link they came on (those of one loop turn as one BATCH), so a slow
-job never silences a heartbeat. DISCONNECT "shutdown" from every broker, or
+job never silences a heartbeat. Before a SUSPECT_JOB the compute thread has its broker
+told STARTED and waits for the broker's STARTED back (docs/protocol.md, "Leases and
+poison jobs"). DISCONNECT "shutdown" from every broker, or
 SIGTERM/SIGINT, drains: finish held jobs, then exit 0.
 """
 
@@ -37,6 +39,7 @@ log = logging.getLogger("lss.worker")
 PIPE = "inproc://lss-worker-compute"
 READS_PER_TURN = 1000
 STOP = b""  # empty tag: tells the compute thread to end
+SUSPECT = b"s"  # marks a suspect job on the pipe
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
 
 
@@ -62,6 +65,10 @@ class Worker:
             for endpoint in config.endpoints(settings.connect)
         ]
         self.held = 0  # jobs handed to the compute thread and not yet answered
+        # The suspect job the compute thread waits to start (set by it), and the signal
+        # that its broker said STARTED back (set by the socket thread).
+        self.awaiting = b""
+        self.go = threading.Event()
         self.draining = False
         self.signals = 0
         self._polled: tuple[zmq.Socket[bytes], ...] = ()
@@ -74,9 +81,11 @@ class Worker:
         pipe.connect(PIPE)
         try:
             while True:
-                tag, job_body, connection = pipe.recv_multipart()
+                tag, job_body, connection, suspect = pipe.recv_multipart()
                 if tag == STOP:
                     return
+                if suspect and connection in self.live:
+                    self._announce(pipe, tag, connection)
                 if connection not in self.live:  # its broker is lost: the result would be
                     pipe.send_multipart([tag, b"", b"", connection])  # dropped; skip the work
                     continue
@@ -84,6 +93,15 @@ class Worker:
                 pipe.send_multipart([tag, result.body, result.payload or b"", connection])
         finally:
             pipe.close(linger=0)
+
+    def _announce(self, pipe: zmq.Socket[bytes], tag: bytes, connection: bytes) -> None:
+        """Before a suspect job: have its broker told STARTED, and wait (an interval at
+        most) until the broker has noted it, so that if this job kills the process the
+        broker blames it, and only it."""
+        self.awaiting = tag
+        self.go.clear()
+        pipe.send_multipart([tag, connection])
+        self.go.wait(self.settings.heartbeat_interval_s)
 
     # --- socket thread -----------------------------------------------------------
 
@@ -145,12 +163,13 @@ class Worker:
     def _on_frames(self, link: Link, frames: list[bytes]) -> None:
         kind, tag = m.parse_header(frames[0])
         link.heard(time.monotonic(), disconnect=kind is m.Disconnect)
-        if kind is m.Job and len(frames) == 2:
-            self._on_job(link, tag, frames[1])  # the body is decoded only if not cached
+        if kind in (m.Job, m.SuspectJob) and len(frames) == 2:
+            # The body is decoded only if not cached.
+            self._on_job(link, tag, frames[1], suspect=kind is m.SuspectJob)
         else:
-            self._on_broker(link, m.decode(frames).message)
+            self._on_broker(link, m.decode(frames))
 
-    def _on_job(self, link: Link, tag: bytes, job_body: bytes) -> None:
+    def _on_job(self, link: Link, tag: bytes, job_body: bytes, suspect: bool) -> None:
         if self.draining:
             return  # the broker re-queues it when we leave
         log.debug("%s received from %s", tag.decode(errors="replace"), link.endpoint)
@@ -158,11 +177,15 @@ class Worker:
         if result is not None:
             link.outgoing.append(m.frames_of(m.Command.RESULT, tag, result.body, result.payload))
         else:
-            self.pipe.send_multipart([tag, job_body, link.identity])
+            self.pipe.send_multipart([tag, job_body, link.identity, SUSPECT if suspect else b""])
             self.held += 1
 
-    def _on_broker(self, link: Link, msg: m.Message) -> None:
-        if isinstance(msg, m.Disconnect):
+    def _on_broker(self, link: Link, env: m.Envelope) -> None:
+        msg = env.message
+        if isinstance(msg, m.Started):
+            if env.tag == self.awaiting:
+                self.go.set()
+        elif isinstance(msg, m.Disconnect):
             self._on_disconnect(link, msg.reason)
         elif isinstance(msg, m.ErrorReply):
             log.warning("broker says: %s (%s)", shown(msg.reason), shown(msg.code))
@@ -182,6 +205,9 @@ class Worker:
     def _read_results(self) -> None:
         links = {link.identity: link for link in self.links}
         for frames in waiting(self.pipe, READS_PER_TURN):
+            if len(frames) == 2:  # the compute thread is about to start a suspect job
+                self._say_started(links.get(frames[1]), frames[0])
+                continue
             tag, body, payload, connection = frames
             self.held -= 1
             link = links.get(connection)
@@ -194,6 +220,12 @@ class Worker:
                 continue
             link.outgoing.append(m.frames_of(m.Command.RESULT, tag, body, payload or None))
 
+    def _say_started(self, link: Link | None, tag: bytes) -> None:
+        if link is None:
+            self.go.set()  # its connection is gone: the compute thread skips the job
+        else:
+            link.deliver(m.encode(m.Started(), tag), time.monotonic())
+
     def _leave(self) -> int:
         now = time.monotonic()
         for link in self.links:
@@ -203,7 +235,7 @@ class Worker:
         return config.EXIT_OK
 
     def _close(self) -> None:
-        self.pipe.send_multipart([STOP, b"", b""])
+        self.pipe.send_multipart([STOP, b"", b"", b""])
         self.compute_thread.join(timeout=1.0)
         for link in self.links:
             link.close(LEAVE_LINGER_MS)

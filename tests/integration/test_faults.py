@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -175,6 +176,54 @@ def test_a_poison_job_ends_as_an_error_after_3_worker_deaths(supervised: Service
     assert "heartbeat lost" in str(failure.value)
     print(f"poison job: ended as an error {failed_after_s:.1f} s after its submit")
     no_handler_crash(svc)
+
+
+FAST = {"heartbeat_interval_ms": 200}  # a silent peer is lost after 5 x 200 ms
+
+
+def in_flight_on(svc: Service, pid: int) -> bool:
+    with svc.client(timeout=5) as client:
+        return any(w["pid"] == pid and w["in_flight"] for w in client.stats()["workers"])
+
+
+def losses_are(svc: Service, count: int) -> bool:
+    return len(svc.events("worker_lost")) == count
+
+
+def test_a_suspect_queued_behind_another_brokers_job_is_not_blamed_for_its_death(
+    service_factory: Callable[..., Service],
+) -> None:
+    """Job J on broker A loses two workers, so it is a suspect (SUSPECT_JOB). A third
+    worker serves brokers B and A and computes B's long job K first, J queued behind it;
+    it dies. J was not running: it runs again, instead of failing by the poison rule
+    (the ten-minute soak on three brokers lost jobs this way)."""
+    a, b = service_factory(**FAST), service_factory(**FAST)
+    with a.client(timeout=20) as client_a, b.client() as client_b:
+        job = client_a.submit("_sleep", seconds=2.0)
+        for count in (1, 2):
+            (held,) = a.start_workers(1, diagnostics=True, **FAST)
+            wait_until(partial(in_flight_on, a, held.pid), 10, "J on a worker of A")
+            held.kill()
+            wait_until(partial(losses_are, a, count), 10, "A notices")
+        assert a.broker is not None
+        client_b.submit("_sleep", seconds=60.0)  # K
+        os.kill(a.broker.pid, signal.SIGSTOP)  # so that K reaches the third worker first
+        try:
+            both = b.start_worker(connect=f"{b.worker_endpoint},{a.worker_endpoint}",
+                                  diagnostics=True, **FAST)  # fmt: skip
+            wait_until(lambda: in_flight_on(b, both.pid), 10, "K on the third worker")
+        finally:
+            os.kill(a.broker.pid, signal.SIGCONT)
+        wait_until(lambda: in_flight_on(a, both.pid), 10, "J on the third worker")
+        both.kill()
+        b.kill_broker()  # K would keep its drain waiting at teardown
+        wait_until(partial(losses_are, a, 3), 10, "A notices")
+        losses = [(e["worker_pid"], e["jobs"]) for e in a.events("worker_lost")]
+        assert losses[-1] == (both.pid, [job]) and all(jobs == [job] for _, jobs in losses)
+        assert client_a.jobs()[job] == "running"  # not failed by the poison rule
+        a.start_workers(1, diagnostics=True, **FAST)
+        assert client_a.wait(job, timeout=20) == {"slept_s": 2.0}
+    no_handler_crash(a)
 
 
 # --- the broker dies ------------------------------------------------------------------

@@ -146,11 +146,95 @@ def test_a_job_that_keeps_losing_workers_fails(store: Store) -> None:
     for n in range(3):
         worker = f"w{n}".encode()
         h.worker(m.Ready(1, FP), worker)
-        h.sent()
+        _, to_workers = h.sent()
+        kinds = [type(e.message) for e in to_workers if isinstance(e.message, m.Job)]
+        assert kinds == [m.SuspectJob if n == 2 else m.Job]  # a suspect after two losses
+        if n == 2:
+            h.worker(m.Started(), worker, b"job_id_1")  # it was running when its worker died
         h.core.lose_worker(worker, "died", h.now)
     state = h.core.store.get(1)
     assert state is not None and state.status is m.JobStatus.ERROR
     assert "lost 3 times" in (state.reason or "")
+
+
+def suspect_job_on(h: Harness, worker: bytes) -> None:
+    """Lose two workers under job 1, then register `worker`, which gets it as a suspect."""
+    h.submit(1)
+    for dead in (b"d0", b"d1"):
+        h.worker(m.Ready(1, FP), dead)
+        h.sent()
+        h.core.lose_worker(dead, "died", h.now)
+    h.worker(m.Ready(1, FP), worker)
+    _, to_workers = h.sent()
+    jobs = [(type(e.message), e.identity) for e in to_workers if isinstance(e.message, m.Job)]
+    assert jobs == [(m.SuspectJob, worker)]
+
+
+def test_a_suspect_is_not_blamed_for_a_death_before_its_start(store: Store) -> None:
+    """A worker serving several brokers queues a suspect behind their jobs: a death
+    while those ran is not the suspect's doing (the 3-broker soak lost jobs so)."""
+    h = Harness(store)
+    suspect_job_on(h, b"w2")
+    h.core.lose_worker(b"w2", "died", h.now)  # never said STARTED
+    record = h.core.store.get(1)
+    assert record is not None and record.status is m.JobStatus.RUNNING
+    h.worker(m.Ready(1, FP), b"w3")
+    _, to_workers = h.sent()
+    jobs = [(type(e.message), e.identity) for e in to_workers if isinstance(e.message, m.Job)]
+    assert jobs == [(m.SuspectJob, b"w3")]
+    h.worker(m.Started(), b"w3", b"job_id_1")
+    h.core.lose_worker(b"w3", "died", h.now)
+    record = h.core.store.get(1)
+    assert record is not None and record.status is m.JobStatus.ERROR
+    assert "lost 4 times" in (record.reason or "")
+
+
+def test_the_broker_notes_a_started_suspect_and_its_lease_starts_then(store: Store) -> None:
+    h = Harness(store)
+    suspect_job_on(h, b"w2")
+    h.now += SETTINGS.job_timeout_s - 1  # queued behind other brokers' jobs this long
+    h.worker(m.Started(), b"w2", b"job_id_1")
+    _, to_workers = h.sent()
+    assert [(e.message, e.tag) for e in to_workers] == [(m.Started(), b"job_id_1")]
+    h.now += 2
+    h.worker(m.Heartbeat(), b"w2")
+    h.core.tick(h.now)
+    assert b"w2" in h.core.pool  # the lease counts from STARTED
+    h.result(b"w2", b"job_id_1")
+    record = h.core.store.get(1)
+    assert record is not None and record.status is m.JobStatus.DONE
+
+
+def test_started_for_a_job_that_is_no_suspect_gets_no_answer(store: Store) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    h.submit(1)
+    h.sent()
+    h.worker(m.Started(), b"w1", b"job_id_1")  # an ordinary job
+    h.worker(m.Started(), b"w1", b"job_id_99")  # not its job
+    assert h.sent() == ([], [])
+    h.core.lose_worker(b"w1", "died", h.now)
+    record = h.core.store.get(1)
+    assert record is not None and record.status is m.JobStatus.RUNNING
+
+
+def test_a_suspect_that_never_says_started_fails_after_three_times_the_limit(
+    store: Store,
+) -> None:
+    h = Harness(store)
+    suspect_job_on(h, b"w2")
+    limit = SETTINGS.max_attempts * 3
+    for n in range(2, limit):
+        record = h.core.store.get(1)
+        assert record is not None and record.status is m.JobStatus.RUNNING
+        worker = f"w{n}".encode()
+        if n > 2:
+            h.worker(m.Ready(1, FP), worker)
+            h.sent()
+        h.core.lose_worker(worker, "died", h.now)
+    record = h.core.store.get(1)
+    assert record is not None and record.status is m.JobStatus.ERROR
+    assert f"lost {limit} times" in (record.reason or "")
 
 
 def test_a_retried_job_runs_alone_so_its_neighbours_are_not_blamed(store: Store) -> None:
@@ -166,6 +250,7 @@ def test_a_retried_job_runs_alone_so_its_neighbours_are_not_blamed(store: Store)
     h.worker(m.Ready(2, FP), b"w2")  # after two, each runs alone
     _, to_workers = h.sent()
     assert h.jobs_to(to_workers) == [(b"w2", b"job_id_1")]
+    h.worker(m.Started(), b"w2", b"job_id_1")
     h.core.lose_worker(b"w2", "died", h.now)
     h.worker(m.Ready(2, FP), b"w3")
     _, to_workers = h.sent()

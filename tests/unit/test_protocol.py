@@ -21,6 +21,7 @@ EXAMPLES: list[m.Message] = [
     m.Pong("b" * 32), m.StatsReply({"queue_depth": 0}), m.ErrorReply("bad_request", "no"),
     m.RecentJobs([{"job_id": "job_id_1", "status": "done"}], []),
     m.Ready(4, "f" * 64, pid=12, host="h"), m.Job("global_mean", {"question": "Q"}),
+    m.SuspectJob("global_mean", {"question": "Q"}), m.Started(),
     m.Result("done", "f" * 64), m.Heartbeat(), m.Disconnect("shutdown"),
     m.FetchData(0, 1024), m.DataChunk(0, b"\x00\x01", 2, "f" * 64),
 ]  # fmt: skip
