@@ -454,8 +454,9 @@ class BrokerCore:
         seq = job_seq(tag.decode("utf-8", "replace"))
         if seq is None or seq not in worker.jobs or seq not in self._retried:
             return  # not its suspect (any more): the worker goes ahead after a wait
-        worker.started.add(seq)
-        worker.jobs[seq] = now_s + self.settings.job_timeout_s  # the lease runs from here
+        if seq not in worker.started:  # once: a worker may not stretch its lease so
+            worker.started.add(seq)
+            worker.jobs[seq] = now_s + self.settings.job_timeout_s  # it runs from here
         self._to_worker(worker.identity, m.Started(), now_s, tag)
 
     def _finish_from(
@@ -498,7 +499,10 @@ class BrokerCore:
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self.store.finish(seq, outcome, now_s)
         waiters = self._waiters.pop(seq)
-        self._finished[seq] = Unfinished(self._job_bodies.pop(seq), waiters, self._owners.of(seq))
+        suspect = seq in self._retried
+        self._finished[seq] = Unfinished(
+            self._job_bodies.pop(seq), waiters, self._owners.of(seq), suspect
+        )
         self._owners.disown(seq)
         self._retried.discard(seq)
         status = str(outcome.status)
@@ -661,6 +665,8 @@ class BrokerCore:
                 self._job_bodies[seq] = job.job_body
                 self._owners.own(seq, job.owner or "")
                 self._waiters.restore(seq, job.waiters)
+                if job.suspect:
+                    self._retried.add(seq)
                 restored |= job.waiters
         return restored
 

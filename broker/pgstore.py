@@ -51,14 +51,18 @@ COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
 CONNECT_GRACE_S = 0.05  # a connect that takes longer goes on in the background
 # Bounds on a blocking call to an unreachable database host: the broker's loop waits
-# on it (libpq connection parameters; a URL's own values win).
+# on it (libpq connection parameters; a URL's own values win). A statement sent to a
+# host cut off fails once its bytes stay unacknowledged for `tcp_user_timeout`: 2 s,
+# under the clients' heartbeat window (2.5 s), so that they wait out the stall rather
+# than move to another broker, which cannot reach the database either. TCP
+# acknowledgements come from the kernel, not from a busy server, so 2 s is ample.
 CONNECT_OPTIONS: dict[str, Any] = {
     "connect_timeout": 2,
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 2,
-    "tcp_user_timeout": 5000,
+    "tcp_user_timeout": 2000,
     # A broker stopped (or cut off) in the middle of a turn must not hold its row locks
     # and block the others: the server ends such a session after 2 s, and no statement
     # waits for a lock much longer (it fails, and the turn is rolled back).

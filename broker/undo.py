@@ -24,6 +24,7 @@ class Unfinished(NamedTuple):
     job_body: bytes
     waiters: set[Waiter]  # the clients its answer was queued for
     owner: str | None  # the key that submitted it (CURVE only)
+    suspect: bool  # its workers were lost twice (broker.core.ALONE_AFTER_LOSSES)
 
 
 def client_replies(

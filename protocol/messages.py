@@ -332,9 +332,9 @@ class Job(Message):
 
 @dataclass(frozen=True)
 class SuspectJob(Job):
-    """A job whose workers were lost twice (docs/protocol.md, "Poison jobs"): the worker
-    computes it only once `Started` went to the broker and came back, so that the broker
-    blames it for a lost worker only if it was the job running."""
+    """A job whose workers were lost twice (docs/protocol.md, "Leases and poison jobs"):
+    the worker computes it only once `Started` went to the broker and came back, so that
+    the broker blames it for a lost worker only if it was the job running."""
 
     COMMAND: ClassVar[Command] = Command.SUSPECT_JOB
 

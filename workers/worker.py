@@ -65,10 +65,12 @@ class Worker:
             for endpoint in config.endpoints(settings.connect)
         ]
         self.held = 0  # jobs handed to the compute thread and not yet answered
-        # The suspect job the compute thread waits to start (set by it), and the signal
-        # that its broker said STARTED back (set by the socket thread).
-        self.awaiting = b""
+        # The suspect job the compute thread waits to start, as (connection, tag), and
+        # the signal to start it: its broker said STARTED back, or its link is gone.
+        # Both change together, under the lock (see `_announce`).
+        self.awaiting = (b"", b"")
         self.go = threading.Event()
+        self.go_lock = threading.Lock()
         self.draining = False
         self.signals = 0
         self._polled: tuple[zmq.Socket[bytes], ...] = ()
@@ -98,10 +100,21 @@ class Worker:
         """Before a suspect job: have its broker told STARTED, and wait (an interval at
         most) until the broker has noted it, so that if this job kills the process the
         broker blames it, and only it."""
-        self.awaiting = tag
-        self.go.clear()
+        with self.go_lock:  # else a late STARTED for the previous one could be taken
+            self.awaiting = (connection, tag)
+            self.go.clear()
         pipe.send_multipart([tag, connection])
         self.go.wait(self.settings.heartbeat_interval_s)
+        with self.go_lock:
+            self.awaiting = (b"", b"")
+
+    def _release(self, connection: bytes, tag: bytes | None = None) -> None:
+        """Let the compute thread start the suspect job it waits for, if it came on
+        `connection` (and has this `tag`, unless None)."""
+        with self.go_lock:
+            waiting_on, waiting_for = self.awaiting
+            if waiting_on == connection and tag in (None, waiting_for):
+                self.go.set()
 
     # --- socket thread -----------------------------------------------------------
 
@@ -143,6 +156,9 @@ class Worker:
         for link in self.links:
             link.send_results(now)
             link.keep_alive(now, self.fingerprint, self.draining)
+        waiting_on = self.awaiting[0]
+        if waiting_on and waiting_on not in self.live:  # its broker is gone, STARTED too
+            self._release(waiting_on)
 
     def _read_broker(self, link: Link) -> None:
         sock = link.sock
@@ -183,8 +199,7 @@ class Worker:
     def _on_broker(self, link: Link, env: m.Envelope) -> None:
         msg = env.message
         if isinstance(msg, m.Started):
-            if env.tag == self.awaiting:
-                self.go.set()
+            self._release(link.identity, env.tag)
         elif isinstance(msg, m.Disconnect):
             self._on_disconnect(link, msg.reason)
         elif isinstance(msg, m.ErrorReply):
@@ -206,7 +221,7 @@ class Worker:
         links = {link.identity: link for link in self.links}
         for frames in waiting(self.pipe, READS_PER_TURN):
             if len(frames) == 2:  # the compute thread is about to start a suspect job
-                self._say_started(links.get(frames[1]), frames[0])
+                self._say_started(links.get(frames[1]), frames[1], frames[0])
                 continue
             tag, body, payload, connection = frames
             self.held -= 1
@@ -220,9 +235,9 @@ class Worker:
                 continue
             link.outgoing.append(m.frames_of(m.Command.RESULT, tag, body, payload or None))
 
-    def _say_started(self, link: Link | None, tag: bytes) -> None:
+    def _say_started(self, link: Link | None, connection: bytes, tag: bytes) -> None:
         if link is None:
-            self.go.set()  # its connection is gone: the compute thread skips the job
+            self._release(connection)  # its connection is gone: the job is skipped
         else:
             link.deliver(m.encode(m.Started(), tag), time.monotonic())
 
@@ -235,6 +250,7 @@ class Worker:
         return config.EXIT_OK
 
     def _close(self) -> None:
+        self.go.set()  # a compute thread waiting for STARTED need not
         self.pipe.send_multipart([STOP, b"", b"", b""])
         self.compute_thread.join(timeout=1.0)
         for link in self.links:

@@ -213,9 +213,8 @@ def test_started_for_a_job_that_is_no_suspect_gets_no_answer(store: Store) -> No
     h.worker(m.Started(), b"w1", b"job_id_1")  # an ordinary job
     h.worker(m.Started(), b"w1", b"job_id_99")  # not its job
     assert h.sent() == ([], [])
-    h.core.lose_worker(b"w1", "died", h.now)
-    record = h.core.store.get(1)
-    assert record is not None and record.status is m.JobStatus.RUNNING
+    worker = h.core.pool.get(b"w1")
+    assert worker is not None and worker.started == set()
 
 
 def test_a_suspect_that_never_says_started_fails_after_three_times_the_limit(
@@ -657,3 +656,31 @@ def test_what_a_worker_sent_is_escaped_in_the_log_lines_about_it(
     lines = [record.getMessage() for record in caplog.records]
     assert sum("forged" in line for line in lines) >= 2, lines
     assert not [line for line in lines if "\n" in line or "\x1b" in line], lines
+
+
+def test_a_repeated_started_does_not_stretch_the_lease(store: Store) -> None:
+    h = Harness(store)
+    suspect_job_on(h, b"w2")
+    h.worker(m.Started(), b"w2", b"job_id_1")
+    h.now += SETTINGS.job_timeout_s - 1
+    h.worker(m.Started(), b"w2", b"job_id_1")  # again, to keep the job longer
+    h.now += 2
+    h.worker(m.Heartbeat(), b"w2")
+    h.core.tick(h.now)
+    assert b"w2" not in h.core.pool  # hung in its job: lost, and the job blamed
+    record = h.core.store.get(1)
+    assert record is not None and record.status is m.JobStatus.ERROR
+
+
+def test_a_suspect_whose_answer_is_rolled_back_is_still_a_suspect(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(store)
+    suspect_job_on(h, b"w2")
+    h.core.commit()
+    h.worker(m.Started(), b"w2", b"job_id_1")
+    h.result(b"w2", b"job_id_1")
+    commit_fails(h, monkeypatch)
+    _, to_workers = h.sent()
+    jobs = [(type(e.message), e.tag) for e in to_workers if isinstance(e.message, m.Job)]
+    assert jobs == [(m.SuspectJob, b"job_id_1")]  # alone again, and watched
