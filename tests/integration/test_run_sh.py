@@ -95,6 +95,9 @@ def start_run_sh(tmp_path: Path, standin_csv: Path) -> Iterator[Callable[..., Ru
             env.pop(secret, None)
         log = tmp_path / f"run{len(started)}.log"
         argv = ["bash", "-c", f"./run.sh 2>&1 | tee {log}"] if through_tee else ["./run.sh"]
+        # The signals a terminal sends, not ignored even if the test run ignores them (a
+        # `nohup` or `&` job does): bash cannot trap a signal ignored when it started.
+        argv = ["env", "--default-signal=INT,HUP,QUIT,TERM", *argv]
         with open(log if not through_tee else os.devnull, "ab") as out:
             # A session of its own, like a terminal's foreground job: one killpg reaches
             # the whole pipeline (bash, run.sh, tee) and nothing else.
