@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 10.0
 T = TypeVar("T")
 DRAIN_TIMEOUT_S = 5.0  # after the first SIGTERM; then a second one: stop at once
-# After the second SIGTERM, then SIGKILL. Short: a worker whose compute thread is in a
-# long job (the tests' `_sleep`) does not exit on the second signal (a known gap).
+# After the second SIGTERM, then SIGKILL. Our processes stop within about a second of
+# the second signal (a worker leaves a long job unfinished); this is for the stuck.
 FORCE_TIMEOUT_S = 3.0
 
 

@@ -256,6 +256,9 @@ class Worker:
         for link in self.links:
             link.close(LEAVE_LINGER_MS)
         self.pipe.close(linger=0)
+        if self.compute_thread.is_alive():  # a second signal in the middle of a long job:
+            log.warning("leaving a job unfinished")  # its broker runs it again
+            return  # (context.term() would wait for the compute thread's socket)
         self.context.term()
 
     def install_signal_handlers(self) -> None:
@@ -268,6 +271,7 @@ class Worker:
             log.info(
                 "%s: finishing %d held job(s), then leaving", signal.Signals(signum).name, self.held
             )
+            events.emit("worker_draining", held=self.held)
         self.draining = True
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
+
 import pytest
 
 from bench.harness import Service
 from bench.reference import QUESTIONS
 from bench.service import wait_until
 from clients import RequestRefused
+from protocol import config
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +49,17 @@ def test_sigterm_drains_like_a_shutdown_request(service: Service) -> None:
     assert len(answers) == len(jobs)
     assert service.broker.wait(timeout=30) == 0
     wait_until(lambda: all(w.poll() == 0 for w in service.workers), 30, "workers to exit 0")
+
+
+def test_a_second_sigterm_stops_a_worker_in_the_middle_of_a_long_job(
+    service_factory: Callable[..., Service],
+) -> None:
+    service = service_factory()
+    (worker,) = service.start_workers(1, diagnostics=True)
+    with service.client() as client:
+        client.submit("_sleep", seconds=600.0)
+        wait_until(lambda: client.stats()["in_flight"] == 1, 30, "the job to start")
+    worker.send_signal(signal.SIGTERM)  # drains: the job would take ten minutes
+    wait_until(lambda: service.events("worker_draining"), 30, "the drain to begin")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == config.EXIT_INTERRUPTED
