@@ -250,7 +250,8 @@ class Worker:
         return config.EXIT_OK
 
     def _close(self) -> None:
-        self.go.set()  # a compute thread waiting for STARTED need not
+        self.live.clear()  # the compute thread skips what it has not started,
+        self.go.set()  # a suspect it waits to start included
         self.pipe.send_multipart([STOP, b"", b"", b""])
         self.compute_thread.join(timeout=1.0)
         for link in self.links:
