@@ -28,6 +28,7 @@ from broker.limits import (
     MAX_WAITERS_PER_PEER,
     PEER_ANSWER_BYTES_PER_TURN,
     Budget,
+    Waiter,
     Waiters,
 )
 from broker.pool import WorkerInfo, WorkerPool, peer_name
@@ -463,11 +464,7 @@ class BrokerCore:
         self, worker: WorkerInfo, tag: bytes, msg: m.Result, payload: bytes | None, now_s: float
     ) -> None:
         seq = job_seq(tag.decode("utf-8", "replace"))
-        if (
-            seq is None
-            or not self.pool.release(worker.identity, seq)
-            or seq not in self._job_bodies
-        ):
+        if seq is None or not self._take_back(worker.identity, seq):
             log.info("ignored a result for %s from worker %s: not its job", shown(tag), worker.name)
             return
         self._finish(seq, self._outcome(msg, payload), now_s)
@@ -489,12 +486,17 @@ class BrokerCore:
         holding the job its tag names: the job ends as an error (`reason`) and the worker
         stays. False otherwise."""
         seq = job_seq(tag.decode("utf-8", "replace"))
-        if seq is None or not self.pool.release(identity, seq):
+        if seq is None or not self._take_back(identity, seq):
             return False
         self._warn.warning(("unreadable", identity), "%s from worker %s: %s", job_id(seq),
                            peer_name(identity), reason)  # fmt: skip
         self._finish(seq, Outcome(JobStatus.ERROR, reason=reason), now_s)
         return True
+
+    def _take_back(self, identity: bytes, seq: int) -> bool:
+        """Take job `seq` back from the worker holding it; True if this broker still
+        runs it (not if it was rolled back, or this broker was deposed meanwhile)."""
+        return self.pool.release(identity, seq) and seq in self._job_bodies
 
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
         self.store.finish(seq, outcome, now_s)
@@ -658,8 +660,8 @@ class BrokerCore:
         self._requeue_unheld()
         return reason
 
-    def _unfinish(self, finished: dict[int, Unfinished], added: set[int]) -> set[undo.Waiter]:
-        restored: set[undo.Waiter] = set()
+    def _unfinish(self, finished: dict[int, Unfinished], added: set[int]) -> set[Waiter]:
+        restored: set[Waiter] = set()
         for seq, job in finished.items():
             if seq not in added:
                 self._job_bodies[seq] = job.job_body

@@ -684,3 +684,14 @@ def test_a_suspect_whose_answer_is_rolled_back_is_still_a_suspect(
     _, to_workers = h.sent()
     jobs = [(type(e.message), e.tag) for e in to_workers if isinstance(e.message, m.Job)]
     assert jobs == [(m.SuspectJob, b"job_id_1")]  # alone again, and watched
+
+
+def test_an_unreadable_result_for_a_job_this_broker_gave_up_is_ignored(store: Store) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    h.submit(1)
+    h.sent()
+    h.core.forget_jobs()  # deposed: another broker runs job 1 now
+    assert not h.core.fail_unreadable_result(b"w1", b"job_id_1", "oversize", h.now)
+    record = h.core.store.get(1)
+    assert record is not None and record.status is m.JobStatus.RUNNING
