@@ -142,8 +142,9 @@ class Cluster:
                 continue  # this broker's own commits: it knows
             if note.relname.decode() == SHUTDOWN_CHANNEL:
                 shutdown = True
-            else:
-                finished += [int(seq) for seq in note.extra.decode().split(",") if seq]
+            else:  # any database user may NOTIFY: keep only numbers
+                text = note.extra.decode("ascii", "replace")
+                finished += [int(seq) for seq in text.split(",") if seq.isdigit()]
         self.core.finished_elsewhere(finished)
         if shutdown:
             self._check_shutdown()

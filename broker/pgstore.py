@@ -124,8 +124,8 @@ class Connector:
         if self._thread is None:
             self._thread = threading.Thread(target=self._make, name="pg-connect", daemon=True)
             self._thread.start()
-        self._thread.join(CONNECT_GRACE_S)  # a reachable database answers within it
-        if self._thread.is_alive():
+            self._thread.join(CONNECT_GRACE_S)  # a reachable database answers within it
+        if self._thread.is_alive():  # later calls only look: each read of a turn asks
             return None
         self._thread = None
         made, self._made = self._made, None

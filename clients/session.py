@@ -179,7 +179,10 @@ class Session:
             request.moves += 1
             self._move_due = True
         else:
-            self._later.append((now + message.retry_after_ms / 1000, request))
+            # The broker's delay, but no longer than a heartbeat window: it is a peer's
+            # number, and the request (with its frames) is held meanwhile.
+            delay_s = min(message.retry_after_ms / 1000, self.interval_s * self.liveness)
+            self._later.append((now + delay_s, request))
         request.refusal = RequestRefused(message.code, message.reason)
         self.pending[request.tag] = request
         log.debug("request %s refused (%s); sending it again", request.tag, message.code)

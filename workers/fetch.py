@@ -62,6 +62,7 @@ def fetch(settings: WorkerSettings, target: Path) -> str:
 def _dealer(settings: WorkerSettings, endpoint: str) -> zmq.Socket[bytes]:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, settings.max_message_bytes)  # any broker may answer
     sock.setsockopt(zmq.SNDTIMEO, CHUNK_TIMEOUT_MS)  # a refused handshake leaves no connection
     if settings.curve_server_key and settings.curve_secret:
         secure_client(sock, settings.curve_server_key, settings.curve_secret)
