@@ -26,7 +26,7 @@ from typing import Any
 from bench.data import dataset
 from bench.harness import Service
 from bench.plan import BASE_ROWS
-from bench.service import ROOT, wait_until
+from bench.service import ROOT
 
 QUESTION = "Percent of adults aged 18 years and older who have obesity"
 SUBMIT_BODY = json.dumps({"question": QUESTION}).encode()
@@ -34,17 +34,7 @@ SUBMIT_BODY = json.dumps({"question": QUESTION}).encode()
 
 def start_gateway(service: Service, *flags: str) -> str:
     """Start `python -m clients.gateway` for `service` on a free port; its base URL."""
-    state = service.state_dir / "gateway"
-    args = ["-m", "clients.gateway", "--listen", "127.0.0.1:0", "--state-dir", str(state)]
-    proc = service.spawn([*args, "--endpoint", service.client_endpoint, *flags], "gateway")
-    address_file = state / "gateway.address"
-
-    def address() -> str | None:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {proc.returncode}\n{service.logs()}")
-        return address_file.read_text().strip() if address_file.exists() else None
-
-    return "http://" + wait_until(address, 30, "the gateway's address")
+    return "http://" + service.start_gateway(*flags).address
 
 
 def http(base: str, path: str, body: bytes | None = None, timeout_s: float = 10.0) -> Any:

@@ -24,7 +24,6 @@ BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
-PHASES = ("queue_wait", "compute", "end_to_end")
 OTHER = "other"
 
 

@@ -1,12 +1,13 @@
 """The results store: every job's body, status and answer, keyed by job number.
 
-Two implementations share one interface (`Store`): `SqliteStore`, durable (WAL mode),
-and `MemoryStore` for unit tests. Writes form one transaction until `commit()`; a
-failed write or commit raises `StorageError`, after which the caller calls
-`rollback()`. What the broker commits before it sends what is the durability rule in
-docs/protocol.md ("Durability"). Job numbers are issued by the store and never reused:
-not after results expire, a rollback, a restart or a power loss. Counts by status are
-kept up to date in memory so that counting never scans.
+Implementations share one interface (`Store`): `SqliteStore`, durable (WAL mode),
+`MemoryStore` for unit tests, and `PgStore` (broker.pgstore), which brokers may
+share. Writes form one transaction until `commit()`; a failed write or commit raises
+`StorageError`, after which the caller calls `rollback()`. What the broker commits
+before it sends what is the durability rule in docs/protocol.md ("Durability"). Job
+numbers are issued by the store and never reused: not after results expire, a
+rollback, a restart or a power loss. Counts by status are kept up to date in memory so
+that counting never scans.
 """
 
 from __future__ import annotations

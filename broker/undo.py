@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from broker.limits import Waiter
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.messages import ErrorCode, job_seq
-
-Waiter = tuple[bytes, bytes]  # (client identity, request tag)
 
 
 class Unfinished(NamedTuple):

@@ -38,7 +38,7 @@ from protocol.logs import setup_logging
 
 log = logging.getLogger("lss.gateway")
 
-DEFAULT_LISTEN = "127.0.0.1:5000"
+DEFAULT_LISTEN = str(config.SETTINGS["http_addr"].default)
 ADDRESS_FILE = "gateway.address"
 PROBE_TIMEOUT_S = 1.0  # the broker watch's deadline per ping
 LINGER_S = 3.0
@@ -194,18 +194,22 @@ def main(argv: list[str] | None = None) -> int:
             return config.EXIT_FAILURE
         policy = Policy.for_listen(host, server.port, args.allow_host, token)
         server.application = Guard(server.application, policy)  # the port is known now
-        return _run(server, gateway, stop, args)
+        return _run(server, gateway, stop, args, token)
 
 
 def _run(
-    server: DeadlineServer, gateway: Gateway, stop: threading.Event, args: argparse.Namespace
+    server: DeadlineServer,
+    gateway: Gateway,
+    stop: threading.Event,
+    args: argparse.Namespace,
+    token: str,
 ) -> int:
     written = _write_address(args.state_dir, server.address)
     log.info(
         "HTTP API on http://%s/ for the broker at %s (token %s)",
         server.address,
         gateway.client.endpoint,
-        "required" if config.env_str("http_token", "") else "not required: loopback only",
+        "required" if token else "not required: loopback only",
     )
     follower = threading.Thread(
         target=follow_broker, args=(gateway, stop, args.linger_s), name="lss-follow", daemon=True

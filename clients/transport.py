@@ -5,10 +5,10 @@ A `Transport` has no thread of its own: whoever drives it (the thread that leads
 to send what the session has queued, waits until the socket is readable, then calls
 `receive` and `keep_alive`. One thread at a time: the drivers make sure of that.
 
-Every client socket is set up the same way (`connect_to_broker`): no linger, queues
-bounded only by memory, sends that never block (SNDTIMEO=0: a send that cannot go now,
-e.g. to a CURVE peer that refused us, is dropped and resent after the reconnect that
-liveness will make), and CURVE when asked.
+Every client socket is set up the same way (`connect_to_broker`): no linger, large but
+finite queues (`config.CLIENT_HWM` messages each way), sends that never block
+(SNDTIMEO=0: a send that cannot go now, e.g. to a CURVE peer that refused us, is
+dropped and resent after the reconnect that liveness will make), and CURVE when asked.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class Policy:
 
     hosts: frozenset[str]
     token: str = ""
-    _throttles: dict[str, Throttle] = field(default_factory=dict, compare=False)
+    _refusals: Throttle = field(default_factory=lambda: Throttle(log), compare=False)
 
     @classmethod
     def for_listen(cls, host: str, port: int, extra: Iterable[str] = (), token: str = "") -> Policy:
@@ -87,7 +87,7 @@ class Policy:
         host = str(environ.get("HTTP_HOST", "")).lower()
         if host in self.hosts:
             return None
-        return Refusal(400, f"this gateway does not answer to Host {_cut(host)!r}", "host")
+        return Refusal(400, f"this gateway does not answer to Host {shown(host)!r}", "host")
 
     def _token(self, environ: dict[str, Any]) -> Refusal | None:
         if not self.token:
@@ -112,11 +112,12 @@ class Policy:
         return f"{name}:{port}" in self.hosts or (port == 80 and name in self.hosts)
 
     def log_refusal(self, environ: dict[str, Any], refusal: Refusal) -> None:
-        throttle = self._throttles.setdefault(refusal.cause, Throttle(log, burst=5))
         peer = str(environ.get("REMOTE_ADDR"))
-        throttle.warning(peer, "refused %s %s from %s: %d %s", shown(environ.get("REQUEST_METHOD")),
-                         shown(environ.get("PATH_INFO", "")), environ.get("REMOTE_ADDR"),
-                         refusal.status, shown(refusal.reason))  # fmt: skip
+        self._refusals.warning(
+            (refusal.cause, peer), "refused %s %s from %s: %d %s",
+            shown(environ.get("REQUEST_METHOD")), shown(environ.get("PATH_INFO", "")), peer,
+            refusal.status, shown(refusal.reason),
+        )  # fmt: skip
 
 
 class Guard:
@@ -210,7 +211,3 @@ def _bracketed(host: str) -> str:
 
 def _has_port(name: str) -> bool:
     return name.rpartition(":")[2].isdigit() and not name.endswith("]")
-
-
-def _cut(text: str, limit: int = 100) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
