@@ -1,7 +1,8 @@
 """Several real brokers on one real PostgreSQL database (issue 12, items 1 and 2).
 
 Each broker is its own process with its own endpoints and workers; they share only the
-database. Workers connect to one broker each (multi-endpoint workers come later).
+database. Workers connect to one broker each here; a worker serving several brokers is
+tested in test_failover.py and test_brokers_failover.py.
 Skipped, with the reason, where PostgreSQL is not installed.
 """
 

@@ -86,8 +86,10 @@ def test_closing_fails_a_waiting_call_with_an_lss_error(
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    wait_until(lambda: client.num_jobs() == 1 and waiter.is_alive(), 10, "the wait to start")
-    client.close()
+    try:
+        wait_until(lambda: client.num_jobs() == 1 and waiter.is_alive(), 10, "the wait to start")
+    finally:
+        client.close()  # also if the wait did not start: the thread must not outlive the test
     waiter.join(timeout=10)
     assert not waiter.is_alive()
     assert len(raised) == 1 and isinstance(raised[0], BrokerUnavailable), raised

@@ -139,13 +139,21 @@ def test_a_worker_serves_every_broker_and_losing_one_does_not_stall_it(
     on_a, on_b = Stream(a, jobs[::2]), Stream(b, jobs[1::2])
     with ThreadPoolExecutor(2) as pool:
         streams = [pool.submit(stream.run) for stream in (on_a, on_b)]
-        wait_until(lambda: len(on_a.finished) > 20 and len(on_b.finished) > 20, 30, "streams")
-        killed_at = time.monotonic()
-        a.kill_broker()  # the worker holds some of A's jobs now
-        # Past the worker's detection of A's loss, and its first reconnection attempt.
-        wait_until(lambda: time.monotonic() > killed_at + 2 * WINDOW_S, 10, "two windows")
-        on_a.stop.set()
-        on_b.stop.set()
+        try:
+            wait_until(lambda: len(on_a.finished) > 20 and len(on_b.finished) > 20, 30, "streams")
+            killed_at = time.monotonic()
+            a.kill_broker()  # the worker holds some of A's jobs now
+
+            def served_past_detection() -> bool:
+                """The worker noticed A's loss, and B still had jobs done after it."""
+                silent = b.events("broker_silent")  # the worker is b's
+                lost_a = [e for e in silent if e["endpoint"] == a.worker_endpoint]
+                return bool(lost_a) and on_b.finished[-1] > killed_at + 1.5 * WINDOW_S
+
+            wait_until(served_past_detection, 20, "B served past the worker's detection")
+        finally:
+            on_a.stop.set()
+            on_b.stop.set()
         for stream in streams:
             stream.result(timeout=60)
     after = [t for t in on_b.finished if t > killed_at]

@@ -1,4 +1,5 @@
-"""The random-kill soak (bench/soak.py) as a test: one minute by default, longer if slow.
+"""The random-kill soak (bench/soak.py) as tests, all slow (`./run.sh test -m slow`): one
+minute and ten on one broker, 30 s on three.
 
 The soak runs as its own process group, so that whatever happens its broker and workers
 are killed at teardown.
