@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from clients import cli, render
+from clients import cli, render, tidy
 
 QUESTION = "Percent of adults aged 18 years and older who have obesity"
 ANSWERS: dict[str, dict[str, Any]] = {
@@ -52,7 +52,7 @@ def test_an_empty_table_has_its_header() -> None:
     ],
 )
 def test_split_key_reads_only_tuples_of_strings(key: str, parts: tuple[str, ...]) -> None:
-    assert render.split_key(key) == parts
+    assert tidy.split_key(key) == parts
 
 
 def test_report_has_every_statistic_and_the_state_only_when_asked() -> None:
