@@ -91,11 +91,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     after = _after(args.after)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be positive")
     with _client(args) as client:
         listing = client.jobs(
             status=args.status, statistic=args.statistic, after=after, limit=args.limit
         )
-    print(json.dumps(listing) if args.json else render.jobs(listing))
+    filtered = any(v is not None for v in (args.status, args.statistic, args.limit, args.after))
+    print(json.dumps(listing) if args.json else render.jobs(listing, filtered))
     return config.EXIT_OK
 
 

@@ -168,9 +168,10 @@ def _throughput(rates: Mapping[str, Mapping[str, float]]) -> list[str]:
     return lines or ["throughput  nothing yet"]
 
 
-def jobs(listing: Mapping[str, str]) -> str:
+def jobs(listing: Mapping[str, str], filtered: bool = False) -> str:
+    """The job listing as a table; `filtered`: it holds only the jobs asked for."""
     if not listing:
-        return "no jobs yet"
+        return "no such jobs" if filtered else "no jobs yet"
     return table(["job", "status"], listing.items())
 
 

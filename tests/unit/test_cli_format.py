@@ -155,6 +155,13 @@ def test_a_failed_or_unfinished_job_has_no_csv_answer() -> None:
     assert cli._done_answer("job_id_1", {"status": "done", "data": {"a": 1}}) == {"a": 1}
 
 
+def test_jobs_refuses_a_limit_below_one_before_asking_anyone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["--endpoint", "tcp://127.0.0.1:9", "jobs", "--limit", "0"]) == 2
+    assert capsys.readouterr().err == "lss: error: --limit must be positive\n"
+
+
 def test_jobs_after_takes_a_job_id_or_its_number() -> None:
     assert cli._after(None) == 0 and cli._after("job_id_12") == 12 and cli._after("12") == 12
     with pytest.raises(cli.UsageError, match="--after wants a job id"):
