@@ -147,9 +147,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     names = [s for s in STATISTICS if args.state is not None or s not in STATE_STATISTICS]
     answers = _answers(args, names)
     if args.format == "csv":
-        writer = tidy.csv_writer(sys.stdout, REPORT_COLUMNS)
+        out = tidy.CsvRows(sys.stdout, REPORT_COLUMNS)
         for name, answer in answers.items():
-            writer.writerows({"statistic": name, **row} for row in tidy.rows(answer))
+            out.write({"statistic": name, **row} for row in tidy.rows(answer))
     elif args.format == "json":
         print(json.dumps(answers, indent=2))
     else:
@@ -286,7 +286,7 @@ def _bulk_writer(
     one with empty answer columns for a failed job or an empty answer)."""
     if output_format == "json":
         return lambda job, state: _write_line(out, json.dumps({**job, **state}))
-    writer = tidy.csv_writer(out, BULK_COLUMNS)
+    csv_out = tidy.CsvRows(out, BULK_COLUMNS)
 
     def write(job: dict[str, Any], state: dict[str, Any]) -> None:
         fields = {
@@ -296,7 +296,7 @@ def _bulk_writer(
             "reason": state.get("reason", ""),
         }
         rows = tidy.rows(state["data"]) if state["status"] == JobStatus.DONE else []
-        writer.writerows({**fields, **row} for row in rows or [{}])
+        csv_out.write({**fields, **row} for row in rows or [{}])
 
     return write
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -158,16 +158,27 @@ def csv_text(answer_rows: Sequence[Row], header: Sequence[str] | None = None) ->
 
     Numbers are written as Python spells them (`repr`), so nothing is rounded."""
     out = io.StringIO()
-    writer = csv_writer(out, header or columns(answer_rows))
-    writer.writerows(answer_rows)
+    CsvRows(out, header or columns(answer_rows)).write(answer_rows)
     return out.getvalue()
 
 
-def csv_writer(out: TextIO, header: Sequence[str]) -> csv.DictWriter[str]:
-    """A CSV writer of rows with `header` (written now) on `out`; cells it lacks are empty."""
-    writer = csv.DictWriter(out, fieldnames=list(header), restval="", lineterminator="\n")
-    writer.writeheader()
-    return writer
+class CsvRows:
+    """CSV on `out` under a fixed header, written at once; a cell a row lacks is empty."""
+
+    def __init__(self, out: TextIO, header: Sequence[str]) -> None:
+        self._header = frozenset(header)
+        self._writer = csv.DictWriter(out, list(header), restval="", lineterminator="\n")
+        self._writer.writeheader()
+
+    def write(self, answer_rows: Iterable[Row]) -> None:
+        """Write rows; ValueError for one with a column the header lacks (an answer of a
+        shape without names: its `keyN` columns)."""
+        for row in answer_rows:
+            extra = row.keys() - self._header
+            if extra:
+                names = ", ".join(sorted(extra))
+                raise ValueError(f"an answer's keys ({names}) have no column here: use JSON")
+            self._writer.writerow(row)
 
 
 def frame(answer: Mapping[str, Any]) -> pandas.DataFrame:

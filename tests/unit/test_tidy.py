@@ -87,6 +87,15 @@ def test_an_unknown_shape_gets_numbered_key_columns() -> None:
     assert tidy.columns(tidy.rows(answer)) == ["value", "key1", "key2", "key3"]
 
 
+def test_a_fixed_header_refuses_a_row_it_has_no_column_for() -> None:
+    out = io.StringIO()
+    rows = tidy.CsvRows(out, ["statistic", *tidy.ANSWER_COLUMNS])
+    rows.write([{"statistic": "best5", "state": "Ohio", "value": 1.0}])
+    with pytest.raises(ValueError, match=r"keys \(key1, key2, key3\) have no column here"):
+        rows.write(tidy.rows({"a": {"b": {"c": 1.0}}}))
+    assert out.getvalue() == "statistic,state,category,stratum,year,value\nbest5,Ohio,,,,1.0\n"
+
+
 @pytest.mark.parametrize(
     ("key", "parts"),
     [
