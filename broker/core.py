@@ -280,7 +280,7 @@ class BrokerCore:
             self._reply(identity, tag, m.Submitted(job_id(seq)))
 
     def _accept(self, msg: m.Submit, body: bytes, now_s: float, owner: str) -> int:
-        seq, new = self.store.add(msg.request_id, body, now_s, owner)
+        seq, new = self.store.add(msg.request_id, body, now_s, owner, msg.statistic)
         if not new:
             return seq
         self._job_bodies[seq] = body
@@ -386,9 +386,16 @@ class BrokerCore:
         if self.outbox.answers.spent(identity):  # its reply could not go: spare the work
             self._reply(identity, tag, _over_budget())
             return
+        problem = _list_filter_problem(msg)
+        if problem is not None:
+            self._warn.warning(("list", identity), "refused a job list from %s: %s",
+                               peer_name(identity), problem)  # fmt: skip
+            self.refuse(identity, tag, ErrorCode.BAD_REQUEST, problem)
+            return
         limit = max(1, min(msg.limit, self.settings.list_page_limit))
         after = min(max(msg.after, 0), self.store.last_seq())
-        page = self.store.page(after, limit, None if caller.sees_all else caller.key)
+        owner = None if caller.sees_all else caller.key
+        page = self.store.page(after, limit, owner, status=msg.status, statistic=msg.statistic)
         jobs = [[job_id(seq), status.value] for seq, status in page]
         next_after = page[-1][0] if len(page) == limit else None
         self._reply(identity, tag, m.JobList(jobs, next_after))
@@ -716,6 +723,16 @@ class BrokerCore:
 
 # Replies whose size a peer chooses (up to a page or MAX_RECENT jobs, ~100 KB): they
 # count against the peer's answer budget of a turn, as answers do.
+def _list_filter_problem(msg: m.ListJobs) -> str | None:
+    """Why a `ListJobs` filter is refused, or None when it is fine."""
+    if msg.status is not None and msg.status not in set(JobStatus):
+        known = ", ".join(JobStatus)
+        return f"unknown status {shown(msg.status)!r} to list; known: {known}"
+    if msg.statistic is not None and len(msg.statistic) > m.MAX_STATISTIC_CHARS:
+        return f"a statistic to list is at most {m.MAX_STATISTIC_CHARS} characters"
+    return None
+
+
 SIZED_REPLIES = (m.RecentJobs, m.JobList, m.StatsReply)
 
 

@@ -14,12 +14,17 @@ is ever rolled back, so no number is issued twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 1
+from broker.store import fill_statistics
+
+Step = str | Callable[[Any], None]  # a statement, or a function of the connection
+
+SCHEMA_VERSION = 2
 MIGRATION_LOCK = 0x155_0001  # pg_advisory_xact_lock key: one migration at a time
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+MIGRATIONS: dict[int, tuple[Step, ...]] = {
     1: (
         "CREATE SEQUENCE job_seq",
         "CREATE SEQUENCE broker_epoch_seq",
@@ -51,6 +56,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE TABLE shutdown_requests (requested_at timestamptz NOT NULL DEFAULT now())",
     ),
+    2: (  # jobs listed by status and by statistic, in job order (broker.store.page_query)
+        "ALTER TABLE jobs ADD COLUMN statistic text NOT NULL DEFAULT ''",
+        lambda conn: fill_statistics(conn, "%s"),
+        "CREATE INDEX jobs_status ON jobs (status, seq)",
+        "CREATE INDEX jobs_statistic ON jobs (statistic, seq)",
+    ),
 }
 
 
@@ -72,7 +83,10 @@ def migrate(conn: Any) -> int:
                 f" {SCHEMA_VERSION}: upgrade the broker (or point it at another database)"
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
+            for step in MIGRATIONS[version]:
+                if isinstance(step, str):
+                    conn.execute(step)
+                else:
+                    step(conn)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
     return SCHEMA_VERSION

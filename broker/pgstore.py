@@ -37,6 +37,8 @@ from broker.store import (
     JobRecord,
     Outcome,
     StorageError,
+    page_params,
+    page_query,
     record_from_row,
     with_outcome,
 )
@@ -219,15 +221,15 @@ class PgStore:
 
     @_pg_op
     def add(
-        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False),
         whichever broker took it (the request id is UNIQUE)."""
         row = self._write(
-            "INSERT INTO jobs (seq, request_id, request, status, created_s, owner, broker_id,"
-            " broker_epoch) VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (request_id) DO NOTHING RETURNING seq",
-            (request_id, job_body, _RUNNING, now_s, owner, self.broker_id, self.epoch),
+            "INSERT INTO jobs (seq, request_id, request, status, created_s, owner, statistic,"
+            " broker_id, broker_epoch) VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s,"
+            " %s) ON CONFLICT (request_id) DO NOTHING RETURNING seq",
+            (request_id, job_body, _RUNNING, now_s, owner, statistic, self.broker_id, self.epoch),
         ).fetchone()
         if row is not None:
             self._issued = max(self._issued, int(row[0]))
@@ -307,19 +309,20 @@ class PgStore:
         return int(row[0]) if row else 0
 
     @_pg_op
-    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
-        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
+    def page(
+        self,
+        after: int,
+        limit: int,
+        owner: str | None = None,
+        *,
+        status: str | None = None,
+        statistic: str | None = None,
+    ) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, in `status`, of
+        `statistic`: those given)."""
         self._write_finished()
-        if owner is None:
-            rows = self._read(
-                "SELECT seq, status FROM jobs WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
-            )
-        else:
-            rows = self._read(
-                "SELECT seq, status FROM jobs WHERE owner = %s AND owner <> '' AND seq > %s"
-                " ORDER BY seq LIMIT %s",
-                (owner, after, limit),
-            )
+        query = page_query(owner, status, statistic, mark="%s")
+        rows = self._read(query, (*page_params(owner, status, statistic), after, limit))
         return [(int(seq), JobStatus(status)) for seq, status in rows]
 
     @_pg_op

@@ -26,7 +26,8 @@ from broker import numbering
 from broker.checkpoint import WAL_LIMIT_BYTES, Checkpointer
 from broker.numbering import SEQ_BLOCK
 from protocol import config
-from protocol.messages import JobStatus
+from protocol.errors import ProtocolError
+from protocol.messages import Job, JobStatus, decode_body
 
 log = logging.getLogger("lss.broker.store")
 
@@ -69,20 +70,29 @@ class JobRecord:
 class Store(Protocol):
     """What the broker needs of a results store.
 
+    `add`'s `statistic` is the one its job body names, kept apart so that jobs can be
+    listed by it (`page`).
+
     Writes become durable at `commit()`; `rollback()` undoes every write since the last
     commit, except that job numbers handed out stay used. Any method may raise
     `StorageError`.
     """
 
     def add(
-        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
     def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
     def add_attempt(self, seq: int) -> int: ...
     def page(
-        self, after: int, limit: int, owner: str | None = None
+        self,
+        after: int,
+        limit: int,
+        owner: str | None = None,
+        *,
+        status: str | None = None,
+        statistic: str | None = None,
     ) -> list[tuple[int, JobStatus]]: ...
     def recent(
         self, limit: int, status: JobStatus | None = None, owner: str | None = None
@@ -121,7 +131,7 @@ class MemoryStore:
         self._undo: list[Callable[[], object]] = []
 
     def add(
-        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False)."""
         known = self._by_request.get(request_id)
@@ -161,11 +171,26 @@ class MemoryStore:
         self._put(seq, replace(record, attempts=record.attempts + 1))
         return record.attempts + 1
 
-    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
-        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
-        mine = (s for s, r in self._jobs.items() if owner is None or r.owner == owner)
-        seqs = sorted(s for s in mine if s > after)[:limit]
-        return [(s, self._jobs[s].status) for s in seqs]
+    def page(
+        self,
+        after: int,
+        limit: int,
+        owner: str | None = None,
+        *,
+        status: str | None = None,
+        statistic: str | None = None,
+    ) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, in `status`, of
+        `statistic`: those given)."""
+        wanted = (
+            seq
+            for seq, r in self._jobs.items()
+            if seq > after
+            and (owner is None or r.owner == owner)
+            and (status is None or r.status == status)
+            and (statistic is None or job_statistic(r.job_body) == statistic)
+        )
+        return [(seq, self._jobs[seq].status) for seq in sorted(wanted)[:limit]]
 
     def recent(
         self, limit: int, status: JobStatus | None = None, owner: str | None = None
@@ -242,7 +267,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     fingerprint TEXT,
     created_s REAL NOT NULL,
     finished_s REAL,
-    owner TEXT NOT NULL DEFAULT ''
+    owner TEXT NOT NULL DEFAULT '',
+    statistic TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
 """
@@ -251,6 +277,11 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s I
 # Jobs by owner, for a client key's listing; partial, so that without CURVE (owner '')
 # inserts pay nothing for it. Queries must say `owner != ''` to use it.
 _OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner != ''"
+# Listing by status or statistic walks one of these in job order (`page_query`).
+_LIST_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_statistic ON jobs (statistic, seq)",
+)
 _RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
 JOB_COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
@@ -298,6 +329,7 @@ class SqliteStore:
         self._db.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
         self._db.executescript(_SCHEMA)
         _add_owner_column(self._db)
+        _add_statistic_column(self._db)
         self._checkpointer = Checkpointer(path, wal_limit_bytes=wal_limit_bytes)
         self._wal_limit_bytes = wal_limit_bytes
         self._checkpointer.start()
@@ -318,7 +350,7 @@ class SqliteStore:
 
     @_storage_op
     def add(
-        self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False).
 
@@ -329,9 +361,9 @@ class SqliteStore:
         seq = self._issued + 1
         try:
             self._db.execute(
-                "INSERT INTO jobs (seq, request_id, request, status, created_s, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, request_id, job_body, _RUNNING, now_s, owner),
+                "INSERT INTO jobs (seq, request_id, request, status, created_s, owner, statistic)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, request_id, job_body, _RUNNING, now_s, owner, statistic),
             )
         except sqlite3.IntegrityError:
             known = self.find_request(request_id)
@@ -388,18 +420,21 @@ class SqliteStore:
         return int(row[0])
 
     @_storage_op
-    def page(self, after: int, limit: int, owner: str | None = None) -> list[tuple[int, JobStatus]]:
-        """Up to `limit` jobs numbered above `after` (only `owner`'s, if given)."""
-        if owner is None:
-            rows = self._db.execute(
-                "SELECT seq, status FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-            )
-        else:
-            rows = self._db.execute(
-                "SELECT seq, status FROM jobs WHERE owner = ? AND owner != '' AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (owner, after, limit),
-            )
+    def page(
+        self,
+        after: int,
+        limit: int,
+        owner: str | None = None,
+        *,
+        status: str | None = None,
+        statistic: str | None = None,
+    ) -> list[tuple[int, JobStatus]]:
+        """Up to `limit` jobs numbered above `after` (only `owner`'s, in `status`, of
+        `statistic`: those given)."""
+        if status is not None:
+            self._write_finished()  # into the open transaction: a rollback takes it back
+        query = page_query(owner, status, statistic)
+        rows = self._db.execute(query, (*page_params(owner, status, statistic), after, limit))
         finished = self._finished
         return [
             (int(seq), finished[seq][0].status if seq in finished else JobStatus(status))
@@ -530,6 +565,64 @@ def checked_sync(mode: str) -> str:
     if mode.upper() not in SYNCHRONOUS_MODES:
         raise ValueError(f"unknown SQLite synchronous mode {mode!r}")
     return mode.upper()
+
+
+def job_statistic(job_body: bytes) -> str:
+    """The statistic a stored job body (a `Job` the broker made) names; "" for a body
+    that does not read as one (no listing by statistic finds that job)."""
+    try:
+        return decode_body(Job, job_body).statistic
+    except ProtocolError:
+        return ""
+
+
+def page_query(
+    owner: str | None, status: str | None, statistic: str | None, mark: str = "?"
+) -> str:
+    """The SELECT of a page of (seq, status): the conditions given, then `seq > after`,
+    in job order, `LIMIT`; each condition an equality that an index leads with (the
+    owner's, or `_LIST_INDEXES`), so a page reads about as many rows as it returns.
+    Its parameters: `page_params(owner, status, statistic)`, then after and limit."""
+    conditions = [
+        *(["owner = {m} AND owner != ''"] if owner is not None else []),
+        *(["status = {m}"] if status is not None else []),
+        *(["statistic = {m}"] if statistic is not None else []),
+        "seq > {m}",
+    ]
+    where = " AND ".join(conditions).format(m=mark)
+    return f"SELECT seq, status FROM jobs WHERE {where} ORDER BY seq LIMIT {mark}"
+
+
+def page_params(owner: str | None, status: str | None, statistic: str | None) -> list[str]:
+    """The parameters of `page_query`'s conditions, in its order (after and limit follow)."""
+    return [value for value in (owner, status, statistic) if value is not None]
+
+
+def _add_statistic_column(db: sqlite3.Connection) -> None:
+    """Give a store made before jobs were listed by statistic its `statistic` column,
+    filled from each job's body, and the listing indexes."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    if "statistic" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN statistic TEXT NOT NULL DEFAULT ''")
+        fill_statistics(db, "?")
+    for statement in _LIST_INDEXES:
+        db.execute(statement)
+    db.commit()
+
+
+def fill_statistics(db: Any, mark: str, batch: int = 10_000) -> None:
+    """Fill the `statistic` column of every job from its body, `batch` jobs at a time
+    (`db`: an SQLite or psycopg connection, whose parameter mark is `mark`)."""
+    after = 0
+    while rows := db.execute(
+        f"SELECT seq, request FROM jobs WHERE seq > {mark} ORDER BY seq LIMIT {mark}",
+        (after, batch),
+    ).fetchall():
+        db.cursor().executemany(
+            f"UPDATE jobs SET statistic = {mark} WHERE seq = {mark}",
+            [(job_statistic(bytes(body)), seq) for seq, body in rows],
+        )
+        after = rows[-1][0]
 
 
 def _add_owner_column(db: sqlite3.Connection) -> None:

@@ -24,6 +24,7 @@ import zmq.asyncio
 
 from clients import session
 from clients.api import Statistics
+from clients.listing import JobListing
 from clients.session import Answer, Request
 from clients.transport import Security, Transport, default_security
 from protocol import config
@@ -122,15 +123,19 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
             for task in in_flight:  # the caller stopped early: stop waiting for these
                 task.cancel()
 
-    async def jobs(self) -> dict[str, str]:
+    async def jobs(
+        self,
+        *,
+        status: str | None = None,
+        statistic: str | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> dict[str, str]:
         """See `Client.jobs`."""
-        listing: dict[str, str] = {}
-        after: int | None = 0
-        while after is not None:
-            page = session.expect((await self._ask(m.ListJobs(after=after))).message, m.JobList)
-            listing.update((str(job), str(status)) for job, status in page.jobs)
-            after = page.next_after
-        return listing
+        listing = JobListing(status, statistic, after, limit)
+        while (request := listing.next_request()) is not None:
+            listing.add(session.expect((await self._ask(request)).message, m.JobList))
+        return listing.jobs
 
     async def num_jobs(self) -> int:
         """See `Client.num_jobs`."""

@@ -1,16 +1,17 @@
 """`lss`, the command line of an LSS service (also `python -m clients.cli`, `./run.sh client`).
 
     lss submit best5 --question Q          -> job_id_7          (--wait prints the answer)
-    lss get job_id_7 / lss wait job_id_7   -> the job's state / its answer, as JSON
-    lss jobs / num-jobs / shutdown / status
-    lss report --question Q [--state S]    -> every statistic as tables
-    lss plot --question Q --out FILE.png   -> the states ranked, best and worst five marked
-    lss bulk jobs.jsonl [--out answers.jsonl]
+    lss get job_id_7 / lss wait job_id_7   -> the job's state / its answer, as JSON (or CSV)
+    lss jobs [--status S] [--statistic S] [--limit N] [--after job_id_N]
+    lss num-jobs / shutdown / status
+    lss report --question Q [--state S]    -> every statistic as tables (or JSON, CSV)
+    lss plot --question Q --out FILE.svg   -> the states ranked, best and worst five marked
+    lss bulk jobs.jsonl [--out answers.jsonl] [--format csv]
 
 This module owns the commands: parsing, talking to the broker through `Client` (a
 `bulk` through `Client.outcomes`), exit codes and error messages. A failure is one line on
 stderr (`lss: error: ...`) and a non-zero exit, never a traceback. What is printed is
-shaped by `clients.render`.
+shaped by `clients.render` (text, images) and `clients.tidy` (CSV).
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ from typing import Any, TextIO
 import zmq
 from tqdm import tqdm
 
-from clients import render
+from clients import render, tidy
 from clients.client import Client
+from clients.listing import job_number
 from protocol import config
 from protocol.errors import BrokerUnavailable, JobFailed, LssError
 from protocol.fingerprint import is_standin
-from protocol.messages import STATE_STATISTICS, STATISTICS
+from protocol.messages import STATE_STATISTICS, STATISTICS, JobStatus
 
 Handler = Callable[[argparse.Namespace], int]
 BULK_WINDOW = 64
 EXIT_JOBS_FAILED = config.EXIT_FAILURE
+FORMATS = ("json", "csv")
+REPORT_COLUMNS = ("statistic", *tidy.ANSWER_COLUMNS)
+BULK_COLUMNS = ("line", "id", "statistic", "params", "status", "reason", *tidy.ANSWER_COLUMNS)
 
 
 class UsageError(ValueError):
@@ -57,21 +62,54 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     with _client(args) as client:
         state = client.get(args.job_id)
+    if args.format == "csv":
+        sys.stdout.write(tidy.csv_text(tidy.rows(_done_answer(args.job_id, state))))
+        return config.EXIT_OK
     _print_json(state)
     return config.EXIT_FAILURE if state["status"] == "error" else config.EXIT_OK
 
 
+def _done_answer(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A done job's answer; a failed or unfinished one has none to write as CSV."""
+    if state["status"] == JobStatus.ERROR:
+        raise JobFailed(state.get("reason") or "no reason given")
+    if state["status"] != JobStatus.DONE:
+        raise LssError(f"{job_id} is still {state['status']}: no answer yet (lss wait {job_id})")
+    answer: dict[str, Any] = state["data"]
+    return answer
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        _print_json(client.wait(args.job_id, args.timeout))
+        answer = client.wait(args.job_id, args.timeout)
+    if args.format == "csv":
+        sys.stdout.write(tidy.csv_text(tidy.rows(answer)))
+    else:
+        _print_json(answer)
     return config.EXIT_OK
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    after = _after(args.after)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be positive")
     with _client(args) as client:
-        listing = client.jobs()
-    print(json.dumps(listing) if args.json else render.jobs(listing))
+        listing = client.jobs(
+            status=args.status, statistic=args.statistic, after=after, limit=args.limit
+        )
+    filtered = any(v is not None for v in (args.status, args.statistic, args.limit, args.after))
+    print(json.dumps(listing) if args.json else render.jobs(listing, filtered))
     return config.EXIT_OK
+
+
+def _after(text: str | None) -> int:
+    """The job number of `--after` (a job id, or its number); 0 for none."""
+    if text is None:
+        return 0
+    seq = job_number(text)
+    if seq is None:
+        raise UsageError(f"--after wants a job id such as job_id_7, got {text!r}")
+    return seq
 
 
 def cmd_num_jobs(args: argparse.Namespace) -> int:
@@ -108,11 +146,14 @@ def _exposition(client: Client) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     names = [s for s in STATISTICS if args.state is not None or s not in STATE_STATISTICS]
     answers = _answers(args, names)
-    print(
-        json.dumps(answers, indent=2)
-        if args.json
-        else render.report(args.question, answers, args.state, standin=_standin(args))
-    )
+    if args.format == "csv":
+        out = tidy.CsvRows(sys.stdout, REPORT_COLUMNS)
+        for name, answer in answers.items():
+            out.write({"statistic": name, **row} for row in tidy.rows(answer))
+    elif args.format == "json":
+        print(json.dumps(answers, indent=2))
+    else:
+        print(render.report(args.question, answers, args.state, standin=_standin(args)))
     return config.EXIT_OK
 
 
@@ -121,6 +162,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401  (only to give a clear message when it is missing)
     except ImportError as exc:
         raise UsageError("plot needs matplotlib: pip install 'le-stats-sportif[plot]'") from exc
+    try:
+        render.plot_format(args.out)  # refused before any job runs
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     answers = _answers(args, ["states_mean", "global_mean", "best5", "worst5"])
     render.plot_states(args.question, answers, args.out, dpi=args.dpi, standin=_standin(args))
     print(f"wrote {args.out} ({len(answers['states_mean'])} locations)", file=sys.stderr)
@@ -224,13 +269,40 @@ def _run_bulk(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO)
     with _client(args) as client:
         client.ping()  # an unreachable broker fails `bulk` at once, not job by job
         pairs = ((job["statistic"], job["params"]) for job in jobs)
+        write = _bulk_writer(args.format, out)
         for job, state in zip(jobs, client.outcomes(pairs, args.window), strict=True):
             failed += state["status"] != "done"
-            out.write(json.dumps({**job, **state}) + "\n")
+            write(job, state)
             progress.update()
             progress.set_postfix(failed=failed, refresh=False)
     progress.close()
     return failed
+
+
+def _bulk_writer(
+    output_format: str, out: TextIO
+) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    """Writes one job's outcome: a JSON line, or CSV rows (one per number of its answer,
+    one with empty answer columns for a failed job or an empty answer)."""
+    if output_format == "json":
+        return lambda job, state: _write_line(out, json.dumps({**job, **state}))
+    csv_out = tidy.CsvRows(out, BULK_COLUMNS)
+
+    def write(job: dict[str, Any], state: dict[str, Any]) -> None:
+        fields = {
+            **job,
+            "params": json.dumps(job["params"], ensure_ascii=False),
+            "status": state["status"],
+            "reason": state.get("reason", ""),
+        }
+        rows = tidy.rows(state["data"]) if state["status"] == JobStatus.DONE else []
+        csv_out.write({**fields, **row} for row in rows or [{}])
+
+    return write
+
+
+def _write_line(out: TextIO, line: str) -> None:
+    out.write(line + "\n")
 
 
 def _input(path: str) -> AbstractContextManager[TextIO]:
@@ -293,10 +365,18 @@ def _add_submit(commands: Any) -> None:
 
 def _add_reads(commands: Any) -> None:
     get_help = "a job's status (and answer) as JSON; exits 1 when it is an error"
-    _command(commands, "get", cmd_get, get_help).add_argument("job_id")
-    _command(commands, "wait", cmd_wait, "wait for a job; print its answer").add_argument("job_id")
-    sub = _command(commands, "jobs", cmd_jobs, "every job with its status")
+    get = _command(commands, "get", cmd_get, get_help)
+    get.add_argument("job_id")
+    _format_flag(get, "the job's state as JSON, or a done job's answer as CSV")
+    wait = _command(commands, "wait", cmd_wait, "wait for a job; print its answer")
+    wait.add_argument("job_id")
+    _format_flag(wait, "the answer as JSON or CSV")
+    sub = _command(commands, "jobs", cmd_jobs, "jobs with their status, oldest first")
     sub.add_argument("--json", action="store_true", help="as a JSON object")
+    sub.add_argument("--status", choices=[s.value for s in JobStatus], help="only jobs in it")
+    sub.add_argument("--statistic", help="only jobs of this statistic")
+    sub.add_argument("--limit", type=int, help="at most this many jobs (default: all)")
+    sub.add_argument("--after", metavar="JOB_ID", help="only jobs submitted after this one")
     _command(commands, "num-jobs", cmd_num_jobs, "how many jobs are not finished yet")
 
 
@@ -317,13 +397,23 @@ def _add_report(commands: Any) -> None:
         commands, "report", cmd_report, "every statistic for a question (and a state) as tables"
     )
     _question_flags(sub)
-    sub.add_argument("--json", action="store_true", help="the answers as one JSON object")
+    _format_flag(sub, "the answers as one JSON object, or CSV (default: tables)", default=None)
+    sub.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="--format json"
+    )
 
 
 def _add_plot(commands: Any) -> None:
-    sub = _command(commands, "plot", cmd_plot, "a PNG of the states ranked by mean for a question")
+    sub = _command(
+        commands, "plot", cmd_plot, "an image of the states ranked by mean for a question"
+    )
     sub.add_argument("--question", required=True, help="the question, exactly as in the data")
-    sub.add_argument("--out", type=Path, required=True, help="the PNG file to write")
+    sub.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the file to write: NAME.svg (SVG) or NAME.png (PNG)",
+    )
     sub.add_argument("--dpi", type=int, default=120)
 
 
@@ -332,8 +422,9 @@ def _add_bulk(commands: Any) -> None:
         commands,
         "bulk",
         cmd_bulk,
-        "run the jobs of a JSON-lines file; write answers as JSON lines",
+        "run the jobs of a JSON-lines file; write answers as JSON lines (or CSV)",
     )
+    _format_flag(sub, "JSON lines, one a job; or CSV, one row per number")
     sub.add_argument(
         "file", help='input, "-" for stdin: one {"statistic": ..., "question": ..., ...} a line'
     )
@@ -348,6 +439,12 @@ def _add_bulk(commands: Any) -> None:
         help="show the progress bar even when stderr is not a terminal (default: only on one)",
     )
     bar.add_argument("--no-progress", dest="hide_progress", action="store_true")
+
+
+def _format_flag(
+    sub: argparse.ArgumentParser, help_text: str, default: str | None = "json"
+) -> None:
+    sub.add_argument("--format", choices=FORMATS, default=default, help=help_text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,16 +21,20 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clients import session
+from clients import session, tidy
 from clients.api import Statistics
+from clients.listing import JobListing
 from clients.pipeline import Job, Pipeline
 from clients.session import Answer, Request
 from clients.transport import Security, Transport, default_security
 from protocol import config
 from protocol import messages as m
 from protocol.errors import BrokerUnavailable, JobTimeout, LssError
+
+if TYPE_CHECKING:
+    from pandas import DataFrame
 
 
 class Client(Statistics[Answer]):
@@ -132,6 +136,13 @@ class Client(Statistics[Answer]):
         submit = m.Submit(request_id, statistic, params, notify=True)
         return session.final_answer(self._call(submit, timeout, statistic))
 
+    def frame(self, statistic: str, /, timeout: float | None = None, **params: Any) -> DataFrame:
+        """`run`'s answer as a pandas DataFrame, one row per number, its keys split into
+        columns (state, category, stratum, year; then value: see `clients.tidy`).
+
+        pandas is imported only here: ImportError, saying so, when it is missing."""
+        return tidy.frame(self.run(statistic, timeout=timeout, **params))
+
     def map(self, jobs: Iterable[Job], window: int = 64) -> Iterator[Answer]:
         """Answers to `(statistic, params)` jobs in input order, up to `window` in flight.
 
@@ -149,15 +160,21 @@ class Client(Statistics[Answer]):
         for request in self._pipeline(jobs, window):
             yield self._state_of(request)
 
-    def jobs(self) -> dict[str, str]:
-        """Every job id with its status, in submission order."""
-        listing: dict[str, str] = {}
-        after: int | None = 0
-        while after is not None:
-            page = session.expect(self._ask(m.ListJobs(after=after)).message, m.JobList)
-            listing.update((str(job), str(status)) for job, status in page.jobs)
-            after = page.next_after
-        return listing
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        statistic: str | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> dict[str, str]:
+        """Job ids with their status, in submission order: every job, or only those in
+        `status` ("running", "done", "error"), of `statistic`, numbered above `after`
+        (job_id_N is number N), at most `limit` of them."""
+        listing = JobListing(status, statistic, after, limit)
+        while (request := listing.next_request()) is not None:
+            listing.add(session.expect(self._ask(request).message, m.JobList))
+        return listing.jobs
 
     def num_jobs(self) -> int:
         """Jobs accepted and not yet finished."""

@@ -61,6 +61,8 @@ MAX_WORKER_CREDIT = 64
 """The most job slots a worker may offer; a larger `Ready.credit` is cut to this."""
 MAX_REASON_CHARS = 1000
 """The longest error reason a worker sends (the broker cuts longer ones too)."""
+MAX_STATISTIC_CHARS = 128
+"""The longest statistic name a `ListJobs` filter may name."""
 MAX_RECENT = 100
 """The most jobs (and failures) one RECENT reply lists."""
 BATCH_ITEM_OVERHEAD = 16
@@ -169,11 +171,14 @@ class Wait(Message):
 
 @dataclass(frozen=True)
 class ListJobs(Message):
-    """One page of the job list: up to `limit` jobs whose number is above `after`."""
+    """One page of the job list: up to `limit` jobs whose number is above `after`; only
+    those in `status` (a `JobStatus` value) and of `statistic`, when given."""
 
     COMMAND: ClassVar[Command] = Command.LIST_JOBS
     after: int = 0
     limit: int = 10_000
+    status: str | None = None
+    statistic: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     POST /api/<statistic>          {"question": Q[, "state": S]} -> {"job_id": "job_id_N"}
     GET  /api/get_results/<job_id> {"status": "running" | "done" + "data" | "error" + "reason"}
     GET  /api/jobs                 {"status": "done", "data": [{"job_id_1": "done"}, ...]}
+         ?status=S&statistic=S&limit=N&after=job_id_N   only those jobs (each optional)
     GET  /api/num_jobs             {"num_jobs": N}
     GET  /api/graceful_shutdown    {"status": "shutting_down"} until drained, then "done"
     GET  /metrics                  the broker's `stats` for Prometheus (with prometheus-client)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -26,15 +28,17 @@ from werkzeug.exceptions import HTTPException
 from clients.client import Client
 from clients.http.dashboard import Dashboard, register
 from clients.http.jsonbody import InvalidBody, parse_json
+from clients.listing import job_number, whole_number
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
 from protocol.logs import shown
-from protocol.messages import SHUTDOWN_ALL, STATISTICS, ErrorCode
+from protocol.messages import SHUTDOWN_ALL, STATISTICS, ErrorCode, JobStatus
 
 log = logging.getLogger("lss.gateway")
 
 SHUTTING_DOWN = {"job_id": -1, "reason": "shutting down"}
 TEXT_FIELDS = ("question", "state")
+JOB_FILTERS = ("status", "statistic", "limit", "after")
 _REFUSAL_HTTP_STATUS: dict[str, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.TOO_LARGE: 413,  # the caller's doing, not the broker's (502 said otherwise)
@@ -78,7 +82,7 @@ class Gateway:
         return jsonify(self.client.get(job_id))
 
     def jobs(self) -> ViewResult:
-        listing = self.client.jobs()
+        listing = self.client.jobs(**_job_filters(request.args))
         return jsonify({"status": "done", "data": [{job: st} for job, st in listing.items()]})
 
     def num_jobs(self) -> ViewResult:
@@ -142,6 +146,43 @@ def _params(raw: bytes) -> dict[str, Any]:
         if name in body and not isinstance(body[name], str):
             raise InvalidBody(f"{name!r} must be a string, got {type(body[name]).__name__}")
     return body
+
+
+def _job_filters(args: Mapping[str, str]) -> dict[str, Any]:
+    """`GET /api/jobs`'s query parameters as `Client.jobs` arguments; `InvalidBody` (400)
+    for an unknown parameter or a bad value."""
+    unknown = set(args) - set(JOB_FILTERS)
+    if unknown:
+        names = ", ".join(shown(name) for name in sorted(unknown))
+        raise InvalidBody(f"unknown parameter(s) {names}; known: {', '.join(JOB_FILTERS)}")
+    filters: dict[str, Any] = {}
+    status = args.get("status")
+    if status is not None:
+        if status not in set(JobStatus):
+            raise InvalidBody(f"status must be one of {', '.join(JobStatus)}")
+        filters["status"] = status
+    if "statistic" in args:
+        filters["statistic"] = args["statistic"]
+    if "limit" in args:
+        filters["limit"] = _positive(args["limit"], "limit")
+    if "after" in args:
+        filters["after"] = _job_number(args["after"])
+    return filters
+
+
+def _positive(text: str, name: str) -> int:
+    number = whole_number(text)
+    if number is None or number < 1:
+        raise InvalidBody(f"{name} must be a positive whole number")
+    return number
+
+
+def _job_number(text: str) -> int:
+    """`after`: a job id (job_id_N) or its number N."""
+    seq = job_number(text)
+    if seq is None:
+        raise InvalidBody("after must be a job id such as job_id_7 (or its number)")
+    return seq
 
 
 def _error(status: int, reason: str) -> tuple[Response, int]:

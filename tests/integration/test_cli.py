@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import socket
 import struct
@@ -131,6 +133,39 @@ def test_plot_writes_a_png(service: Service, tmp_path: Path) -> None:
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
     assert width >= 800 and height >= 1000, (width, height)
     assert len(data) > 30_000
+
+
+def test_answers_as_csv_and_plots_as_svg(service: Service, tmp_path: Path) -> None:
+    with service.client() as client:
+        by_category = client.mean_by_category(OBESITY)
+        job_id = client.submit("state_mean_by_category", question=OBESITY, state="Ohio")
+        ohio = client.wait(job_id)["Ohio"]
+    rows = list(csv.DictReader(io.StringIO(ok(lss(service, "get", job_id, "--format", "csv")))))
+    assert [list(row) for row in rows[:1]] == [["state", "category", "stratum", "value"]]
+    assert len(rows) == len(ohio) and all(row["state"] == "Ohio" for row in rows)
+    waited = ok(lss(service, "wait", job_id, "--format", "csv"))
+    assert waited == ok(lss(service, "get", job_id, "--format", "csv"))
+    report = ok(lss(service, "report", "--question", OBESITY, "--format", "csv"))
+    table = list(csv.DictReader(io.StringIO(report)))
+    assert list(table[0]) == ["statistic", "state", "category", "stratum", "year", "value"]
+    categories = [row for row in table if row["statistic"] == "mean_by_category"]
+    assert len(categories) == len(by_category)
+    first = categories[0]
+    key = str((first["state"], first["category"], first["stratum"]))
+    assert float(first["value"]) == by_category[key]  # every digit kept
+    assert [row["value"] for row in table if row["statistic"] == "global_mean"] != [""]
+    jobs = (
+        json.dumps({"statistic": "global_mean", "question": OBESITY}) + '\n{"statistic": "best5"}\n'
+    )
+    bulk = lss(service, "bulk", "-", "--format", "csv", stdin=jobs)
+    assert bulk.returncode == 1 and "1 of 2 job(s) failed" in bulk.stderr
+    outcomes = list(csv.DictReader(io.StringIO(bulk.stdout)))
+    assert [(row["line"], row["status"]) for row in outcomes] == [("1", "done"), ("2", "error")]
+    for name, start in [("ranked.svg", b"<?xml"), ("ranked.png", PNG_SIGNATURE)]:
+        ok(lss(service, "plot", "--question", OBESITY, "--out", str(tmp_path / name)))
+        assert (tmp_path / name).read_bytes().startswith(start), name
+    refused = lss(service, "plot", "--question", OBESITY, "--out", str(tmp_path / "ranked.jpg"))
+    assert "name it .png or .svg" in one_line_error(refused) and refused.returncode == 2
 
 
 def test_bulk_in_and_out_as_json_lines(service: Service, tmp_path: Path) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clients import cli, render
+from clients import cli, render, tidy
+from protocol.errors import JobFailed, LssError
 
 QUESTION = "Percent of adults aged 18 years and older who have obesity"
 ANSWERS: dict[str, dict[str, Any]] = {
@@ -52,7 +55,7 @@ def test_an_empty_table_has_its_header() -> None:
     ],
 )
 def test_split_key_reads_only_tuples_of_strings(key: str, parts: tuple[str, ...]) -> None:
-    assert render.split_key(key) == parts
+    assert tidy.split_key(key) == parts
 
 
 def test_report_has_every_statistic_and_the_state_only_when_asked() -> None:
@@ -92,6 +95,77 @@ def test_plot_writes_a_png_without_a_display(tmp_path: Path) -> None:
     out = tmp_path / "plot.png"
     render.plot_states(QUESTION * 3, ANSWERS, out, dpi=50)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_writes_svg_for_svg_and_png_for_png(tmp_path: Path) -> None:
+    svg, png = tmp_path / "plot.svg", tmp_path / "plot.PNG"
+    render.plot_states(QUESTION, ANSWERS, svg, dpi=50, standin=True)
+    render.plot_states(QUESTION, ANSWERS, png, dpi=50)
+    text = svg.read_text()
+    assert text.startswith("<?xml") and "<svg" in text and render.STANDIN_NOTE in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["plot.jpg", "plot", "plot.svg.gz", "plot.pdf"])
+def test_plot_refuses_other_suffixes_before_asking_anyone(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = "tcp://127.0.0.1:9"  # never asked: the suffix is refused first
+    argv = ["--endpoint", nowhere, "plot", "--question", QUESTION, "--out", str(tmp_path / name)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lss: error: cannot tell the image format")
+    assert "name it .png or .svg" in err and not (tmp_path / name).exists()
+
+
+def test_bulk_csv_writes_a_row_per_number_and_one_per_failed_job() -> None:
+    out = io.StringIO()
+    write = cli._bulk_writer("csv", out)
+    job = {"line": 1, "statistic": "mean_by_category", "params": {"question": "Q"}, "id": 7}
+    write(job, {"status": "done", "data": ANSWERS["mean_by_category"]})
+    failed = {"line": 2, "statistic": "state_mean", "params": {"question": "Q", "state": "X"}}
+    write(failed, {"status": "error", "reason": "no data for state 'X'"})
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(rows[0]) == list(cli.BULK_COLUMNS)
+    assert [(r["line"], r["id"], r["stratum"], r["value"]) for r in rows] == [
+        ("1", "7", "Female", "26.5"),
+        ("1", "7", "Male", "22.25"),
+        ("2", "", "", ""),
+    ]
+    assert rows[0]["params"] == '{"question": "Q"}' and rows[0]["state"] == "Ohio"
+    assert rows[2]["status"] == "error" and rows[2]["reason"] == "no data for state 'X'"
+
+
+def test_format_flags() -> None:
+    parse = cli.build_parser().parse_args
+    assert parse(["get", "job_id_1"]).format == "json"
+    assert parse(["get", "job_id_1", "--format", "csv"]).format == "csv"
+    assert parse(["report", "--question", "Q"]).format is None  # tables
+    assert parse(["report", "--question", "Q", "--json"]).format == "json"
+    assert parse(["bulk", "-", "--format", "csv"]).format == "csv"
+    with pytest.raises(SystemExit):
+        parse(["get", "job_id_1", "--format", "xml"])
+
+
+def test_a_failed_or_unfinished_job_has_no_csv_answer() -> None:
+    with pytest.raises(JobFailed, match="no data"):
+        cli._done_answer("job_id_1", {"status": "error", "reason": "no data"})
+    with pytest.raises(LssError, match="job_id_1 is still running: no answer yet"):
+        cli._done_answer("job_id_1", {"status": "running"})
+    assert cli._done_answer("job_id_1", {"status": "done", "data": {"a": 1}}) == {"a": 1}
+
+
+def test_jobs_refuses_a_limit_below_one_before_asking_anyone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["--endpoint", "tcp://127.0.0.1:9", "jobs", "--limit", "0"]) == 2
+    assert capsys.readouterr().err == "lss: error: --limit must be positive\n"
+
+
+def test_jobs_after_takes_a_job_id_or_its_number() -> None:
+    assert cli._after(None) == 0 and cli._after("job_id_12") == 12 and cli._after("12") == 12
+    with pytest.raises(cli.UsageError, match="--after wants a job id"):
+        cli._after("twelve")
 
 
 def test_best_first_follows_the_direction_of_best5() -> None:
