@@ -233,9 +233,14 @@ def test_answers_are_fresh_copies(stats: Statistics) -> None:
 def test_bad_requests_end_in_a_reason(
     stats: Statistics, statistic: str, params: dict[str, object], reason: str
 ) -> None:
+    assert reason in reason_of(stats, statistic, params)
+
+
+def reason_of(stats: Statistics, statistic: str, params: dict[str, object]) -> str:
+    """The reason of the `StatisticError` that `statistic` must end in for `params`."""
     with pytest.raises(StatisticError) as caught:
         stats.compute(statistic, params)
-    assert reason in str(caught.value)
+    return str(caught.value)
 
 
 def test_malformed_call_arguments(stats: Statistics) -> None:
