@@ -19,7 +19,7 @@ from tests.unit.test_statistics import (
     _frame,
     reason_of,
 )
-from workers.statistics import StatisticError, Statistics
+from workers.statistics import NARROWED_ENTRIES, StatisticError, Statistics
 
 # Obesity rows by year: 2011 Ohio 40; 2013 Guam 10; 2015 Alabama 20; 2016 Alabama 24, 31;
 # 2018 Iowa 20; 2019 Texas 40, National 30; 2020 Utah 15; 2022 Ohio 30.
@@ -176,3 +176,15 @@ def test_a_name_far_from_any_gets_no_suggestion(stats: Statistics) -> None:
 def test_malformed_years_are_refused(stats: Statistics, years: object) -> None:
     with pytest.raises(StatisticError, match=r"parameter 'years' must be \[FIRST, LAST\]"):
         ask(stats, "global_mean", question=OBESITY, years=years)
+
+
+def test_ranges_kept_for_the_next_jobs_are_bounded_and_answers_fresh() -> None:
+    stats = Statistics(_frame((OBESITY, OBESITY_ROWS)))
+    first = ask(stats, "states_mean", question=OBESITY, years=[2016, 2019])
+    first.clear()
+    assert len(ask(stats, "states_mean", question=OBESITY, years=[2016, 2019])) == 4
+    with_2016 = [[first, last] for first in range(2011, 2017) for last in range(2016, 2023)]
+    assert len(with_2016) == 42 > NARROWED_ENTRIES
+    for years in with_2016:
+        ask(stats, "global_mean", question=OBESITY, years=years)
+    assert len(stats._narrowed) == NARROWED_ENTRIES
