@@ -26,7 +26,7 @@ CSV_HEADER_LINE = (
     "DataValueTypeID,LocationID,StratificationCategory1,Stratification1,"
     "StratificationCategoryId1,StratificationID1"
 )
-"""The subset file's header as docs/dataset-format.md shows it (the full file's too)."""
+"""The subset file's header as docs/dataset.md shows it (the full file's too)."""
 
 MINIMISED = {
     "Percent of adults aged 18 years and older who have an overweight classification",

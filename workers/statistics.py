@@ -212,7 +212,7 @@ class Statistics:
         """`question` as counted over `years` only (itself, precomputed, without years).
 
         The jobs of one page (a map, its best and worst five) share a range: the last
-        `NARROWED_ENTRIES` ranges asked are kept, which spares ~3 ms a job (README)."""
+        `NARROWED_ENTRIES` ranges asked are kept, which spares 3-25 ms a job (README)."""
         if years is None:
             return question
         key = (question.text, years)
