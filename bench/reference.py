@@ -1,4 +1,4 @@
-"""An independent, deliberately plain computation of the nine statistics, for checking.
+"""An independent, deliberately plain computation of the statistics, for checking.
 
 It reads the CSV with the standard `csv` module and follows the contract's words
 directly, sharing no code with the workers, so that the two can disagree. It also
@@ -9,6 +9,7 @@ never the reverse).
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from collections import defaultdict
@@ -25,7 +26,7 @@ CSV_HEADER_LINE = (
     "DataValueTypeID,LocationID,StratificationCategory1,Stratification1,"
     "StratificationCategoryId1,StratificationID1"
 )
-"""The subset file's header as docs/dataset-format.md shows it (the full file's too)."""
+"""The subset file's header as docs/dataset.md shows it (the full file's too)."""
 
 MINIMISED = {
     "Percent of adults aged 18 years and older who have an overweight classification",
@@ -48,8 +49,8 @@ MAXIMISED = {
 }
 QUESTIONS = sorted(MINIMISED | MAXIMISED)
 
-TOLERANCE = 0.01  # on every number of an answer: docs/statistics-contract.md
-Row = tuple[str, str, str, float]  # state, category, stratum, value
+TOLERANCE = 0.01  # on every number of an answer: docs/statistics.md
+Row = tuple[str, str, str, float, int, int]  # state, category, stratum, value, start, end
 
 
 class Reference:
@@ -60,12 +61,20 @@ class Reference:
         with open(path, newline="") as stream:
             for record in csv.DictReader(stream):
                 value = _number(record["Data_Value"])
-                years_ok = int(record["YearStart"]) >= 2011 and int(record["YearEnd"]) <= 2022
-                if value is not None and years_ok:
+                start, end = int(record["YearStart"]), int(record["YearEnd"])
+                if value is not None and start >= 2011 and end <= 2022:
                     self.rows[record["Question"]].append(
                         (record["LocationDesc"], record["StratificationCategory1"],
-                         record["Stratification1"], value)
+                         record["Stratification1"], value, start, end)
                     )  # fmt: skip
+
+    def within(self, first: int, last: int) -> Reference:
+        """The same data with only the rows of the years `first`..`last` (both included)."""
+        narrowed = copy.copy(self)
+        narrowed.rows = defaultdict(list)
+        for question, rows in self.rows.items():
+            narrowed.rows[question] = [r for r in rows if first <= r[4] and r[5] <= last]
+        return narrowed
 
     def states(self, question: str) -> list[str]:
         return sorted({row[0] for row in self.rows[question]})
@@ -94,9 +103,15 @@ class Reference:
         groups = ((str((r[0], r[1], r[2])), r[3]) for r in self.rows[question])
         return _means(groups)
 
+    def state_trend(self, question: str, state: str) -> dict[str, Any]:
+        years = _means((str(r[4]), r[3]) for r in self.rows[question] if r[0] == state)
+        return {state: dict(sorted(years.items()))}
+
     def answer(self, statistic: str, question: str, state: str | None = None) -> dict[str, Any]:
         """The contract's answer for a statistic (per-state ones take `state`)."""
         where = str(state)
+        if statistic == "state_trend":
+            return self.state_trend(question, where)
         if statistic == "state_mean":
             return {where: self.states_mean(question)[where]}
         if statistic == "state_diff_from_mean":

@@ -1,10 +1,12 @@
 """`lss`, the command line of an LSS service (also `python -m clients.cli`, `./run.sh client`).
 
+    lss questions                          -> the questions and their short ids
     lss submit best5 --question Q          -> job_id_7          (--wait prints the answer)
     lss get job_id_7 / lss wait job_id_7   -> the job's state / its answer, as JSON (or CSV)
     lss jobs [--status S] [--statistic S] [--limit N] [--after job_id_N]
     lss num-jobs / shutdown / status
-    lss report --question Q [--state S]    -> every statistic as tables (or JSON, CSV)
+    lss report --question Q [--state S]    -> every statistic as tables (or JSON, CSV;
+                                              --years 2015-2020)
     lss plot --question Q --out FILE.svg   -> the states ranked, best and worst five marked
     lss bulk jobs.jsonl [--out answers.jsonl] [--format csv]
 
@@ -35,6 +37,8 @@ from protocol import config
 from protocol.errors import BrokerUnavailable, JobFailed, LssError
 from protocol.fingerprint import is_standin
 from protocol.messages import STATE_STATISTICS, STATISTICS, JobStatus
+from protocol.names import question_vocabulary
+from protocol.questions import QUESTIONS, question_list
 
 Handler = Callable[[argparse.Namespace], int]
 BULK_WINDOW = 64
@@ -51,8 +55,15 @@ class UsageError(ValueError):
 # --- commands ---------------------------------------------------------------------
 
 
+def cmd_questions(args: argparse.Namespace) -> int:
+    listed = question_list()
+    rows = [(entry["id"], entry["question"]) for entry in listed]
+    print(json.dumps(listed, indent=2) if args.json else render.table(["id", "question"], rows))
+    return config.EXIT_OK
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    params = _params(args.statistic, args.question, args.state, args.param)
+    params = _params(args.statistic, args.question, args.state, args.param, args.years)
     with _client(args) as client:
         job_id = client.submit(args.statistic, **params)
         _print_json(client.wait(job_id, args.timeout) if args.wait else job_id, raw=not args.wait)
@@ -153,7 +164,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(json.dumps(answers, indent=2))
     else:
-        print(render.report(args.question, answers, args.state, standin=_standin(args)))
+        state = None if args.state is None else next(iter(answers["state_mean"]))  # data's name
+        print(render.report(_title(args), answers, state, standin=_standin(args)))
     return config.EXIT_OK
 
 
@@ -167,7 +179,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     answers = _answers(args, ["states_mean", "global_mean", "best5", "worst5"])
-    render.plot_states(args.question, answers, args.out, dpi=args.dpi, standin=_standin(args))
+    render.plot_states(_title(args), answers, args.out, dpi=args.dpi, standin=_standin(args))
     print(f"wrote {args.out} ({len(answers['states_mean'])} locations)", file=sys.stderr)
     return config.EXIT_OK
 
@@ -197,13 +209,19 @@ def _print_json(value: Any, raw: bool = False) -> None:
 
 
 def _params(
-    statistic: str, question: str | None, state: str | None, extra: Sequence[str]
+    statistic: str,
+    question: str | None,
+    state: str | None,
+    extra: Sequence[str],
+    years: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if question is not None:
         params["question"] = question
     if state is not None:
         params["state"] = state
+    if years is not None:
+        params["years"] = list(years)
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -217,7 +235,10 @@ def _params(
 def _answers(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     """Run the statistics `names` for the question (and state), all at once."""
     state = getattr(args, "state", None)
-    jobs = [(name, _params(name, args.question, _state_for(name, state), [])) for name in names]
+    years = getattr(args, "years", None)
+    jobs = [
+        (name, _params(name, args.question, _state_for(name, state), [], years)) for name in names
+    ]
     with _client(args) as client:
         client.ping()  # an unreachable broker is named as such, not as a job timeout
         return dict(zip(names, client.map(jobs), strict=True))
@@ -227,6 +248,21 @@ def _standin(args: argparse.Namespace) -> bool:
     """Whether the service answers from the generated stand-in data (then labelled so)."""
     with _client(args) as client:
         return is_standin(client.stats().get("fingerprint"))
+
+
+def _title(args: argparse.Namespace) -> str:
+    """The question's full text (as the workers will resolve it), and the years if given."""
+    text = question_vocabulary(QUESTIONS).resolve(args.question) or args.question
+    return text if args.years is None else f"{text} ({args.years[0]}-{args.years[1]})"
+
+
+def _years(text: str) -> tuple[int, int]:
+    """`--years FIRST-LAST` (or one year) as (FIRST, LAST); the workers check the range."""
+    first, sep, last = text.partition("-")
+    try:
+        return int(first), int(last if sep else first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want FIRST-LAST, e.g. 2015-2020; got {text!r}") from None
 
 
 def _state_for(statistic: str, state: str | None) -> str | None:
@@ -331,7 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the broker, and for each job (default %(default)g)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_submit, _add_reads, _add_admin, _add_report, _add_plot, _add_bulk):
+    adders = (
+        _add_questions,
+        _add_submit,
+        _add_reads,
+        _add_admin,
+        _add_report,
+        _add_plot,
+        _add_bulk,
+    )
+    for add in adders:
         add(commands)
     return parser
 
@@ -344,9 +389,32 @@ def _command(commands: Any, name: str, handler: Handler, help_text: str) -> argp
 
 def _question_flags(sub: argparse.ArgumentParser, question_required: bool = True) -> None:
     sub.add_argument(
-        "--question", required=question_required, help="the question, exactly as in the data"
+        "--question",
+        required=question_required,
+        help="the question: its short id (lss questions) or its full text, in any case",
     )
-    sub.add_argument("--state", help="a location (LocationDesc), for the per-state statistics")
+    sub.add_argument(
+        "--state",
+        help="a location for the per-state statistics: its name in any case or its USPS code",
+    )
+    _years_flag(sub)
+
+
+def _years_flag(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--years",
+        type=_years,
+        metavar="FIRST-LAST",
+        help="count only the rows of these years, both included, within 2011-2022 "
+        "(default: every year)",
+    )
+
+
+def _add_questions(commands: Any) -> None:
+    sub = _command(
+        commands, "questions", cmd_questions, "the questions, with the short ids jobs take"
+    )
+    sub.add_argument("--json", action="store_true", help="as a JSON list")
 
 
 def _add_submit(commands: Any) -> None:
@@ -407,7 +475,10 @@ def _add_plot(commands: Any) -> None:
     sub = _command(
         commands, "plot", cmd_plot, "an image of the states ranked by mean for a question"
     )
-    sub.add_argument("--question", required=True, help="the question, exactly as in the data")
+    sub.add_argument(
+        "--question", required=True, help="the question: its short id or full text, any case"
+    )
+    _years_flag(sub)
     sub.add_argument(
         "--out",
         type=Path,

@@ -97,6 +97,9 @@ def report(
     if state is not None:
         by_category = answers["state_mean_by_category"][state]
         parts.append(section(f"state_mean_by_category ({state})", _categories(by_category)))
+    if state is not None and "state_trend" in answers:
+        trend = answers["state_trend"][state].items()
+        parts.append(section(f"state_trend ({state})", table(["year", "mean"], trend)))
     parts.append(section("mean_by_category", _categories(answers["mean_by_category"])))
     return "\n".join(parts)
 

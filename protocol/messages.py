@@ -43,9 +43,12 @@ STATISTICS = (
     "state_diff_from_mean",
     "mean_by_category",
     "state_mean_by_category",
+    "state_trend",
 )
-"""The nine statistics of docs/statistics-contract.md, in the contract's order."""
-STATE_STATISTICS = frozenset({"state_mean", "state_diff_from_mean", "state_mean_by_category"})
+"""The statistics of docs/statistics.md: the original service's nine in its order, then ours."""
+STATE_STATISTICS = frozenset(
+    {"state_mean", "state_diff_from_mean", "state_mean_by_category", "state_trend"}
+)
 """The statistics that take a `state` besides the `question`."""
 
 PROTOCOL_ID = b"LSS1"

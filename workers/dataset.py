@@ -1,6 +1,6 @@
 """Loading the BRFSS CSV: the seven columns a job needs, and the rows that count.
 
-This module owns the file side of docs/statistics-contract.md ("The data"): which columns
+This module owns the file side of docs/statistics.md ("Which rows count"): which columns
 are required, how both the subset file (leading index column, `High_Confidence_Limit `
 with a trailing space) and the full CDC file (no index column, `Sex` for `Gender`) are read,
 and which rows count for a question: `2011 <= YearStart`, `YearEnd <= 2022` and a finite

@@ -1,13 +1,14 @@
 """A deterministic, realistic stand-in for the BRFSS subset file, for tests, demos and benchmarks.
 
-This module owns the generated data: it writes the subset format of docs/dataset-format.md
+This module owns the generated data: it writes the subset format of docs/dataset.md
 (the exact 34-field header, a running index first, every vocabulary of the real file) with
 values that make the statistics meaningful: each location has a "health" effect and each
 stratum an effect per question, so best5/worst5 pick stable, different states. Some rows
 have an empty `Data_Value`, some carry the `~` footnote, and each location has between 21
 and 28 of the 28 strata per question (once `rows` covers one row per combination). Past
 that, rows keep coming as further (year, combination) draws, so any size can be produced.
-Standard library only, so it imports fast anywhere; the same seed gives the same bytes.
+Standard library and the protocol package's tables only, so it imports fast anywhere; the
+same seed gives the same bytes.
 
 Command line: `python -m workers.standin --rows N --seed S --out PATH`.
 """
@@ -22,6 +23,8 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import protocol.locations
 
 HEADER_LINE = (
     ",YearStart,YearEnd,LocationAbbr,LocationDesc,Datasource,Class,Topic,Question,"
@@ -40,39 +43,34 @@ FOOTNOTE_SHARE = 0.05  # rows carrying the `~` footnote
 FOOTNOTE_EMPTY_SHARE = 0.6  # of those, rows whose Data_Value is empty too
 MIN_STRATA = 21  # per location and question, Total always among them
 
-# (abbreviation, name, LocationID, latitude, longitude); National has no GeoLocation.
+# USPS code -> (LocationID, latitude, longitude); National has no GeoLocation.
 # fmt: off
-LOCATIONS: tuple[tuple[str, str, int, float, float], ...] = (
-    ("AL", "Alabama", 1, 32.84, -86.63), ("AK", "Alaska", 2, 64.85, -147.72),
-    ("AZ", "Arizona", 4, 34.87, -111.76), ("AR", "Arkansas", 5, 34.75, -92.27),
-    ("CA", "California", 6, 37.64, -120.99), ("CO", "Colorado", 8, 38.84, -106.13),
-    ("CT", "Connecticut", 9, 41.57, -72.65), ("DE", "Delaware", 10, 39.01, -75.58),
-    ("DC", "District of Columbia", 11, 38.91, -77.02), ("FL", "Florida", 12, 28.93, -81.93),
-    ("GA", "Georgia", 13, 32.84, -83.63), ("HI", "Hawaii", 15, 21.30, -157.86),
-    ("ID", "Idaho", 16, 43.68, -114.36), ("IL", "Illinois", 17, 40.49, -88.99),
-    ("IN", "Indiana", 18, 39.77, -86.15), ("IA", "Iowa", 19, 42.47, -93.82),
-    ("KS", "Kansas", 20, 38.35, -98.20), ("KY", "Kentucky", 21, 37.65, -84.77),
-    ("LA", "Louisiana", 22, 31.31, -92.45), ("ME", "Maine", 23, 45.25, -68.99),
-    ("MD", "Maryland", 24, 39.29, -76.61), ("MA", "Massachusetts", 25, 42.27, -72.08),
-    ("MI", "Michigan", 26, 44.66, -84.71), ("MN", "Minnesota", 27, 46.36, -94.79),
-    ("MS", "Mississippi", 28, 32.75, -89.54), ("MO", "Missouri", 29, 38.64, -92.57),
-    ("MT", "Montana", 30, 47.07, -109.42), ("NE", "Nebraska", 31, 41.64, -99.37),
-    ("NV", "Nevada", 32, 39.49, -117.07), ("NH", "New Hampshire", 33, 43.66, -71.50),
-    ("NJ", "New Jersey", 34, 40.13, -74.27), ("NM", "New Mexico", 35, 34.52, -106.24),
-    ("NY", "New York", 36, 42.83, -75.54), ("NC", "North Carolina", 37, 35.47, -79.16),
-    ("ND", "North Dakota", 38, 47.48, -100.12), ("OH", "Ohio", 39, 40.06, -82.40),
-    ("OK", "Oklahoma", 40, 35.47, -97.52), ("OR", "Oregon", 41, 44.57, -120.16),
-    ("PA", "Pennsylvania", 42, 40.79, -77.86), ("RI", "Rhode Island", 44, 41.71, -71.52),
-    ("SC", "South Carolina", 45, 33.99, -81.05), ("SD", "South Dakota", 46, 44.35, -100.37),
-    ("TN", "Tennessee", 47, 35.68, -85.77), ("TX", "Texas", 48, 31.83, -99.43),
-    ("UT", "Utah", 49, 39.36, -111.59), ("VT", "Vermont", 50, 43.63, -72.52),
-    ("VA", "Virginia", 51, 37.54, -78.46), ("WA", "Washington", 53, 47.52, -120.47),
-    ("WV", "West Virginia", 54, 38.67, -80.71), ("WI", "Wisconsin", 55, 44.39, -89.82),
-    ("WY", "Wyoming", 56, 43.24, -108.11), ("GU", "Guam", 66, 13.44, 144.79),
-    ("PR", "Puerto Rico", 72, 18.22, -66.59), ("VI", "Virgin Islands", 78, 18.34, -64.90),
-    ("US", "National", 59, 0.0, 0.0),
-)
+_PLACES: dict[str, tuple[int, float, float]] = {
+    "AL": (1, 32.84, -86.63), "AK": (2, 64.85, -147.72), "AZ": (4, 34.87, -111.76),
+    "AR": (5, 34.75, -92.27), "CA": (6, 37.64, -120.99), "CO": (8, 38.84, -106.13),
+    "CT": (9, 41.57, -72.65), "DE": (10, 39.01, -75.58), "DC": (11, 38.91, -77.02),
+    "FL": (12, 28.93, -81.93), "GA": (13, 32.84, -83.63), "HI": (15, 21.30, -157.86),
+    "ID": (16, 43.68, -114.36), "IL": (17, 40.49, -88.99), "IN": (18, 39.77, -86.15),
+    "IA": (19, 42.47, -93.82), "KS": (20, 38.35, -98.20), "KY": (21, 37.65, -84.77),
+    "LA": (22, 31.31, -92.45), "ME": (23, 45.25, -68.99), "MD": (24, 39.29, -76.61),
+    "MA": (25, 42.27, -72.08), "MI": (26, 44.66, -84.71), "MN": (27, 46.36, -94.79),
+    "MS": (28, 32.75, -89.54), "MO": (29, 38.64, -92.57), "MT": (30, 47.07, -109.42),
+    "NE": (31, 41.64, -99.37), "NV": (32, 39.49, -117.07), "NH": (33, 43.66, -71.50),
+    "NJ": (34, 40.13, -74.27), "NM": (35, 34.52, -106.24), "NY": (36, 42.83, -75.54),
+    "NC": (37, 35.47, -79.16), "ND": (38, 47.48, -100.12), "OH": (39, 40.06, -82.40),
+    "OK": (40, 35.47, -97.52), "OR": (41, 44.57, -120.16), "PA": (42, 40.79, -77.86),
+    "RI": (44, 41.71, -71.52), "SC": (45, 33.99, -81.05), "SD": (46, 44.35, -100.37),
+    "TN": (47, 35.68, -85.77), "TX": (48, 31.83, -99.43), "UT": (49, 39.36, -111.59),
+    "VT": (50, 43.63, -72.52), "VA": (51, 37.54, -78.46), "WA": (53, 47.52, -120.47),
+    "WV": (54, 38.67, -80.71), "WI": (55, 44.39, -89.82), "WY": (56, 43.24, -108.11),
+    "GU": (66, 13.44, 144.79), "PR": (72, 18.22, -66.59), "VI": (78, 18.34, -64.90),
+    "US": (59, 0.0, 0.0),
+}
 # fmt: on
+LOCATIONS: tuple[tuple[str, str, int, float, float], ...] = tuple(
+    (code, name, *_PLACES[code]) for code, name in protocol.locations.LOCATIONS
+)
+"""(abbreviation, name, LocationID, latitude, longitude), in protocol.locations' order."""
 _OWS = ("Obesity / Weight Status", "Obesity / Weight Status", "OWS", "OWS1")
 _PA = ("Physical Activity", "Physical Activity - Behavior", "PA", "PA1")
 _FV = ("Fruits and Vegetables", "Fruits and Vegetables - Behavior", "FV", "FV1")

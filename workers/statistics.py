@@ -1,16 +1,20 @@
-"""The nine statistics of docs/statistics-contract.md, precomputed per question.
+"""The statistics of docs/statistics.md, precomputed per question.
 
-This module owns the answers: the best/worst direction of the nine questions, parameter
-validation (every bad request ends in a `StatisticError` whose text a person can act on),
-and the exact JSON shapes. `Statistics` groups the counted rows once at construction and
-then keeps only small per-question tables, not the frame, so a `compute()` call costs time
-in proportion to the size of its answer, never to the size of the data set.
+This module owns the answers: the best/worst direction of the nine questions, which
+question and state a job means (resolved with `protocol.names`, so that answers keep the
+data's names), and the exact JSON shapes. `Statistics` groups the counted rows once at
+construction and then keeps only small per-question tables, not the frame, so a
+`compute()` call without `years` costs time in proportion to the size of its answer,
+never to the size of the data set. A call with `years`, and `state_trend`, sums the
+per-year groups of `workers.years` on demand (bounded by the vocabulary, not the rows).
+Parameter checks live in `workers.params`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,19 +22,19 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from protocol.errors import LssError
+from protocol.locations import USPS_CODES
 from protocol.messages import STATE_STATISTICS, STATISTICS
+from protocol.names import question_vocabulary, state_vocabulary
 from protocol.questions import BEST_IS_MAX, BEST_IS_MIN
 from workers.dataset import VALUE_COLUMN, keep_counted, load_frame
+from workers.params import YEARS, StatisticError, check_fields, text_param, years_param
+from workers.years import ALL_YEARS, CATEGORY, QUESTION, STATE, Years, yearly_sums
 
 TOP_N = 5
-_QUESTION = "Question"
-_STATE = "LocationDesc"
-_CATEGORY = ("StratificationCategory1", "Stratification1")
-
-
-class StatisticError(LssError):
-    """A job cannot be answered; `str()` is the reason, written for the person who asked."""
+TREND = "state_trend"
+NARROWED_ENTRIES = 32
+"""Questions counted over a years range that a `Statistics` keeps for the next jobs."""
+__all__ = ["StatisticError", "Statistics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +137,15 @@ class Statistics:
 
     def __init__(self, frame: pd.DataFrame) -> None:
         """Precompute every answer table from `frame` (rows that do not count are dropped)."""
-        self._questions = _precompute(keep_counted(frame))
+        counted = keep_counted(frame)
+        self._questions = _precompute(counted)
+        self._yearly = yearly_sums(counted)
+        # (question, years) -> tables, least recently used first; compute() runs on one
+        # thread (the worker's compute thread), so no lock.
+        self._narrowed: OrderedDict[tuple[str, Years], _Question] = OrderedDict()
+        self._question_names = question_vocabulary(self._questions)
+        states = {state for question in self._questions.values() for state in question.state_means}
+        self._state_names = state_vocabulary(states | set(USPS_CODES.values()))
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> Statistics:
@@ -146,9 +158,12 @@ class Statistics:
         return tuple(sorted(self._questions))
 
     def compute(self, statistic: str, params: Mapping[str, object]) -> dict[str, Any]:
-        """Answer `statistic` for `params` ({"question": Q} or {"question": Q, "state": S}).
+        """Answer `statistic` for `params`: {"question": Q}, with "state": S for the
+        per-state statistics, and optionally "years": [FIRST, LAST].
 
-        Raises `StatisticError` for an unknown statistic, a missing, mistyped or unexpected
+        Q may be the question's text in any case or its short id, S a location's name in
+        any case or its USPS code; the answer names them as the data does. Raises
+        `StatisticError` for an unknown statistic, a missing, mistyped or unexpected
         parameter, a question not in the data set, or a state without data for it.
         """
         if not isinstance(params, Mapping):
@@ -158,41 +173,75 @@ class Statistics:
             raise StatisticError(f"unknown statistic {statistic!r}; known: {known}")
         per_state = statistic in STATE_STATISTICS
         fields = ("question", "state") if per_state else ("question",)
-        _check_fields(statistic, params, fields)
-        values = {name: _text_param(params, name) for name in fields}
-        question = self._question(values["question"])
-        if per_state:
-            answer = _STATE_HANDLERS[statistic](question, values["state"])
+        check_fields(statistic, params, (*fields, YEARS))
+        values = {name: text_param(params, name) for name in fields}
+        question, years = self._question(values["question"]), years_param(params)
+        if not per_state:
+            answer = _QUESTION_HANDLERS[statistic](self._within(question, years))
         else:
-            answer = _QUESTION_HANDLERS[statistic](question)
+            state = self._state(question, values["state"])
+            answer = self._per_state(statistic, question, state, years)
         _check_finite(answer)
         return answer
 
-    def _question(self, text: str) -> _Question:
-        try:
-            return self._questions[text]
-        except KeyError:
-            raise StatisticError(f"question not in the data set: {text!r}") from None
+    def _per_state(
+        self, statistic: str, question: _Question, state: str, years: Years | None
+    ) -> dict[str, Any]:
+        if statistic == TREND:
+            return {state: self._trend(question, state, years)}
+        return _STATE_HANDLERS[statistic](self._within(question, years), state)
 
+    def _question(self, given: str) -> _Question:
+        text = self._question_names.resolve(given)
+        if text is None:
+            hint = self._question_names.hint(given)
+            raise StatisticError(f"question not in the data set: {given!r}{hint}")
+        return self._questions[text]
 
-def _check_fields(statistic: str, params: Mapping[str, object], allowed: tuple[str, ...]) -> None:
-    """Reject fields that `statistic` does not take."""
-    extra = sorted(repr(key) for key in params if key not in allowed)
-    if extra:
-        expected = ", ".join(allowed)
-        raise StatisticError(
-            f"unexpected parameter(s) {', '.join(extra)} for {statistic}; it takes: {expected}"
-        )
+    def _state(self, question: _Question, given: str) -> str:
+        """The data's name for the location `given`, or an error offering close ones."""
+        state = self._state_names.resolve(given)
+        if state is None:
+            hint = self._state_names.hint(given, question.state_means)
+            raise StatisticError(
+                f"no data for state {given!r} and question {question.text!r}{hint}"
+            )
+        return state
 
+    def _within(self, question: _Question, years: Years | None) -> _Question:
+        """`question` as counted over `years` only (itself, precomputed, without years).
 
-def _text_param(params: Mapping[str, object], name: str) -> str:
-    """The string parameter `name`, or a `StatisticError` saying what is wrong with it."""
-    if name not in params:
-        raise StatisticError(f"missing parameter {name!r}")
-    value = params[name]
-    if not isinstance(value, str):
-        raise StatisticError(f"parameter {name!r} must be a string, got {type(value).__name__}")
-    return value
+        The jobs of one page (a map, its best and worst five) share a range: the last
+        `NARROWED_ENTRIES` ranges asked are kept, which spares 3-25 ms a job (README)."""
+        if years is None:
+            return question
+        key = (question.text, years)
+        narrowed = self._narrowed.get(key)
+        if narrowed is None:
+            narrowed = self._narrowed[key] = self._count_within(question.text, years)
+            if len(self._narrowed) > NARROWED_ENTRIES:
+                self._narrowed.popitem(last=False)
+        self._narrowed.move_to_end(key)
+        return narrowed
+
+    def _count_within(self, text: str, years: Years) -> _Question:
+        tables = _Tables()
+        for (state, category, stratum), total, count in self._yearly[text].cells_within(years):
+            tables.add(state, category, stratum, total, count)
+        if not tables.overall.count:
+            raise StatisticError(f"no data for question {text!r} in years {years[0]}-{years[1]}")
+        return tables.freeze(text)
+
+    def _trend(self, question: _Question, state: str, years: Years | None) -> dict[str, float]:
+        """`state`'s mean per year, or the per-state statistics' "no data" error."""
+        question.state_mean(state)  # no rows at all: the same error as state_mean
+        trend = self._yearly[question.text].trend(state, years or ALL_YEARS)
+        if not trend and years is not None:
+            raise StatisticError(
+                f"no data for state {state!r} and question {question.text!r} "
+                f"in years {years[0]}-{years[1]}"
+            )
+        return trend
 
 
 def _check_finite(answer: Mapping[str, Any]) -> None:
@@ -210,7 +259,7 @@ def _precompute(frame: pd.DataFrame) -> dict[str, _Question]:
     One pass over the finest groups (question, state, category, stratum); the coarser means
     are summed up from them, so that the data is grouped once whatever its size.
     """
-    keys = [frame[name] for name in (_QUESTION, _STATE, *_CATEGORY)]
+    keys = [frame[name] for name in (QUESTION, STATE, *CATEGORY)]
     with np.errstate(over="ignore"):  # an overflowing sum is refused at compute() time
         groups = (
             frame[VALUE_COLUMN]

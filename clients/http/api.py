@@ -1,10 +1,12 @@
 """The original REST routes, over one shared `Client` (the gateway computes nothing).
 
-    POST /api/<statistic>          {"question": Q[, "state": S]} -> {"job_id": "job_id_N"}
+    POST /api/<statistic>          {"question": Q[, "state": S][, "years": [FIRST, LAST]]}
+                                   -> {"job_id": "job_id_N"}
     GET  /api/get_results/<job_id> {"status": "running" | "done" + "data" | "error" + "reason"}
     GET  /api/jobs                 {"status": "done", "data": [{"job_id_1": "done"}, ...]}
          ?status=S&statistic=S&limit=N&after=job_id_N   only those jobs (each optional)
     GET  /api/num_jobs             {"num_jobs": N}
+    GET  /api/questions            {"questions": [{"id": "obesity", "question": Q}, ...]}
     GET  /api/graceful_shutdown    {"status": "shutting_down"} until drained, then "done"
     GET  /metrics                  the broker's `stats` for Prometheus (with prometheus-client)
 
@@ -33,6 +35,7 @@ from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
 from protocol.logs import shown
 from protocol.messages import SHUTDOWN_ALL, STATISTICS, ErrorCode, JobStatus
+from protocol.questions import question_list
 
 log = logging.getLogger("lss.gateway")
 
@@ -88,6 +91,9 @@ class Gateway:
     def num_jobs(self) -> ViewResult:
         return jsonify({"num_jobs": self.client.num_jobs()})
 
+    def questions(self) -> ViewResult:
+        return jsonify({"questions": question_list()})
+
     def graceful_shutdown(self) -> ViewResult:
         if self.drained.is_set():
             return jsonify({"status": "done"})
@@ -126,6 +132,7 @@ def create_app(gateway: Gateway) -> Flask:
     app.add_url_rule("/api/get_results/<job_id>", view_func=gateway.get_results)
     app.add_url_rule("/api/jobs", view_func=gateway.jobs)
     app.add_url_rule("/api/num_jobs", view_func=gateway.num_jobs)
+    app.add_url_rule("/api/questions", "api_questions", view_func=gateway.questions)
     app.add_url_rule("/api/graceful_shutdown", view_func=gateway.graceful_shutdown)
     app.add_url_rule("/metrics", view_func=gateway.metrics)
     register(app, Dashboard(gateway.client))

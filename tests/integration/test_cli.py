@@ -118,10 +118,27 @@ def test_report_shows_every_statistic(service: Service) -> None:
     as_json = json.loads(
         ok(lss(service, "report", "--question", VEGETABLES, "--state", state, "--json"))
     )
-    assert len(as_json) == 9
+    assert len(as_json) == 10
     assert close_enough(as_json["state_mean_by_category"], by_state)
     without_state = json.loads(ok(lss(service, "report", "--question", VEGETABLES, "--json")))
     assert "state_mean" not in without_state and len(without_state) == 6
+
+
+def test_questions_by_id_states_by_code_and_years(service: Service) -> None:
+    listed = json.loads(ok(lss(service, "questions", "--json")))
+    assert {"id": "obesity", "question": OBESITY} in listed and len(listed) == 9
+    assert "obesity" in ok(lss(service, "questions")) and "questions" in ok(lss(service, "--help"))
+    with service.client() as client:
+        trend = client.state_trend(OBESITY, "Ohio", years=(2015, 2018))
+        mean = client.state_mean(OBESITY, "Ohio", years=(2015, 2018))
+    assert list(trend["Ohio"]) == ["2015", "2016", "2017", "2018"]
+    args = ("report", "--question", "OBESITY", "--state", "oh", "--years", "2015-2018")
+    as_json = json.loads(ok(lss(service, *args, "--json")))
+    assert close_enough(as_json["state_trend"], trend) and close_enough(as_json["state_mean"], mean)
+    text = ok(lss(service, *args))
+    assert "state_trend (Ohio)" in text and "have obesity (2015-2018)" in text
+    line = one_line_error(lss(service, "submit", "best5", "--question", "obesty", "--wait"))
+    assert "question not in the data set: 'obesty'; closest: 'obesity'" in line
 
 
 def test_plot_writes_a_png(service: Service, tmp_path: Path) -> None:

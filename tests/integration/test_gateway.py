@@ -367,3 +367,24 @@ def test_a_public_address_without_a_token_refuses_to_start(tmp_path: Path) -> No
         check=False,
     )
     assert done.returncode == 2 and "LSS_HTTP_TOKEN" in done.stderr, done.stderr
+
+
+def test_questions_listed_and_state_trend_with_years(
+    service: Service, gateway_for: Callable[..., Http]
+) -> None:
+    http = gateway_for(service)
+    status, body = http.get("/api/questions")
+    assert status == 200 and len(body["questions"]) == 9
+    assert {"id": "obesity", "question": OBESITY} in body["questions"]
+    status, body = http.post(
+        "/api/state_trend", {"question": "obesity", "state": "OH", "years": [2015, 2018]}
+    )
+    assert status == 200, body
+    trend = http.poll(body["job_id"])
+    with service.client() as client:
+        want = client.state_trend(OBESITY, "Ohio", years=(2015, 2018))
+    assert trend["status"] == "done" and close_enough(trend["data"], want)
+    assert list(trend["data"]["Ohio"]) == ["2015", "2016", "2017", "2018"]
+    _, body = http.post("/api/state_mean", {"question": OBESITY, "state": "Ohio", "years": [2018]})
+    failed = http.poll(body["job_id"])
+    assert failed["status"] == "error" and "parameter 'years' must be" in failed["reason"]

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from bench.harness import Service
-from bench.reference import MINIMISED, QUESTIONS, Reference, assert_close
+from bench.reference import MINIMISED, QUESTIONS, Reference, assert_close, close_enough
+from protocol.locations import USPS_CODES
 from protocol.messages import STATE_STATISTICS, STATISTICS
+from protocol.questions import QUESTION_IDS
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +32,36 @@ def test_every_statistic_for_every_question(service: Service, reference: Referen
     ]
     with service.client(timeout=30) as client:
         answers = list(client.map(jobs, window=32))
-    assert len(answers) == len(jobs) == 9 * 6 + 9 * 5 * 3
+    assert len(answers) == len(jobs) == 9 * 6 + 9 * 5 * 4
     for (statistic, params), answer in zip(jobs, answers, strict=True):
         expected = reference.answer(statistic, params["question"], params.get("state"))
         assert_close(answer, expected, f"{statistic}{params}")
+
+
+def test_years_and_names_as_people_type_them(service: Service, reference: Reference) -> None:
+    """Every statistic over 2015-2018, the question by its id and the state by its USPS
+    code: the answers name them as the data does and count only those years' rows."""
+    narrowed = reference.within(2015, 2018)
+    jobs = [
+        (stat, {"question": short, "years": [2015, 2018]})
+        for short in ("obesity", "muscle")
+        for stat in WHOLE
+    ]
+    jobs += [
+        (stat, {"question": short, "state": code, "years": [2015, 2018]})
+        for short in ("obesity", "muscle")
+        for code in ("oh", "US", "Gu")
+        for stat in PER_STATE
+    ]
+    with service.client(timeout=30) as client:
+        answers = list(client.map(jobs, window=32))
+    for (statistic, params), answer in zip(jobs, answers, strict=True):
+        question = QUESTION_IDS[str(params["question"])]
+        state = USPS_CODES.get(str(params.get("state", "")).upper())
+        expected = narrowed.answer(statistic, question, state)
+        assert_close(answer, expected, f"{statistic}{params}")
+    # The years made a difference: all years give another states_mean.
+    assert not close_enough(answers[0], reference.answer(jobs[0][0], QUESTION_IDS["obesity"]))
 
 
 def test_ordering_of_ranked_answers(service: Service) -> None:

@@ -216,6 +216,7 @@ def test_every_command_has_a_handler() -> None:
     actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     names = set(actions[0].choices)
     assert names == {
+        "questions",
         "submit",
         "get",
         "wait",

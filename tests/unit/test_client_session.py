@@ -21,6 +21,7 @@ from protocol.errors import (
     RequestRefused,
     UnknownJob,
 )
+from protocol.questions import QUESTION_IDS, question_list
 
 INTERVAL_S, LIVENESS = 1.0, 3
 ANSWER = {"Ohio": 31.2}
@@ -189,7 +190,8 @@ def test_the_statistic_methods_are_the_protocols_catalogue() -> None:
     }
     assert own == set(m.STATISTICS)
     for name in m.STATISTICS:
-        wanted = ["self", "question", *(["state"] if name in m.STATE_STATISTICS else [])]
+        state = ["state"] if name in m.STATE_STATISTICS else []
+        wanted = ["self", "question", *state, "years"]
         assert list(inspect.signature(getattr(Statistics, name)).parameters) == wanted
         assert getattr(Client, name) is getattr(AsyncClient, name) is getattr(Statistics, name)
 
@@ -209,3 +211,27 @@ def test_silence_while_nothing_was_asked_is_no_sign_of_death() -> None:
     assert not session.tick(100.0)  # silence counts from here on
     assert not session.tick(102.5)
     assert session.tick(103.1)
+
+
+class _Recorder(Statistics[dict[str, Any]]):
+    """The statistic methods over a `run` that returns the job instead of sending it."""
+
+    def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> dict[str, Any]:
+        return {"statistic": statistic, **params}
+
+
+def test_years_travel_as_first_last_and_only_when_given() -> None:
+    recorder = _Recorder()
+    assert recorder.state_trend("obesity", "OH", years=(2015, 2020)) == {
+        "statistic": "state_trend",
+        "question": "obesity",
+        "state": "OH",
+        "years": [2015, 2020],
+    }
+    assert recorder.best5("obesity") == {"statistic": "best5", "question": "obesity"}
+
+
+def test_the_questions_are_listed_without_a_broker() -> None:
+    listed = Client.questions()
+    assert listed == AsyncClient.questions() == question_list()
+    assert {"id": "obesity", "question": QUESTION_IDS["obesity"]} in listed

@@ -21,7 +21,7 @@ AEROBIC_300 = (
     "(or an equivalent combination)"
 )
 
-# The three real rows of docs/dataset-format.md, verbatim (split only to fit the line length).
+# Three real rows of the CDC subset file, verbatim (split only to fit the line length).
 OHIO_ROW = (
     "0,2017,2017,OH,Ohio,Behavioral Risk Factor Surveillance System,Obesity / Weight Status,"
     f"Obesity / Weight Status,{OBESITY},,Value,29.4,29.4,,,27.1,31.8,2599.0,,,,,"

@@ -73,8 +73,9 @@ def stats() -> Statistics:
     return Statistics(_frame((OBESITY, OBESITY_ROWS), (MUSCLE, MUSCLE_ROWS), (SODA, SODA_ROWS)))
 
 
-def test_the_catalogue_has_the_contracts_nine_statistics() -> None:
-    assert Statistics.names == STATISTICS and len(set(STATISTICS)) == 9
+def test_the_catalogue_has_the_contracts_nine_statistics_then_state_trend() -> None:
+    assert Statistics.names == STATISTICS and len(set(STATISTICS)) == 10
+    assert STATISTICS[-1] == "state_trend" and "state_trend" in STATE_STATISTICS
     assert set(STATISTICS) > STATE_STATISTICS
 
 
@@ -213,7 +214,7 @@ def test_answers_are_fresh_copies(stats: Statistics) -> None:
         ("states_mean", {}, "missing parameter 'question'"),
         ("states_mean", {"question": 7}, "parameter 'question' must be a string, got int"),
         ("states_mean", {"question": NO_ACTIVITY}, "question not in the data set"),
-        ("states_mean", {"question": "obesity"}, "question not in the data set: 'obesity'"),
+        ("states_mean", {"question": "obesty"}, "question not in the data set: 'obesty'"),
         ("state_mean", {"question": OBESITY}, "missing parameter 'state'"),
         ("state_mean", {"question": OBESITY, "state": None}, "'state' must be a string"),
         (
@@ -232,9 +233,14 @@ def test_answers_are_fresh_copies(stats: Statistics) -> None:
 def test_bad_requests_end_in_a_reason(
     stats: Statistics, statistic: str, params: dict[str, object], reason: str
 ) -> None:
+    assert reason in reason_of(stats, statistic, params)
+
+
+def reason_of(stats: Statistics, statistic: str, params: dict[str, object]) -> str:
+    """The reason of the `StatisticError` that `statistic` must end in for `params`."""
     with pytest.raises(StatisticError) as caught:
         stats.compute(statistic, params)
-    assert reason in str(caught.value)
+    return str(caught.value)
 
 
 def test_malformed_call_arguments(stats: Statistics) -> None:
