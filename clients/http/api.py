@@ -20,12 +20,12 @@ import threading
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from clients.client import Client
 from clients.http.dashboard import Dashboard, register
 from clients.http.jsonbody import InvalidBody, parse_json
+from clients.http.strictjson import StrictJSON
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
 from protocol.logs import shown
@@ -45,12 +45,6 @@ _REFUSAL_HTTP_STATUS: dict[str, int] = {
 }
 
 ViewResult = Response | tuple[Response, int]
-
-
-class _OrderedJSON(DefaultJSONProvider):
-    """Flask's JSON, without sorting keys: answers keep the contract's order."""
-
-    sort_keys = False
 
 
 class Gateway:
@@ -116,7 +110,7 @@ class Gateway:
 def create_app(gateway: Gateway) -> Flask:
     """The Flask application: the original REST routes through `gateway`, and the dashboard."""
     app = Flask("lss.gateway", static_folder=None)
-    app.json = _OrderedJSON(app)
+    app.json = StrictJSON(app)  # every reply: strict JSON, keys in the contract's order
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_MESSAGE_BYTES
     app.add_url_rule("/api/<statistic>", view_func=gateway.submit, methods=["POST"])
     app.add_url_rule("/api/get_results/<job_id>", view_func=gateway.get_results)
