@@ -172,8 +172,9 @@ async function loadQuestion(question) {
     $("national-rows").textContent = fmt(state.means.National);
     $("csv-download").disabled = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
+    const years = state.years ? `years ${state.years.join("-")}` : "all years";
     $("explorer-status").textContent =
-      `${Object.keys(means.data).length} locations, from jobs ${means.jobId}, ${global.jobId}, ` +
+      `${Object.keys(means.data).length} locations, ${years}, from jobs ${means.jobId}, ${global.jobId}, ` +
       `${best.jobId}, ${worst.jobId} (${seconds} s)`;
     document.body.dataset.mapReady = "true";
     selectLocation(state.selected && state.means[state.selected] !== undefined
@@ -331,7 +332,7 @@ function paintTrend(name, outcome) {
     const series = Object.entries(outcome.data[name] || {})
       .map(([year, mean]) => [Number(year), mean])
       .filter(([year, mean]) => Number.isFinite(year) && typeof mean === "number" && isFinite(mean));
-    box.replaceChildren(el("h4", "Mean per year"), trendChart(name, series));
+    box.replaceChildren(el("h4", "Mean (%) per year"), trendChart(name, series));
     box.dataset.job = outcome.jobId;
     box.dataset.points = JSON.stringify(series);
   }
@@ -350,7 +351,7 @@ function trendChart(name, series) {
   const years = series.map(([year]) => year);
   const means = series.map(([, mean]) => mean);
   const [y0, y1, m0, m1] = [Math.min(...years), Math.max(...years), Math.min(...means), Math.max(...means)];
-  const x = (year) => left + ((year - y0) / (y1 - y0 || 1)) * (width - left - 12);
+  const x = (year) => left + ((year - y0) / (y1 - y0 || 1)) * (width - left - 24);
   const y = (mean) => height - bottom - ((mean - m0) / (m1 - m0 || 1)) * (height - bottom - 14);
   const add = (tag, attributes, text) => {
     const node = document.createElementNS(ns, tag);
@@ -366,8 +367,7 @@ function trendChart(name, series) {
   }
   add("text", { x: 2, y: 12 }, `${fmt(m1, 1)}%`);
   add("text", { x: 2, y: height - bottom }, `${fmt(m0, 1)}%`);
-  add("text", { x: left, y: height - 4 }, String(y0));
-  add("text", { x: width - 40, y: height - 4 }, String(y1));
+  for (const year of years) add("text", { x: x(year).toFixed(1), y: height - 4, "text-anchor": "middle" }, String(year));
   return svg;
 }
 
