@@ -9,8 +9,9 @@
 
 The JSON fields of a submit are passed to the job as its parameters, so the workers'
 validation answers missing or unexpected fields; malformed or too deeply nested JSON
-and fields of the wrong type get HTTP 400 here. Who may call these routes at all is
-decided before them, by `clients.http.guard`.
+and fields of the wrong type get HTTP 400 here. Every reply is strict JSON
+(`clients.http.strictjson`: no NaN or Infinity, whatever a peer stored). Who may call
+these routes at all is decided before them, by `clients.http.guard`.
 """
 
 from __future__ import annotations

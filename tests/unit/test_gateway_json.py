@@ -6,9 +6,11 @@ import json
 import math
 from typing import Any, cast
 
+from flask import Flask
+
 from clients.client import Client
 from clients.http.api import Gateway, create_app
-from clients.http.strictjson import MAX_DEPTH, TOO_DEEP, plain
+from clients.http.strictjson import MAX_DEPTH, TOO_DEEP, StrictJSON, plain
 
 INF, NAN = math.inf, math.nan
 
@@ -79,3 +81,9 @@ def test_every_reply_is_strict_json_even_for_hostile_stored_jobs() -> None:
     assert live["failures"][0]["finished_s"] is None
     assert live["workers"][0]["credit"] is None
     assert live["rates_per_s"] == {"done": None}
+
+
+def test_a_reply_with_a_key_json_cannot_write_is_made_plain_too() -> None:
+    encoder = StrictJSON(Flask("test"))
+    assert encoder.dumps({b"k": [NAN, 1]}) == '{"<1 bytes>": [null, 1]}'
+    assert encoder.dumps({"a": 1.5}) == '{"a": 1.5}'  # the fast path, unchanged

@@ -164,7 +164,8 @@ async function loadQuestion(question) {
       runJob("best5", withYears({ question })), runJob("worst5", withYears({ question })),
     ]);
     if (token !== state.token) return;
-    state.means = means.data;
+    // A location whose mean is not a number (null: the gateway's word for NaN) has no data.
+    state.means = Object.fromEntries(Object.entries(means.data).filter(([, v]) => typeof v === "number"));
     $("map").dataset.job = means.jobId;
     paintMap(best.data, worst.data);
     $("global-mean").textContent = fmt(global.data.global_mean);
