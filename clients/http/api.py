@@ -12,8 +12,9 @@
 
 The JSON fields of a submit are passed to the job as its parameters, so the workers'
 validation answers missing or unexpected fields; malformed or too deeply nested JSON
-and fields of the wrong type get HTTP 400 here. Who may call these routes at all is
-decided before them, by `clients.http.guard`.
+and fields of the wrong type get HTTP 400 here. Every reply is strict JSON
+(`clients.http.strictjson`: no NaN or Infinity, whatever a peer stored). Who may call
+these routes at all is decided before them, by `clients.http.guard`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from clients.client import Client
 from clients.http.dashboard import Dashboard, register
 from clients.http.jsonbody import InvalidBody, parse_json
+from clients.http.strictjson import StrictJSON
 from clients.listing import job_number, whole_number
 from protocol import config
 from protocol.errors import BrokerUnavailable, RequestRefused
@@ -52,12 +53,6 @@ _REFUSAL_HTTP_STATUS: dict[str, int] = {
 }
 
 ViewResult = Response | tuple[Response, int]
-
-
-class _OrderedJSON(DefaultJSONProvider):
-    """Flask's JSON, without sorting keys: answers keep the contract's order."""
-
-    sort_keys = False
 
 
 class Gateway:
@@ -126,7 +121,7 @@ class Gateway:
 def create_app(gateway: Gateway) -> Flask:
     """The Flask application: the original REST routes through `gateway`, and the dashboard."""
     app = Flask("lss.gateway", static_folder=None)
-    app.json = _OrderedJSON(app)
+    app.json = StrictJSON(app)  # every reply: strict JSON, keys in the contract's order
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_MESSAGE_BYTES
     app.add_url_rule("/api/<statistic>", view_func=gateway.submit, methods=["POST"])
     app.add_url_rule("/api/get_results/<job_id>", view_func=gateway.get_results)

@@ -9,7 +9,9 @@
 
 The page reads these and runs statistics through the original routes (POST
 /api/<statistic>, GET /api/get_results/<id>), like any producer: it can start nothing
-else. Every value it shows that came from a peer is set as text, never as markup, and the
+else. From a service that has them it also reads GET /api/questions (the questions' ids)
+and runs `state_trend` and statistics with `years`; where they answer 404 or 405 it does
+without. Every value it shows that came from a peer is set as text, never as markup, and the
 Content-Security-Policy allows scripts from this gateway only.
 """
 

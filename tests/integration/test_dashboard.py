@@ -8,6 +8,10 @@ for the same jobs (the page shows their ids). Screenshots go to the test's tmp d
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
 import re
 import signal
 import time
@@ -20,9 +24,11 @@ import pytest
 from bench.harness import Service
 from bench.reference import close_enough
 from bench.service import wait_until
+from broker.store import Outcome, SqliteStore
 from clients.http.dashboard import ASSETS
 from protocol import config
-from protocol.messages import STATISTICS
+from protocol import messages as m
+from protocol.messages import STATISTICS, JobStatus
 from protocol.questions import QUESTIONS
 from tests.integration import browser
 from tests.integration.gateway_http import Http
@@ -32,6 +38,8 @@ pytestmark = pytest.mark.integration
 LOCATIONS = 55  # 50 states, DC, National, Guam, Puerto Rico, Virgin Islands
 HEARTBEAT_WINDOW_S = config.HEARTBEAT_INTERVAL_MS / 1000 * config.HEARTBEAT_LIVENESS
 PAGE_POLL_S = 1.0  # the page asks for the live data this often (dashboard.js)
+NARROW_PX, WIDE_PX = 400, 1400  # a phone, a laptop
+NO_SIDEWAYS_SCROLL = "return document.documentElement.scrollWidth <= window.innerWidth"
 
 
 @pytest.fixture
@@ -71,8 +79,23 @@ def marked(driver: Any, kind: str) -> set[str]:
     return {tile.get_attribute("data-name") for tile in tiles}
 
 
+# Routes of a newer service that the page asks for, and does without when an older one
+# answers 404 or 405 (GET /api/questions meets the POST-only /api/<statistic>).
+OPTIONAL_ROUTES = ("/api/questions", "/api/state_trend")
+MISSING_ROUTE = (404, 405)
+
+
 def console_errors(driver: Any) -> list[dict[str, Any]]:
-    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    return [
+        entry
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and not _optional_route_missing(entry["message"])
+    ]
+
+
+def _optional_route_missing(message: str) -> bool:
+    missing = any(f"status of {status}" in message for status in MISSING_ROUTE)
+    return missing and any(route in message for route in OPTIONAL_ROUTES)
 
 
 def test_the_dashboard_in_a_browser(
@@ -116,6 +139,147 @@ def test_the_dashboard_in_a_browser(
     assert console_errors(driver) == []
     print(f"map shown {map_s:.2f} s after opening; worker gone from the list after "
           f"{time.monotonic() - killed:.2f} s; screenshots in {tmp_path}")  # fmt: skip
+
+
+def test_the_dashboard_after_hostile_jobs_at_400_px(
+    service: Service, gateway_for: Callable[..., Http], driver: Any, tmp_path: Path
+) -> None:
+    """Jobs with non-finite numbers (one stored as an older broker did), markup, 4 KB
+    strings and deep nesting: the live panels still render, as text, on a page 400 px wide
+    that does not scroll sideways; the table downloads as CSV; the year range and the
+    picked state's trend, or the notes that this service has neither."""
+    http = gateway_for(service)
+    stored = store_hostile_failure(service)
+    accepted = [job for job in map(submit_raw, [http] * 4, hostile_bodies()) if job]
+    for job in accepted:
+        assert http.poll(job)["status"] == "error"
+    status, live = http.get("/api/dashboard/live")
+    assert status == 200 and live["up"], live
+    json.dumps(live, allow_nan=False)  # no NaN or Infinity came through
+    driver.set_window_size(NARROW_PX, 1000)
+    driver.get(http.base + "/")
+    assert driver.execute_script("return window.innerWidth") == NARROW_PX
+    wanted = {stored, *accepted}
+    wait_until(lambda: wanted <= failures_shown(driver) or None, 20, f"failures {wanted} listed")
+    wait_until(lambda: len(tile_values(driver)) == LOCATIONS or None, 60, "the map")
+    assert "x=null, y=null, z=null" in driver.find_element("id", "failures").text
+    assert driver.find_elements("css selector", "#live img, #live script") == []
+    assert driver.find_element("id", "queue-depth").text.isdigit()
+    check_the_csv_download(driver, tmp_path / "downloads")
+    check_years_and_trend(driver, http, service, "Ohio")
+    assert driver.execute_script(NO_SIDEWAYS_SCROLL), "the page scrolls sideways at 400 px"
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(tmp_path / "narrow.png"))
+    driver.set_window_size(WIDE_PX, 1000)
+    driver.save_screenshot(str(tmp_path / "wide.png"))
+    assert console_errors(driver) == []
+    print(f"screenshots in {tmp_path}")
+
+
+def store_hostile_failure(service: Service) -> str:
+    """A failed job whose parameters hold NaN and infinities, written into the broker's
+    store while it is down (as an older broker admitted them); the job's id."""
+    service.kill_broker()  # its workers stay, and reconnect to the next one
+    params = {"question": QUESTIONS[0], "state": "Ohio", "x": math.inf, "y": math.nan,
+              "z": -math.inf}  # fmt: skip
+    store = SqliteStore(service.state_dir / "jobs.sqlite3")
+    try:
+        seq, _ = store.add("hostile-stored", m.body_of(m.Job("state_mean", params)), time.time())
+        store.finish(seq, Outcome(JobStatus.ERROR, reason="unexpected x, y, z"), time.time())
+        store.commit()
+    finally:
+        store.close()
+    service.start_broker()
+    return m.job_id(seq)
+
+
+def hostile_bodies() -> list[bytes]:
+    """Submits as raw JSON text (1e400 is a number that Python reads as infinity)."""
+    question = json.dumps(QUESTIONS[0])
+    markup = json.dumps("<img src=x onerror=alert(1)><script>alert(2)</script>")
+    texts = (
+        f'{{"question": {question}, "state": "Ohio", "x": 1e400}}',
+        f'{{"question": {question}, "state": {markup}}}',
+        f'{{"question": {question}, "state": "{"A" * 4096}"}}',
+        f'{{"question": {question}, "state": "Ohio", "deep": {"[" * 30}1{"]" * 30}}}',
+    )
+    return [text.encode() for text in texts]
+
+
+def submit_raw(http: Http, body: bytes) -> str | None:
+    """The job's id, or None if the gateway or the broker refused it (with a reason)."""
+    status, reply = http.call("POST", "/api/state_mean", body)
+    if status == 200:
+        job: str = reply["job_id"]
+        return job
+    assert 400 <= status < 500 and reply["reason"], (status, reply)
+    return None
+
+
+def attribute(driver: Any, selector: str, name: str) -> str | None:
+    """An attribute of the first element that `selector` finds, or None."""
+    found = driver.find_elements("css selector", selector)
+    return found[0].get_attribute(name) if found else None
+
+
+def failures_shown(driver: Any) -> set[str]:
+    return set(driver.execute_script(
+        "return [...document.querySelectorAll('#failures tbody a')].map(a => a.textContent)"
+    ))  # fmt: skip
+
+
+def check_the_csv_download(driver: Any, downloads: Path) -> None:
+    """The file holds the table's rows in its order, means at full precision; fields
+    with commas, quotes, line breaks or edge spaces are quoted."""
+    downloads.mkdir()
+    driver.execute_cdp_cmd(
+        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    driver.find_element("id", "csv-download").click()
+    path = wait_until(lambda: next(downloads.glob("lss-*.csv"), None), 10, "the CSV file")
+    with path.open(newline="", encoding="utf-8") as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ["location", "mean_percent", "rank", "question", "years"]
+    values = tile_values(driver)
+    assert [row[0] for row in rows] == sorted(values, key=values.__getitem__)  # the table's order
+    assert {row[0]: float(row[1]) for row in rows} == values
+    assert sorted(int(row[2]) for row in rows) == list(range(1, LOCATIONS + 1))
+    assert {(row[3], row[4]) for row in rows} == {(QUESTIONS[0], "all")}
+    fields = ["a,b", 'say "hi"', "two\nlines", " edge ", "plain", ""]
+    text = driver.execute_script("return csvText([arguments[0]])", fields)
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [fields]
+
+
+def check_years_and_trend(driver: Any, http: Http, service: Service, state: str) -> None:
+    """With a service that has `years` and `state_trend`: the picked range goes into the
+    page's jobs, and the state's trend is the one its job answered. Without (GET
+    /api/questions missing): the range is disabled and the detail says there is no trend."""
+    from selenium.webdriver.support.select import Select
+
+    newer = http.get("/api/questions")[0] not in MISSING_ROUTE
+    assert driver.find_element("id", "year-first").is_enabled() == newer
+    if newer:
+        map_job = driver.find_element("id", "map").get_attribute("data-job")
+        Select(driver.find_element("id", "year-first")).select_by_value("2015")
+        Select(driver.find_element("id", "year-last")).select_by_value("2020")
+        wait_until(
+            lambda: attribute(driver, "#map", "data-job") != map_job or None, 30, "a new map"
+        )
+    driver.find_element("css selector", f".tile[data-name='{state}']").click()
+    ready = "#state-trend[data-ready='true']"
+    wait_until(lambda: attribute(driver, ready, "data-ready"), 30, f"{state}'s trend")
+    trend = driver.find_element("css selector", ready)
+    if not newer:
+        assert "no state_trend" in trend.text
+        return
+    with service.client() as client:
+        answer = client.wait(trend.get_attribute("data-job"))[state]
+        years = {j["job_id"]: j["params"].get("years") for j in client.recent(15)["jobs"]}
+    assert json.loads(trend.get_attribute("data-points")) == [
+        [int(y), v] for y, v in answer.items()
+    ]
+    assert set(map(int, answer)) <= set(range(2015, 2021))
+    assert str(years[trend.get_attribute("data-job")]) == "[2015, 2020]"  # RECENT: a list's repr
 
 
 def check_the_table_sorts(driver: Any) -> None:

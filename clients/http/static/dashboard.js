@@ -5,6 +5,9 @@
 
 const LIVE_EVERY_MS = 1000;
 const CHART_WINDOW_S = 300;
+const FIRST_YEAR = 2011; // the years a statistic's `years` may name (docs/protocol.md)
+const LAST_YEAR = 2022;
+const SHOWN_CHARS = 200; // of a peer's text in a table cell; the cell's title holds more
 // A tile grid of the 50 states and DC: [abbreviation, name, row, column].
 const TILES = [
   ["AK", "Alaska", 0, 0], ["ME", "Maine", 0, 11],
@@ -27,7 +30,8 @@ const TILES = [
   ["AL", "Alabama", 6, 7], ["GA", "Georgia", 6, 8],
   ["HI", "Hawaii", 7, 0], ["TX", "Texas", 7, 4], ["FL", "Florida", 7, 9],
 ];
-const BESIDE = [["US", "National", 0, 0], ["GU", "Guam", 0, 1],
+// "National" is the data's own rows for the whole US, not the mean over all rows.
+const BESIDE = [["National", "National", 0, 0], ["GU", "Guam", 0, 1],
   ["PR", "Puerto Rico", 1, 0], ["VI", "Virgin Islands", 1, 1]];
 // viridis: ordered in lightness and readable with the common colour-vision deficiencies.
 const VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80",
@@ -35,7 +39,8 @@ const VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80
 
 const $ = (id) => document.getElementById(id);
 const state = { questions: [], question: null, means: {}, ranks: {}, selected: null,
-  sort: { key: "mean", ascending: true }, samples: [], token: 0 };
+  sort: { key: "mean", ascending: true }, samples: [], token: 0, ids: {}, years: null,
+  hasTrend: true };
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -48,11 +53,30 @@ function fmt(value, digits = 2) {
   return typeof value === "number" && isFinite(value) ? value.toFixed(digits) : "–";
 }
 
+class HttpError extends Error {
+  constructor(status, reason) {
+    super(reason || `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
 async function api(path, options) {
   const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options));
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.reason || `HTTP ${response.status}`);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new HttpError(response.status, body.reason);
   return body;
+}
+
+// A route this service lacks: an older gateway answers 404 for an unknown statistic, and
+// 405 for a GET of /api/<name> (its POST route for statistics).
+function missingRoute(error) {
+  return error instanceof HttpError && (error.status === 404 || error.status === 405);
+}
+
+// The `years` parameter of every statistic: none when all years are picked, so that an
+// older service, which knows no `years`, answers as before.
+function withYears(params) {
+  return state.years ? Object.assign({}, params, { years: state.years }) : params;
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -136,24 +160,28 @@ async function loadQuestion(question) {
   const started = performance.now();
   try {
     const [means, global, best, worst] = await Promise.all([
-      runJob("states_mean", { question }), runJob("global_mean", { question }),
-      runJob("best5", { question }), runJob("worst5", { question }),
+      runJob("states_mean", withYears({ question })), runJob("global_mean", withYears({ question })),
+      runJob("best5", withYears({ question })), runJob("worst5", withYears({ question })),
     ]);
     if (token !== state.token) return;
-    state.means = means.data;
+    // A location whose mean is not a number (null: the gateway's word for NaN) has no data.
+    state.means = Object.fromEntries(Object.entries(means.data).filter(([, v]) => typeof v === "number"));
     $("map").dataset.job = means.jobId;
     paintMap(best.data, worst.data);
     $("global-mean").textContent = fmt(global.data.global_mean);
     $("global-mean").dataset.value = global.data.global_mean;
+    $("national-rows").textContent = fmt(state.means.National);
+    $("csv-download").disabled = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
+    const years = state.years ? `years ${state.years.join("-")}` : "all years";
     $("explorer-status").textContent =
-      `${Object.keys(means.data).length} locations, from jobs ${means.jobId}, ${global.jobId}, ` +
+      `${Object.keys(means.data).length} locations, ${years}, from jobs ${means.jobId}, ${global.jobId}, ` +
       `${best.jobId}, ${worst.jobId} (${seconds} s)`;
     document.body.dataset.mapReady = "true";
     selectLocation(state.selected && state.means[state.selected] !== undefined
       ? state.selected : null);
   } catch (error) {
-    if (token === state.token) $("explorer-status").textContent = `failed: ${error.message}`;
+    if (token === state.token) $("explorer-status").textContent = `failed: ${clip(error.message)}`;
   }
 }
 
@@ -236,17 +264,20 @@ async function selectLocation(name) {
   detail.dataset.ready = "false";
   detail.replaceChildren(el("h3", name), el("p", "running state_mean, state_diff_from_mean and state_mean_by_category…"));
   const question = state.question;
+  const params = withYears({ question, state: name });
+  const trend = state.hasTrend ? runJob("state_trend", params).catch((error) => error) : null;
   try {
     const [mean, diff, categories] = await Promise.all([
-      runJob("state_mean", { question, state: name }),
-      runJob("state_diff_from_mean", { question, state: name }),
-      runJob("state_mean_by_category", { question, state: name }),
+      runJob("state_mean", params), runJob("state_diff_from_mean", params),
+      runJob("state_mean_by_category", params),
     ]);
     if (state.selected !== name || state.question !== question) return;
     paintDetail(name, mean, diff, categories);
   } catch (error) {
-    if (state.selected === name) detail.replaceChildren(el("h3", name), el("p", `failed: ${error.message}`));
+    if (state.selected === name) detail.replaceChildren(el("h3", name), el("p", `failed: ${clip(error.message)}`));
+    return;
   }
+  paintTrend(name, await trend);
 }
 
 function paintDetail(name, mean, diff, categories) {
@@ -260,7 +291,7 @@ function paintDetail(name, mean, diff, categories) {
     facts.append(el("dt", label), dd);
   };
   add("Mean (%)", mean.data[name], "state-mean", mean.jobId);
-  add("National mean − this mean", diff.data[name], "state-diff", diff.jobId);
+  add("Mean over all rows − this mean", diff.data[name], "state-diff", diff.jobId);
   const table = el("table");
   table.id = "state-categories";
   table.dataset.job = categories.jobId;
@@ -281,8 +312,98 @@ function paintDetail(name, mean, diff, categories) {
     tr.append(el("td", parts[0]), el("td", parts[1] || ""), el("td", fmt(value), "num"), barCell);
     table.append(tr);
   }
-  detail.replaceChildren(el("h3", name), facts, table);
+  const trend = el("div", null, "trend");
+  trend.id = "state-trend";
+  detail.replaceChildren(el("h3", name), facts, trend, table);
   detail.dataset.ready = "true";
+}
+
+// --- the picked location's mean per year (state_trend) --------------------------------
+
+// `outcome` is the state_trend job, an error, or null when the service has no such statistic.
+function paintTrend(name, outcome) {
+  const box = $("state-trend");
+  if (!box || state.selected !== name) return;
+  if (missingRoute(outcome)) state.hasTrend = false;
+  if (!outcome || !state.hasTrend) {
+    box.replaceChildren(el("p", "No trend: this service has no state_trend statistic.", "note"));
+  } else if (outcome instanceof Error) {
+    box.replaceChildren(el("p", `trend failed: ${clip(outcome.message)}`, "note"));
+  } else {
+    const series = Object.entries(outcome.data[name] || {})
+      .map(([year, mean]) => [Number(year), mean])
+      .filter(([year, mean]) => Number.isFinite(year) && typeof mean === "number" && isFinite(mean));
+    box.replaceChildren(el("h4", "Mean (%) per year"), trendChart(name, series));
+    box.dataset.job = outcome.jobId;
+    box.dataset.points = JSON.stringify(series);
+  }
+  box.dataset.ready = "true";
+}
+
+function trendChart(name, series) {
+  const ns = "http://www.w3.org/2000/svg";
+  const [width, height, left, bottom] = [480, 160, 40, 20];
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", series.length ? `${name}, mean per year: ` +
+    series.map(([year, mean]) => `${year} ${fmt(mean, 1)}%`).join(", ") : `${name}: no yearly data`);
+  if (!series.length) return svg;
+  const years = series.map(([year]) => year);
+  const means = series.map(([, mean]) => mean);
+  const [y0, y1, m0, m1] = [Math.min(...years), Math.max(...years), Math.min(...means), Math.max(...means)];
+  const x = (year) => left + ((year - y0) / (y1 - y0 || 1)) * (width - left - 24);
+  const y = (mean) => height - bottom - ((mean - m0) / (m1 - m0 || 1)) * (height - bottom - 14);
+  const add = (tag, attributes, text) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
+  add("polyline", { points: series.map(([yr, mean]) => `${x(yr).toFixed(1)},${y(mean).toFixed(1)}`).join(" ") });
+  for (const [year, mean] of series) {
+    add("circle", { cx: x(year).toFixed(1), cy: y(mean).toFixed(1), r: 3 })
+      .append(Object.assign(document.createElementNS(ns, "title"), { textContent: `${year}: ${fmt(mean)}%` }));
+  }
+  add("text", { x: 2, y: 12 }, `${fmt(m1, 1)}%`);
+  add("text", { x: 2, y: height - bottom }, `${fmt(m0, 1)}%`);
+  for (const year of years) add("text", { x: x(year).toFixed(1), y: height - 4, "text-anchor": "middle" }, String(year));
+  return svg;
+}
+
+// --- the table as a CSV file (made here, from the table's own data) ------------------
+
+// One CSV field (RFC 4180): quoted when it holds a quote, a comma, a line break or
+// surrounding spaces, its quotes doubled.
+function csvField(value) {
+  const text = value === undefined || value === null ? "" : String(value);
+  return /[",\r\n]|^\s|\s$/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function csvText(rows) {
+  return rows.map((row) => row.map(csvField).join(",")).join("\r\n") + "\r\n";
+}
+
+// The table's rows in its order, means at full precision, with the question and years.
+function tableCsv() {
+  const years = state.years ? `${state.years[0]}-${state.years[1]}` : "all";
+  const rows = [...$("states-table").tBodies[0].rows].map((tr) => {
+    const name = tr.dataset.name;
+    return [name, state.means[name], state.ranks[name], state.question, years];
+  });
+  return csvText([["location", "mean_percent", "rank", "question", "years"], ...rows]);
+}
+
+function downloadCsv() {
+  const id = state.ids[state.question] || "question";
+  const link = el("a");
+  link.href = URL.createObjectURL(new Blob([tableCsv()], { type: "text/csv" }));
+  link.download = `lss-${id}${state.years ? `-${state.years.join("-")}` : ""}.csv`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
 }
 
 // --- the service, live ---------------------------------------------------------------
@@ -311,15 +432,35 @@ function jobLink(jobId) {
   return link;
 }
 
+// A peer's text, cut for a table cell.
+function clip(text, chars = SHOWN_CHARS) {
+  const whole = String(text);
+  return whole.length > chars ? `${whole.slice(0, chars)}…` : whole;
+}
+
+// A peer's value as text: strings as they are, anything else (null, lists, objects) as JSON.
+function valueText(value) {
+  return typeof value === "string" ? value : JSON.stringify(value) ?? String(value);
+}
+
 function paramsText(params) {
-  return Object.entries(params || {}).map(([k, v]) => `${k}=${String(v).slice(0, 60)}`).join(", ");
+  const entries = params && typeof params === "object" ? Object.entries(params) : [];
+  return entries.map(([k, v]) => `${k}=${clip(valueText(v), 60)}`).join(", ");
+}
+
+// A cell for a peer's text: cut, the longer text in its title.
+function peerCell(text, className) {
+  const cell = el("td", clip(text), className ? `peer ${className}` : "peer");
+  cell.title = clip(text, 1000);
+  return cell;
 }
 
 function jobRow(job, last, lastClass) {
   const tr = el("tr");
   const idCell = el("td");
   idCell.append(jobLink(job.job_id));
-  tr.append(idCell, el("td", job.statistic), el("td", paramsText(job.params)), el("td", last, lastClass));
+  tr.append(idCell, el("td", clip(job.statistic, 60)), peerCell(paramsText(job.params)),
+    peerCell(last, lastClass));
   return tr;
 }
 
@@ -339,7 +480,7 @@ function jobHeads() {
 function paintJobs(recent, failures) {
   $("recent").tBodies[0].replaceChildren(...recent.map((job) => {
     const tr = jobRow(job, job.status, `status-${job.status}`);
-    const ms = job.finished_s ? (job.finished_s - job.created_s) * 1000 : null;
+    const ms = job.finished_s && job.created_s ? (job.finished_s - job.created_s) * 1000 : null;
     tr.append(el("td", ms === null ? "running" : `${fmt(ms, 1)} ms`, "num"));
     return tr;
   }));
@@ -444,14 +585,49 @@ async function liveLoop() {
   }
 }
 
+// The ids of the questions (GET /api/questions) name the CSV files; a service without
+// that route (`missingRoute`) predates `years` and `state_trend` as well.
+async function loadQuestionIds() {
+  try {
+    const { questions } = await api("/api/questions");
+    state.ids = Object.fromEntries(questions.map((q) => [q.question, q.id]));
+  } catch (error) { // without ids the files are named "question"; only a 404 says more
+    if (!missingRoute(error)) return;
+    state.hasTrend = false;
+    for (const id of ["year-first", "year-last"]) $(id).disabled = true;
+    $("years-note").textContent = "all years (this service cannot pick years)";
+  }
+}
+
+function buildYears() {
+  const [first, last] = [$("year-first"), $("year-last")];
+  for (let year = FIRST_YEAR; year <= LAST_YEAR; year++) {
+    first.append(Object.assign(el("option", year), { value: String(year) }));
+    last.append(Object.assign(el("option", year), { value: String(year) }));
+  }
+  [first.value, last.value] = [String(FIRST_YEAR), String(LAST_YEAR)];
+  const changed = (event) => {
+    let [a, b] = [Number(first.value), Number(last.value)];
+    if (a > b) [a, b] = event.target === first ? [a, a] : [b, b];
+    [first.value, last.value] = [String(a), String(b)];
+    state.years = a === FIRST_YEAR && b === LAST_YEAR ? null : [a, b];
+    if (state.question) loadQuestion(state.question);
+  };
+  first.addEventListener("change", changed);
+  last.addEventListener("change", changed);
+}
+
 async function start() {
+  buildYears();
   buildTiles($("map"), TILES);
   buildTiles($("territories"), BESIDE);
   allTiles()[0].tabIndex = 0; // the map is one tab stop; arrows move inside it
   for (const button of $("states-table").querySelectorAll("th button")) {
     button.addEventListener("click", () => sortBy(button.dataset.key));
   }
+  $("csv-download").addEventListener("click", downloadCsv);
   liveLoop();
+  await loadQuestionIds();
   const { questions } = await api("/api/dashboard/questions");
   state.questions = questions;
   const select = $("question");
