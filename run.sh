@@ -63,9 +63,11 @@ serve() {
     if [[ "$http_addr" != "off" ]] && "$PY" -c 'import clients.gateway' 2>/dev/null; then
         start_child "$PY" -m clients.gateway --listen "$http_addr"
         wait_up gateway "${SERVE_PIDS[2]}"
-        say "dashboard on http://$http_addr/ (HTTP API, the original REST routes, under /api/)"
     fi
     wait_up workers "${SERVE_PIDS[0]}" "${SERVE_PIDS[1]}"
+    if ((${#SERVE_PIDS[@]} > 2)); then
+        say "dashboard on http://$http_addr/ (HTTP API, the original REST routes, under /api/)"
+    fi
     say "service up: producers on ${LSS_CLIENT_ENDPOINT:-tcp://127.0.0.1:5555}, workers on ${LSS_WORKER_ENDPOINT:-tcp://127.0.0.1:5556}"
     say "try (another terminal):  source .venv/bin/activate; lss status"
     say "Ctrl-C shuts down gracefully (a second Ctrl-C stops at once)"
