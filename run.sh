@@ -57,18 +57,36 @@ serve() {
     export LSS_DATA="$data" LSS_STATE_DIR="$state" LSS_PARENT_PID=$$
     say "data: $data"
     start_child "$PY" -m broker --data "$data" "$@"
-    "$PY" -c 'from clients import Client
-with Client(timeout=30) as c: c.ping()' || { stop_now; exit 1; }
+    wait_up broker "${SERVE_PIDS[0]}"
     start_child "$PY" -m workers
     http_addr="${LSS_HTTP_ADDR:-127.0.0.1:5000}"
     if [[ "$http_addr" != "off" ]] && "$PY" -c 'import clients.gateway' 2>/dev/null; then
         start_child "$PY" -m clients.gateway --listen "$http_addr"
+        wait_up gateway "${SERVE_PIDS[2]}"
+    fi
+    wait_up workers "${SERVE_PIDS[0]}" "${SERVE_PIDS[1]}"
+    if ((${#SERVE_PIDS[@]} > 2)); then
         say "dashboard on http://$http_addr/ (HTTP API, the original REST routes, under /api/)"
     fi
     say "service up: producers on ${LSS_CLIENT_ENDPOINT:-tcp://127.0.0.1:5555}, workers on ${LSS_WORKER_ENDPOINT:-tcp://127.0.0.1:5556}"
-    say "try:  .venv/bin/python -c 'from clients import Client; print(Client().global_mean(\"Percent of adults aged 18 years and older who have obesity\"))'"
+    say "try (another terminal):  source .venv/bin/activate; lss status"
     say "Ctrl-C shuts down gracefully (a second Ctrl-C stops at once)"
     wait_all
+}
+
+wait_up() {
+    # Until our own broker answers, the gateway has bound its address, or a worker has
+    # loaded the data (clients/readiness.py). Else stop all we started and exit: with
+    # the helper's one line, or with the code of the process that stopped (it said why).
+    local why status=0 pid
+    why="$("$PY" -m clients.readiness "$@" 2>&1)" || status=$?
+    ((status == 0)) && return
+    [[ -n "$why" ]] && say "$why"
+    for pid in "${@:2}"; do
+        if ! kill -0 "$pid" 2>/dev/null; then wait "$pid" || status=$?; break; fi
+    done
+    stop_now
+    exit "$status"
 }
 
 SERVE_PIDS=()

@@ -8,8 +8,9 @@ import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from broker.broker import Broker, BrokerSettings
+from broker.broker import BindError, Broker, BrokerSettings
 from broker.core import CoreSettings
+from broker.datafile import DataFileError
 from broker.pgschema import SchemaTooNew
 from broker.store import StorageError
 from protocol import config
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     write_events(args.state_dir, "broker")
     try:
         broker = Broker(settings_from(args))
+    except BindError as exc:
+        log.error("%s", exc)
+        return config.EXIT_FAILURE
+    except DataFileError as exc:
+        log.error("cannot read the data file %s (set LSS_DATA or --data)", exc)
+        return config.EXIT_DATA
     except (StorageError, SchemaTooNew) as exc:
         log.error("cannot open the store: %s", exc)
         return config.EXIT_FAILURE

@@ -11,6 +11,7 @@ is answered or logged and dropped; it never ends the loop.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
@@ -91,6 +92,18 @@ def default_core_settings() -> CoreSettings:
     )
 
 
+class BindError(Exception):
+    """An endpoint the broker cannot listen on; the message names the setting to change."""
+
+    def __init__(self, endpoint: str, setting: str, cause: zmq.ZMQError) -> None:
+        option = config.SETTINGS[setting]
+        why = "address already in use" if cause.errno == errno.EADDRINUSE else cause.strerror
+        super().__init__(
+            f"cannot listen on {endpoint}: {why} (another broker or program has it?);"
+            f" choose another with {option.variable} or {option.flag}"
+        )
+
+
 class Broker:
     """Owns the sockets, the store and the loop; `run()` returns an exit code."""
 
@@ -99,10 +112,15 @@ class Broker:
         self.core_settings = settings.core or default_core_settings()
         state = Path(settings.state_dir)
         broker_id = uuid.uuid4().hex
-        self.store = open_store(settings, broker_id)
-        self.guard = StorageGuard(state, int(settings.disk_reserve_mb * MB))
+        # The data and the ports first: a typo or a port in use stops this broker before
+        # it has touched any store (the one in use may belong to the broker on that port).
         data = DataFile(settings.data) if settings.data else None
         fingerprint = data.fingerprint if data else None
+        self.context = zmq.Context()
+        self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None
+        self.frontend, self.backend = self._bind_both()
+        self.store = open_store(settings, broker_id)
+        self.guard = StorageGuard(state, int(settings.disk_reserve_mb * MB))
         self.core = BrokerCore(
             self.store, self.core_settings, fingerprint, data.chunk if data else None, broker_id
         )
@@ -110,10 +128,6 @@ class Broker:
         if self.cluster is not None:  # another moment, or another broker, may serve it
             self.core.retry_refused_ms = int(RETRY_AFTER_FAILURE_S * 1000)
         self._polled_fd: int | None = None
-        self.context = zmq.Context()
-        self.curve = CurveServer(self.context, settings.curve_dir) if settings.curve_dir else None
-        self.frontend = self._bind(settings.client_endpoint, "client")
-        self.backend = self._bind(settings.worker_endpoint, "worker")
         warn_if_plaintext(
             [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
         )
@@ -133,7 +147,25 @@ class Broker:
         assert isinstance(self.store, PgStore)  # open_store made it from the same URL
         return Cluster(self.store, self.core, self.settings.broker_lease_s)
 
-    def _bind(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
+    def _bind_both(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+        """The client and worker sockets, bound; on a `BindError`, nothing is left open."""
+        bound: list[zmq.Socket[bytes]] = []
+        try:
+            for setting in ("client_endpoint", "worker_endpoint"):
+                bound.append(self._bind(setting))
+        except BindError:
+            for sock in bound:
+                sock.close(linger=0)
+            if self.curve:
+                self.curve.stop()
+            self.context.term()
+            raise
+        return bound[0], bound[1]
+
+    def _bind(self, setting: str) -> zmq.Socket[bytes]:
+        """A ROUTER bound to the endpoint of `setting` (`client_endpoint`, whose ZAP
+        domain is `client`, or `worker_endpoint`)."""
+        endpoint: str = getattr(self.settings, setting)
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # Messages up to 4x the limit are read and refused with a reply; beyond that
@@ -142,8 +174,12 @@ class Broker:
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         if self.curve:
-            self.curve.secure(sock, domain)
-        sock.bind(endpoint)
+            self.curve.secure(sock, setting.removesuffix("_endpoint"))
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise BindError(endpoint, setting, exc) from exc
         return sock
 
     def _write_endpoints(self, state: Path) -> None:
@@ -198,7 +234,7 @@ class Broker:
                 drained_at = self._after_drain(drained_at, now)
                 self._flush(now)
                 if drained_at is not None and now - drained_at >= self.settings.shutdown_linger_s:
-                    log.info("all jobs finished; broker exits")
+                    log.info("drained; broker exits")
                     return config.EXIT_OK
             log.warning("second signal: exiting now; unfinished jobs resume at the next start")
             return config.EXIT_INTERRUPTED
@@ -382,7 +418,11 @@ class Broker:
 
     def _after_drain(self, drained_at: float | None, now: float) -> float | None:
         if drained_at is None and self.core.drained():
-            log.info("shutdown: every accepted job has finished; releasing workers")
+            if self.core.unfinished():
+                log.warning("shutdown: %d job(s) left for the next start (%s)",
+                            self.core.unfinished(), self.core.no_worker())  # fmt: skip
+            else:
+                log.info("shutdown: every accepted job has finished; releasing workers")
             self.core.release_workers(now)
             return now
         if drained_at is not None:

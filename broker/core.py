@@ -12,6 +12,7 @@ fails, which undoes what the failed transaction did here too.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Set
@@ -31,6 +32,7 @@ from broker.limits import (
     Waiter,
     Waiters,
 )
+from broker.load_failure import LoadFailure
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.store import JobRecord, Outcome, StorageError, Store
@@ -133,6 +135,7 @@ class BrokerCore:
         self._retried: set[int] = set()  # unfinished jobs that must run alone
         self._owners = Owners()  # of unfinished jobs
         self._warn = Throttle(log)
+        self.load_failure = LoadFailure()  # why no worker can run jobs (broker.load_failure)
         # Why submits are refused while storage fails or space is short (set by the loop).
         self.storage_refusal: str | None = None
         self.retry_refused_ms = 0  # set on a shared store: see `refuse`
@@ -207,7 +210,8 @@ class BrokerCore:
         elif isinstance(msg, m.Shutdown):
             self._shutdown(identity, tag, caller, msg.scope)
         elif isinstance(msg, m.Ping):
-            self._reply(identity, tag, m.Pong(self.broker_id, shutting_down=self.shutting_down))
+            pong = m.Pong(self.broker_id, shutting_down=self.shutting_down, pid=os.getpid())
+            self._reply(identity, tag, pong)
         elif isinstance(msg, m.Stats | m.Recent):
             self._reply(identity, tag, self._report(identity, msg, now_s, caller))
         else:
@@ -297,6 +301,8 @@ class BrokerCore:
             return ErrorCode.SHUTTING_DOWN, "shutting down"
         if self.storage_refusal:
             return ErrorCode.STORAGE, self.storage_refusal
+        if no_worker := self.no_worker():
+            return ErrorCode.NO_WORKER, no_worker
         return self._size_refusal(msg, body) or self._queue_refusal()
 
     def _size_refusal(self, msg: m.Submit, body: bytes) -> tuple[ErrorCode, str] | None:
@@ -355,6 +361,8 @@ class BrokerCore:
     ) -> None:
         if not caller.sees_all and self._owners.of(seq) != caller.key:
             self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+        elif wait and (no_worker := self.no_worker()):
+            self.refuse(identity, tag, ErrorCode.NO_WORKER, no_worker)
         elif wait:
             self._add_waiter(identity, tag, seq)
         else:
@@ -412,6 +420,9 @@ class BrokerCore:
         if isinstance(msg, m.FetchData):
             self._send_chunk(identity, msg)
             return
+        if isinstance(msg, m.LoadFailed):
+            self._on_load_failed(identity, msg)
+            return
         worker = self.pool.get(identity)
         if worker is None:
             self._to_worker(identity, m.Disconnect("unknown worker: send READY"), now_s)
@@ -450,11 +461,30 @@ class BrokerCore:
         credit = min(msg.credit, m.MAX_WORKER_CREDIT)  # more would take every queued job
         host = msg.host[: m.MAX_REASON_CHARS]
         info = WorkerInfo(identity, credit, msg.fingerprint, msg.pid, host, now_s, now_s)
+        self.load_failure.clear()
         self._requeue(self.pool.register(info), lost=None, now_s=now_s)
         log.info("worker %s registered: pid %d on %s, credit %d%s", peer_name(identity), msg.pid,
                  shown(host or "?"), credit,
                  f" (asked for {msg.credit})" if credit < msg.credit else "")  # fmt: skip
         events.emit("worker_registered", worker=peer_name(identity), worker_pid=msg.pid)
+
+    def _on_load_failed(self, identity: bytes, msg: m.LoadFailed) -> None:
+        """A worker cannot load the data (broker.load_failure). With no worker left to
+        run them, the waits for this broker's jobs end with the reason, now."""
+        if self.load_failure.report(msg):
+            log.warning("worker %s (pid %d on %s) cannot load the data: %s", peer_name(identity),
+                        msg.pid, shown(msg.host), self.load_failure.reason)  # fmt: skip
+        no_worker = self.no_worker()
+        if no_worker is None:
+            return
+        for seq in self._waiters.jobs():
+            if seq in self._job_bodies:  # not one another broker runs
+                for waiter, tag in self._waiters.pop(seq):
+                    self.refuse(waiter, tag, ErrorCode.NO_WORKER, no_worker)
+
+    def no_worker(self) -> str | None:
+        """'no worker can load the data: REASON' while that holds, else None."""
+        return self.load_failure.refusal(len(self.pool.all()))
 
     def _on_started(self, worker: WorkerInfo, tag: bytes, now_s: float) -> None:
         """The worker begins a suspect job it holds: a loss of this worker from now on is
@@ -694,8 +724,13 @@ class BrokerCore:
         self.shutting_down = True
 
     def drained(self) -> bool:
-        """Shutting down and nothing left to run."""
-        return self.shutting_down and not self._job_bodies
+        """Shutting down and nothing left to run, or nothing left that can run: with no
+        worker able to load the data, jobs stay in the store for the next start."""
+        return self.shutting_down and (not self._job_bodies or self.no_worker() is not None)
+
+    def unfinished(self) -> int:
+        """Jobs this broker runs that have not finished."""
+        return len(self._job_bodies)
 
     def release_workers(self, now_s: float) -> None:
         """Tell every worker to exit (after a drained shutdown)."""
@@ -715,6 +750,7 @@ class BrokerCore:
             "rates_per_s": self.rates.rates(now_s),
             "shutting_down": self.shutting_down,
             "fingerprint": self.fingerprint,
+            "no_worker": self.no_worker(),
             "storage_failures": dict(self._storage_failures),
             "latency": self.latency.describe(),
             **({"cluster": self.cluster_stats()} if self.cluster_stats else {}),

@@ -16,13 +16,20 @@ from protocol.messages import DataChunk
 log = logging.getLogger("lss.broker")
 
 
+class DataFileError(Exception):
+    """The data file cannot be read (missing, a directory, not readable)."""
+
+
 class DataFile:
     """A read-only data file: `fingerprint` is its SHA-256, `chunk()` reads a slice."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.total_bytes = self.path.stat().st_size
-        self.fingerprint = file_sha256(self.path)
+        try:
+            self.total_bytes = self.path.stat().st_size
+            self.fingerprint = file_sha256(self.path)
+        except OSError as exc:
+            raise DataFileError(f"{self.path}: {exc.strerror or exc}") from exc
         log.info("data %s: %d bytes, sha256 %s", self.path, self.total_bytes, self.fingerprint)
 
     def chunk(self, offset: int, length: int) -> DataChunk | None:

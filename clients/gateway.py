@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server = make_server(create_app(gateway), host, port, limits)
         except OSError as exc:
-            log.error("cannot listen on %s: %s", args.listen, exc)
+            log.error("cannot listen on %s: %s; choose another with LSS_HTTP_ADDR or --listen"
+                      " (off: no gateway)", args.listen, exc.strerror or exc)  # fmt: skip
             return config.EXIT_FAILURE
         policy = Policy.for_listen(host, server.port, args.allow_host, token)
         server.application = Guard(server.application, policy)  # the port is known now

@@ -147,7 +147,8 @@ def status(stats: Mapping[str, Any]) -> str:
         "jobs        " + "   ".join(f"{name} {count}" for name, count in jobs.items()),
         f"last job    {stats.get('last_job') or '-'}",
         *_throughput(stats.get("rates_per_s", {})),
-        f"workers     {len(workers)}",
+        f"workers     {len(workers)}"
+        + (f" ({shown(stats['no_worker'], 300)})" if stats.get("no_worker") else ""),
     ]
     if workers:
         columns = ["id", "pid", "host", "credit", "in_flight"]

@@ -330,10 +330,11 @@ def answer_of(envelope: m.Envelope) -> Answer:
 
 
 def pong_info(message: m.Message) -> dict[str, Any]:
-    """A PING's reply as {"broker_id", "version", "shutting_down"}."""
+    """A PING's reply as {"broker_id", "version", "shutting_down", "pid"}."""
     pong = expect(message, m.Pong)
     return {
         "broker_id": pong.broker_id,
         "version": pong.version,
         "shutting_down": pong.shutting_down,
+        "pid": pong.pid,
     }

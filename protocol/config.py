@@ -72,6 +72,7 @@ def endpoints(text: str | Sequence[str]) -> list[str]:
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_DATA = 3  # the data file cannot be loaded: restarting cannot help
 EXIT_INTERRUPTED = 130
 
 

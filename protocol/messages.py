@@ -103,6 +103,7 @@ class Command(enum.IntEnum):
     DATA_CHUNK = 0x27
     SUSPECT_JOB = 0x28
     STARTED = 0x29
+    LOAD_FAILED = 0x2A
     BATCH = 0x30
 
 
@@ -130,6 +131,7 @@ class ErrorCode(enum.StrEnum):
     STORAGE = "storage"
     FORBIDDEN = "forbidden"
     OVER_LIMIT = "over_limit"
+    NO_WORKER = "no_worker"
 
 
 class Message:
@@ -276,12 +278,14 @@ class ShuttingDown(Message):
 
 @dataclass(frozen=True)
 class Pong(Message):
-    """Reply to `Ping`. `broker_id` changes at every broker start."""
+    """Reply to `Ping`. `broker_id` changes at every broker start; `pid` is the broker
+    process's (so that whoever started it can tell it answers, not another broker)."""
 
     COMMAND: ClassVar[Command] = Command.PONG
     broker_id: str
     version: int = PROTOCOL_VERSION
     shutting_down: bool = False
+    pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -355,6 +359,17 @@ class Started(Message):
 
 
 @dataclass(frozen=True)
+class LoadFailed(Message):
+    """A worker cannot load the data (`reason`: the file and what is wrong with it); it
+    says so instead of registering, then exits (docs/protocol.md, "Workers")."""
+
+    COMMAND: ClassVar[Command] = Command.LOAD_FAILED
+    reason: str
+    pid: int = 0
+    host: str = ""
+
+
+@dataclass(frozen=True)
 class Result(Message):
     """A worker's outcome for the job in the tag frame; answer in the payload frame."""
 
@@ -403,6 +418,7 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats, Recent,
     Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, RecentJobs, ErrorReply,
     Ready, Job, SuspectJob, Started, Result, Heartbeat, Disconnect, FetchData, DataChunk,
+    LoadFailed,
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
 

@@ -49,11 +49,31 @@ def missing_columns(columns: Iterable[object]) -> list[str]:
 
 
 def check_columns(columns: Iterable[object], source: str) -> None:
-    """Raise `DatasetError` naming every required column absent from `columns`."""
-    missing = missing_columns(columns)
+    """Raise `DatasetError` naming every required column absent from `columns`, with a
+    hint when the header looks separated by another character than a comma."""
+    names = [str(name) for name in columns]
+    missing = missing_columns(names)
     if missing:
-        names = ", ".join(repr(name) for name in missing)
-        raise DatasetError(f"{source}: missing required column(s) {names}")
+        listed = ", ".join(repr(name) for name in missing)
+        raise DatasetError(f"{source}: missing required column(s) {listed}{_hint(names)}")
+
+
+OTHER_DELIMITERS = (";", "\t", "|")
+
+
+def _hint(names: list[str]) -> str:
+    """Why columns may be missing: another delimiter, or names in another case."""
+    if len(names) == 1:
+        found = [d for d in OTHER_DELIMITERS if d in names[0]]
+        if found:
+            return f" (the header is one column: separated by {found[0]!r}, not ','?)"
+    by_case = {name.casefold(): name for name in names}
+    renamed = [
+        f"{by_case[r.casefold()]!r}" for r in missing_columns(names) if r.casefold() in by_case
+    ]
+    if renamed:
+        return f" (found {', '.join(renamed)}: names are case-sensitive)"
+    return ""
 
 
 def load_frame(path: str | os.PathLike[str]) -> pd.DataFrame:

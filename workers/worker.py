@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import zmq
@@ -30,6 +33,7 @@ from protocol.errors import ProtocolError
 from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging, shown
 from protocol.wire import waiting
+from workers import report
 from workers.compute import JobRunner
 from workers.link import Link
 from workers.settings import WorkerSettings, add_worker_flags, settings_from
@@ -277,11 +281,15 @@ class Worker:
 
 
 def build(settings: WorkerSettings) -> Worker:
-    """Load the data (fetching it from the broker if asked) and make a worker."""
+    """Load the data (fetching it from the broker if asked) and make a worker; raises
+    `DatasetError` when the data file is missing or cannot be loaded."""
     from protocol.fingerprint import file_sha256
+    from workers.dataset import DatasetError
     from workers.fetch import ensure_data
     from workers.statistics import StatisticError, Statistics
 
+    if not settings.fetch_data and not Path(settings.data).is_file():
+        raise DatasetError(f"{settings.data}: no such file (set LSS_DATA or --data)")
     data = ensure_data(settings)
     started = time.monotonic()
     statistics = Statistics.from_csv(data)
@@ -298,14 +306,41 @@ def build(settings: WorkerSettings) -> Worker:
     return Worker(settings, runner, fingerprint)
 
 
+def cannot_load(settings: WorkerSettings, reason: str, report_fd: int | None) -> int:
+    """The data cannot be loaded: say so in one line (to the supervisor, which tells
+    the user, when there is one), tell every broker (LOAD_FAILED) instead of
+    registering, and return `EXIT_DATA`."""
+    log.log(logging.DEBUG if report_fd is not None else logging.ERROR,
+            "cannot load the data: %s", reason)  # fmt: skip
+    report.send(report_fd, report.UNLOADABLE, reason)
+    context = zmq.Context()
+    now = time.monotonic()
+    numbers, live = itertools.count(1), set[bytes]()
+    links = [Link(e, settings, context, numbers, live) for e in config.endpoints(settings.connect)]
+    for link in links:  # a broker not up yet misses it: it is not kept past the linger
+        link.send(m.LoadFailed(reason, os.getpid(), socket.gethostname()), now=now)
+        link.close(LEAVE_LINGER_MS)
+    context.term()
+    return config.EXIT_DATA
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     parser = argparse.ArgumentParser(prog="lss-worker", description="Run one LSS worker process.")
     add_worker_flags(parser)
-    settings = settings_from(parser.parse_args(argv))
+    # Given by the supervisor (workers.report), not by users.
+    parser.add_argument("--report-fd", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    settings = settings_from(args)
     setup_logging(settings.state_dir, settings.name, settings.log_level)
     events.write_events(settings.state_dir, settings.name)
-    worker = build(settings)
+    from workers.dataset import DatasetError  # with pandas: after the flags are read
+
+    try:
+        worker = build(settings)
+    except DatasetError as exc:
+        return cannot_load(settings, str(exc), args.report_fd)
+    report.send(args.report_fd, report.LOADED)
     worker.install_signal_handlers()
     return worker.run()
 

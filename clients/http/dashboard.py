@@ -127,6 +127,7 @@ class Dashboard:
                 "fingerprint": fingerprint,
                 "standin": is_standin(fingerprint),
                 "shutting_down": stats.get("shutting_down", False),
+                "no_worker": stats.get("no_worker"),
                 "workers": self.roster.update(stats.get("workers", []), time.monotonic()),
                 "queue_depth": stats.get("queue_depth", 0),
                 "in_flight": stats.get("in_flight", 0),

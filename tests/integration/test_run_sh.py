@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import Service
 from bench.service import ROOT, STOP_TIMEOUT_S, wait_until
 from clients import Client
+from protocol import config
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +190,45 @@ def test_a_second_ctrl_c_stops_everything_at_once(start_run_sh: Callable[..., Ru
     run.proc.send_signal(signal.SIGINT)
     run.proc.wait(timeout=GONE_TIMEOUT_S)
     wait_gone(run)
+
+
+def run_sh_to_its_end(tmp_path: Path, **env: str) -> tuple[int, str]:
+    """`./run.sh` that is expected to stop by itself: its exit code and its output."""
+    settings = {
+        "LSS_CLIENT_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
+        "LSS_WORKER_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
+        "LSS_HTTP_ADDR": "off",
+        "LSS_STATE_DIR": str(tmp_path / "state"),
+        "LSS_WORKERS": str(WORKERS),
+        **env,
+    }
+    done = subprocess.run(
+        ["./run.sh"], cwd=ROOT, env={**os.environ, **settings}, capture_output=True,
+        text=True, timeout=GONE_TIMEOUT_S, check=False, start_new_session=True,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_run_sh_on_another_brokers_ports_stops_without_serving_it(
+    service_factory: Callable[..., Service], tmp_path: Path, standin_csv: Path
+) -> None:
+    other = service_factory()
+    code, out = run_sh_to_its_end(
+        tmp_path, LSS_CLIENT_ENDPOINT=other.client_endpoint, LSS_DATA=str(standin_csv)
+    )
+    assert code == 1, out
+    assert "service up" not in out and "Traceback" not in out, out
+    assert f"cannot listen on {other.client_endpoint}: address already in use" in out
+    with other.client() as client:
+        assert client.stats()["workers"] == [], "run.sh's workers must not serve another broker"
+
+
+def test_run_sh_on_data_no_worker_can_load_says_why(tmp_path: Path, standin_csv: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    with open(standin_csv) as good:
+        bad.write_text(good.readline().replace(",Question,", ",question,"))
+    code, out = run_sh_to_its_end(tmp_path, LSS_DATA=str(bad))
+    assert code == config.EXIT_DATA, out
+    assert "service up" not in out and "Traceback" not in out, out
+    why = f"no worker can load the data: {bad}: missing required column(s) 'Question'"
+    assert f"[run.sh] {why}" in out

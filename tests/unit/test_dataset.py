@@ -200,3 +200,18 @@ def test_keep_counted_rejects_a_frame_without_a_required_column() -> None:
     frame = pd.DataFrame({name: [] for name in REQUIRED_COLUMNS if name != "Question"})
     with pytest.raises(DatasetError, match="'Question'"):
         keep_counted(frame)
+
+
+def test_a_header_separated_by_semicolons_gets_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "semicolons.csv"
+    path.write_text(";".join(REQUIRED_COLUMNS) + "\n" + ";".join(["1"] * 7) + "\n")
+    with pytest.raises(DatasetError, match=r"one column: separated by ';', not ','\?"):
+        load_frame(path)
+
+
+def test_a_column_in_another_case_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "lowercase.csv"
+    names = [name if name != "Question" else "question" for name in REQUIRED_COLUMNS]
+    path.write_text(",".join(names) + "\n")
+    with pytest.raises(DatasetError, match=r"'Question' \(found 'question': names are case"):
+        load_frame(path)

@@ -24,6 +24,7 @@ EXAMPLES: list[m.Message] = [
     m.SuspectJob("global_mean", {"question": "Q"}), m.Started(),
     m.Result("done", "f" * 64), m.Heartbeat(), m.Disconnect("shutdown"),
     m.FetchData(0, 1024), m.DataChunk(0, b"\x00\x01", 2, "f" * 64),
+    m.LoadFailed("data.csv: missing required column(s) 'Question'", pid=12, host="h"),
 ]  # fmt: skip
 
 

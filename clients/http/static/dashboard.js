@@ -564,7 +564,8 @@ async function refreshLive() {
     if (!live.up) throw new Error(live.reason);
     $("standin-banner").hidden = !live.standin;
     $("broker-state").textContent = `broker ${String(live.broker_id).slice(0, 8)}` +
-      `${live.shutting_down ? ", shutting down" : ""}, updated ${new Date().toLocaleTimeString()}`;
+      `${live.shutting_down ? ", shutting down" : ""}${live.no_worker ? `: ${live.no_worker}` : ""}` +
+      `, updated ${new Date().toLocaleTimeString()}`;
     $("queue-depth").textContent = live.queue_depth;
     $("in-flight").textContent = live.in_flight;
     for (const status of ["running", "done", "error"]) $(`jobs-${status}`).textContent = live.jobs[status] || 0;
