@@ -49,7 +49,9 @@ log = logging.getLogger("lss.gateway")
 # accepts below its limit: one more, and it accepts when all of ours are taken.
 ABOVE_OUR_LIMIT = 3
 # Connections accepted per turn of the event loop: a queue of connections waiting to be
-# accepted (an attack's) must not take a turn of the loop each.
+# accepted (an attack's) must not take a turn of the loop each. At most an eighth of
+# the limit, so that a new connection is read (a turn later) long before it could be
+# the one that has waited longest, closed to make room.
 ACCEPT_BATCH = 128
 
 UNCHECKED = Refusal(500, "the gateway could not check this request", "check")
@@ -209,7 +211,7 @@ class DeadlineServer(TcpWSGIServer):
         """waitress's, for every connection waiting to be accepted (ACCEPT_BATCH at most),
         closing at once one over its address's share; then, if they are more than the
         limit, closing those that have waited longest for an unfinished request."""
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(max(1, min(ACCEPT_BATCH, self.limits.connections // 8))):
             if not self._accept_one():
                 break
         excess = len(self._channels) - self.limits.connections
