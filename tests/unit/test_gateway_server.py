@@ -28,13 +28,14 @@ class App:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.bodies: list[bytes] = []
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         self.calls += 1
         self.release.wait(10)
-        environ["wsgi.input"].read()
+        self.bodies.append(environ["wsgi.input"].read())
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
@@ -128,14 +129,16 @@ def test_a_wrong_token_is_refused_at_the_head_before_the_body_is_sent() -> None:
         assert answer.endswith(
             b'"reason": "a valid \'Authorization: Bearer <token>\' is required"}'
         )
-        with connect(server) as sock:  # the right token, with its body, is served
+        body = b"[%s]" % b",".join([b"1"] * 50_000)  # past waitress's in-memory strings
+        with connect(server) as sock:  # the right token: served, with its whole body
             sock.sendall(
                 b"POST /ok HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t0ken\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n"
-                b"\r\n{}" % host(server)
+                b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n"
+                b"\r\n" % (host(server), len(body))
             )
+            sock.sendall(body)
             assert read_all(sock).startswith(b"HTTP/1.1 200 OK\r\n")
-    assert app.calls == 1
+    assert app.bodies == [body]
 
 
 def test_connections_that_drip_from_many_addresses_cannot_lock_out_a_request() -> None:
