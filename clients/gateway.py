@@ -29,7 +29,7 @@ from types import FrameType
 
 from clients.client import Client
 from clients.http.api import Gateway, create_app
-from clients.http.guard import Guard, Policy
+from clients.http.guard import Policy
 from clients.http.server import DeadlineServer, Limits, make_server, serve_until
 from protocol import config
 from protocol.errors import BrokerUnavailable
@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--max-connections", type=int, default=Limits.connections)
     p.add_argument("--threads", type=int, default=Limits.threads)
-    config.add_flags(p, ["http_connections_per_address"])
+    config.add_flags(p, ["http_connections_per_address", "http_header_timeout_s"])
     p.add_argument(
         "--request-timeout-s",
         type=float,
@@ -157,6 +157,10 @@ def _write_address(state_dir: str, address: str) -> Path:
 def _settings(args: argparse.Namespace) -> tuple[str, int, str]:
     """(host, port, token) from the arguments; ValueError with the reason not to start."""
     host, port = parse_listen(args.listen)
+    for flag, seconds in (("--request-timeout-s", args.request_timeout_s),
+                          ("--http-header-timeout-s", args.http_header_timeout_s)):  # fmt: skip
+        if not seconds > 0:  # NaN too: a deadline that never comes is none
+            raise ValueError(f"{flag} must be a positive number of seconds, got {seconds}")
     token = config.env_str("http_token", "")
     if not token and not is_loopback(host):
         raise ValueError(
@@ -182,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal(stop))
     limits = Limits(
-        args.max_connections, args.threads, args.request_timeout_s,
-        args.http_connections_per_address,
-    )  # fmt: skip
+        connections=args.max_connections,
+        threads=args.threads,
+        request_timeout_s=args.request_timeout_s,
+        per_address=args.http_connections_per_address,
+        header_timeout_s=args.http_header_timeout_s,
+    )
     with Client(args.endpoint, timeout=args.timeout) as client:
         gateway = Gateway(client)
         try:
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                       " (off: no gateway)", args.listen, exc.strerror or exc)  # fmt: skip
             return config.EXIT_FAILURE
         policy = Policy.for_listen(host, server.port, args.allow_host, token)
-        server.application = Guard(server.application, policy)  # the port is known now
+        server.guard(policy)  # the port is known now
         return _run(server, gateway, stop, args, token)
 
 

@@ -43,6 +43,9 @@ CLIENT_TIMEOUT_S = 10.0
 CLIENT_HWM = 100_000
 # HTTP connections one client address may hold open at the gateway (of 1000 in all).
 HTTP_CONNECTIONS_PER_ADDRESS = 64
+# Seconds an HTTP connection has to send a whole request head: from its accept (from its
+# first byte for a later request on a kept-alive connection); dripped bytes do not renew it.
+HTTP_HEADER_TIMEOUT_S = 5.0
 # A process whose parent died drains for at most this long, then stops (protocol/lifetime.py).
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
@@ -165,6 +168,11 @@ SETTINGS = {
             "http_connections_per_address",
             HTTP_CONNECTIONS_PER_ADDRESS,
             "HTTP connections one client address may hold open (more are closed at once)",
+        ),
+        Setting(
+            "http_header_timeout_s",
+            HTTP_HEADER_TIMEOUT_S,
+            "seconds an HTTP connection has to send a whole request head (then closed)",
         ),
         Setting("log_level", "INFO", "DEBUG logs one line per job event"),
     )

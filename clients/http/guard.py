@@ -15,6 +15,9 @@ application, so that no route can forget it:
   401 otherwise.
 - **Bodies**: a POST must be `Content-Type: application/json` (415 otherwise).
 - **HEAD** only reads: a HEAD of a route that acts (the shutdown) gets 405.
+
+Every check reads only the request's head: the server (`clients.http.server`) applies the
+`Policy` as soon as a head is in, so a refused request's body is never read.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ class Refusal:
     cause: str  # a short name for the log throttle
     headers: tuple[tuple[str, str], ...] = ()
 
+    def response(self) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The HTTP status line, headers and JSON body that say so."""
+        body = json.dumps({"status": "error", "reason": self.reason}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        return f"{self.status} {_PHRASES[self.status]}", headers + list(self.headers), body
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -77,7 +86,8 @@ class Policy:
 
     def refusal(self, environ: dict[str, Any]) -> Refusal | None:
         """Why this request is refused, or None when it may go on."""
-        for check in (self._host, self._token, _cross_site, _content_type, _head):
+        checks = (self._host, self._token, _cross_site, self._foreign_page, _content_type, _head)
+        for check in checks:
             refused = check(environ)
             if refused is not None:
                 return refused
@@ -98,6 +108,14 @@ class Policy:
         challenge = (("WWW-Authenticate", "Bearer"), ("WWW-Authenticate", 'Basic realm="lss"'))
         return Refusal(401, "a valid 'Authorization: Bearer <token>' is required", "token",
                        challenge)  # fmt: skip
+
+    def _foreign_page(self, environ: dict[str, Any]) -> Refusal | None:
+        for header in ("HTTP_ORIGIN", "HTTP_REFERER"):
+            value = environ.get(header)
+            if value is not None and not self.allows_origin(str(value)):
+                name = header.removeprefix("HTTP_").title()
+                return Refusal(403, f"requests from other sites are refused ({name})", "origin")
+        return None
 
     def allows_origin(self, url: str) -> bool:
         """Whether `url` (an Origin or Referer) is a page of this gateway."""
@@ -128,19 +146,11 @@ class Guard:
         self.policy = policy
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        refusal = self.policy.refusal(environ) or self._foreign_page(environ)
+        refusal = self.policy.refusal(environ)
         if refusal is None:
             return self.app(environ, start_response)
         self.policy.log_refusal(environ, refusal)
         return _refuse(refusal, start_response)
-
-    def _foreign_page(self, environ: dict[str, Any]) -> Refusal | None:
-        for header in ("HTTP_ORIGIN", "HTTP_REFERER"):
-            value = environ.get(header)
-            if value is not None and not self.policy.allows_origin(str(value)):
-                name = header.removeprefix("HTTP_").title()
-                return Refusal(403, f"requests from other sites are refused ({name})", "origin")
-        return None
 
 
 def _basic_acting(header: str, environ: dict[str, Any]) -> Refusal | None:
@@ -175,9 +185,8 @@ def _head(environ: dict[str, Any]) -> Refusal | None:
 
 
 def _refuse(refusal: Refusal, start_response: StartResponse) -> Iterator[bytes]:
-    body = json.dumps({"status": "error", "reason": refusal.reason}).encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    start_response(f"{refusal.status} {_PHRASES[refusal.status]}", headers + list(refusal.headers))
+    status, headers, body = refusal.response()
+    start_response(status, headers)
     yield body
 
 
@@ -187,6 +196,7 @@ _PHRASES = {
     403: "Forbidden",
     405: "Method Not Allowed",
     415: "Unsupported Media Type",
+    500: "Internal Server Error",
 }
 
 

@@ -347,11 +347,25 @@ def test_a_token_is_required_when_set(service: Service, gateway_for: Callable[..
         assert status == 401 and "Bearer" in reply["reason"], authorization
     status, _ = http.call("POST", "/api/best5", b'{"question": "x"}')
     assert status == 401
+    assert _answer_to_a_head(http, b"POST /api/best5 HTTP/1.1\r\nHost: %s\r\n"
+                             b"Authorization: Bearer wrong\r\nContent-Length: 100000\r\n\r\n"
+                             ).startswith(b"HTTP/1.1 401 ")  # fmt: skip  # before its body
     _no_jobs_and_still_up(service)
     basic = "Basic " + base64.b64encode(f"anyone:{token}".encode()).decode()
     for authorization in (f"Bearer {token}", basic):
         reply = http.call("GET", "/api/num_jobs", Authorization=authorization)
         assert reply == (200, {"num_jobs": 0}), authorization
+
+
+def _answer_to_a_head(http: Http, head: bytes) -> bytes:
+    """What the gateway sends for `head` (`%s`: its Host), up to its close, with no body."""
+    host, port = http.host.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head % http.host.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
 
 
 def test_a_public_address_without_a_token_refuses_to_start(tmp_path: Path) -> None:

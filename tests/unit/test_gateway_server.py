@@ -1,0 +1,179 @@
+"""The gateway's HTTP server in-process (a tiny WSGI app, no broker): header deadlines,
+the request policy at the head, and room for a new connection when all are taken."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from waitress import wasyncore
+
+from bench.service import wait_until
+from clients.http.guard import Policy, StartResponse
+from clients.http.server import DeadlineServer, Limits, make_server
+
+TOKEN = "t0ken"
+KEPT_ALIVE = b"GET /ok HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t0ken\r\n\r\n"
+REQUEST = (
+    b"GET /ok HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t0ken\r\nConnection: close\r\n\r\n"
+)
+
+
+class App:
+    """A WSGI app that counts its calls and answers 200, once `release` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.bodies: list[bytes] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        self.calls += 1
+        self.release.wait(10)
+        self.bodies.append(environ["wsgi.input"].read())
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+
+@contextmanager
+def served(limits: Limits, app: App) -> Iterator[DeadlineServer]:
+    """A server with `app` and a token policy, its event loop on a thread until the end."""
+    server = make_server(app, "127.0.0.1", 0, limits)
+    server.guard(Policy.for_listen("127.0.0.1", server.port, token=TOKEN))
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.05, map=server.channels, use_poll=True, count=1)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        app.release.set()
+        stop.set()
+        thread.join(5)
+        server.task_dispatcher.shutdown(timeout=5)
+        for channel in list(server.channels.values()):
+            channel.close()
+
+
+def connect(server: DeadlineServer, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), 5, (source, 0))
+
+
+def host(server: DeadlineServer) -> bytes:
+    return server.address.encode()
+
+
+def read_all(sock: socket.socket, timeout_s: float = 5.0) -> bytes:
+    """What the server sends until it closes the connection."""
+    sock.settimeout(timeout_s)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def closed_by_server(sock: socket.socket, timeout_s: float) -> bool:
+    """Whether the server has closed `sock` within `timeout_s` (reading what it sent)."""
+    sock.settimeout(timeout_s)
+    try:
+        return sock.recv(65536) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_a_dripped_head_is_closed_at_its_deadline_though_each_byte_comes_soon() -> None:
+    with served(Limits(header_timeout_s=1.0, request_timeout_s=30.0), App()) as server:
+        kept = connect(server)  # kept alive: idle between requests past the head deadline
+        kept.sendall(KEPT_ALIVE % host(server))
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+        sock = connect(server)
+        started = time.monotonic()
+        sock.sendall(b"GET /ok HTTP/1.1\r\nX-Slow: ")
+        while not closed_by_server(sock, 0.1):  # a byte every 100 ms
+            assert time.monotonic() - started < 5, "still open at 5 s"
+            try:
+                sock.send(b"a")
+            except OSError:
+                break
+        took = time.monotonic() - started
+        sock.close()
+        assert 1.0 <= took < 3.0, took  # the deadline, and the 1 s sweep that enforces it
+        with kept:
+            kept.sendall(REQUEST % host(server))
+            assert read_all(kept).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_wrong_token_is_refused_at_the_head_before_the_body_is_sent() -> None:
+    app = App()
+    with served(Limits(), app) as server:
+        with connect(server) as sock:
+            sock.sendall(
+                b"POST /ok HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer wrong\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n"
+                b"Expect: 100-continue\r\n\r\n" % host(server)
+            )
+            answer = read_all(sock)  # no body sent: the server must answer and close
+        assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), answer
+        assert b"100 Continue" not in answer and b"www-authenticate: bearer" in answer.lower()
+        assert answer.endswith(
+            b'"reason": "a valid \'Authorization: Bearer <token>\' is required"}'
+        )
+        body = b"[%s]" % b",".join([b"1"] * 50_000)  # past waitress's in-memory strings
+        with connect(server) as sock:  # the right token: served, with its whole body
+            sock.sendall(
+                b"POST /ok HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t0ken\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n"
+                b"\r\n" % (host(server), len(body))
+            )
+            sock.sendall(body)
+            assert read_all(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert app.bodies == [body]
+
+
+def test_connections_that_drip_from_many_addresses_cannot_lock_out_a_request() -> None:
+    limits = Limits(connections=20, per_address=5, header_timeout_s=30.0)
+    with served(limits, App()) as server:
+        drippers = [connect(server, f"127.0.0.{2 + n % 4}") for n in range(20)]
+        for sock in drippers:
+            sock.sendall(b"GET /ok HTTP/1.1\r\nX-Slow: a")
+        wait_until(lambda: len(server.channels) >= 22 or None, 5, "all 20 connections")
+        for _ in range(3):
+            started = time.monotonic()
+            with connect(server) as sock:
+                sock.sendall(REQUEST % host(server))
+                assert read_all(sock, 2.0).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert time.monotonic() - started < 1.0
+        # the room was made by closing the connection that had waited longest (one: the
+        # requests came one after the other)
+        assert closed_by_server(drippers[0], 0.5)
+        assert not any(closed_by_server(sock, 0.01) for sock in drippers[1:])
+        for sock in drippers:
+            sock.close()
+
+
+def test_requests_being_served_are_never_closed_to_make_room() -> None:
+    app = App()
+    app.release.clear()
+    with served(Limits(connections=2), app) as server:
+        busy = [connect(server) for _ in range(2)]
+        for sock in busy:
+            sock.sendall(REQUEST % host(server))
+        wait_until(lambda: app.calls == 2 or None, 5, "two requests in the app")
+        with connect(server) as late:
+            assert closed_by_server(late, 2.0)  # closed at once: no room
+        app.release.set()
+        for sock in busy:
+            sock.settimeout(5)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            sock.close()
