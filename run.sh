@@ -170,6 +170,9 @@ usage: ./run.sh [command] [args...]
                  CurveZMQ key pairs with roles (worker, client, admin; default var/keys
                  worker:worker client:client admin:admin)
   bench [ARGS]   benchmark against baselines   (python -m bench --help)
+  bench NAME [ARGS]
+                 one measurement of its own: slowloris, years, store_indexes, jobpath, ...
+                 (python -m bench.NAME)
   soak [ARGS]    random-kill soak test         (--minutes N)
 EOF
 }
@@ -192,7 +195,16 @@ case "$cmd" in
     client) setup; exec "$VENV/bin/lss" "$@" ;;
     download-data) setup; exec "$PY" -m workers.download --out "$FULL" "$@" ;;
     keys) setup; exec "$PY" -m protocol.curve "${1:-var/keys}" "${@:2}" ;;
-    bench) setup; exec "$PY" -m bench "$@" ;;
+    bench)
+        setup
+        # `./run.sh bench NAME [ARGS]` runs one measurement of its own (bench/NAME.py).
+        if [[ $# -gt 0 && "$1" =~ ^[a-z_]+$ && -f "bench/$1.py" ]]; then
+            module="bench.$1"
+            shift
+            exec "$PY" -m "$module" "$@"
+        fi
+        exec "$PY" -m bench "$@"
+        ;;
     soak) setup; exec "$PY" -m bench.soak "$@" ;;
     help | -h | --help) usage ;;
     *) usage; exit 2 ;;
