@@ -12,12 +12,13 @@ that counting never scans.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -37,12 +38,15 @@ SYNCED_COMMITS = ("FULL", "EXTRA")  # every commit is on disk when it returns
 class StorageError(Exception):
     """The store could not read or write; the open transaction must be rolled back.
 
-    `operation` names the store method that failed (`add`, `commit`...).
+    `operation` names the store method that failed (`add`, `commit`...). `contained`:
+    the failure took back only that call's own writes, and the transaction goes on
+    (one request's bad data fails that request, never the turn of every other peer).
     """
 
-    def __init__(self, operation: str, reason: str) -> None:
+    def __init__(self, operation: str, reason: str, *, contained: bool = False) -> None:
         super().__init__(f"{operation}: {reason}")
         self.operation = operation
+        self.contained = contained
 
 
 RECENT_SCAN = 10_000
@@ -65,13 +69,26 @@ class JobRecord:
     finished_s: float | None = None
     owner: str = ""  # the submitter's public key with CURVE on, else ""
 
+    @property
+    def stored_bytes(self) -> int:
+        """What the job takes in the store, as its key's quota counts it."""
+        return stored_bytes(self.job_body, self.answer, self.reason)
+
+
+def stored_bytes(job_body: bytes, answer: bytes | None = None, reason: str | None = None) -> int:
+    """A job's bytes as a key's quota counts them: its body, its answer and its reason."""
+    return len(job_body) + len(answer or b"") + len((reason or "").encode("utf-8", "replace"))
+
 
 class Store(Protocol):
     """What the broker needs of a results store.
 
     Writes become durable at `commit()`; `rollback()` undoes every write since the last
     commit, except that job numbers handed out stay used. Any method may raise
-    `StorageError`.
+    `StorageError`; a failed `add` takes back only its own write if it can (then the
+    error is `contained`). `stored_bytes(owner)` is what a key's jobs take in the store
+    (`JobRecord.stored_bytes`, summed), kept as a running total on every write and
+    expiry, never counted by a scan.
     """
 
     def add(
@@ -79,7 +96,8 @@ class Store(Protocol):
     ) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
-    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None: ...
+    def stored_bytes(self, owner: str) -> int: ...
     def add_attempt(self, seq: int) -> int: ...
     def page(
         self, after: int, limit: int, owner: str | None = None
@@ -117,6 +135,7 @@ class MemoryStore:
         self._jobs: dict[int, JobRecord] = {}
         self._by_request: dict[str, int] = {}
         self._counts: Counter[JobStatus] = Counter()
+        self._usage: Counter[str] = Counter()  # stored bytes by owner
         self._last_seq = 0
         self._undo: list[Callable[[], object]] = []
 
@@ -142,9 +161,11 @@ class MemoryStore:
         old = self._jobs.pop(seq, None)
         if old is not None:
             self._counts[old.status] -= 1
+            self._usage[old.owner] -= old.stored_bytes
         if record is not None:
             self._jobs[seq] = record
             self._counts[record.status] += 1
+            self._usage[record.owner] += record.stored_bytes
         self._undo.append(lambda: self._put(seq, old))
 
     def find_request(self, request_id: str) -> int | None:
@@ -153,8 +174,11 @@ class MemoryStore:
     def get(self, seq: int) -> JobRecord | None:
         return self._jobs.get(seq)
 
-    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         self._put(seq, with_outcome(self._jobs[seq], outcome, now_s))
+
+    def stored_bytes(self, owner: str) -> int:
+        return self._usage[owner]
 
     def add_attempt(self, seq: int) -> int:
         record = self._jobs[seq]
@@ -245,6 +269,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
+CREATE TABLE IF NOT EXISTS key_usage (
+    owner TEXT PRIMARY KEY,
+    stored_bytes INTEGER NOT NULL
+);
 """
     + numbering.SCHEMA
 )
@@ -257,6 +285,12 @@ JOB_COLUMNS = (
     " finished_s, owner"
 )
 _SUMMARY_COLUMNS = JOB_COLUMNS.replace("answer, ", "")
+# A row's bytes as `stored_bytes` counts them, in SQL (reason: its UTF-8 bytes).
+_ROW_BYTES = "length(request) + ifnull(length(answer), 0) + ifnull(length(CAST(reason AS BLOB)), 0)"
+_ADD_USAGE = (
+    "INSERT INTO key_usage (owner, stored_bytes) VALUES (?, ?) ON CONFLICT (owner)"
+    " DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes"
+)
 
 
 P = ParamSpec("P")
@@ -296,12 +330,19 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={checked_sync(synchronous)}")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
         self._db.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
+        new_usage_table = not _has_table(self._db, "key_usage")
         self._db.executescript(_SCHEMA)
         _add_owner_column(self._db)
+        if new_usage_table:
+            _count_usage(self._db)
         self._checkpointer = Checkpointer(path, wal_limit_bytes=wal_limit_bytes)
         self._wal_limit_bytes = wal_limit_bytes
         self._checkpointer.start()
         self._counts = self._read_counts()
+        # Stored bytes by owner as committed, and what the open transaction adds to them
+        # (written by one statement at commit).
+        self._usage: Counter[str] = self._read_usage()
+        self._usage_delta: Counter[str] = Counter()
         # The highest number handed out, and the highest one reserved on disk: numbering
         # goes on above both, whatever fails (broker.numbering).
         self._boot = numbering.current_boot() if boot is None else boot
@@ -316,6 +357,10 @@ class SqliteStore:
         rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return Counter({JobStatus(status): count for status, count in rows})
 
+    def _read_usage(self) -> Counter[str]:
+        rows = self._db.execute("SELECT owner, stored_bytes FROM key_usage")
+        return Counter({owner: int(size) for owner, size in rows})
+
     @_storage_op
     def add(
         self, request_id: str, job_body: bytes, now_s: float, owner: str = ""
@@ -324,24 +369,46 @@ class SqliteStore:
 
         New requests are the common case, so this inserts first and looks up only
         when the request id is already taken. The number is chosen here, not by
-        AUTOINCREMENT, whose counter a rollback would rewind.
+        AUTOINCREMENT, whose counter a rollback would rewind. A failed insert takes
+        back only itself (a savepoint), if the transaction survives it.
         """
         seq = self._issued + 1
-        try:
-            self._db.execute(
-                "INSERT INTO jobs (seq, request_id, request, status, created_s, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, request_id, job_body, _RUNNING, now_s, owner),
-            )
-        except sqlite3.IntegrityError:
-            known = self.find_request(request_id)
-            if known is None:
-                raise
-            return known, False
+        with self._savepoint("add"):
+            try:
+                self._db.execute(
+                    "INSERT INTO jobs (seq, request_id, request, status, created_s, owner)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, request_id, job_body, _RUNNING, now_s, owner),
+                )
+            except sqlite3.IntegrityError:
+                known = self.find_request(request_id)
+                if known is None:
+                    raise
+                return known, False
         self._issued = seq
         self._counts[JobStatus.RUNNING] += 1
-        self._changed = True
+        self._usage_delta[owner] += stored_bytes(job_body)
         return seq, True
+
+    @contextlib.contextmanager
+    def _savepoint(self, operation: str) -> Iterator[None]:
+        """Writes that fail alone: an error inside rolls back to here and raises a
+        contained `StorageError`; if even that fails (the transaction is gone, e.g. the
+        disk is full), the error goes up as it was, and the caller rolls back the turn."""
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+        self._changed = True  # the transaction is open: the turn's commit ends it
+        self._db.execute("SAVEPOINT request")
+        try:
+            yield
+        except sqlite3.Error as exc:
+            try:
+                self._db.execute("ROLLBACK TO request")
+                self._db.execute("RELEASE request")
+            except sqlite3.Error:
+                raise exc from None
+            raise StorageError(operation, str(exc), contained=True) from exc
+        self._db.execute("RELEASE request")
 
     @_storage_op
     def find_request(self, request_id: str) -> int | None:
@@ -361,11 +428,20 @@ class SqliteStore:
             record = with_outcome(record, outcome, finished_s)
         return record
 
-    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         self._finished[seq] = (outcome, now_s)
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
+        self._usage_delta[owner] += stored_bytes(b"", outcome.answer, outcome.reason)
         self._changed = True
+
+    def stored_bytes(self, owner: str) -> int:
+        return self._usage[owner] + self._usage_delta[owner]
+
+    def _write_usage(self) -> None:
+        changed = [(owner, delta) for owner, delta in self._usage_delta.items() if delta]
+        if changed:
+            self._db.executemany(_ADD_USAGE, changed)
 
     def _write_finished(self) -> None:
         if not self._finished:
@@ -445,6 +521,12 @@ class SqliteStore:
         if not gone:
             return 0
         self._changed = True
+        freed = self._db.execute(
+            f"SELECT owner, sum({_ROW_BYTES}) FROM jobs WHERE finished_s < ? GROUP BY owner",
+            (finished_before_s,),
+        ).fetchall()
+        for owner, size in freed:
+            self._usage_delta[owner] -= int(size)
         self._db.execute("DELETE FROM jobs WHERE finished_s < ?", (finished_before_s,))
         for status, count in gone:
             self._counts[JobStatus(status)] -= count
@@ -454,11 +536,14 @@ class SqliteStore:
     def commit(self) -> None:
         """Make every write since the last commit durable (per `synchronous`)."""
         self._write_finished()
+        self._write_usage()
         reserve = self._issued > self._reserved and not self._synced
         if reserve:
             numbering.reserve(self._db, self._issued + SEQ_BLOCK, self._boot)
         self._db.commit()
         self._changed = False
+        self._usage.update(self._usage_delta)
+        self._usage_delta.clear()
         self._after_commit(reserve)
 
     def _after_commit(self, reserved: bool) -> None:
@@ -493,6 +578,7 @@ class SqliteStore:
     def rollback(self) -> None:
         """Undo every write since the last commit; numbers handed out stay used."""
         self._finished.clear()
+        self._usage_delta.clear()
         self._changed = False
         self._db.rollback()
         self._counts = self._read_counts()
@@ -530,6 +616,21 @@ def checked_sync(mode: str) -> str:
     if mode.upper() not in SYNCHRONOUS_MODES:
         raise ValueError(f"unknown SQLite synchronous mode {mode!r}")
     return mode.upper()
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def _count_usage(db: sqlite3.Connection) -> None:
+    """Fill a new `key_usage` table from the jobs already stored (once, at the first
+    start of a store made before quotas existed)."""
+    db.execute(
+        f"INSERT INTO key_usage (owner, stored_bytes) SELECT owner, sum({_ROW_BYTES})"
+        " FROM jobs GROUP BY owner"
+    )
+    db.commit()
 
 
 def _add_owner_column(db: sqlite3.Connection) -> None:
