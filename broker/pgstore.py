@@ -19,13 +19,12 @@ NOTIFYs `lss_finished` with their numbers, for waiters on other brokers (broker.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -82,6 +81,12 @@ _FINISH = (
     " %s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)"
     " WHERE jobs.seq = v.seq AND jobs.status = %s AND jobs.broker_epoch = %s"
     " RETURNING jobs.seq"
+)
+# A new job, in a savepoint of its own (PgStore._insert_alone).
+_ADD = (
+    "SAVEPOINT request; INSERT INTO jobs (seq, request_id, request, status, created_s, owner,"
+    " broker_id, broker_epoch) VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (request_id) DO NOTHING RETURNING seq; RELEASE SAVEPOINT request"
 )
 # The running totals of stored bytes by key (every broker's writes add to the same rows;
 # owners in order, so that two brokers' commits never wait on each other in a cycle).
@@ -252,13 +257,9 @@ class PgStore:
         """The job for `request_id`: a new one (True), or the one it already has (False),
         whichever broker took it (the request id is UNIQUE). A failed insert takes back
         only itself (a savepoint), if the transaction survives it."""
-        with self._savepoint("add"):
-            row = self._write(
-                "INSERT INTO jobs (seq, request_id, request, status, created_s, owner,"
-                " broker_id, broker_epoch) VALUES (nextval('job_seq'), %s, %s, %s, %s, %s,"
-                " %s, %s) ON CONFLICT (request_id) DO NOTHING RETURNING seq",
-                (request_id, job_body, _RUNNING, now_s, owner, self.broker_id, self.epoch),
-            ).fetchone()
+        row = self._insert_alone(
+            (request_id, job_body, _RUNNING, now_s, owner, self.broker_id, self.epoch)
+        )
         if row is not None:
             self._issued = max(self._issued, int(row[0]))
             self._counts[JobStatus.RUNNING] += 1
@@ -269,21 +270,35 @@ class PgStore:
             raise StorageError("add", f"request id {request_id[:100]!r} vanished meanwhile")
         return known, False
 
-    @contextlib.contextmanager
-    def _savepoint(self, operation: str) -> Iterator[None]:
-        """Writes that fail alone: an error inside rolls back to here and raises a
-        contained `StorageError`; if even that fails (e.g. the connection is lost), the
-        error goes up as it was, and the caller rolls back the turn."""
-        self._write("SAVEPOINT request", ())
+    def _insert_alone(self, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Insert one job in a savepoint of its own: the seq, or None if the request id
+        was taken. If it fails, only this insert is taken back (a contained
+        `StorageError`); if even that fails (e.g. the connection is lost), the error goes
+        up as it was, and the caller rolls back the turn. Savepoint, insert and release
+        travel as one query, in one round trip as the insert alone did (binding on the
+        client side is what lets one query carry three statements)."""
+        db = self._conn()
+        if not self._in_transaction():
+            db.execute("BEGIN")
+        self._changed = True
+        cursor = psycopg.ClientCursor(db)
         try:
-            yield
+            cursor.execute(_ADD, params)
+            cursor.nextset()  # the first result is the SAVEPOINT's, the second the insert's
+            return cursor.fetchone()
         except psycopg.Error as exc:
-            try:
-                self._conn().execute("ROLLBACK TO SAVEPOINT request; RELEASE SAVEPOINT request")
-            except (psycopg.Error, StorageError):
-                raise exc from None
-            raise StorageError(operation, reason(exc), contained=True) from exc
-        self._conn().execute("RELEASE SAVEPOINT request")
+            self._back_to_savepoint(db, exc)
+            raise StorageError("add", reason(exc), contained=True) from exc
+
+    @staticmethod
+    def _back_to_savepoint(db: Connection, exc: psycopg.Error) -> None:
+        """Take back what the query that raised `exc` did, or raise `exc` if it cannot."""
+        if db.info.transaction_status == pq.TransactionStatus.INTRANS:
+            return  # refused before it was sent (e.g. a NUL in text): nothing happened
+        try:
+            db.execute("ROLLBACK TO SAVEPOINT request; RELEASE SAVEPOINT request")
+        except psycopg.Error:
+            raise exc from None
 
     @_pg_op
     def find_request(self, request_id: str) -> int | None:

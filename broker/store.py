@@ -12,13 +12,12 @@ that counting never scans.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -287,6 +286,13 @@ JOB_COLUMNS = (
 _SUMMARY_COLUMNS = JOB_COLUMNS.replace("answer, ", "")
 # A row's bytes as `stored_bytes` counts them, in SQL (reason: its UTF-8 bytes).
 _ROW_BYTES = "length(request) + ifnull(length(answer), 0) + ifnull(length(CAST(reason AS BLOB)), 0)"
+# Errors after which SQLite has undone the failed statement alone and the transaction
+# is sound (a row it refused); after others (a full disk, I/O, a busy or corrupt
+# database) the whole transaction is rolled back, as SQLite's documentation advises.
+_STATEMENT_ERRORS = frozenset({
+    sqlite3.SQLITE_CONSTRAINT, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH,
+    sqlite3.SQLITE_RANGE, sqlite3.SQLITE_ERROR,
+})  # fmt: skip
 _ADD_USAGE = (
     "INSERT INTO key_usage (owner, stored_bytes) VALUES (?, ?) ON CONFLICT (owner)"
     " DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes"
@@ -370,45 +376,40 @@ class SqliteStore:
         New requests are the common case, so this inserts first and looks up only
         when the request id is already taken. The number is chosen here, not by
         AUTOINCREMENT, whose counter a rollback would rewind. A failed insert takes
-        back only itself (a savepoint), if the transaction survives it.
+        back only itself, if the transaction survives it (`_alone`).
         """
         seq = self._issued + 1
-        with self._savepoint("add"):
-            try:
-                self._db.execute(
-                    "INSERT INTO jobs (seq, request_id, request, status, created_s, owner)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, request_id, job_body, _RUNNING, now_s, owner),
-                )
-            except sqlite3.IntegrityError:
-                known = self.find_request(request_id)
-                if known is None:
-                    raise
-                return known, False
+        try:
+            self._db.execute(
+                "INSERT INTO jobs (seq, request_id, request, status, created_s, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, request_id, job_body, _RUNNING, now_s, owner),
+            )
+        except sqlite3.IntegrityError as exc:
+            known = self.find_request(request_id)
+            if known is None:
+                self._raise_if_alone(exc)
+                raise
+            return known, False
+        except sqlite3.Error as exc:
+            self._raise_if_alone(exc)
+            raise
         self._issued = seq
         self._counts[JobStatus.RUNNING] += 1
         self._usage_delta[owner] += stored_bytes(job_body)
+        self._changed = True
         return seq, True
 
-    @contextlib.contextmanager
-    def _savepoint(self, operation: str) -> Iterator[None]:
-        """Writes that fail alone: an error inside rolls back to here and raises a
-        contained `StorageError`; if even that fails (the transaction is gone, e.g. the
-        disk is full), the error goes up as it was, and the caller rolls back the turn."""
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN")
-        self._changed = True  # the transaction is open: the turn's commit ends it
-        self._db.execute("SAVEPOINT request")
-        try:
-            yield
-        except sqlite3.Error as exc:
-            try:
-                self._db.execute("ROLLBACK TO request")
-                self._db.execute("RELEASE request")
-            except sqlite3.Error:
-                raise exc from None
-            raise StorageError(operation, str(exc), contained=True) from exc
-        self._db.execute("RELEASE request")
+    def _raise_if_alone(self, exc: sqlite3.Error) -> None:
+        """Raise a contained `StorageError` for `exc` if SQLite took back the failed
+        statement alone and the transaction goes on (its statement journal is a
+        savepoint per statement, at no cost here: a SAVEPOINT and a RELEASE per submit
+        doubled its cost); else return, and the caller raises `exc` (the turn is
+        rolled back)."""
+        code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_ERROR) & 0xFF
+        if self._db.in_transaction and code in _STATEMENT_ERRORS:
+            self._changed = True  # the transaction is open: the turn's commit ends it
+            raise StorageError("add", str(exc), contained=True) from exc
 
     @_storage_op
     def find_request(self, request_id: str) -> int | None:
