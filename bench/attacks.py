@@ -3,6 +3,7 @@
     python -m bench.attacks nul-submit [--duration 6]   # PostgreSQL store
     python -m bench.attacks nul-reason [--duration 6]   # PostgreSQL store
     python -m bench.attacks quota [--duration 4]        # CURVE keys, a small disk (root)
+    python -m bench.attacks commit-retry [--duration 4] # a small disk (root)
 
 - nul-submit: a victim submits over a bare DEALER, one request at a time, while an
   attacker sends one submit with a NUL in its request id per second; the victim's
@@ -14,6 +15,9 @@
   submits `mean_by_category` (a 72 KB answer each) as fast as it can, with the default
   8 MB quota of this run (`--quota-mb`), while key bob submits one job every 50 ms; what
   each got, and what alice stores.
+- commit-retry: two accepted jobs whose answers cannot be committed (the state
+  directory's disk filled after they were accepted): failed commits per second and the
+  broker's CPU while they wait.
 
 Not part of the test suite (it takes tens of seconds and, for `quota`, root); the
 checks that hold the fixes are tests/unit/test_admission.py and
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import tempfile
 import threading
@@ -36,6 +41,7 @@ from typing import Any
 
 import zmq
 
+from bench import procstat
 from bench.harness import Service
 from bench.postgres import postgres_server, skip_reason
 from clients import Client
@@ -170,7 +176,9 @@ def _submitter(client: Client, statistic: str, pause_s: float, got: Counter[str]
 
 def quota(work: Path, data: Path, duration_s: float, quota_mb: float | None) -> None:
     keys = work / "keys"
-    generate_keys(keys, ["worker:worker", "client:alice", "client:bob"])
+    generate_keys(keys, ["worker:worker", "client:alice", "client:bob", "admin:admin"])
+    os.environ["LSS_CURVE_SERVER_KEY"] = str(keys / "broker.key")  # the harness's own client
+    os.environ["LSS_CURVE_SECRET"] = str(keys / "admin.key_secret")
     flags: dict[str, Any] = {"curve_dir": keys}
     if quota_mb is not None:
         flags["key_quota_mb"] = quota_mb
@@ -194,9 +202,40 @@ def quota(work: Path, data: Path, duration_s: float, quota_mb: float | None) -> 
         print(f"bob: {dict(got_bob)}; store files {stored / 2**20:.1f} MB")
 
 
+def _fill_disk(directory: Path) -> Path:
+    """Write a file in `directory` until the disk is full; the file."""
+    filler = directory / "filler"
+    with filler.open("ab") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(bytes(1 << 20))
+            out.flush()
+    return filler
+
+
+def commit_retry(work: Path, data: Path, duration_s: float) -> None:
+    """Two accepted jobs whose answers cannot be committed (a full disk): the broker's
+    failed commits per second and its CPU while they wait."""
+    with _tmpfs(work / "state", 96 << 20) as state, Service(state, data, 0) as service:
+        with service.client() as client:
+            for _ in range(2):
+                client.submit("mean_by_category", question=QUESTION)
+            _fill_disk(state)
+            service.start_workers(2)
+            assert service.broker is not None
+            before_failures = client.stats()["storage_failures"].get("commit", 0)
+            before_cpu, started = procstat.cpu_s(service.broker.pid), time.monotonic()
+            time.sleep(duration_s)  # the measured span, not synchronisation
+            elapsed = time.monotonic() - started
+            cpu = (procstat.cpu_s(service.broker.pid) - before_cpu) / elapsed
+            failures = client.stats()["storage_failures"].get("commit", 0) - before_failures
+        (state / "filler").unlink()
+        print(f"disk full, 2 answers waiting, {elapsed:.1f} s: {failures / elapsed:.1f} failed"
+              f" commits/s, broker CPU {100 * cpu:.0f} % of a core")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__)
-    parser.add_argument("attack", choices=("nul-submit", "nul-reason", "quota"))
+    parser.add_argument("attack", choices=("nul-submit", "nul-reason", "quota", "commit-retry"))
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--quota-mb", type=float, default=8.0)
     parser.add_argument("--old", action="store_true", help="a broker without --key-quota-mb")
@@ -207,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
         generate(data, rows=18_000)
         if args.attack == "quota":
             quota(work, data, args.duration, None if args.old else args.quota_mb)
+            return
+        if args.attack == "commit-retry":
+            commit_retry(work, data, args.duration)
             return
         if skip_reason():
             raise SystemExit(skip_reason())

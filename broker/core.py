@@ -143,6 +143,9 @@ class BrokerCore:
         self._delayed: dict[int, float] = {}
         self._commit_failures: Counter[int] = Counter()
         self._quota_bytes = int(settings.key_quota_mb * MB)
+        # A submit needs room for its body and for an answer as large as any seen: a
+        # key at its quota is refused at submit, not given jobs whose answers are dropped.
+        self._largest_answer = 0
         self._owners = Owners()  # of unfinished jobs
         self._warn = Throttle(log)
         # Why submits are refused while storage fails or space is short (set by the loop).
@@ -360,12 +363,13 @@ class BrokerCore:
         if not self._quota_bytes:
             return None
         stored = self.store.stored_bytes(owner)
-        if stored + len(body) <= self._quota_bytes:
+        if stored + len(body) + self._largest_answer <= self._quota_bytes:
             return None
         return ErrorCode.OVER_LIMIT, (
-            f"quota: this key's jobs and answers take {stored / MB:.1f} MB in the store, at"
-            f" its quota of {self._quota_bytes / MB:g} MB (LSS_KEY_QUOTA_MB); they are freed"
-            f" as results expire ({self.settings.result_ttl_s:g} s after they finish)"
+            f"quota: this key's jobs and answers take {stored / MB:.1f} MB in the store, and"
+            f" its quota is {self._quota_bytes / MB:g} MB (LSS_KEY_QUOTA_MB) with room kept"
+            f" for an answer; they are freed as results expire"
+            f" ({self.settings.result_ttl_s:g} s after they finish)"
         )
 
     def _within_quota(self, seq: int, outcome: Outcome) -> Outcome:
@@ -374,6 +378,7 @@ class BrokerCore:
         running when it reached the quota."""
         if not self._quota_bytes or outcome.answer is None:
             return outcome
+        self._largest_answer = max(self._largest_answer, len(outcome.answer))
         stored = self.store.stored_bytes(self._owners.of(seq) or "")
         if stored + len(outcome.answer) <= self._quota_bytes:
             return outcome
