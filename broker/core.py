@@ -33,6 +33,7 @@ from broker.limits import (
 )
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
+from broker.storage_guard import MB
 from broker.store import JobRecord, Outcome, StorageError, Store
 from broker.undo import Unfinished
 from protocol import config, events
@@ -60,7 +61,6 @@ RETRYABLE = (ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN)  # may pass, or another
 # disk) must not have its job run and fail to commit hundreds of times a second.
 COMMIT_RETRY_MIN_S = 0.25
 COMMIT_RETRY_MAX_S = 10.0
-MB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -552,7 +552,7 @@ class BrokerCore:
         if msg.fingerprint != self.fingerprint:
             return Outcome(JobStatus.ERROR, reason="worker answered from a different data set")
         if msg.status == JobStatus.ERROR.value:
-            reason = escaped(msg.reason or "failed")[: m.MAX_REASON_CHARS]
+            reason = escaped((msg.reason or "failed")[: m.MAX_REASON_CHARS])[: m.MAX_REASON_CHARS]
             return Outcome(JobStatus.ERROR, reason=reason, fingerprint=msg.fingerprint)
         if msg.status != JobStatus.DONE.value or payload is None or not _is_answer(payload):
             return Outcome(JobStatus.ERROR, reason="worker sent a malformed answer")
