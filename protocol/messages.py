@@ -678,7 +678,27 @@ def submit_problem(msg: Submit) -> str | None:
     for name, text in (("request_id", msg.request_id), ("statistic", msg.statistic)):
         if CONTROL_CHARACTER.search(text):
             return f"{name} holds a control character: {shown(text)}"
-    return _params_problem(msg.params)
+    return _params_problem(msg.params) if _suspect(msg.params) else None
+
+
+def _suspect(params: dict[str, Any]) -> bool:
+    """Whether `params` holds a control character or a non-finite number anywhere: the
+    fast pass run on every submit; `_params_problem` then says where (paths cost)."""
+    pending: list[object] = [params]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if CONTROL_CHARACTER.search(value):
+                return True
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def _params_problem(params: dict[str, Any]) -> str | None:
