@@ -292,7 +292,7 @@ class Broker:
         self._storage_errors.warning(
             exc.operation, "storage failed, transaction rolled back: %s", exc
         )
-        reason = self.core.roll_back(exc)
+        reason = self.core.roll_back(exc, now)
         self.guard.failed(exc, now)
         self.core.storage_refusal = self.guard.refusal(now)
         return reason

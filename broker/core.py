@@ -35,12 +35,13 @@ from broker.limits import (
 from broker.load_failure import LoadFailure
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
+from broker.storage_guard import MB
 from broker.store import JobRecord, Outcome, StorageError, Store
 from broker.undo import Unfinished
 from protocol import config, events
 from protocol import messages as m
 from protocol.errors import ProtocolError
-from protocol.logs import Throttle, shown
+from protocol.logs import Throttle, escaped, shown
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
@@ -57,6 +58,11 @@ ALONE_AFTER_LOSSES = 2
 # that crashed before its STARTED left), as a multiple of `max_attempts`.
 UNCONFIRMED_LOSS_FACTOR = 3
 RETRYABLE = (ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN)  # may pass, or another broker serves
+# A job finished in a transaction that failed runs again after this long, doubled at
+# each failure in a row up to the maximum: an answer the store cannot take (a full
+# disk) must not have its job run and fail to commit hundreds of times a second.
+COMMIT_RETRY_MIN_S = 0.25
+COMMIT_RETRY_MAX_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class CoreSettings:
     result_ttl_s: float
     max_message_bytes: int
     list_page_limit: int = 10_000
+    key_quota_mb: float = config.KEY_QUOTA_MB  # bytes a key's jobs may take; 0: no quota
 
 
 @dataclass
@@ -133,6 +140,14 @@ class BrokerCore:
         self._job_bodies: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
         self._waiters = Waiters(MAX_WAITERS_PER_PEER, MAX_WAITERS)
         self._retried: set[int] = set()  # unfinished jobs that must run alone
+        # Jobs finished in a transaction that failed: when each may run again, and how
+        # many times in a row its finish failed (see COMMIT_RETRY_MIN_S).
+        self._delayed: dict[int, float] = {}
+        self._commit_failures: Counter[int] = Counter()
+        self._quota_bytes = int(settings.key_quota_mb * MB)
+        # A submit needs room for its body and for an answer as large as any seen: a
+        # key at its quota is refused at submit, not given jobs whose answers are dropped.
+        self._largest_answer = 0
         self._owners = Owners()  # of unfinished jobs
         self._warn = Throttle(log)
         self.load_failure = LoadFailure()  # why no worker can run jobs (broker.load_failure)
@@ -175,6 +190,8 @@ class BrokerCore:
         self._job_bodies.clear()
         self._queue.clear()
         self._retried.clear()
+        self._delayed.clear()
+        self._commit_failures.clear()
 
     def finished_elsewhere(self, seqs: list[int]) -> None:
         """Answer the waiters of jobs another broker finished (told by the store)."""
@@ -225,7 +242,9 @@ class BrokerCore:
             return _over_budget()
         if isinstance(msg, m.Recent):  # a client key sees only its own jobs here too
             return recent_jobs(self.store, msg.limit, None if caller.sees_all else caller.key)
-        return m.StatsReply(self.stats(now_s))
+        quota = {"quota_bytes": self._quota_bytes,
+                 "stored_bytes": self.store.stored_bytes(caller.owner)}  # fmt: skip
+        return m.StatsReply({**self.stats(now_s), "key": quota})
 
     def refuse(self, identity: bytes, tag: bytes, code: ErrorCode | str, reason: str) -> None:
         """Answer a request with an error; one that passes, or that another broker on
@@ -269,19 +288,42 @@ class BrokerCore:
         self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float, caller: Caller
     ) -> None:
         body = m.body_of(m.Job(msg.statistic, msg.params))
-        refusal = self._submit_refusal(msg, body)
+        malformed = self._malformed(identity, msg, body)
+        if malformed:  # not looked up: it names no job, and its text may break a query
+            self.refuse(identity, tag, *malformed)
+            return
+        refusal = self._submit_refusal(caller, body)
         seq = self.store.find_request(msg.request_id) if refusal else None
         if refusal and seq is None:
             self.refuse(identity, tag, *refusal)
             return
         if seq is None:
-            seq = self._accept(msg, body, now_s, caller.owner)
+            seq = self._accept_alone(identity, tag, msg, body=body, now_s=now_s, owner=caller.owner)
+            if seq is None:
+                return
         if not self._visible(seq, caller):  # another key's request id: never its job
             self._forbid(identity, tag, caller, "reuse another key's request_id")
         elif msg.notify:  # the final state is the only reply
             self._read(identity, tag, seq, wait=True, caller=caller)
         else:
             self._reply(identity, tag, m.Submitted(job_id(seq)))
+
+    def _accept_alone(
+        self, identity: bytes, tag: bytes, msg: m.Submit, *, body: bytes, now_s: float,
+        owner: str,
+    ) -> int | None:  # fmt: skip
+        """`_accept`, where a store error that took back only this request's write
+        refuses this request only (None): the turn and every other peer's requests go on."""
+        try:
+            return self._accept(msg, body, now_s, owner)
+        except StorageError as exc:
+            if not exc.contained:
+                raise  # the transaction is lost: the loop rolls the turn back
+            self._storage_failures[exc.operation] += 1
+            self._warn.warning(("store refused", identity), "a submit from %s failed alone"
+                               " in the store: %s", peer_name(identity), exc)  # fmt: skip
+            self.refuse(identity, tag, ErrorCode.STORAGE, f"storage failed: {exc}")
+            return None
 
     def _accept(self, msg: m.Submit, body: bytes, now_s: float, owner: str) -> int:
         seq, new = self.store.add(msg.request_id, body, now_s, owner, msg.statistic)
@@ -296,16 +338,19 @@ class BrokerCore:
         log.debug("%s accepted", job_id(seq))
         return seq
 
-    def _submit_refusal(self, msg: m.Submit, body: bytes) -> tuple[ErrorCode, str] | None:
+    def _submit_refusal(self, caller: Caller, body: bytes) -> tuple[ErrorCode, str] | None:
         if self.shutting_down:
             return ErrorCode.SHUTTING_DOWN, "shutting down"
         if self.storage_refusal:
             return ErrorCode.STORAGE, self.storage_refusal
         if no_worker := self.no_worker():
             return ErrorCode.NO_WORKER, no_worker
-        return self._size_refusal(msg, body) or self._queue_refusal()
+        return self._queue_refusal() or self._quota_refusal(caller.owner, body)
 
-    def _size_refusal(self, msg: m.Submit, body: bytes) -> tuple[ErrorCode, str] | None:
+    def _malformed(
+        self, identity: bytes, msg: m.Submit, body: bytes
+    ) -> tuple[ErrorCode, str] | None:
+        """Why a submit can never be accepted, whatever the store holds; None if it may be."""
         if not msg.request_id:
             return ErrorCode.BAD_REQUEST, "request_id must not be empty"
         if len(msg.request_id) > m.MAX_REQUEST_ID_CHARS:
@@ -313,7 +358,39 @@ class BrokerCore:
         if len(body) > m.MAX_JOB_BYTES:
             why = f"statistic and params take {len(body)} bytes, over {m.MAX_JOB_BYTES}"
             return ErrorCode.TOO_LARGE, why
+        problem = m.submit_problem(msg)  # bounded: the body is within MAX_JOB_BYTES
+        if problem:
+            self._warn.warning(("bad submit", identity), "refused a submit from %s: %s",
+                               peer_name(identity), problem)  # fmt: skip
+            return ErrorCode.BAD_REQUEST, problem
         return None
+
+    def _quota_refusal(self, owner: str, body: bytes) -> tuple[ErrorCode, str] | None:
+        if not self._quota_bytes:
+            return None
+        stored = self.store.stored_bytes(owner)
+        if stored + len(body) + self._largest_answer <= self._quota_bytes:
+            return None
+        return ErrorCode.OVER_LIMIT, (
+            f"quota: this key's jobs and answers take {stored / MB:.1f} MB in the store, and"
+            f" its quota is {self._quota_bytes / MB:g} MB (LSS_KEY_QUOTA_MB) with room kept"
+            f" for an answer; they are freed as results expire"
+            f" ({self.settings.result_ttl_s:g} s after they finish)"
+        )
+
+    def _within_quota(self, seq: int, outcome: Outcome) -> Outcome:
+        """`outcome`, or an error instead of an answer that would take the job's key
+        past its quota: what a key stores stays bounded, however many jobs it had
+        running when it reached the quota."""
+        if not self._quota_bytes or outcome.answer is None:
+            return outcome
+        self._largest_answer = max(self._largest_answer, len(outcome.answer))
+        stored = self.store.stored_bytes(self._owners.of(seq) or "")
+        if stored + len(outcome.answer) <= self._quota_bytes:
+            return outcome
+        # Short: it is stored in the answer's place, and counts against the quota too.
+        reason = f"quota: answer of {len(outcome.answer)} bytes not kept (LSS_KEY_QUOTA_MB)"
+        return Outcome(JobStatus.ERROR, reason=reason, fingerprint=outcome.fingerprint)
 
     def _queue_refusal(self) -> tuple[ErrorCode, str] | None:
         if len(self._job_bodies) >= self.settings.max_queue:
@@ -446,7 +523,9 @@ class BrokerCore:
         if self.shutting_down and not self._job_bodies:
             self._to_worker(identity, m.Disconnect("shutdown"), now_s)
             return
-        if self.fingerprint is None:
+        if self.fingerprint is None and not m.CONTROL_CHARACTER.search(msg.fingerprint):
+            # Never one with control characters: it is stored with every answer, and
+            # PostgreSQL refuses a NUL in text (every commit would fail).
             self.fingerprint = msg.fingerprint
             log.info("service data fingerprint set by the first worker: %s", shown(msg.fingerprint))
         if msg.fingerprint != self.fingerprint or msg.credit < 1:
@@ -454,7 +533,7 @@ class BrokerCore:
                 ("refused worker", identity),
                 "worker %s (pid %d on %s) refused: data %s, expected %s, credit %d",
                 peer_name(identity), msg.pid, shown(msg.host), shown(msg.fingerprint[:12]),
-                self.fingerprint[:12], msg.credit,
+                (self.fingerprint or "none yet")[:12], msg.credit,
             )  # fmt: skip
             self._to_worker(identity, m.Disconnect("data fingerprint mismatch"), now_s)
             return
@@ -504,13 +583,13 @@ class BrokerCore:
         if seq is None or not self._take_back(worker.identity, seq):
             log.info("ignored a result for %s from worker %s: not its job", shown(tag), worker.name)
             return
-        self._finish(seq, self._outcome(msg, payload), now_s)
+        self._finish(seq, self._within_quota(seq, self._outcome(msg, payload)), now_s)
 
     def _outcome(self, msg: m.Result, payload: bytes | None) -> Outcome:
         if msg.fingerprint != self.fingerprint:
             return Outcome(JobStatus.ERROR, reason="worker answered from a different data set")
         if msg.status == JobStatus.ERROR.value:
-            reason = (msg.reason or "failed")[: m.MAX_REASON_CHARS]
+            reason = escaped((msg.reason or "failed")[: m.MAX_REASON_CHARS])[: m.MAX_REASON_CHARS]
             return Outcome(JobStatus.ERROR, reason=reason, fingerprint=msg.fingerprint)
         if msg.status != JobStatus.DONE.value or payload is None or not _is_answer(payload):
             return Outcome(JobStatus.ERROR, reason="worker sent a malformed answer")
@@ -536,7 +615,7 @@ class BrokerCore:
         return self.pool.release(identity, seq) and seq in self._job_bodies
 
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        self.store.finish(seq, outcome, now_s)
+        self.store.finish(seq, outcome, now_s, self._owners.of(seq) or "")
         waiters = self._waiters.pop(seq)
         suspect = seq in self._retried
         self._finished[seq] = Unfinished(
@@ -620,6 +699,8 @@ class BrokerCore:
 
     def dispatch(self, now_s: float) -> None:
         """Give queued jobs to free workers, least recently used first."""
+        if self._delayed:
+            self._queue_due(now_s)
         while self._queue and self.pool.has_free():
             seq = self._queue[0]
             if seq not in self._job_bodies:
@@ -637,6 +718,14 @@ class BrokerCore:
             frames = m.frames_of(command, text.encode(), self._job_bodies[seq])
             self.outbox.workers.append([worker.identity, *frames])
             log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
+
+    def _queue_due(self, now_s: float) -> None:
+        """Queue, at the front, the jobs whose wait after a failed commit is over."""
+        due = sorted(seq for seq, at in self._delayed.items() if at <= now_s)
+        for seq in reversed(due):
+            del self._delayed[seq]
+            if seq in self._job_bodies:
+                self._queue.appendleft(seq)
 
     def tick(self, now_s: float) -> None:
         """Heartbeats, lost and hung workers (results expire in `expire_results`)."""
@@ -661,16 +750,19 @@ class BrokerCore:
     def commit(self) -> None:
         """Commit the store's transaction; raises `StorageError` (then call `roll_back`)."""
         self.store.commit()
+        for seq in self._finished:
+            self._commit_failures.pop(seq, None)
         self._added.clear()
         self._finished.clear()
 
-    def roll_back(self, failure: StorageError) -> str:
-        """Roll the store's transaction back after `failure`, and undo here what it did.
+    def roll_back(self, failure: StorageError, now_s: float) -> str:
+        """Roll the store's transaction back after `failure` (at `now_s`), and undo here
+        what it did.
 
         Jobs added are forgotten, and each request that named one gets a `storage`
-        error instead; jobs finished are unfinished again and run again, their waiters
-        waiting again. Nothing queued on the strength of the lost writes leaves.
-        Returns the reason given in those errors.
+        error instead; jobs finished are unfinished again and run again after a backoff
+        (COMMIT_RETRY_MIN_S), their waiters waiting again. Nothing queued on the
+        strength of the lost writes leaves. Returns the reason given in those errors.
         """
         reason = f"storage failed: {failure}"
         self._storage_failures[failure.operation] += 1
@@ -681,6 +773,7 @@ class BrokerCore:
         added, finished = self._added, self._finished
         self._added, self._finished = set(), {}
         restored = self._unfinish(finished, added)
+        self._delay(finished.keys() - added, now_s)
         self.outbox.clients = undo.client_replies(
             self.outbox.clients, added | finished.keys(), restored, reason, self.retry_refused_ms
         )
@@ -692,10 +785,18 @@ class BrokerCore:
             self._owners.disown(seq)
             self.latency.forget(seq)
             self._retried.discard(seq)
+            self._delayed.pop(seq, None)
             for identity, tag in self._waiters.pop(seq):
                 self.refuse(identity, tag, ErrorCode.STORAGE, reason)
         self._requeue_unheld()
         return reason
+
+    def _delay(self, seqs: Set[int], now_s: float) -> None:
+        """Jobs whose finish was rolled back run again only after a backoff."""
+        for seq in seqs:
+            self._commit_failures[seq] += 1
+            wait_s = COMMIT_RETRY_MIN_S * 2 ** (self._commit_failures[seq] - 1)
+            self._delayed[seq] = now_s + min(wait_s, COMMIT_RETRY_MAX_S)
 
     def _unfinish(self, finished: dict[int, Unfinished], added: set[int]) -> set[Waiter]:
         restored: set[Waiter] = set()
@@ -710,8 +811,9 @@ class BrokerCore:
         return restored
 
     def _requeue_unheld(self) -> None:
-        """Queue exactly the unfinished jobs no worker holds; the front for the unqueued."""
-        held = {seq for worker in self.pool.all() for seq in worker.jobs}
+        """Queue exactly the unfinished jobs no worker holds and none waits for its
+        backoff (`_delay`); the front for the unqueued."""
+        held = {seq for worker in self.pool.all() for seq in worker.jobs} | self._delayed.keys()
         queued = [seq for seq in self._queue if seq in self._job_bodies and seq not in held]
         missing = sorted(set(self._job_bodies) - held - set(queued))
         self._queue = deque(missing + queued)
@@ -752,6 +854,7 @@ class BrokerCore:
             "fingerprint": self.fingerprint,
             "no_worker": self.no_worker(),
             "storage_failures": dict(self._storage_failures),
+            "waiting_after_failed_commit": len(self._delayed),
             "latency": self.latency.describe(),
             **({"cluster": self.cluster_stats()} if self.cluster_stats else {}),
         }

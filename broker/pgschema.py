@@ -7,7 +7,9 @@ broker refuses to start rather than write rows a newer schema does not expect.
 
 Tables: `jobs` (as in SQLite, plus the dispatching broker's `broker_id` and
 `broker_epoch`, the fencing token of docs/deployment.md "Several brokers"), `brokers`
-(one lease row per registered broker epoch) and `shutdown_requests` (scope "all").
+(one lease row per registered broker epoch), `shutdown_requests` (scope "all") and,
+from version 2, `key_usage`: the bytes each key's jobs take, a running total that every
+broker's commits and expiries keep (broker.pgstore), filled from the jobs at migration.
 Job numbers come from the sequence `job_seq`, epochs from `broker_epoch_seq`: neither
 is ever rolled back, so no number is issued twice.
 """
@@ -21,7 +23,7 @@ from broker.store import fill_statistics
 
 Step = str | Callable[[Any], None]  # a statement, or a function of the connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x155_0001  # pg_advisory_xact_lock key: one migration at a time
 
 MIGRATIONS: dict[int, tuple[Step, ...]] = {
@@ -61,6 +63,13 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         lambda conn: fill_statistics(conn, "%s"),
         "CREATE INDEX jobs_status ON jobs (status, seq)",
         "CREATE INDEX jobs_statistic ON jobs (statistic, seq)",
+    ),
+    3: (  # each key's stored bytes, kept as jobs are written and expired (quotas)
+        "CREATE TABLE key_usage (owner text PRIMARY KEY, stored_bytes bigint NOT NULL)",
+        """INSERT INTO key_usage (owner, stored_bytes)
+            SELECT owner, sum(octet_length(request) + coalesce(octet_length(answer), 0)
+                              + coalesce(octet_length(reason), 0))
+            FROM jobs GROUP BY owner""",
     ),
 }
 

@@ -40,6 +40,7 @@ from broker.store import (
     page_params,
     page_query,
     record_from_row,
+    stored_bytes,
     with_outcome,
 )
 from protocol.messages import JobStatus, job_id
@@ -70,6 +71,7 @@ CONNECT_OPTIONS: dict[str, Any] = {
     # waits for a lock much longer (it fails, and the turn is rolled back).
     "options": "-c idle_in_transaction_session_timeout=2000 -c lock_timeout=3000",
 }
+USAGE_CACHE_KEYS = 10_000  # keys whose stored bytes are remembered (then all forgotten)
 _RUNNING = str(JobStatus.RUNNING)
 _SUMMARY = JOB_COLUMNS.replace("answer, ", "NULL, ")
 # Every outcome of a turn in one statement, each only if the job is still running and
@@ -81,6 +83,34 @@ _FINISH = (
     " %s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)"
     " WHERE jobs.seq = v.seq AND jobs.status = %s AND jobs.broker_epoch = %s"
     " RETURNING jobs.seq"
+)
+# A new job, in a savepoint of its own (PgStore._insert_alone).
+_ADD = (
+    "SAVEPOINT request; INSERT INTO jobs (seq, request_id, request, status, created_s, owner,"
+    " statistic, broker_id, broker_epoch)"
+    " VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (request_id) DO NOTHING RETURNING seq; RELEASE SAVEPOINT request"
+)
+# The running totals of stored bytes by key (every broker's writes add to the same rows;
+# owners in order, so that two brokers' commits never wait on each other in a cycle).
+_ADD_USAGE = (
+    "INSERT INTO key_usage (owner, stored_bytes)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[]) ORDER BY 1"
+    " ON CONFLICT (owner) DO UPDATE SET stored_bytes = key_usage.stored_bytes"
+    " + excluded.stored_bytes"
+)
+_ROW_BYTES = (
+    "octet_length(request) + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0)"
+)
+# Expiry frees each deleted row's bytes from its key's total in the same statement: a
+# row another broker deleted first is not returned here, so it is freed once.
+_EXPIRE = (
+    f"WITH gone AS (DELETE FROM jobs WHERE finished_s < %s RETURNING status, owner,"
+    f" {_ROW_BYTES} AS size),"
+    " freed AS (UPDATE key_usage SET stored_bytes = key_usage.stored_bytes - f.size"
+    " FROM (SELECT owner, sum(size) AS size FROM gone GROUP BY owner ORDER BY owner) f"
+    " WHERE key_usage.owner = f.owner)"
+    " SELECT status, count(*) FROM gone GROUP BY status"
 )
 
 P = ParamSpec("P")
@@ -159,7 +189,11 @@ class PgStore:
         self._backoff_s = RECONNECT_MIN_S
         self._changed = False
         self._to_notify: list[int] = []
-        self._finishing: dict[int, tuple[Outcome, float]] = {}  # not written yet
+        self._finishing: dict[int, tuple[Outcome, float, str]] = {}  # not written yet
+        # Stored bytes by key: as last read (with when, monotonic), and what this
+        # broker's open transaction adds (written by one statement at commit).
+        self._usage: dict[str, tuple[int, float]] = {}
+        self._usage_delta: Counter[str] = Counter()
         self._issued = 0
         self._counts: Counter[JobStatus] = Counter()
         self._counts_at = -COUNTS_MAX_AGE_S
@@ -224,21 +258,50 @@ class PgStore:
         self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]:
         """The job for `request_id`: a new one (True), or the one it already has (False),
-        whichever broker took it (the request id is UNIQUE)."""
-        row = self._write(
-            "INSERT INTO jobs (seq, request_id, request, status, created_s, owner, statistic,"
-            " broker_id, broker_epoch) VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s,"
-            " %s) ON CONFLICT (request_id) DO NOTHING RETURNING seq",
-            (request_id, job_body, _RUNNING, now_s, owner, statistic, self.broker_id, self.epoch),
-        ).fetchone()
+        whichever broker took it (the request id is UNIQUE). A failed insert takes back
+        only itself (a savepoint), if the transaction survives it."""
+        row = self._insert_alone(
+            (request_id, job_body, _RUNNING, now_s, owner, statistic, self.broker_id, self.epoch)
+        )
         if row is not None:
             self._issued = max(self._issued, int(row[0]))
             self._counts[JobStatus.RUNNING] += 1
+            self._usage_delta[owner] += stored_bytes(job_body)
             return int(row[0]), True
         known = self.find_request(request_id)
         if known is None:
             raise StorageError("add", f"request id {request_id[:100]!r} vanished meanwhile")
         return known, False
+
+    def _insert_alone(self, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Insert one job in a savepoint of its own: the seq, or None if the request id
+        was taken. If it fails, only this insert is taken back (a contained
+        `StorageError`); if even that fails (e.g. the connection is lost), the error goes
+        up as it was, and the caller rolls back the turn. Savepoint, insert and release
+        travel as one query, in one round trip as the insert alone did (binding on the
+        client side is what lets one query carry three statements)."""
+        db = self._conn()
+        if not self._in_transaction():
+            db.execute("BEGIN")
+        self._changed = True
+        cursor = psycopg.ClientCursor(db)
+        try:
+            cursor.execute(_ADD, params)
+            cursor.nextset()  # the first result is the SAVEPOINT's, the second the insert's
+            return cursor.fetchone()
+        except psycopg.Error as exc:
+            self._back_to_savepoint(db, exc)
+            raise StorageError("add", reason(exc), contained=True) from exc
+
+    @staticmethod
+    def _back_to_savepoint(db: Connection, exc: psycopg.Error) -> None:
+        """Take back what the query that raised `exc` did, or raise `exc` if it cannot."""
+        if db.info.transaction_status == pq.TransactionStatus.INTRANS:
+            return  # refused before it was sent (e.g. a NUL in text): nothing happened
+        try:
+            db.execute("ROLLBACK TO SAVEPOINT request; RELEASE SAVEPOINT request")
+        except psycopg.Error:
+            raise exc from None
 
     @_pg_op
     def find_request(self, request_id: str) -> int | None:
@@ -252,15 +315,16 @@ class PgStore:
             return None
         record = record_from_row(row)
         if seq in self._finishing:
-            outcome, finished_s = self._finishing[seq]
+            outcome, finished_s, _ = self._finishing[seq]
             record = with_outcome(record, outcome, finished_s)
         return record
 
-    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         """Record how job `seq` ended, if this broker (epoch) still owns it: written with
         the others of the turn by one statement, at the latest at `commit`, which raises
         `StorageError` (and sets `deposed`) if another broker owns it."""
-        self._finishing[seq] = (outcome, now_s)
+        self._finishing[seq] = (outcome, now_s, owner)
+        self._usage_delta[owner] += stored_bytes(b"", outcome.answer, outcome.reason)
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
         self._changed = True
@@ -271,7 +335,7 @@ class PgStore:
             return
         pending, self._finishing = self._finishing, {}
         columns: list[list[Any]] = [[], [], [], [], [], []]
-        for seq, (outcome, finished_s) in pending.items():
+        for seq, (outcome, finished_s, _) in pending.items():
             row = (seq, str(outcome.status), outcome.answer, outcome.reason,
                    outcome.fingerprint, finished_s)  # fmt: skip
             for column, value in zip(columns, row, strict=True):
@@ -280,7 +344,39 @@ class PgStore:
         done = {int(seq) for (seq,) in written}
         self._to_notify += done
         for seq in pending.keys() - done:
+            outcome, _, owner = pending[seq]  # not written: its bytes are not stored
+            self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
             self._refused_finish(seq)
+
+    def stored_bytes(self, owner: str) -> int:
+        """The bytes the key `owner` stores, on every broker: read at most every
+        COUNTS_MAX_AGE_S, plus this broker's own writes since (finishes recorded and
+        not written yet included; one written by another broker first is taken back
+        when its write is refused)."""
+        now = time.monotonic()
+        known, read_at = self._usage.get(owner, (0, -COUNTS_MAX_AGE_S))
+        if now - read_at >= COUNTS_MAX_AGE_S:
+            known = self._read_usage(owner, known)
+            if len(self._usage) >= USAGE_CACHE_KEYS:
+                self._usage.clear()
+            self._usage[owner] = (known, now)
+        return known + self._usage_delta[owner]
+
+    def _read_usage(self, owner: str, last: int) -> int:
+        try:
+            row = self._read(
+                "SELECT stored_bytes FROM key_usage WHERE owner = %s", (owner,)
+            ).fetchone()
+        except (psycopg.Error, StorageError) as exc:
+            log.debug("stored bytes not refreshed: %s", exc)  # the last figure stands
+            return last
+        return int(row[0]) if row else 0
+
+    def _write_usage(self) -> None:
+        changed = sorted((owner, delta) for owner, delta in self._usage_delta.items() if delta)
+        if changed:
+            owners, deltas = [owner for owner, _ in changed], [delta for _, delta in changed]
+            self._write(_ADD_USAGE, (owners, deltas))
 
     def _refused_finish(self, seq: int) -> None:
         row = self._read("SELECT status, broker_epoch FROM jobs WHERE seq = %s", (seq,)).fetchone()
@@ -364,7 +460,7 @@ class PgStore:
             log.debug("counts not refreshed: %s", exc)  # the last counts stand meanwhile
             return
         self._counts = Counter({JobStatus(status): int(n) for status, n in rows})
-        for outcome, _ in self._finishing.values():  # recorded here, not written yet
+        for outcome, _, _ in self._finishing.values():  # recorded here, not written yet
             self._counts[JobStatus.RUNNING] -= 1
             self._counts[outcome.status] += 1
         self._counts_at = time.monotonic()
@@ -391,11 +487,8 @@ class PgStore:
     @_pg_op
     def expire(self, finished_before_s: float) -> int:
         self._write_finished()
-        gone = self._write(
-            "WITH gone AS (DELETE FROM jobs WHERE finished_s < %s RETURNING status)"
-            " SELECT status, count(*) FROM gone GROUP BY status",
-            (finished_before_s,),
-        ).fetchall()
+        gone = self._write(_EXPIRE, (finished_before_s,)).fetchall()
+        self._usage.clear()  # the statement freed bytes in the table: read them again
         for status, count in gone:
             self._counts[JobStatus(status)] -= int(count)
         return sum(int(count) for _, count in gone)
@@ -407,6 +500,7 @@ class PgStore:
         if db.info.transaction_status == pq.TransactionStatus.INERROR:
             raise StorageError("commit", "the transaction had failed; it must be rolled back")
         self._write_finished()
+        self._write_usage()
         if not self._in_transaction():
             self._changed = False
             return
@@ -415,10 +509,17 @@ class PgStore:
         db.execute("COMMIT")
         self._to_notify = []
         self._changed = False
+        for owner, delta in self._usage_delta.items():
+            if owner in self._usage:
+                known, read_at = self._usage[owner]
+                self._usage[owner] = (known + delta, read_at)
+        self._usage_delta.clear()
 
     def rollback(self) -> None:
         """Undo every write since the last commit (job numbers stay used)."""
         self._finishing.clear()
+        self._usage_delta.clear()
+        self._usage.clear()  # figures read in the failed transaction may be gone
         self._to_notify = []
         self._changed = False
         self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`

@@ -38,12 +38,15 @@ SYNCED_COMMITS = ("FULL", "EXTRA")  # every commit is on disk when it returns
 class StorageError(Exception):
     """The store could not read or write; the open transaction must be rolled back.
 
-    `operation` names the store method that failed (`add`, `commit`...).
+    `operation` names the store method that failed (`add`, `commit`...). `contained`:
+    the failure took back only that call's own writes, and the transaction goes on
+    (one request's bad data fails that request, never the turn of every other peer).
     """
 
-    def __init__(self, operation: str, reason: str) -> None:
+    def __init__(self, operation: str, reason: str, *, contained: bool = False) -> None:
         super().__init__(f"{operation}: {reason}")
         self.operation = operation
+        self.contained = contained
 
 
 RECENT_SCAN = 10_000
@@ -66,6 +69,16 @@ class JobRecord:
     finished_s: float | None = None
     owner: str = ""  # the submitter's public key with CURVE on, else ""
 
+    @property
+    def stored_bytes(self) -> int:
+        """What the job takes in the store, as its key's quota counts it."""
+        return stored_bytes(self.job_body, self.answer, self.reason)
+
+
+def stored_bytes(job_body: bytes, answer: bytes | None = None, reason: str | None = None) -> int:
+    """A job's bytes as a key's quota counts them: its body, its answer and its reason."""
+    return len(job_body) + len(answer or b"") + len((reason or "").encode("utf-8", "replace"))
+
 
 class Store(Protocol):
     """What the broker needs of a results store.
@@ -75,7 +88,10 @@ class Store(Protocol):
 
     Writes become durable at `commit()`; `rollback()` undoes every write since the last
     commit, except that job numbers handed out stay used. Any method may raise
-    `StorageError`.
+    `StorageError`; a failed `add` takes back only its own write if it can (then the
+    error is `contained`). `stored_bytes(owner)` is what a key's jobs take in the store
+    (`JobRecord.stored_bytes`, summed), kept as a running total on every write and
+    expiry, never counted by a scan.
     """
 
     def add(
@@ -83,7 +99,8 @@ class Store(Protocol):
     ) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
-    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None: ...
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None: ...
+    def stored_bytes(self, owner: str) -> int: ...
     def add_attempt(self, seq: int) -> int: ...
     def page(
         self,
@@ -127,6 +144,7 @@ class MemoryStore:
         self._jobs: dict[int, JobRecord] = {}
         self._by_request: dict[str, int] = {}
         self._counts: Counter[JobStatus] = Counter()
+        self._usage: Counter[str] = Counter()  # stored bytes by owner
         self._last_seq = 0
         self._undo: list[Callable[[], object]] = []
 
@@ -152,9 +170,11 @@ class MemoryStore:
         old = self._jobs.pop(seq, None)
         if old is not None:
             self._counts[old.status] -= 1
+            self._usage[old.owner] -= old.stored_bytes
         if record is not None:
             self._jobs[seq] = record
             self._counts[record.status] += 1
+            self._usage[record.owner] += record.stored_bytes
         self._undo.append(lambda: self._put(seq, old))
 
     def find_request(self, request_id: str) -> int | None:
@@ -163,8 +183,11 @@ class MemoryStore:
     def get(self, seq: int) -> JobRecord | None:
         return self._jobs.get(seq)
 
-    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         self._put(seq, with_outcome(self._jobs[seq], outcome, now_s))
+
+    def stored_bytes(self, owner: str) -> int:
+        return self._usage[owner]
 
     def add_attempt(self, seq: int) -> int:
         record = self._jobs[seq]
@@ -271,6 +294,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     statistic TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_s) WHERE finished_s IS NOT NULL;
+CREATE TABLE IF NOT EXISTS key_usage (
+    owner TEXT PRIMARY KEY,
+    stored_bytes INTEGER NOT NULL
+);
 """
     + numbering.SCHEMA
 )
@@ -288,6 +315,19 @@ JOB_COLUMNS = (
     " finished_s, owner"
 )
 _SUMMARY_COLUMNS = JOB_COLUMNS.replace("answer, ", "")
+# A row's bytes as `stored_bytes` counts them, in SQL (reason: its UTF-8 bytes).
+_ROW_BYTES = "length(request) + ifnull(length(answer), 0) + ifnull(length(CAST(reason AS BLOB)), 0)"
+# Errors after which SQLite has undone the failed statement alone and the transaction
+# is sound (a row it refused); after others (a full disk, I/O, a busy or corrupt
+# database) the whole transaction is rolled back, as SQLite's documentation advises.
+_STATEMENT_ERRORS = frozenset({
+    sqlite3.SQLITE_CONSTRAINT, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH,
+    sqlite3.SQLITE_RANGE, sqlite3.SQLITE_ERROR,
+})  # fmt: skip
+_ADD_USAGE = (
+    "INSERT INTO key_usage (owner, stored_bytes) VALUES (?, ?) ON CONFLICT (owner)"
+    " DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes"
+)
 
 
 P = ParamSpec("P")
@@ -327,13 +367,20 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={checked_sync(synchronous)}")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
         self._db.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
+        new_usage_table = not _has_table(self._db, "key_usage")
         self._db.executescript(_SCHEMA)
         _add_owner_column(self._db)
         _add_statistic_column(self._db)
+        if new_usage_table:
+            _count_usage(self._db)
         self._checkpointer = Checkpointer(path, wal_limit_bytes=wal_limit_bytes)
         self._wal_limit_bytes = wal_limit_bytes
         self._checkpointer.start()
         self._counts = self._read_counts()
+        # Stored bytes by owner as committed, and what the open transaction adds to them
+        # (written by one statement at commit).
+        self._usage: Counter[str] = self._read_usage()
+        self._usage_delta: Counter[str] = Counter()
         # The highest number handed out, and the highest one reserved on disk: numbering
         # goes on above both, whatever fails (broker.numbering).
         self._boot = numbering.current_boot() if boot is None else boot
@@ -348,6 +395,10 @@ class SqliteStore:
         rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return Counter({JobStatus(status): count for status, count in rows})
 
+    def _read_usage(self) -> Counter[str]:
+        rows = self._db.execute("SELECT owner, stored_bytes FROM key_usage")
+        return Counter({owner: int(size) for owner, size in rows})
+
     @_storage_op
     def add(
         self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
@@ -356,7 +407,8 @@ class SqliteStore:
 
         New requests are the common case, so this inserts first and looks up only
         when the request id is already taken. The number is chosen here, not by
-        AUTOINCREMENT, whose counter a rollback would rewind.
+        AUTOINCREMENT, whose counter a rollback would rewind. A failed insert takes
+        back only itself, if the transaction survives it (`_alone`).
         """
         seq = self._issued + 1
         try:
@@ -365,15 +417,31 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (seq, request_id, job_body, _RUNNING, now_s, owner, statistic),
             )
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError as exc:
             known = self.find_request(request_id)
             if known is None:
+                self._raise_if_alone(exc)
                 raise
             return known, False
+        except sqlite3.Error as exc:
+            self._raise_if_alone(exc)
+            raise
         self._issued = seq
         self._counts[JobStatus.RUNNING] += 1
+        self._usage_delta[owner] += stored_bytes(job_body)
         self._changed = True
         return seq, True
+
+    def _raise_if_alone(self, exc: sqlite3.Error) -> None:
+        """Raise a contained `StorageError` for `exc` if SQLite took back the failed
+        statement alone and the transaction goes on (its statement journal is a
+        savepoint per statement, at no cost here: a SAVEPOINT and a RELEASE per submit
+        doubled its cost); else return, and the caller raises `exc` (the turn is
+        rolled back)."""
+        code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_ERROR) & 0xFF
+        if self._db.in_transaction and code in _STATEMENT_ERRORS:
+            self._changed = True  # the transaction is open: the turn's commit ends it
+            raise StorageError("add", str(exc), contained=True) from exc
 
     @_storage_op
     def find_request(self, request_id: str) -> int | None:
@@ -393,11 +461,20 @@ class SqliteStore:
             record = with_outcome(record, outcome, finished_s)
         return record
 
-    def finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         self._finished[seq] = (outcome, now_s)
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
+        self._usage_delta[owner] += stored_bytes(b"", outcome.answer, outcome.reason)
         self._changed = True
+
+    def stored_bytes(self, owner: str) -> int:
+        return self._usage[owner] + self._usage_delta[owner]
+
+    def _write_usage(self) -> None:
+        changed = [(owner, delta) for owner, delta in self._usage_delta.items() if delta]
+        if changed:
+            self._db.executemany(_ADD_USAGE, changed)
 
     def _write_finished(self) -> None:
         if not self._finished:
@@ -480,6 +557,12 @@ class SqliteStore:
         if not gone:
             return 0
         self._changed = True
+        freed = self._db.execute(
+            f"SELECT owner, sum({_ROW_BYTES}) FROM jobs WHERE finished_s < ? GROUP BY owner",
+            (finished_before_s,),
+        ).fetchall()
+        for owner, size in freed:
+            self._usage_delta[owner] -= int(size)
         self._db.execute("DELETE FROM jobs WHERE finished_s < ?", (finished_before_s,))
         for status, count in gone:
             self._counts[JobStatus(status)] -= count
@@ -489,11 +572,14 @@ class SqliteStore:
     def commit(self) -> None:
         """Make every write since the last commit durable (per `synchronous`)."""
         self._write_finished()
+        self._write_usage()
         reserve = self._issued > self._reserved and not self._synced
         if reserve:
             numbering.reserve(self._db, self._issued + SEQ_BLOCK, self._boot)
         self._db.commit()
         self._changed = False
+        self._usage.update(self._usage_delta)
+        self._usage_delta.clear()
         self._after_commit(reserve)
 
     def _after_commit(self, reserved: bool) -> None:
@@ -528,6 +614,7 @@ class SqliteStore:
     def rollback(self) -> None:
         """Undo every write since the last commit; numbers handed out stay used."""
         self._finished.clear()
+        self._usage_delta.clear()
         self._changed = False
         self._db.rollback()
         self._counts = self._read_counts()
@@ -623,6 +710,21 @@ def fill_statistics(db: Any, mark: str, batch: int = 10_000) -> None:
             [(job_statistic(bytes(body)), seq) for seq, body in rows],
         )
         after = rows[-1][0]
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def _count_usage(db: sqlite3.Connection) -> None:
+    """Fill a new `key_usage` table from the jobs already stored (once, at the first
+    start of a store made before quotas existed)."""
+    db.execute(
+        f"INSERT INTO key_usage (owner, stored_bytes) SELECT owner, sum({_ROW_BYTES})"
+        " FROM jobs GROUP BY owner"
+    )
+    db.commit()
 
 
 def _add_owner_column(db: sqlite3.Connection) -> None:

@@ -146,6 +146,7 @@ def status(stats: Mapping[str, Any]) -> str:
         f"queue       {stats.get('queue_depth', 0)} waiting, {stats.get('in_flight', 0)} running",
         "jobs        " + "   ".join(f"{name} {count}" for name, count in jobs.items()),
         f"last job    {stats.get('last_job') or '-'}",
+        *_key_usage(stats.get("key")),
         *_throughput(stats.get("rates_per_s", {})),
         f"workers     {len(workers)}"
         + (f" ({shown(stats['no_worker'], 300)})" if stats.get("no_worker") else ""),
@@ -155,6 +156,15 @@ def status(stats: Mapping[str, Any]) -> str:
         rows = [[_safe(w.get(c, "")) for c in columns] for w in workers]
         lines.append(table(["worker", "pid", "host", "credit", "in flight"], rows))
     return "\n".join(lines)
+
+
+def _key_usage(key: Mapping[str, int] | None) -> list[str]:
+    """What this client's key stores, against its quota (LSS_KEY_QUOTA_MB)."""
+    if not key:
+        return []  # a broker from before quotas
+    stored_mb, quota_mb = key.get("stored_bytes", 0) / 2**20, key.get("quota_bytes", 0) / 2**20
+    quota = f"of a {quota_mb:g} MB quota" if quota_mb else "(no quota)"
+    return [f"this key    {stored_mb:.1f} MB of jobs and answers stored {quota}"]
 
 
 def _safe(value: object) -> object:

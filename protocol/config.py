@@ -57,6 +57,10 @@ DISK_RESERVE_MB = 64.0
 # Where the broker keeps its jobs: "sqlite" (<state dir>/jobs.sqlite3), or a
 # postgresql://... URL that several brokers may share (docs/deployment.md).
 STORE = "sqlite"
+# Bytes a key's jobs (bodies, answers, reasons) may take in the store, counted until they
+# expire; past it, its submits are refused (`over_limit`) and answers not kept. Without
+# CURVE every peer is one key, so this bounds the whole store. 0: no quota.
+KEY_QUOTA_MB = 1024.0
 # How long a broker on a shared store stays the owner of its jobs without renewing;
 # past it, another broker adopts them (renewed every third of it).
 BROKER_LEASE_S = 10.0
@@ -149,6 +153,11 @@ SETTINGS = {
             choices=("OFF", "NORMAL", "FULL", "EXTRA"),
         ),
         Setting("disk_reserve_mb", DISK_RESERVE_MB, "refuse submits below this free space"),
+        Setting(
+            "key_quota_mb",
+            KEY_QUOTA_MB,
+            "MB a key's jobs and answers may take in the store until they expire (0: no quota)",
+        ),
         Setting("store", STORE, "'sqlite' or a postgresql:// URL that brokers may share"),
         Setting(
             "broker_lease_s",

@@ -64,10 +64,16 @@ def shown(value: object, limit: int = SHOWN_CHARS) -> str:
         text = value if isinstance(value, str) else str(value)
         size = len(text)
         text = text[: limit * 4]
-    text = text.translate(_ESCAPES)
+    text = escaped(text)
     if len(text) > limit or size > limit * 4:
         return f"{text[:limit]}... ({size} {'bytes' if isinstance(value, bytes) else 'chars'})"
     return text
+
+
+def escaped(text: str) -> str:
+    """`text` with its control characters (C0, DEL and C1) written as Python escapes:
+    fit to store (PostgreSQL refuses NUL in text) or to show, whoever sent it."""
+    return text.translate(_ESCAPES)
 
 
 THROTTLE_KEYS = 4096  # (cause, peer) pairs remembered; the oldest is forgotten first

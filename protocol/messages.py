@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -683,3 +685,59 @@ def job_seq(job_id_text: str) -> int | None:
     if prefix != "job_id" or not (number.isascii() and number.isdigit()) or number[0] == "0":
         return None
     return int(number)
+
+
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""What a submit's text may not hold: C0 controls (NUL among them: PostgreSQL refuses
+it in text, and the whole transaction with it), DEL and C1 controls."""
+
+
+def submit_problem(msg: Submit) -> str | None:
+    """Why `msg` may not be accepted, or None: a control character in its request id,
+    its statistic or any text of its parameters (map keys included), or a number that
+    is not finite (NaN, Infinity: JSON's `1e400`) anywhere in its parameters.
+
+    Call it once the encoded job is known to be within MAX_JOB_BYTES: the walk is
+    iterative, so its cost is bounded by that size, however deep the nesting."""
+    for name, text in (("request_id", msg.request_id), ("statistic", msg.statistic)):
+        if CONTROL_CHARACTER.search(text):
+            return f"{name} holds a control character: {shown(text)}"
+    return _params_problem(msg.params) if _suspect(msg.params) else None
+
+
+def _suspect(params: dict[str, Any]) -> bool:
+    """Whether `params` holds a control character or a non-finite number anywhere: the
+    fast pass run on every submit; `_params_problem` then says where (paths cost)."""
+    pending: list[object] = [params]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if CONTROL_CHARACTER.search(value):
+                return True
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def _params_problem(params: dict[str, Any]) -> str | None:
+    pending: list[tuple[str, object]] = [("params", params)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str) and CONTROL_CHARACTER.search(value):
+            return f"{where} holds a control character: {shown(value)}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{where} is {value}: numbers must be finite"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and CONTROL_CHARACTER.search(key):
+                    return f"{where} has a key with a control character: {shown(key)}"
+                pending.append((f"{where}.{shown(key, 40)}", item))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+    return None

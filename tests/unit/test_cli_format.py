@@ -78,8 +78,10 @@ def test_status_shows_workers_queue_jobs_and_throughput() -> None:
         "jobs": {"running": 5, "done": 10, "error": 1},
         "rates_per_s": {"10s": {"done": 2.5}, "60s": {}},
         "shutting_down": True,
+        "key": {"quota_bytes": 1024 << 20, "stored_bytes": 3 << 19},
     }
     text = render.status(stats)
+    assert "this key    1.5 MB of jobs and answers stored of a 1024 MB quota" in text
     assert "b1 (shutting down)" in text and "3 waiting, 2 running" in text
     assert "running 5   done 10   error 1" in text
     assert "last 10s: done 2.5/s" in text and "last 60s: nothing" in text

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from broker.access import Caller, Role
-from broker.core import BrokerCore, CoreSettings
+from broker.core import COMMIT_RETRY_MIN_S, BrokerCore, CoreSettings
 from broker.store import StorageError, Store
 from protocol import messages as m
 
@@ -366,7 +366,7 @@ def commit_fails(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     failing(monkeypatch, h.core.store, "commit")
     with pytest.raises(StorageError) as failure:
         h.core.commit()
-    h.core.roll_back(failure.value)
+    h.core.roll_back(failure.value, h.now)
     monkeypatch.undo()
 
 
@@ -403,8 +403,12 @@ def test_a_failed_commit_takes_back_every_id_and_answer_of_the_transaction(
     assert replies(clients) == {b"p": STORAGE_ERROR, b"n": STORAGE_ERROR, b"g": STORAGE_ERROR}
     assert h.jobs_to(to_workers) == []  # w1's slots stay taken by the void jobs 2 and 3
     assert h.core.store.find_request("plain") is None
-    # The late answer to a void job is ignored and frees its slot; job 1 runs again.
+    # The late answer to a void job is ignored and frees its slot; job 1 runs again,
+    # once its backoff after the failed commit is over.
     h.result(b"w1", b"job_id_2")
+    _, to_workers = h.sent()
+    assert h.jobs_to(to_workers) == []
+    h.now += COMMIT_RETRY_MIN_S
     _, to_workers = h.sent()
     assert h.jobs_to(to_workers) == [(b"w1", first.encode())]
     # Numbers are never reused: the next job is 4, not 2.
@@ -427,7 +431,7 @@ def test_a_failed_insert_voids_the_transaction_and_refuses_submits_meanwhile(
     failing(monkeypatch, store, "add")
     with pytest.raises(StorageError) as failure:
         h.client(m.Submit("late", "global_mean", {"question": "Q"}), tag=b"l")
-    h.core.roll_back(failure.value)
+    h.core.roll_back(failure.value, h.now)
     monkeypatch.undo()
     h.core.storage_refusal = "storage failed: add: database or disk is full"
     h.client(m.Submit("meanwhile", "global_mean", {"question": "Q"}), tag=b"m")
@@ -646,15 +650,18 @@ def test_what_a_worker_sent_is_escaped_in_the_log_lines_about_it(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     h = Harness(store)
-    h.core.fingerprint = None  # the first worker sets it
+    h.core.fingerprint = None  # the first worker sets it, unless it is not text
     forged = "fp\n2026-01-01T00:00:00.000Z INFO    lss.broker[1] forged \x1b[2J"
     with caplog.at_level("DEBUG", logger="lss.broker"):
-        h.worker(m.Ready(1, forged), b"w1")
+        h.worker(m.Ready(1, forged), b"w0")
+        h.worker(m.Ready(1, FP), b"w1")
         (job,) = h.submit(1)
         h.sent()
-        h.worker(m.Result("error", forged, reason=forged), b"w1", job.encode())
+        h.worker(m.Result("error", FP, reason=forged), b"w1", job.encode())
     lines = [record.getMessage() for record in caplog.records]
-    assert sum("forged" in line for line in lines) >= 2, lines
+    assert h.core.fingerprint == FP and b"w0" not in h.core.pool
+    assert sum("fp\\n2026" in line for line in lines) >= 1, lines  # the refused READY
+    assert sum("forged" in line for line in lines) >= 1, lines  # the RESULT's reason
     assert not [line for line in lines if "\n" in line or "\x1b" in line], lines
 
 
@@ -681,6 +688,7 @@ def test_a_suspect_whose_answer_is_rolled_back_is_still_a_suspect(
     h.worker(m.Started(), b"w2", b"job_id_1")
     h.result(b"w2", b"job_id_1")
     commit_fails(h, monkeypatch)
+    h.now += COMMIT_RETRY_MIN_S  # it runs again after its backoff
     _, to_workers = h.sent()
     jobs = [(type(e.message), e.tag) for e in to_workers if isinstance(e.message, m.Job)]
     assert jobs == [(m.SuspectJob, b"job_id_1")]  # alone again, and watched

@@ -156,3 +156,35 @@ def test_a_broker_stopped_in_mid_turn_blocks_the_others_for_two_seconds_at_most(
         a.commit()  # A's transaction is gone with its session
     a.rollback()
     assert a.find_request("contended") == seq  # A serves again on a new connection
+
+
+def test_stored_bytes_of_a_key_are_shared_by_every_broker(
+    brokers: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = brokers
+    monkeypatch.setattr("broker.pgstore.COUNTS_MAX_AGE_S", 0.0)  # read the table each time
+    first, _ = a.add("a", b"body-a", 0.0, "KEY")
+    second, _ = b.add("b", b"body-b", 0.0, "KEY")
+    a.finish(first, DONE, 1.0, "KEY")
+    b.finish(second, DONE, 1.0, "KEY")
+    a.commit()
+    b.commit()
+    expected = 2 * (len(b"body-a") + len(DONE.answer or b""))
+    assert a.stored_bytes("KEY") == b.stored_bytes("KEY") == expected
+    assert a.expire(finished_before_s=2.0) == 2
+    a.commit()
+    assert b.expire(finished_before_s=2.0) == 0  # freed once, by the broker that deleted
+    b.commit()
+    assert a.stored_bytes("KEY") == b.stored_bytes("KEY") == 0
+
+
+def test_a_finish_another_broker_recorded_first_is_not_counted_twice(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    a, _ = brokers
+    seq, _ = a.add("r", b"q", 0.0, "KEY")
+    a.finish(seq, DONE, 1.0, "KEY")
+    a.commit()
+    a.finish(seq, Outcome(JobStatus.ERROR, reason="again"), 2.0, "KEY")  # a retried turn
+    a.commit()
+    assert a.stored_bytes("KEY") == len(b"q") + len(DONE.answer or b"")

@@ -214,3 +214,16 @@ def test_decode_all_keeps_the_good_messages_of_a_batch_with_a_bad_one() -> None:
     envelopes, errors = m.decode_all([m.BATCH_HEADER, b"\xc1"])
     assert envelopes == [] and len(errors) == 1
     assert m.decode_all(good[1]) == ([m.Envelope(m.JobCount(3), tag=b"3")], [])
+
+
+def test_a_submit_with_text_and_finite_numbers_has_no_problem() -> None:
+    params = {"question": "Q é ✓", "state": "Ohio", "years": [2011, 2012.5], "x": {"y": None}}
+    assert m.submit_problem(m.Submit("r-1", "state_mean", params)) is None
+
+
+def test_deep_parameters_are_walked_without_recursion() -> None:
+    deep: Any = float("nan")
+    for _ in range(5000):
+        deep = [deep]
+    problem = m.submit_problem(m.Submit("r", "best5", {"question": "Q", "x": deep}))
+    assert problem is not None and problem.endswith("is nan: numbers must be finite")

@@ -284,3 +284,40 @@ def test_recent_lists_the_newest_jobs_and_failures_without_answers(store: Store)
         (5, "no data", 12.0),
         (2, "no data", 10.0),
     ]
+
+
+def test_stored_bytes_per_key_are_kept_on_every_write_and_expiry(store: Store) -> None:
+    a, _ = store.add("a", b"body-a", 0.0, "KEY")
+    b, _ = store.add("b", b"body-bb", 0.0, "KEY")
+    store.add("c", b"other", 0.0)
+    assert store.stored_bytes("KEY") == 13 and store.stored_bytes("") == 5
+    store.finish(a, DONE, 10.0, "KEY")
+    store.finish(b, FAILED, 100.0, "KEY")
+    store.commit()
+    expected = 13 + len(DONE.answer or b"") + len("no data")
+    assert store.stored_bytes("KEY") == expected and store.stored_bytes("nobody") == 0
+    store.add("d", b"void", 0.0, "KEY")
+    store.rollback()
+    assert store.stored_bytes("KEY") == expected
+    assert store.expire(finished_before_s=50.0) == 1
+    store.commit()
+    assert store.stored_bytes("KEY") == len(b"body-bb") + len("no data")
+
+
+def test_stored_bytes_survive_reopening_and_an_old_store_is_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    seq, _ = store.add("a", b"body", 0.0, "KEY")
+    store.finish(seq, DONE, 1.0, "KEY")
+    store.close()
+    expected = len(b"body") + len(DONE.answer or b"")
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE key_usage")  # as in a store made before quotas
+    db.commit()
+    db.close()
+    for _ in range(2):
+        store = SqliteStore(path)
+        assert store.stored_bytes("KEY") == expected
+        store.close()
