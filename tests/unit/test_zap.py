@@ -9,6 +9,7 @@ two, never for a fixed time, except where libzmq may give no answer at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -52,7 +53,8 @@ class Secured:
         monitor = peer.get_monitor_socket(REFUSED)
         try:
             peer.connect(self.endpoint)
-            peer.send(secret.name.encode())
+            with contextlib.suppress(zmq.Again):  # refused already: no connection to queue on
+                peer.send(secret.name.encode(), zmq.NOBLOCK)
             return self._outcome(monitor, secret.name.encode(), timeout_s)
         finally:
             peer.disable_monitor()
