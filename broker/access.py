@@ -36,7 +36,18 @@ class Caller:
     @property
     def sees_all(self) -> bool:
         """Whether this peer may read every job (admins, and everyone without CURVE)."""
-        return self.role is not Role.CLIENT
+        return self.role is None or self.role is Role.ADMIN
+
+    @property
+    def may_ask(self) -> bool:
+        """Whether this peer may use the client endpoint (any key but a worker's)."""
+        return self.role is not Role.WORKER
+
+    @property
+    def may_serve(self) -> bool:
+        """Whether this peer may use the worker endpoint (worker keys, and all without
+        CURVE): checked on every message, not only by the ZAP handler."""
+        return self.role is None or self.role is Role.WORKER
 
     @property
     def may_change_service(self) -> bool:

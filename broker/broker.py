@@ -227,6 +227,8 @@ class Broker:
                 self._turn(ready, now)
                 if now >= next_tick:
                     self._guarded(self.core.tick, now)
+                    if self.curve:
+                        self.curve.check()
                     next_tick = now + tick_every_s
                 if now >= next_expiry:
                     self._guarded(self._expire, now)

@@ -215,7 +215,9 @@ class BrokerCore:
     def on_client(self, env: Envelope, now_s: float, caller: Caller = OPEN) -> None:
         """Serve one decoded client request from `caller`."""
         identity, tag, msg = env.identity or b"", env.tag, env.message
-        if isinstance(msg, m.Submit):
+        if not caller.may_ask:  # ZAP admits no worker key here; if it ever did: no
+            self._forbid(identity, tag, caller, "use the client endpoint")
+        elif isinstance(msg, m.Submit):
             self._submit(identity, tag, msg, now_s, caller)
         elif isinstance(msg, m.Get | m.Wait):
             wait = isinstance(msg, m.Wait)
@@ -488,9 +490,12 @@ class BrokerCore:
     # --- workers -----------------------------------------------------------------
 
     def on_worker(self, env: Envelope, now_s: float, caller: Caller = OPEN) -> None:
-        """Handle one decoded message from a worker (with CURVE, `caller` holds a worker
-        key: the worker endpoint admits no other)."""
+        """Handle one decoded message from a worker (with CURVE, `caller` must hold a
+        worker key: checked here too, so a ZAP handler's mistake admits no worker)."""
         identity, msg = env.identity or b"", env.message
+        if not caller.may_serve:
+            self._forbid_worker(identity, caller, msg, now_s)
+            return
         if isinstance(msg, m.Ready):
             self._register(identity, msg, now_s)
             return
@@ -518,6 +523,17 @@ class BrokerCore:
                 ("ignored", identity), "worker %s sent %s; ignored", peer_name(identity),
                 type(msg).__name__,
             )  # fmt: skip
+
+    def _forbid_worker(self, identity: bytes, caller: Caller, msg: m.Message, now_s: float) -> None:
+        """Refuse a worker-endpoint message from a key without the worker role (logged
+        once in a while); it gets DISCONNECT, never a job or data."""
+        self._warn.warning(
+            ("forbidden worker", caller.key), "refused %s on the worker endpoint from %s key"
+            " %s (%s): not a worker key", type(msg).__name__, caller.role, shown(caller.name),
+            shown(caller.key),
+        )  # fmt: skip
+        self._to_worker(identity, m.Disconnect(f"forbidden: a {caller.role} key may not serve"
+                                               " jobs"), now_s)  # fmt: skip
 
     def _register(self, identity: bytes, msg: m.Ready, now_s: float) -> None:
         if self.shutting_down and not self._job_bodies:

@@ -11,12 +11,19 @@ peer's address and public key (at most once per REPEAT_LOG_S for the same peer a
 with a count): wrong or unknown keys through ZAP, and peers that do not speak CURVE at
 all (keyless, or garbage) through a socket monitor, which cannot tell their address,
 only the endpoint they reached.
+
+Fail closed (docs/deployment.md, "Trust"): libzmq admits every key when no ZAP handler
+is bound, so the sockets set ZMQ_ZAP_ENFORCE_DOMAIN (no handler: no handshake); an error
+while answering refuses that handshake (logged at ERROR) and the handler goes on; and
+`CurveServer.check()`, called from the broker's loop, restarts a handler thread that died
+and reports one that is stuck (handshakes wait meanwhile, and none is admitted).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +39,7 @@ from broker.access import Role, user_id
 from protocol.curve import (
     AUTHORIZED_DIR,
     BROKER_KEY,
+    check_key_name,
     load_public_key,
     load_secret_pair,
     old_layout_note,
@@ -43,6 +51,7 @@ log = logging.getLogger("lss.broker.auth")
 REPEAT_LOG_S = 10.0  # one refusal line per peer and reason per this many seconds
 MAX_TRACKED = 1024  # refusal counters kept, oldest dropped first
 MONITOR_POLL_MS = 200
+ZAP_STALL_S = 5.0  # a ZAP request in hand this long: the handler is stuck (ERROR)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27)
 DOMAIN_ROLES = {"worker": (Role.WORKER,), "client": (Role.ADMIN, Role.CLIENT)}
 """The ZAP domain of each broker socket, and the roles it admits (first match wins)."""
@@ -117,9 +126,10 @@ class AllowList:
         keys = {}
         for path in sorted(self._files()):
             try:
+                check_key_name(path.stem)
                 keys[load_public_key(path)] = path.stem
-            except ValueError as exc:
-                log.error("ignoring %s: %s", path, exc)
+            except ValueError as exc:  # e.g. a name that is not UTF-8: never admitted
+                log.error("ignoring %s: %s", shown(os.fsencode(path)), shown(exc))
         return keys
 
 
@@ -149,8 +159,9 @@ class ZapHandler:
     """A thread answering libzmq's ZAP requests (RFC 27) for CURVE handshakes.
 
     Admits a key by the endpoint's domain (`DOMAIN_ROLES`), names it in the user id,
-    and reports refusals to a `RefusalLog`. It must be bound before the broker's
-    sockets: without a ZAP handler libzmq admits every key.
+    and reports refusals to a `RefusalLog`. Any error while answering refuses the
+    handshake (status 500, logged) and the thread goes on. Bind it before the broker's
+    sockets; they enforce the domain, so while no handler is bound nobody is admitted.
     """
 
     def __init__(self, context: zmq.Context[Any], keys: RoleKeys, refusals: RefusalLog) -> None:
@@ -158,8 +169,14 @@ class ZapHandler:
         self.refusals = refusals
         self._sock: zmq.Socket[bytes] = context.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.bind(ZAP_ENDPOINT)
+        try:
+            self._sock.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError:
+            self._sock.close(linger=0)
+            raise
         self._stop = threading.Event()
+        self._answering_since: float | None = None  # monotonic; None between requests
+        self._last_traceback_s = -REPEAT_LOG_S
         self._thread = threading.Thread(target=self._run, name="lss-zap", daemon=True)
         self._thread.start()
 
@@ -167,33 +184,71 @@ class ZapHandler:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def alive(self) -> bool:
+        """Whether the thread still runs (it ends only when stopped, or on a ZeroMQ error)."""
+        return self._thread.is_alive()
+
+    def stuck_s(self) -> float:
+        """How long the request in hand has waited for its answer (0 if none is)."""
+        since = self._answering_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 if self._sock.poll(MONITOR_POLL_MS, zmq.POLLIN):
-                    self._sock.send_multipart(self.answer(self._sock.recv_multipart()))
+                    self._serve(self._sock.recv_multipart())
+        except Exception:  # the socket failed: CurveServer.check() restarts the thread
+            log.exception("the ZAP handler stopped; CURVE handshakes are refused meanwhile")
         finally:
             self._sock.close(linger=0)
 
+    def _serve(self, request: list[bytes]) -> None:
+        """Answer one request; an error refuses it (a REP socket must answer each one)."""
+        self._answering_since = time.monotonic()
+        try:
+            reply = self.answer(request)
+        except Exception as exc:
+            reply = self._failed(request, exc)
+        self._sock.send_multipart(reply)
+        self._answering_since = None
+
+    def _failed(self, request: list[bytes], exc: Exception) -> list[bytes]:
+        """Refuse a handshake the handler could not decide; log it at ERROR (a traceback
+        once per REPEAT_LOG_S, so that a peer repeating it cannot flood the log)."""
+        peer, key = _describe(request)
+        now = time.monotonic()
+        traceback = now - self._last_traceback_s >= REPEAT_LOG_S
+        if traceback:
+            self._last_traceback_s = now
+        log.error("refused %s with key %s: the ZAP handler failed (%s: %s)", shown(peer), key,
+                  type(exc).__name__, shown(exc), exc_info=traceback)  # fmt: skip
+        return _reply(request, b"500", b"Internal error")
+
     def answer(self, request: list[bytes]) -> list[bytes]:
         """The ZAP reply frames for one request."""
-        request_id = request[1] if len(request) > 1 else b""
         domain = request[2].decode("utf-8", "replace") if len(request) > 2 else ""
         peer, key = _describe(request)
         admitted = self.keys.admit(domain, key.encode()) if key != "?" else None
         if admitted is None:
             why = self._refusal(domain, key)
             self.refusals.refused(peer, key, why)
-            return [b"1.0", request_id, b"400", why.encode()[:255], b"", b""]
+            return _reply(request, b"400", why.encode()[:255])
         role, name = admitted
-        user = user_id(role, key, name).encode()
-        return [b"1.0", request_id, b"200", b"OK", user, b""]
+        return _reply(request, b"200", b"OK", user_id(role, key, name).encode())
 
     def _refusal(self, domain: str, key: str) -> str:
         role = self.keys.elsewhere(key.encode()) if key != "?" else None
         if role is None:
             return "Unknown key"
         return f"a {role} key may not use the {shown(domain)} endpoint"
+
+
+def _reply(request: list[bytes], status: bytes, text: bytes, user: bytes = b"") -> list[bytes]:
+    """ZAP reply frames to `request` (RFC 27): version, request id, status, text, user id,
+    metadata."""
+    request_id = request[1] if len(request) > 1 else b""
+    return [b"1.0", request_id, status, text, user, b""]
 
 
 def _describe(request: list[bytes]) -> tuple[str, str]:
@@ -277,9 +332,11 @@ class CurveServer:
             self.public, self.secret = load_secret_pair(secret_file)
         except ValueError as exc:
             raise SystemExit(str(exc)) from exc
+        self.context = context
         self.refusals = RefusalLog()
         self.keys = RoleKeys(root)
         self.zap = ZapHandler(context, self.keys, self.refusals)
+        self._stuck_reported_s = -REPEAT_LOG_S
         self.watch = HandshakeWatch(context, self.refusals)
         log.info("CURVE on: admitted keys by role in %s (%s)", root / AUTHORIZED_DIR,
                  self.keys.summary())  # fmt: skip
@@ -294,7 +351,32 @@ class CurveServer:
         sock.curve_publickey = self.public
         sock.curve_server = True
         sock.setsockopt_string(zmq.ZAP_DOMAIN, domain)
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler: refuse, never admit
         self.watch.watch(sock)
+
+    def check(self) -> None:
+        """Restart the ZAP handler if its thread died; report at ERROR if it is stuck on
+        one request. Either way libzmq admits nobody meanwhile (the domain is enforced)."""
+        if not self.zap.alive():
+            self._restart_zap()
+            return
+        stuck_s, now = self.zap.stuck_s(), time.monotonic()
+        if stuck_s >= ZAP_STALL_S and now - self._stuck_reported_s >= REPEAT_LOG_S:
+            self._stuck_reported_s = now
+            log.error(
+                "the ZAP handler has been answering one request for %.0f s: CURVE handshakes"
+                " wait, and none is admitted until it answers", stuck_s,
+            )  # fmt: skip
+
+    def _restart_zap(self) -> None:
+        try:
+            self.zap = ZapHandler(self.context, self.keys, self.refusals)
+        except zmq.ZMQError as exc:  # the dead one's endpoint not released yet: next check
+            log.error("the ZAP handler is down and cannot restart yet (%s); CURVE handshakes "
+                      "are refused meanwhile", exc)  # fmt: skip
+            return
+        log.error("the ZAP handler thread had stopped: restarted it (CURVE handshakes were "
+                  "refused meanwhile)")  # fmt: skip
 
     def stop(self) -> None:
         """Stop the threads (after the broker's sockets are closed, before `context.term()`)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,9 @@ MAX_MESSAGE_BYTES = 1 << 20
 # BATCH; a lost worker's jobs wait for the heartbeat, so more would cost at failover.
 WORKER_CREDIT = 8
 DATA_CHUNK_BYTES = 256 * 1024
+MB = 1 << 20
+# The largest data file `--fetch-data` writes: over 6x the full CDC data set (40 MB).
+MAX_DATA_MB = 256.0
 # Clients batch requests up to this size: far below any sensible broker message limit.
 CLIENT_BATCH_BYTES = 64 * 1024
 CLIENT_TIMEOUT_S = 10.0
@@ -64,6 +68,14 @@ KEY_QUOTA_MB = 1024.0
 # How long a broker on a shared store stays the owner of its jobs without renewing;
 # past it, another broker adopts them (renewed every third of it).
 BROKER_LEASE_S = 10.0
+
+
+def sha256_hex(text: str) -> str:
+    """A SHA-256 as 64 lowercase hex digits (what `sha256sum` prints); ValueError if not."""
+    digest = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"not a SHA-256 (64 hex digits): {text[:80]!r}")
+    return digest
 
 
 def endpoints(text: str | Sequence[str]) -> list[str]:
@@ -169,6 +181,13 @@ SETTINGS = {
         Setting("curve_secret", None, "this process's secret key file"),
         Setting("diagnostics", False, "the _sleep/_crash test statistics; never in production"),
         Setting("fetch_data", False, "if --data is missing, fetch it from the broker"),
+        Setting("max_data_mb", MAX_DATA_MB, "--fetch-data refuses a larger data file"),
+        Setting(
+            "expect_sha256",
+            None,
+            "the data's SHA-256: --fetch-data takes only it, a local --data must have it",
+            kind=sha256_hex,
+        ),
         Setting("name", "worker", "log file: STATE_DIR/logs/NAME.log", ""),
         Setting("http_addr", "127.0.0.1:5000", "the HTTP gateway's HOST:PORT (off: none)"),
         Setting("http_allowed_hosts", "", "more Host names the gateway answers to (a,b)"),

@@ -39,7 +39,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
         role = name = spec
     if role not in ROLES:
         raise ValueError(f"bad key {spec!r}: give ROLE:NAME, ROLE one of {', '.join(ROLES)}")
-    _check_name(name)
+    check_key_name(name)
     return role, name
 
 
@@ -103,9 +103,13 @@ def old_layout_note(directory: str | Path) -> str | None:
     )
 
 
-def _check_name(name: str) -> None:
+def check_key_name(name: str) -> None:
+    """ValueError unless `name` is a plain, printable UTF-8 file name: the broker puts it
+    in ZAP user ids and log lines, so a name it cannot encode must never be made."""
     if not name or name == BROKER_KEY or Path(name).name != name or name.startswith("."):
         raise ValueError(f"bad key name {name!r}: a plain file name other than {BROKER_KEY!r}")
+    if not name.isprintable():  # also refuses the surrogates of bytes that are not UTF-8
+        raise ValueError(f"bad key name {name!r}: only printable UTF-8 characters")
 
 
 def load_public_key(path: str | Path) -> bytes:

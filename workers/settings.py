@@ -15,7 +15,7 @@ from protocol import config
 WORKER_SETTINGS = (
     "connect", "data", "state_dir", "credit", "heartbeat_interval_ms", "heartbeat_liveness",
     "max_message_bytes", "diagnostics", "fetch_data", "curve_server_key", "curve_secret",
-    "log_level", "name",
+    "log_level", "name", "max_data_mb", "expect_sha256",
 )  # fmt: skip
 
 
@@ -36,6 +36,8 @@ class WorkerSettings:
     curve_secret: str | None
     log_level: str
     name: str = "worker"
+    max_data_mb: float = config.MAX_DATA_MB  # what --fetch-data trusts (workers.fetch)
+    expect_sha256: str | None = None
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -11,6 +11,8 @@ like an unknown one; a client key sees only its own jobs and may not shut down.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from bench.harness import Service
 from bench.service import STOP_TIMEOUT_S, wait_until
@@ -150,6 +153,59 @@ def test_workers_with_unknown_client_or_no_keys_get_no_jobs(
     assert {w["pid"] for w in admitted} == {insider.pid, outsiders[0].pid}
 
 
+def test_a_key_file_named_in_bytes_that_are_not_utf8_lets_no_stranger_in(
+    secure_service: Service, keys: Path, rogue: Path, tmp_path: Path
+) -> None:
+    """Issue 17, hole 1: an authorized key file named caf\\xe9 killed the ZAP handler at
+    its holder's first handshake; libzmq then admitted every key, and a stranger's key
+    registered as a worker, took a job and forged its answer."""
+    generate_keys(tmp_path / "cafe", ["client:cafe"])
+    bad_name = os.fsdecode(b"caf\xe9.key")  # what `./run.sh keys` used to make of the name
+    shutil.copy(tmp_path / "cafe" / "cafe.key", keys / "authorized" / "client" / bad_name)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        holder = _peer(context, keys, tmp_path / "cafe" / "cafe.key_secret")
+        holder_handshake = _handshake_of(holder)
+        holder.connect(secure_service.client_endpoint)
+        with contextlib.suppress(zmq.Again):  # refused already: nowhere to queue
+            holder.send_multipart(m.encode(m.Ping(), b"t"), zmq.NOBLOCK)
+        holder_answered = holder_handshake.poll(10_000)  # the handler that died never did
+        stranger = _peer(context, keys, rogue / "rogue.key_secret")
+        stranger_handshake = _handshake_of(stranger)
+        stranger.connect(secure_service.worker_endpoint)
+        with contextlib.suppress(zmq.Again):  # refused already: nowhere to queue
+            stranger.send_multipart(m.encode(m.Ready(1, "0" * 64, 4242, "stranger")), zmq.NOBLOCK)
+        assert stranger_handshake.poll(10_000), "the stranger's handshake got no answer"
+        event = recv_monitor_message(stranger_handshake)["event"]
+        assert event == zmq.EVENT_HANDSHAKE_FAILED_AUTH, f"the stranger got in ({event!r})"
+        assert holder_answered, "the badly named key's handshake got no answer"
+        assert recv_monitor_message(holder_handshake)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    finally:
+        context.destroy(linger=0)
+    insider = secure_service.start_worker(**worker_keys(keys, keys / "worker.key_secret"))
+    (registered,) = secure_service.wait_workers(1)  # the handler still answers
+    assert registered["pid"] == insider.pid
+    with secure_service.client() as client:
+        job = client.submit("state_mean", question=OBESITY, state="Ohio")
+        assert client.wait(job) != {"Ohio": 99.9}
+        assert [w["pid"] for w in client.stats()["workers"]] == [insider.pid]
+    (ignored,) = [line for line in secure_service.logs().splitlines() if "ignoring" in line]
+    assert "ERROR" in ignored and "caf\\xe9.key" in ignored and "printable UTF-8" in ignored
+
+
+def _peer(context: zmq.Context[zmq.Socket[bytes]], keys: Path, secret: Path) -> zmq.Socket[bytes]:
+    """A CURVE DEALER holding the key pair in `secret`, not yet connected."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    secure_client(sock, keys / "broker.key", secret)
+    return sock
+
+
+def _handshake_of(sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
+    """A monitor of `sock` that reports its CURVE handshake's outcome (call before connect)."""
+    return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
 def keyed(service: Service, keys: Path, name: str) -> Client:
     """A client of `service` holding the key pair `name` from `keys`."""
     security = Security(str(keys / "broker.key"), str(keys / f"{name}.key_secret"))
@@ -221,9 +277,7 @@ def _ask(
     request: m.Message,
 ) -> m.Envelope:
     """One request over a fresh CURVE DEALER holding key `name`; its decoded reply."""
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    secure_client(sock, keys / "broker.key", keys / f"{name}.key_secret")
+    sock = _peer(context, keys, keys / f"{name}.key_secret")
     sock.connect(service.client_endpoint)
     try:
         sock.send_multipart(m.encode(request, b"t"))
@@ -231,6 +285,21 @@ def _ask(
         return m.decode(sock.recv_multipart())
     finally:
         sock.close(linger=0)
+
+
+@pytest.mark.parametrize(
+    "name", [os.fsdecode(b"caf\xe9"), "tab\there", "new\nline", "right\u202eto-left", "../up"]
+)
+def test_key_names_must_be_plain_printable_utf8(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protocol.curve import main
+
+    with pytest.raises(SystemExit) as refused:  # what `./run.sh keys DIR client:NAME` runs
+        main([str(tmp_path / "keys"), f"client:{name}"])
+    assert refused.value.code == 2 and "bad key name" in capsys.readouterr().err
+    assert not (tmp_path / "keys").exists()
+    assert generate_keys(tmp_path / "keys", ["client:café ok"])  # printable UTF-8 is fine
 
 
 def test_keys_in_the_old_layout_are_reported_and_not_admitted(

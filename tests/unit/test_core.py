@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from broker.access import Caller, Role
+from broker.access import NOBODY, OPEN, Caller, Role
 from broker.core import COMMIT_RETRY_MIN_S, BrokerCore, CoreSettings
 from broker.store import StorageError, Store
 from protocol import messages as m
@@ -503,6 +503,32 @@ def test_only_admins_and_open_peers_may_shut_down(store: Store) -> None:
     assert isinstance(refused, m.ErrorReply) and refused.code == "forbidden"
     assert not h.core.shutting_down
     assert isinstance(ask(h, m.Shutdown(), ADMIN), m.ShuttingDown) and h.core.shutting_down
+
+
+WORKER = Caller(Role.WORKER, "D" * 40, "w1")
+
+
+def test_the_worker_endpoint_takes_worker_keys_only_on_every_message(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even if the ZAP handler admitted a stranger, it gets neither jobs nor data."""
+    h = Harness(store)
+    for n, caller in enumerate((ALICE, ADMIN, NOBODY)):
+        for message in (m.Ready(1, FP), m.FetchData(0, 10), m.Result("done", FP)):
+            h.core.on_worker(m.Envelope(message, tag=b"job_id_1", identity=b"x%d" % n), h.now,
+                             caller)  # fmt: skip
+    h.submit(1)
+    _, to_workers = h.sent()
+    assert {type(e.message) for e in to_workers} == {m.Disconnect}, to_workers
+    assert all(e.message.reason.startswith("forbidden") for e in to_workers)  # type: ignore[attr-defined]
+    assert h.core.stats(h.now)["workers"] == [] and h.core.stats(h.now)["queue_depth"] == 1
+    assert "refused Ready on the worker endpoint from client key alice" in caplog.text
+    for n, caller in enumerate((WORKER, OPEN)):
+        h.core.on_worker(m.Envelope(m.Ready(1, FP), identity=b"w%d" % n), h.now, caller)
+    _, to_workers = h.sent()
+    assert h.jobs_to(to_workers) == [(b"w0", b"job_id_1")]
+    refused = ask(h, m.Ping(), WORKER)  # and a worker key may not ask on the client endpoint
+    assert isinstance(refused, m.ErrorReply) and refused.code == "forbidden"
 
 
 def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

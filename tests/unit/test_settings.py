@@ -54,8 +54,20 @@ def test_a_worker_is_given_exactly_its_supervisor_s_settings(
         connect="tcp://10.0.0.1:1", data="d.csv", state_dir="s", credit=3,
         heartbeat_interval_ms=250, heartbeat_liveness=4, max_message_bytes=1000,
         diagnostics=True, fetch_data=False, curve_server_key="k", curve_secret=None,
-        log_level="DEBUG", name="worker-3",
+        log_level="DEBUG", name="worker-3", max_data_mb=12.5, expect_sha256="ab" * 32,
     )  # fmt: skip
     parser = argparse.ArgumentParser()
     add_worker_flags(parser)
     assert worker_settings_from(parser.parse_args(to_flags(settings))) == settings
+
+
+def test_an_expected_sha256_is_64_hex_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.sha256_hex(" " + "AB" * 32 + "\n") == "ab" * 32  # as sha256sum prints it
+    parser = argparse.ArgumentParser()
+    add_worker_flags(parser)
+    for bad in ("ab" * 31, "zz" * 32, "ab" * 32 + "0"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([f"--expect-sha256={bad}"])
+    monkeypatch.setenv("LSS_EXPECT_SHA256", "not-a-digest")
+    with pytest.raises(SystemExit, match="LSS_EXPECT_SHA256"):
+        add_worker_flags(argparse.ArgumentParser())
