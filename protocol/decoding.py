@@ -21,6 +21,7 @@ the broker) in msgpack's C code, building no object at all. All raise `ProtocolE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ import msgpack
 from protocol.errors import ProtocolError
 
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+_LIMIT_PASSED = re.compile(r"exceeds max_\w+\((\d+)\)")
 _MAP_HEADERS = frozenset({*range(0x80, 0x90), 0xDE, 0xDF})  # fixmap, map 16, map 32
 
 
@@ -152,6 +154,12 @@ def _unpackb(data: bytes, options: dict[str, Any], **hooks: Callable[[Any], Any]
     except _Malformed as exc:
         raise ProtocolError(str(exc)) from exc
     except _UNPACK_ERRORS as exc:
-        # msgpack says "N exceeds max_array_len(M)" for a header past a limit
-        code = "too_large" if "exceeds max_" in str(exc) else "bad_request"
-        raise ProtocolError(f"msgpack refused: {exc}", code) from exc
+        raise ProtocolError(f"msgpack refused: {exc}", _code_of(str(exc))) from exc
+
+
+def _code_of(refusal: str) -> str:
+    """ "too_large" for something longer than a limit (msgpack says "9 exceeds
+    max_str_len(8)"); "bad_request" for anything else, a kind the frame may not hold
+    at all (a limit of 0) included."""
+    limit = _LIMIT_PASSED.search(refusal)
+    return "too_large" if limit is not None and limit.group(1) != "0" else "bad_request"

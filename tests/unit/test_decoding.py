@@ -119,7 +119,7 @@ REFUSED_BODIES: list[tuple[str, type[m.Message], bytes, str]] = [
      msgpack.packb({"request_id": "r", "statistic": "x" * (m.MAX_JOB_BYTES + 1), "params": {}}),
      "too_large"),
     ("binary data outside DATA_CHUNK", m.Ready,
-     msgpack.packb({"credit": 1, "fingerprint": b"f"}, use_bin_type=True), "too_large"),
+     msgpack.packb({"credit": 1, "fingerprint": b"f"}, use_bin_type=True), "bad_request"),
     ("a long list in params", m.Submit,
      msgpack.packb({"request_id": "r", "statistic": "x", "params": {"years": list(range(17))}}),
      "too_large"),
