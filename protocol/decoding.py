@@ -153,13 +153,19 @@ def _unpackb(data: bytes, options: dict[str, Any], **hooks: Callable[[Any], Any]
         raise ProtocolError(str(exc), "too_large") from exc
     except _Malformed as exc:
         raise ProtocolError(str(exc)) from exc
+    except msgpack.StackError as exc:  # its message is empty
+        raise ProtocolError("nested deeper than msgpack decodes") from exc
     except _UNPACK_ERRORS as exc:
-        raise ProtocolError(f"msgpack refused: {exc}", _code_of(str(exc))) from exc
+        raise _refusal(str(exc)) from exc
 
 
-def _code_of(refusal: str) -> str:
-    """ "too_large" for something longer than a limit (msgpack says "9 exceeds
-    max_str_len(8)"); "bad_request" for anything else, a kind the frame may not hold
-    at all (a limit of 0) included."""
-    limit = _LIMIT_PASSED.search(refusal)
-    return "too_large" if limit is not None and limit.group(1) != "0" else "bad_request"
+def _refusal(why: str) -> ProtocolError:
+    """msgpack's refusal as ours: `too_large` for something longer than a limit (msgpack
+    says "9 exceeds max_str_len(8)"), `bad_request` for a kind the frame may not hold at
+    all (a limit of 0) and for anything that is not msgpack."""
+    limit = _LIMIT_PASSED.search(why)
+    if limit is None:
+        return ProtocolError(f"not valid msgpack: {why}")
+    if limit.group(1) == "0":
+        return ProtocolError(f"not allowed in this frame: {why}")
+    return ProtocolError(f"past the protocol's caps: {why}", "too_large")
