@@ -65,6 +65,9 @@ MAX_REASON_CHARS = 1000
 """The longest error reason a worker sends (the broker cuts longer ones too)."""
 MAX_RECENT = 100
 """The most jobs (and failures) one RECENT reply lists."""
+MAX_STR_BYTES = 4 * MAX_REASON_CHARS + 256
+"""The longest string in a body, in bytes: a worker's reason of MAX_REASON_CHARS
+characters (up to 4 bytes each in UTF-8) with the mark of its cut; more than a job."""
 MAX_LIST_PAGE = 10_000
 """The most jobs one JOB_LIST page lists."""
 MAX_NESTING = 8
@@ -406,12 +409,12 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
 
-# What a body may hold (protocol.decoding): a map of its fields, no string longer than the
-# largest job, and (Submit's and Job's `params`) a map of a few parameters, one of them
+# What a body may hold (protocol.decoding): a map of its fields, no string longer than a
+# worker's longest reason, and (Submit's and Job's `params`) a map of a few parameters, one of them
 # perhaps a short list. The three replies whose size a client chooses, and DATA_CHUNK's
 # data, may hold more.
 BODY_LIMITS = Limits(
-    max_str_bytes=MAX_JOB_BYTES, max_bin_bytes=0, max_array_items=16, max_map_items=16,
+    max_str_bytes=MAX_STR_BYTES, max_bin_bytes=0, max_array_items=16, max_map_items=16,
     max_containers=8, max_depth=MAX_NESTING,
 )  # fmt: skip
 _BODY_LIMITS: dict[type[Message], Limits] = {

@@ -15,6 +15,7 @@ import pytest
 
 from protocol import messages as m
 from protocol.errors import ProtocolError
+from protocol.logs import shown
 
 MIB = 1 << 20
 CPU_BUDGET_S = 0.005  # per hostile 1 MiB message, the broker's reading of it
@@ -101,12 +102,13 @@ def test_a_full_batch_still_reads() -> None:
         m.JobList([[m.job_id(seq), "done"] for seq in range(1, m.MAX_LIST_PAGE + 1)], None),
         m.RecentJobs(
             [{"job_id": "j", "params": {"question": "q", "years": [2011, 2015]}}] * m.MAX_RECENT,
-            [{"job_id": "j", "reason": "r" * m.MAX_REASON_CHARS}] * m.MAX_RECENT,
+            [{"job_id": "j", "reason": "\U0001f600" * m.MAX_REASON_CHARS}] * m.MAX_RECENT,
         ),
         m.StatsReply({"latency": {"best5": {"compute": {"le": [0.1, 1.0], "count": 3}}}}),
         m.DataChunk(0, b"x" * (256 * 1024), 1, "f" * 64),
         m.Submit("r" * m.MAX_REQUEST_ID_CHARS, "state_mean", {"question": "q" * 4000}),
         m.Submit("r", "state_mean", {"question": "q", "state": "Ohio", "years": [2015, 2020]}),
+        m.Result("error", "f" * 64, shown("\U0001f600" * 5000, m.MAX_REASON_CHARS)),
     ],
     ids=lambda message: type(message).__name__,
 )
@@ -115,8 +117,8 @@ def test_the_largest_legitimate_bodies_still_read(message: m.Message) -> None:
 
 
 REFUSED_BODIES: list[tuple[str, type[m.Message], bytes, str]] = [
-    ("a string longer than a job", m.Submit,
-     msgpack.packb({"request_id": "r", "statistic": "x" * (m.MAX_JOB_BYTES + 1), "params": {}}),
+    ("a string longer than any", m.Submit,
+     msgpack.packb({"request_id": "r", "statistic": "x" * (m.MAX_STR_BYTES + 1), "params": {}}),
      "too_large"),
     ("binary data outside DATA_CHUNK", m.Ready,
      msgpack.packb({"credit": 1, "fingerprint": b"f"}, use_bin_type=True), "bad_request"),
