@@ -22,7 +22,6 @@ the broker) in msgpack's C code, building no object at all. All raise `ProtocolE
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +77,10 @@ def unpack_within(data: bytes, limits: Limits, options: dict[str, Any]) -> Any:
             raise _Refused(f"more than {limits.max_containers} maps and lists")
         return container
 
-    value = _unpackb(data, options, object_hook=count, list_hook=count)
+    try:
+        value = msgpack.unpackb(data, object_hook=count, list_hook=count, **options)
+    except _UNPACK_ERRORS as exc:
+        raise _refusal(exc) from exc
     if limits.max_containers > limits.max_depth and not nesting_within(value, limits.max_depth):
         raise ProtocolError(f"maps and lists nested deeper than {limits.max_depth} levels")
     return value
@@ -115,8 +117,13 @@ def frame_lists(data: bytes, max_lists: int, refused_prefix: bytes) -> list[list
             raise _Malformed("a BATCH item must be a list of 2 or 3 binary frames")
         return items
 
-    options = {"max_array_len": max_lists, "max_map_len": 0, "max_str_len": 0, "max_ext_len": 0}
-    value = _unpackb(data, options, list_hook=check)
+    try:
+        value = msgpack.unpackb(
+            data, list_hook=check, max_array_len=max_lists, max_map_len=0, max_str_len=0,
+            max_ext_len=0,
+        )  # fmt: skip
+    except _UNPACK_ERRORS as exc:
+        raise _refusal(exc) from exc
     if value is not outer or not value:
         raise ProtocolError(f"BATCH body must be a list of 1 to {max_lists} messages")
     return value
@@ -145,27 +152,19 @@ def is_whole_map(data: bytes) -> bool:
     return bool(unpacker.tell() == len(data))
 
 
-def _unpackb(data: bytes, options: dict[str, Any], **hooks: Callable[[Any], Any]) -> Any:
-    all_options: dict[str, Any] = {**options, **hooks}
-    try:
-        return msgpack.unpackb(data, **all_options)
-    except _Refused as exc:
-        raise ProtocolError(str(exc), "too_large") from exc
-    except _Malformed as exc:
-        raise ProtocolError(str(exc)) from exc
-    except msgpack.StackError as exc:  # its message is empty
-        raise ProtocolError("nested deeper than msgpack decodes") from exc
-    except _UNPACK_ERRORS as exc:
-        raise _refusal(str(exc)) from exc
-
-
-def _refusal(why: str) -> ProtocolError:
-    """msgpack's refusal as ours: `too_large` for something longer than a limit (msgpack
-    says "9 exceeds max_str_len(8)"), `bad_request` for a kind the frame may not hold at
-    all (a limit of 0) and for anything that is not msgpack."""
-    limit = _LIMIT_PASSED.search(why)
+def _refusal(exc: Exception) -> ProtocolError:
+    """msgpack's refusal (or a hook's) as ours: `too_large` for something longer than a
+    limit (msgpack says "9 exceeds max_str_len(8)") or past a budget, `bad_request` for a
+    kind the frame may not hold at all (a limit of 0) and for anything not msgpack."""
+    if isinstance(exc, _Refused):
+        return ProtocolError(str(exc), "too_large")
+    if isinstance(exc, _Malformed):
+        return ProtocolError(str(exc))
+    if isinstance(exc, msgpack.StackError):  # its message is empty
+        return ProtocolError("nested deeper than msgpack decodes")
+    limit = _LIMIT_PASSED.search(str(exc))
     if limit is None:
-        return ProtocolError(f"not valid msgpack: {why}")
+        return ProtocolError(f"not valid msgpack: {exc}")
     if limit.group(1) == "0":
-        return ProtocolError(f"not allowed in this frame: {why}")
-    return ProtocolError(f"past the protocol's caps: {why}", "too_large")
+        return ProtocolError(f"not allowed in this frame: {exc}")
+    return ProtocolError(f"past the protocol's caps: {exc}", "too_large")
