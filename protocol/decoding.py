@@ -30,7 +30,14 @@ import msgpack
 from protocol.errors import ProtocolError
 
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
-_LIMIT_PASSED = re.compile(r"exceeds max_\w+\((\d+)\)")
+_LIMIT_PASSED = re.compile(r"(\d+) exceeds max_(str|bin|array|map|ext)_len\((\d+)\)")
+_KINDS = {
+    "str": "a string of {} bytes",
+    "bin": "binary data of {} bytes",
+    "array": "a list of {} items",
+    "map": "a map of {} items",
+    "ext": "a msgpack extension of {} bytes",
+}
 _MAP_HEADERS = frozenset({*range(0x80, 0x90), 0xDE, 0xDF})  # fixmap, map 16, map 32
 
 
@@ -165,6 +172,8 @@ def _refusal(exc: Exception) -> ProtocolError:
     limit = _LIMIT_PASSED.search(str(exc))
     if limit is None:
         return ProtocolError(f"not valid msgpack: {exc}")
-    if limit.group(1) == "0":
-        return ProtocolError(f"not allowed in this frame: {exc}")
-    return ProtocolError(f"past the protocol's caps: {exc}", "too_large")
+    size, kind, most = limit.groups()
+    what = _KINDS[kind].format(size)
+    if most == "0":
+        return ProtocolError(f"{what}, where this message may hold none")
+    return ProtocolError(f"{what}, over {most}, the protocol's cap", "too_large")

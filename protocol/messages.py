@@ -432,6 +432,10 @@ _BODY_LIMITS: dict[type[Message], Limits] = {
         max_containers=MAX_LIST_PAGE,
     ),
     DataChunk: dataclasses.replace(BODY_LIMITS, max_bin_bytes=config.DATA_CHUNK_BYTES),
+    # A job's strings fit the job.
+    Submit: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
+    Job: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
+    SuspectJob: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
 }
 ANSWER_LIMITS = Limits(
     max_str_bytes=MAX_JOB_BYTES, max_bin_bytes=0, max_array_items=0,

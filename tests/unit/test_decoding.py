@@ -106,7 +106,7 @@ def test_a_full_batch_still_reads() -> None:
         ),
         m.StatsReply({"latency": {"best5": {"compute": {"le": [0.1, 1.0], "count": 3}}}}),
         m.DataChunk(0, b"x" * (256 * 1024), 1, "f" * 64),
-        m.Submit("r" * m.MAX_REQUEST_ID_CHARS, "state_mean", {"question": "q" * 4000}),
+        m.Submit("r" * m.MAX_REQUEST_ID_CHARS, "state_mean", {"question": "q" * m.MAX_JOB_BYTES}),
         m.Submit("r", "state_mean", {"question": "q", "state": "Ohio", "years": [2015, 2020]}),
         m.Result("error", "f" * 64, shown("\U0001f600" * 5000, m.MAX_REASON_CHARS)),
     ],
@@ -117,8 +117,11 @@ def test_the_largest_legitimate_bodies_still_read(message: m.Message) -> None:
 
 
 REFUSED_BODIES: list[tuple[str, type[m.Message], bytes, str]] = [
-    ("a string longer than any", m.Submit,
-     msgpack.packb({"request_id": "r", "statistic": "x" * (m.MAX_STR_BYTES + 1), "params": {}}),
+    ("a string longer than a job", m.Submit,
+     msgpack.packb({"request_id": "r", "statistic": "x" * (m.MAX_JOB_BYTES + 1), "params": {}}),
+     "too_large"),
+    ("a string longer than any", m.Result,
+     msgpack.packb({"status": "error", "fingerprint": "f", "reason": "x" * (m.MAX_STR_BYTES + 1)}),
      "too_large"),
     ("binary data outside DATA_CHUNK", m.Ready,
      msgpack.packb({"credit": 1, "fingerprint": b"f"}, use_bin_type=True), "bad_request"),
