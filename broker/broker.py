@@ -215,13 +215,15 @@ class Broker:
         # Lost workers are noticed at a tick: ticking at interval/5 keeps a SIGKILLed
         # worker's detection near LIVENESS x INTERVAL (2.6 s at most, not 2.75 s).
         tick_every_s = self.core_settings.heartbeat_interval_s / 5
-        next_tick = next_expiry = time.time()
+        # Every timer runs on the monotonic clock: a step of the wall clock (NTP, an
+        # operator) must neither stop failure detection nor expire every lease at once.
+        next_tick = next_expiry = time.monotonic()
         drained_at: float | None = None
         try:
             while self._signals < 2:
                 self._poll_store_news(poller)
                 ready = dict(poller.poll(int(tick_every_s * 1000)))
-                now = time.time()
+                now = time.monotonic()
                 self._step_cluster(ready, now)
                 self.core.storage_refusal = self.guard.refusal(now)
                 self._turn(ready, now)
@@ -411,8 +413,8 @@ class Broker:
             self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
             self._unreadable_result(frames, f"worker sent a malformed result: {exc}", now)
 
-    def _expire(self, now: float) -> None:
-        removed = self.core.expire_results(now)
+    def _expire(self, _now: float) -> None:
+        removed = self.core.expire_results()
         if removed:
             log.info(
                 "expired %d result(s) older than %g s", removed, self.core_settings.result_ttl_s

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Set
@@ -127,6 +128,9 @@ class BrokerCore:
         broker_id: str | None = None,
     ) -> None:
         self.store = store
+        # `now_s` everywhere is the loop's monotonic clock (timers, leases, heartbeats);
+        # this one only dates what the store keeps (created_s, finished_s, expiry).
+        self.wall_clock: Callable[[], float] = time.time
         self.settings = settings
         self.fingerprint = fingerprint
         self.broker_id = broker_id or uuid.uuid4().hex
@@ -328,7 +332,7 @@ class BrokerCore:
             return None
 
     def _accept(self, msg: m.Submit, body: bytes, now_s: float, owner: str) -> int:
-        seq, new = self.store.add(msg.request_id, body, now_s, owner, msg.statistic)
+        seq, new = self.store.add(msg.request_id, body, self.wall_clock(), owner, msg.statistic)
         if not new:
             return seq
         self._job_bodies[seq] = body
@@ -631,7 +635,7 @@ class BrokerCore:
         return self.pool.release(identity, seq) and seq in self._job_bodies
 
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        self.store.finish(seq, outcome, now_s, self._owners.of(seq) or "")
+        self.store.finish(seq, outcome, self.wall_clock(), self._owners.of(seq) or "")
         waiters = self._waiters.pop(seq)
         suspect = seq in self._retried
         self._finished[seq] = Unfinished(
@@ -757,9 +761,10 @@ class BrokerCore:
             if now_s - worker.last_sent_s >= interval:
                 self._to_worker(worker.identity, m.Heartbeat(), now_s)
 
-    def expire_results(self, now_s: float) -> int:
-        """Delete results older than the retention period; their ids answer 'expired'."""
-        return self.store.expire(now_s - self.settings.result_ttl_s)
+    def expire_results(self) -> int:
+        """Delete results older than the retention period (by the wall clock: the store's
+        dates are Unix seconds); their ids answer 'expired'."""
+        return self.store.expire(self.wall_clock() - self.settings.result_ttl_s)
 
     # --- storage -----------------------------------------------------------------
 
@@ -902,8 +907,6 @@ def _final_state(seq: int, record: JobRecord) -> m.JobState:
 
 
 def _is_answer(payload: bytes) -> bool:
-    """Whether a worker's payload is a whole msgpack map (else clients could not read it)."""
-    try:
-        return isinstance(m.unpack(payload), dict)
-    except ProtocolError:
-        return False
+    """Whether a worker's payload is a whole msgpack map (else clients could not read it);
+    checked without decoding it, so that a hostile one costs no more than a good one."""
+    return m.is_answer(payload)

@@ -5,10 +5,11 @@ A `Transport` has no thread of its own: whoever drives it (the thread that leads
 to send what the session has queued, waits until the socket is readable, then calls
 `receive` and `keep_alive`. One thread at a time: the drivers make sure of that.
 
-Every client socket is set up the same way (`connect_to_broker`): no linger, large but
-finite queues (`config.CLIENT_HWM` messages each way), sends that never block
-(SNDTIMEO=0: a send that cannot go now, e.g. to a CURVE peer that refused us, is
-dropped and resent after the reconnect that liveness will make), and CURVE when asked.
+Every client socket is set up the same way (`connect_to_broker`): no linger, a cap on
+one message (4 x LSS_MAX_MESSAGE_BYTES), large but finite queues (`config.CLIENT_HWM`
+messages each way), sends that never block (SNDTIMEO=0: a send that cannot go now, e.g.
+to a CURVE peer that refused us, is dropped and resent after the reconnect that
+liveness will make), and CURVE when asked.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from protocol.curve import secure_client
 from protocol.wire import send_frames, waiting
 
 READS_PER_TURN = 1000  # messages read per `receive` before the driver looks up again
+# A broker batches replies up to its message limit; a larger message drops the connection
+# before it is read (the broker allows peers the same factor).
+CLIENT_MESSAGE_FACTOR = 4
+
+
+def _max_message_bytes() -> int:
+    limit: int = config.from_env("max_message_bytes", config.MAX_MESSAGE_BYTES)
+    return limit
 
 
 @dataclass
@@ -48,6 +57,7 @@ def connect_to_broker(sock: zmq.Socket[Any], endpoint: str, security: Security |
     """Set up a new client DEALER as every client does (no linger, large but finite
     queues, sends that never block, CURVE when asked) and connect it to `endpoint`."""
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, CLIENT_MESSAGE_FACTOR * _max_message_bytes())
     sock.setsockopt(zmq.SNDHWM, config.CLIENT_HWM)
     sock.setsockopt(zmq.RCVHWM, config.CLIENT_HWM)
     sock.setsockopt(zmq.SNDTIMEO, 0)

@@ -32,6 +32,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
+from protocol import config
+from protocol.decoding import Limits, frame_lists, is_whole_map, unpack_within
 from protocol.errors import ProtocolError
 from protocol.logs import shown
 
@@ -70,6 +72,15 @@ MAX_STATISTIC_CHARS = 128
 """The longest statistic name a `ListJobs` filter may name."""
 MAX_RECENT = 100
 """The most jobs (and failures) one RECENT reply lists."""
+MAX_STR_BYTES = 4 * MAX_REASON_CHARS + 256
+"""The longest string in a body, in bytes: a worker's reason of MAX_REASON_CHARS
+characters (up to 4 bytes each in UTF-8) with the mark of its cut; more than a job."""
+MAX_LIST_PAGE = 10_000
+"""The most jobs one JOB_LIST page lists."""
+MAX_NESTING = 8
+"""The deepest nesting of maps and lists in any frame (STATS_REPLY's histograms: 6)."""
+MAX_ANSWER_ITEMS = 65_536
+"""The most entries of one map in a job's answer (the real data's largest has ~2,000)."""
 BATCH_ITEM_OVERHEAD = 16
 """Bytes a message adds to a BATCH beyond its frames (msgpack array and bin headers)."""
 
@@ -183,7 +194,7 @@ class ListJobs(Message):
 
     COMMAND: ClassVar[Command] = Command.LIST_JOBS
     after: int = 0
-    limit: int = 10_000
+    limit: int = MAX_LIST_PAGE
     status: str | None = None
     statistic: str | None = None
 
@@ -424,6 +435,48 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
 
+# What a body may hold (protocol.decoding): a map of its fields, no string longer than a
+# worker's longest reason, and (Submit's and Job's `params`) a map of a few parameters, one of them
+# perhaps a short list. The three replies whose size a client chooses, and DATA_CHUNK's
+# data, may hold more.
+BODY_LIMITS = Limits(
+    max_str_bytes=MAX_STR_BYTES, max_bin_bytes=0, max_array_items=16, max_map_items=16,
+    max_containers=8, max_depth=MAX_NESTING,
+)  # fmt: skip
+_BODY_LIMITS: dict[type[Message], Limits] = {
+    JobList: dataclasses.replace(
+        BODY_LIMITS, max_array_items=MAX_LIST_PAGE, max_containers=MAX_LIST_PAGE + 2
+    ),
+    RecentJobs: dataclasses.replace(
+        BODY_LIMITS, max_array_items=MAX_RECENT, max_containers=3 + 2 * MAX_RECENT * 3
+    ),
+    # Stats list the workers: far fewer than a page of jobs.
+    StatsReply: dataclasses.replace(
+        BODY_LIMITS,
+        max_array_items=MAX_LIST_PAGE,
+        max_map_items=MAX_LIST_PAGE,
+        max_containers=MAX_LIST_PAGE,
+    ),
+    DataChunk: dataclasses.replace(BODY_LIMITS, max_bin_bytes=config.DATA_CHUNK_BYTES),
+    # A job's strings fit the job.
+    Submit: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
+    Job: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
+    SuspectJob: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
+}
+ANSWER_LIMITS = Limits(
+    max_str_bytes=MAX_JOB_BYTES, max_bin_bytes=0, max_array_items=0,
+    max_map_items=MAX_ANSWER_ITEMS, max_containers=MAX_ANSWER_ITEMS + 1, max_depth=2,
+)  # fmt: skip
+"""A job's answer: a map of strings to numbers, or to such maps (the statistics contract)."""
+_ANSWER_OPTIONS = ANSWER_LIMITS.unpack_options()
+
+
+def _read_with(limits: Limits) -> tuple[Limits, dict[str, Any]]:
+    return limits, limits.unpack_options()
+
+
+_BODY_READ = {cls: _read_with(_BODY_LIMITS.get(cls, BODY_LIMITS)) for cls in MESSAGE_TYPES}
+
 M = TypeVar("M", bound=Message)
 
 
@@ -500,26 +553,15 @@ def messages_in(frames: list[bytes], *, routed: bool = False) -> list[list[bytes
     """The messages a received frame list holds: itself, or the contents of a BATCH.
 
     With `routed`, the identity in front of a BATCH is put in front of each message.
-    Raises `ProtocolError` for a malformed BATCH (a message inside is checked by
-    `decode` as if it had come alone).
+    Raises `ProtocolError` for a malformed BATCH, as soon as its decoding meets what a
+    BATCH cannot hold (a message inside is checked by `decode` as if it had come alone).
     """
     header_at = 1 if routed else 0
     if len(frames) <= header_at or frames[header_at] != BATCH_HEADER:
         return [frames]
     if len(frames) != header_at + 2:
         raise ProtocolError(f"BATCH has {len(frames) - header_at} frames, expected 2")
-    items = unpack(frames[header_at + 1])
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
-        raise ProtocolError(f"BATCH body must be a list of 1 to {MAX_BATCH} messages")
-    for item in items:
-        if not (
-            isinstance(item, list)
-            and len(item) in (2, 3)
-            and all(isinstance(frame, bytes) for frame in item)
-        ):
-            raise ProtocolError("a BATCH item must be a list of 2 or 3 binary frames")
-        if item[0][: len(BATCH_HEADER)] == BATCH_HEADER:
-            raise ProtocolError("a BATCH must not contain a BATCH")
+    items = frame_lists(frames[header_at + 1], MAX_BATCH, BATCH_HEADER)
     return [[frames[0], *item] for item in items] if routed else items
 
 
@@ -600,13 +642,17 @@ def pack(value: Any) -> bytes:
 
 
 def unpack(data: bytes, max_bytes: int | None = None) -> Any:
-    """Decode a payload frame, raising `ProtocolError` if it is not valid msgpack."""
+    """Decode a payload frame (a job's answer), raising `ProtocolError` if it is not
+    valid msgpack within `ANSWER_LIMITS`."""
     if max_bytes is not None and len(data) > max_bytes:
         raise ProtocolError(f"payload of {len(data)} bytes exceeds {max_bytes}")
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"payload is not valid msgpack: {exc}") from exc
+    return unpack_within(data, ANSWER_LIMITS, _ANSWER_OPTIONS)
+
+
+def is_answer(payload: bytes) -> bool:
+    """Whether a payload frame is one whole msgpack map, checked without decoding it (for
+    the broker, which stores and forwards answers; clients decode them with `unpack`)."""
+    return is_whole_map(payload)
 
 
 def _message_class(command: int) -> type[Message]:
@@ -622,7 +668,7 @@ def decode_body(cls: type[M], body: bytes) -> M:
 
 
 def _from_body(cls: type[M], body: bytes) -> M:
-    fields = unpack(body)
+    fields = unpack_within(body, *_BODY_READ[cls])
     if not isinstance(fields, dict):
         raise ProtocolError(f"{cls.__name__} body must be a map, got {type(fields).__name__}")
     checks = _checks_of(cls)

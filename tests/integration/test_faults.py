@@ -24,6 +24,7 @@ from bench.service import wait_until
 from clients import Client
 from protocol import messages as m
 from protocol.errors import JobFailed, RequestRefused
+from tests.clockstep import STEP_S
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,35 @@ def test_sigkilled_worker_is_detected_within_3_s_and_its_job_done_elsewhere(
         victim["pid"],
         [job],
     )
+    no_handler_crash(svc)
+
+
+def test_a_wall_clock_step_back_neither_hides_a_dead_worker_nor_stalls_a_drain(
+    service_factory: Callable[..., Service],
+) -> None:
+    """Issue 17: timers, leases and heartbeats run on the monotonic clock. The broker's
+    wall clock steps back an hour (tests.clockstep); a SIGKILLed worker's job still moves
+    at once, and a SIGTERM drain still ends."""
+    svc = service_factory(broker_prefix=["-m", "tests.clockstep"])
+    svc.start_workers(2, diagnostics=True)
+    assert svc.broker is not None
+    with svc.client(timeout=20) as client:
+        os.kill(svc.broker.pid, signal.SIGUSR1)
+        job = client.submit("_sleep", seconds=0.5)
+        created_s = client.recent(1)["jobs"][0]["created_s"]
+        assert created_s < time.time() - STEP_S / 2, "the broker's wall clock did not step"
+        victim = holder(client)
+        killed_at = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+        answer = client.wait(job, timeout=20)
+        done_after_s = time.monotonic() - killed_at
+        workers = [w["id"] for w in client.stats()["workers"]]
+    print(f"wall clock stepped back 1 h: dead worker's job done after {done_after_s:.2f} s")
+    assert answer == {"slept_s": 0.5}
+    assert done_after_s < DETECTION_LIMIT_S + 2.0
+    assert victim["id"] not in workers and len(workers) == 1
+    svc.broker.send_signal(signal.SIGTERM)
+    assert svc.broker.wait(timeout=15) == 0
     no_handler_crash(svc)
 
 

@@ -19,7 +19,7 @@ def quote_the_question(_statistic: str, params: Mapping[str, object]) -> dict[st
 
 def test_an_error_reason_is_capped_and_escaped() -> None:
     runner = JobRunner(quote_the_question, Refused, "f" * 64, 1 << 20)
-    request = m.body_of(m.Job("best5", {"question": "\x7f" * 300_000}))
+    request = m.body_of(m.Job("best5", {"question": "\x7f" * 3_000}))
     frames = runner.run(request)
     result = m.decode_body(m.Result, frames.body)
     assert result.status == "error" and result.reason is not None
