@@ -50,6 +50,7 @@ _REFUSAL_HTTP_STATUS: dict[str, int] = {
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.STORAGE: 503,
     ErrorCode.OVER_LIMIT: 503,
+    ErrorCode.NO_WORKER: 503,  # the service is up, but no worker can load its data
 }
 
 ViewResult = Response | tuple[Response, int]

@@ -11,6 +11,8 @@ from flask import Flask
 from clients.client import Client
 from clients.http.api import Gateway, create_app
 from clients.http.strictjson import MAX_DEPTH, TOO_DEEP, StrictJSON, plain
+from protocol.errors import RequestRefused
+from protocol.messages import ErrorCode
 
 INF, NAN = math.inf, math.nan
 
@@ -87,3 +89,17 @@ def test_a_reply_with_a_key_json_cannot_write_is_made_plain_too() -> None:
     encoder = StrictJSON(Flask("test"))
     assert encoder.dumps({b"k": [NAN, 1]}) == '{"<1 bytes>": [null, 1]}'
     assert encoder.dumps({"a": 1.5}) == '{"a": 1.5}'  # the fast path, unchanged
+
+
+class NoWorker:
+    """A `Client` whose broker knows that no worker can load the data."""
+
+    def submit(self, statistic: str, **params: Any) -> str:
+        raise RequestRefused(ErrorCode.NO_WORKER, "no worker can load the data: missing column")
+
+
+def test_no_worker_is_a_503_that_says_why() -> None:
+    app = create_app(Gateway(cast(Client, NoWorker())))
+    reply = app.test_client().post("/api/best5", json={"question": "obesity"})
+    assert reply.status_code == 503
+    assert "no worker can load the data: missing column" in reply.get_data(as_text=True)
