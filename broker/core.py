@@ -41,7 +41,6 @@ from broker.store import JobRecord, Outcome, StorageError, Store
 from broker.undo import Unfinished
 from protocol import config, events
 from protocol import messages as m
-from protocol.errors import ProtocolError
 from protocol.logs import Throttle, escaped, shown
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
@@ -890,6 +889,10 @@ def _list_filter_problem(msg: m.ListJobs) -> str | None:
         return f"unknown status {shown(msg.status)!r} to list; known: {known}"
     if msg.statistic is not None and len(msg.statistic) > m.MAX_STATISTIC_CHARS:
         return f"a statistic to list is at most {m.MAX_STATISTIC_CHARS} characters"
+    if msg.statistic is not None and m.CONTROL_CHARACTER.search(msg.statistic):
+        # No job has one (refused at submit); PostgreSQL would refuse the query, and the
+        # turn of every peer with it.
+        return f"a statistic to list holds a control character: {shown(msg.statistic)}"
     return None
 
 
