@@ -37,7 +37,7 @@ from broker.load_failure import LoadFailure
 from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.storage_guard import MB
-from broker.store import JobRecord, Outcome, StorageError, Store
+from broker.store import JobRecord, Outcome, StorageError, Store, stored_bytes
 from broker.undo import Unfinished
 from protocol import config, events
 from protocol import messages as m
@@ -384,17 +384,20 @@ class BrokerCore:
         )
 
     def _within_quota(self, seq: int, outcome: Outcome) -> Outcome:
-        """`outcome`, or an error instead of an answer that would take the job's key
-        past its quota: what a key stores stays bounded, however many jobs it had
-        running when it reached the quota."""
-        if not self._quota_bytes or outcome.answer is None:
+        """`outcome`, or an error with a short note instead of an answer or a reason that
+        would take the job's key past its quota: what a key stores stays bounded, however
+        many jobs it had running when it reached the quota."""
+        if not self._quota_bytes or (outcome.answer is None and outcome.reason is None):
             return outcome
-        self._largest_answer = max(self._largest_answer, len(outcome.answer))
-        stored = self.store.stored_bytes(self._owners.of(seq) or "")
-        if stored + len(outcome.answer) <= self._quota_bytes:
+        if outcome.answer is not None:
+            size, what = len(outcome.answer), "answer"
+            self._largest_answer = max(self._largest_answer, size)
+        else:  # a worker's reason, which a client may provoke, is stored as an answer is
+            size, what = stored_bytes(b"", reason=outcome.reason), "reason"
+        if self.store.stored_bytes(self._owners.of(seq) or "") + size <= self._quota_bytes:
             return outcome
         # Short: it is stored in the answer's place, and counts against the quota too.
-        reason = f"quota: answer of {len(outcome.answer)} bytes not kept (LSS_KEY_QUOTA_MB)"
+        reason = f"quota: {what} of {size} bytes not kept (LSS_KEY_QUOTA_MB)"
         return Outcome(JobStatus.ERROR, reason=reason, fingerprint=outcome.fingerprint)
 
     def _queue_refusal(self) -> tuple[ErrorCode, str] | None:
@@ -889,6 +892,10 @@ def _list_filter_problem(msg: m.ListJobs) -> str | None:
         return f"unknown status {shown(msg.status)!r} to list; known: {known}"
     if msg.statistic is not None and len(msg.statistic) > m.MAX_STATISTIC_CHARS:
         return f"a statistic to list is at most {m.MAX_STATISTIC_CHARS} characters"
+    if msg.statistic is not None and m.CONTROL_CHARACTER.search(msg.statistic):
+        # No job has one (refused at submit); PostgreSQL would refuse the query, and the
+        # turn of every peer with it.
+        return f"a statistic to list holds a control character: {shown(msg.statistic)}"
     return None
 
 

@@ -62,7 +62,7 @@ DISK_RESERVE_MB = 64.0
 # postgresql://... URL that several brokers may share (docs/deployment.md).
 STORE = "sqlite"
 # Bytes a key's jobs (bodies, answers, reasons) may take in the store, counted until they
-# expire; past it, its submits are refused (`over_limit`) and answers not kept. Without
+# expire; past it, its submits are refused (`over_limit`) and answers (reasons) not kept. Without
 # CURVE every peer is one key, so this bounds the whole store. 0: no quota.
 KEY_QUOTA_MB = 1024.0
 # How long a broker on a shared store stays the owner of its jobs without renewing;

@@ -317,8 +317,10 @@ def cannot_load(settings: WorkerSettings, reason: str, report_fd: int | None) ->
     now = time.monotonic()
     numbers, live = itertools.count(1), set[bytes]()
     links = [Link(e, settings, context, numbers, live) for e in config.endpoints(settings.connect)]
+    # Cut as a job's reason is: a longer one is more than a broker reads in a body.
+    said = m.LoadFailed(shown(reason, m.MAX_REASON_CHARS), os.getpid(), socket.gethostname())
     for link in links:  # a broker not up yet misses it: it is not kept past the linger
-        link.send(m.LoadFailed(reason, os.getpid(), socket.gethostname()), now=now)
+        link.send(said, now=now)
         link.close(LEAVE_LINGER_MS)
     context.term()
     return config.EXIT_DATA

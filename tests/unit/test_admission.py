@@ -158,6 +158,30 @@ def test_a_key_over_its_quota_is_refused_and_other_keys_go_on(store: Store) -> N
     assert stats.stats["key"] == {"quota_bytes": 1000, "stored_bytes": store.stored_bytes("A" * 40)}
 
 
+LONG_REASON = "é" * 150  # 300 bytes
+
+
+def test_long_failure_reasons_do_not_take_a_key_past_its_quota(store: Store) -> None:
+    """A worker's reason (up to MAX_REASON_CHARS, a client may provoke it) is stored like
+    an answer: jobs in flight when the key reaches its quota must not each add one."""
+    h = Harness(store, quota())
+    h.worker(m.Ready(64, FP), b"w1")
+    jobs = [ask(h, m.Submit(f"a{n}", "best5", QUESTION), ALICE) for n in range(10)]
+    accepted = [job.job_id for job in jobs if isinstance(job, m.Submitted)]
+    assert len(accepted) == 10  # 36 bytes each
+    h.sent()
+    for job_id in accepted:
+        h.worker(m.Result("error", FP, LONG_REASON), b"w1", job_id.encode())
+    h.core.commit()
+    # Past the quota, a short note in the reason's place: over it by a note a job at most.
+    assert store.stored_bytes(ALICE.owner) <= QUOTA_BYTES + len(accepted) * 100
+    records = [store.get(m.job_seq(job_id) or 0) for job_id in accepted]
+    reasons = [record.reason or "" for record in records if record is not None]
+    assert len(reasons) == len(accepted)
+    assert reasons[0] == LONG_REASON  # within the quota: kept whole
+    assert reasons[-1].startswith("quota: reason of") and "LSS_KEY_QUOTA_MB" in reasons[-1]
+
+
 def test_quota_is_freed_as_results_expire(store: Store) -> None:
     h = Harness(store, quota())
     h.worker(m.Ready(8, FP), b"w1")

@@ -180,6 +180,16 @@ def test_the_broker_refuses_a_filter_it_cannot_apply(request_: m.ListJobs, reaso
     assert reason in reply.reason
 
 
+def test_a_control_character_in_a_filter_is_refused_before_the_store(store: Store) -> None:
+    """PostgreSQL refuses a NUL in text: read by the store, one client's listing would
+    fail the turn of every peer (rolled back, submits refused for a while)."""
+    h = Harness(store)
+    h.client(m.ListJobs(statistic="best5\x00"))
+    (reply,) = replies(h)
+    assert isinstance(reply, m.ErrorReply) and reply.code == "bad_request", reply
+    assert "control character" in reply.reason
+
+
 def test_the_broker_lists_by_status_and_statistic(store: Store) -> None:
     h = Harness(store)
     for n, statistic in enumerate(["best5", "global_mean", "best5"]):
