@@ -54,6 +54,9 @@ HTTP_HEADER_TIMEOUT_S = 5.0
 # byte queued since its output was last all sent; reading a byte now and then does not
 # renew it.
 HTTP_RESPONSE_TIMEOUT_S = 30.0
+# Workers one broker registers; a READY past it gets DISCONNECT. STATS lists the first
+# 1024 (protocol/messages.py) and counts the rest.
+MAX_WORKERS = 1024
 # A process whose parent died drains for at most this long, then stops (protocol/lifetime.py).
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
@@ -161,6 +164,7 @@ SETTINGS = {
         Setting("max_queue", MAX_QUEUE, "unfinished jobs before submits get 'queue full'"),
         Setting("result_ttl_s", RESULT_TTL_S, "how long results stay readable"),
         Setting("max_message_bytes", MAX_MESSAGE_BYTES, "inbound message cap"),
+        Setting("max_workers", MAX_WORKERS, "workers registered at once (more are refused)"),
         Setting(
             "sqlite_synchronous",
             SQLITE_SYNCHRONOUS,
