@@ -78,6 +78,7 @@ class CoreSettings:
     max_message_bytes: int
     list_page_limit: int = 10_000
     key_quota_mb: float = config.KEY_QUOTA_MB  # bytes a key's jobs may take; 0: no quota
+    max_workers: int = config.MAX_WORKERS  # registered at once; a READY past it is refused
 
 
 @dataclass
@@ -559,6 +560,9 @@ class BrokerCore:
             )  # fmt: skip
             self._to_worker(identity, m.Disconnect("data fingerprint mismatch"), now_s)
             return
+        if identity not in self.pool and len(self.pool) >= self.settings.max_workers:
+            self._refuse_worker_over_limit(identity, msg, now_s)
+            return
         credit = min(msg.credit, m.MAX_WORKER_CREDIT)  # more would take every queued job
         host = msg.host[: m.MAX_REASON_CHARS]
         info = WorkerInfo(identity, credit, msg.fingerprint, msg.pid, host, now_s, now_s)
@@ -568,6 +572,17 @@ class BrokerCore:
                  shown(host or "?"), credit,
                  f" (asked for {msg.credit})" if credit < msg.credit else "")  # fmt: skip
         events.emit("worker_registered", worker=peer_name(identity), worker_pid=msg.pid)
+
+    def _refuse_worker_over_limit(self, identity: bytes, msg: m.Ready, now_s: float) -> None:
+        """A READY past `max_workers`: DISCONNECT with the reason (logged once in a while),
+        so that the workers, and the STATS reply that lists them, stay bounded."""
+        limit = self.settings.max_workers
+        self._warn.warning(
+            ("too many workers",), "worker %s (pid %d on %s) refused: %d workers registered"
+            " already (LSS_MAX_WORKERS)", peer_name(identity), msg.pid, shown(msg.host), limit,
+        )  # fmt: skip
+        why = f"too many workers: this broker registers at most {limit} (LSS_MAX_WORKERS)"
+        self._to_worker(identity, m.Disconnect(why), now_s)
 
     def _on_load_failed(self, identity: bytes, msg: m.LoadFailed) -> None:
         """A worker cannot load the data (broker.load_failure). With no worker left to
@@ -866,7 +881,8 @@ class BrokerCore:
     def stats(self, now_s: float) -> dict[str, object]:
         return {
             "broker_id": self.broker_id,
-            "workers": [w.describe(now_s) for w in self.pool.all()],
+            "workers": [w.describe(now_s) for w in self.pool.all()[: m.MAX_STATS_WORKERS]],
+            "workers_registered": len(self.pool),
             "queue_depth": len(self._queue),
             "in_flight": self.pool.in_flight(),
             "waiters": self._waiters.total,

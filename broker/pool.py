@@ -51,10 +51,10 @@ class WorkerInfo:
         described: dict[str, object] = {
             "id": self.name,
             "pid": self.pid,
-            "host": self.host,
+            "host": shown(self.host),  # a worker's own words, cut: STATS lists many
             "credit": self.credit,
             "in_flight": len(self.jobs),
-            "fingerprint": self.fingerprint,
+            "fingerprint": shown(self.fingerprint),
         }
         if now_s is not None:
             described["last_seen_s_ago"] = round(max(0.0, now_s - self.last_seen_s), 3)

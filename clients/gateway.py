@@ -103,7 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--max-connections", type=int, default=Limits.connections)
     p.add_argument("--threads", type=int, default=Limits.threads)
-    config.add_flags(p, ["http_connections_per_address", "http_header_timeout_s"])
+    config.add_flags(
+        p, ["http_connections_per_address", "http_header_timeout_s", "http_response_timeout_s"]
+    )
     p.add_argument(
         "--request-timeout-s",
         type=float,
@@ -158,7 +160,8 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str]:
     """(host, port, token) from the arguments; ValueError with the reason not to start."""
     host, port = parse_listen(args.listen)
     for flag, seconds in (("--request-timeout-s", args.request_timeout_s),
-                          ("--http-header-timeout-s", args.http_header_timeout_s)):  # fmt: skip
+                          ("--http-header-timeout-s", args.http_header_timeout_s),
+                          ("--http-response-timeout-s", args.http_response_timeout_s)):  # fmt: skip
         if not seconds > 0:  # NaN too: a deadline that never comes is none
             raise ValueError(f"{flag} must be a positive number of seconds, got {seconds}")
     token = config.env_str("http_token", "")
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         request_timeout_s=args.request_timeout_s,
         per_address=args.http_connections_per_address,
         header_timeout_s=args.http_header_timeout_s,
+        response_timeout_s=args.http_response_timeout_s,
     )
     with Client(args.endpoint, timeout=args.timeout) as client:
         gateway = Gateway(client)

@@ -137,6 +137,8 @@ _CATEGORY_HEADERS = {
 def status(stats: Mapping[str, Any]) -> str:
     """The broker's `stats` reply: workers, queue, jobs by status, throughput."""
     workers = list(stats.get("workers", []))
+    registered = stats.get("workers_registered")  # a broker lists the first 1024
+    unlisted = registered - len(workers) if isinstance(registered, int) else 0
     state = "shutting down" if stats.get("shutting_down") else "serving"
     jobs = stats.get("jobs", {})
     lines = [
@@ -148,7 +150,8 @@ def status(stats: Mapping[str, Any]) -> str:
         f"last job    {stats.get('last_job') or '-'}",
         *_key_usage(stats.get("key")),
         *_throughput(stats.get("rates_per_s", {})),
-        f"workers     {len(workers)}"
+        f"workers     {len(workers) + max(0, unlisted)}"
+        + (f" ({unlisted} not listed)" if unlisted > 0 else "")
         + (f" ({shown(stats['no_worker'], 300)})" if stats.get("no_worker") else ""),
     ]
     if workers:

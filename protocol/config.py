@@ -50,6 +50,13 @@ HTTP_CONNECTIONS_PER_ADDRESS = 64
 # Seconds an HTTP connection has to send a whole request head: from its accept (from its
 # first byte for a later request on a kept-alive connection); dripped bytes do not renew it.
 HTTP_HEADER_TIMEOUT_S = 5.0
+# Seconds an HTTP connection's peer has to take what is queued for it, from the first
+# byte queued since its output was last all sent; reading a byte now and then does not
+# renew it.
+HTTP_RESPONSE_TIMEOUT_S = 30.0
+# Workers one broker registers; a READY past it gets DISCONNECT. STATS lists the first
+# 1024 (protocol/messages.py) and counts the rest.
+MAX_WORKERS = 1024
 # A process whose parent died drains for at most this long, then stops (protocol/lifetime.py).
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
@@ -157,6 +164,7 @@ SETTINGS = {
         Setting("max_queue", MAX_QUEUE, "unfinished jobs before submits get 'queue full'"),
         Setting("result_ttl_s", RESULT_TTL_S, "how long results stay readable"),
         Setting("max_message_bytes", MAX_MESSAGE_BYTES, "inbound message cap"),
+        Setting("max_workers", MAX_WORKERS, "workers registered at once (more are refused)"),
         Setting(
             "sqlite_synchronous",
             SQLITE_SYNCHRONOUS,
@@ -201,6 +209,11 @@ SETTINGS = {
             "http_header_timeout_s",
             HTTP_HEADER_TIMEOUT_S,
             "seconds an HTTP connection has to send a whole request head (then closed)",
+        ),
+        Setting(
+            "http_response_timeout_s",
+            HTTP_RESPONSE_TIMEOUT_S,
+            "seconds an HTTP client has to take a reply queued for it (then closed)",
         ),
         Setting("log_level", "INFO", "DEBUG logs one line per job event"),
     )

@@ -77,6 +77,10 @@ MAX_STR_BYTES = 4 * MAX_REASON_CHARS + 256
 characters (up to 4 bytes each in UTF-8) with the mark of its cut; more than a job."""
 MAX_LIST_PAGE = 10_000
 """The most jobs one JOB_LIST page lists."""
+MAX_STATS_WORKERS = 1024
+"""The most workers one STATS_REPLY lists (`workers_registered` counts them all): each a
+map of short fields, so the reply stays within StatsReply's decoding limits below and
+within what a client reads (a few hundred bytes a worker, about 1.5 KB at most)."""
 MAX_NESTING = 8
 """The deepest nesting of maps and lists in any frame (STATS_REPLY's histograms: 6)."""
 MAX_ANSWER_ITEMS = 65_536
@@ -450,7 +454,7 @@ _BODY_LIMITS: dict[type[Message], Limits] = {
     RecentJobs: dataclasses.replace(
         BODY_LIMITS, max_array_items=MAX_RECENT, max_containers=3 + 2 * MAX_RECENT * 3
     ),
-    # Stats list the workers: far fewer than a page of jobs.
+    # Stats list the workers (MAX_STATS_WORKERS at most): far fewer than a page of jobs.
     StatsReply: dataclasses.replace(
         BODY_LIMITS,
         max_array_items=MAX_LIST_PAGE,

@@ -9,7 +9,15 @@ of that:
   request head must be in within `header_timeout_s` of its accept, a later request's
   head within `header_timeout_s` of its first byte, and a request's body within
   `request_timeout_s` of its first byte; past them the connection is closed. A
-  kept-alive connection may wait `idle_timeout_s` between requests.
+  kept-alive connection may wait `idle_timeout_s` between requests, and what is queued to
+  send must all be taken by the peer within `response_timeout_s` of the first byte queued
+  since the output was last empty, so a peer that reads its replies a byte at a time
+  holds its connection no longer than one that drips its request. All on
+  time.monotonic(): waitress's own sweep (on the wall clock, renewed by any byte) is
+  replaced by ours.
+- **Pipelining**: at most `pipelined` requests wait on one connection; bytes past them
+  stay unparsed until those are answered, so one packet of requests cannot queue
+  hundreds of replies.
 - **The request policy at the head**: with `DeadlineServer.guard`, the policy of
   `clients.http.guard` judges each request as soon as its head is in, on the event
   loop; a refused request is answered and its connection closed without reading its
@@ -25,6 +33,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -54,6 +65,9 @@ ABOVE_OUR_LIMIT = 3
 # the one that has waited longest, closed to make room.
 ACCEPT_BATCH = 128
 
+ABORT = struct.pack("ii", 1, 0)
+"""SO_LINGER on, for 0 s: closing the socket resets the connection, dropping unsent data."""
+
 UNCHECKED = Refusal(500, "the gateway could not check this request", "check")
 """The answer when the policy fails on a request's head: refused, never let through."""
 
@@ -67,6 +81,8 @@ class Limits:
     request_timeout_s: float = 10.0  # first byte to last byte of a request
     per_address: int = config.HTTP_CONNECTIONS_PER_ADDRESS  # connections from one address
     idle_timeout_s: float = 30.0  # a kept-alive connection between requests
+    response_timeout_s: float = config.HTTP_RESPONSE_TIMEOUT_S  # output queued to taken
+    pipelined: int = 8  # requests queued on one connection (the rest wait unparsed)
     header_timeout_s: float = config.HTTP_HEADER_TIMEOUT_S  # accept (or first byte) to head
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = config.MAX_MESSAGE_BYTES  # what one broker message may carry
@@ -110,22 +126,41 @@ class _HeadCheckedParser(HTTPRequestParser):
         return len(data)
 
 
+class _Unparsed(HTTPRequestParser):
+    """What a connection sent past its share of pipelined requests: kept as bytes until
+    the requests before it are answered, then parsed as if it had just arrived (at most
+    one read: the connection is not read while it holds them)."""
+
+    def __init__(self, adj: Adjustments) -> None:
+        super().__init__(adj)
+        self.data = b""
+
+    def received(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+
 class _DeadlineChannel(HTTPChannel):
     """A waitress connection that keeps the times its deadlines run from, judges each
-    request at its head, and counts itself in its server's connections per address."""
+    request at its head, bounds its pipelined requests, and counts itself in its
+    server's connections per address."""
 
     server: DeadlineServer
     request_started_s: float | None = None  # monotonic: the unfinished request's first byte
+    output_since_s: float | None = None  # monotonic: output queued, unsent since
     had_head = False  # a request head has arrived (later ones are timed from their first byte)
     refused = False  # a request was refused at its head: read nothing more
     counted = False  # in the server's connections per address (by `handle_accept`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.accepted_s = time.monotonic()
+        self.accepted_s = self.sent_s = time.monotonic()  # sent_s: output last all sent
         super().__init__(*args, **kwargs)
 
     def parser_class(self, adj: Adjustments) -> HTTPRequestParser:  # type: ignore[override]
-        """waitress makes each request's parser here (a class in waitress's own channel)."""
+        """waitress makes each request's parser here (a class in waitress's own channel);
+        past the connection's share of queued requests, the rest is kept unparsed."""
+        if len(self.requests) >= self.server.limits.pipelined:
+            return _Unparsed(adj)
         return _HeadCheckedParser(adj, self._head_in)
 
     def _head_in(self, request: HTTPRequestParser) -> Error | None:
@@ -149,7 +184,13 @@ class _DeadlineChannel(HTTPChannel):
         return _RefusedHead(refusal)
 
     def readable(self) -> bool:
-        return not self.refused and bool(super().readable())
+        """waitress's, once what was kept unparsed is parsed (when nothing is queued)."""
+        if isinstance(self.request, _Unparsed) and not (self.requests or self.total_outbufs_len):
+            unparsed, self.request = self.request.data, None
+            self.received(unparsed)
+        return not (self.refused or isinstance(self.request, _Unparsed)) and bool(
+            super().readable()
+        )
 
     def received(self, data: bytes) -> bool:
         if self.request is None and data:
@@ -158,6 +199,23 @@ class _DeadlineChannel(HTTPChannel):
         if self.request is None:
             self.request_started_s = None
         return handled
+
+    def write_soon(self, data: bytes) -> int:
+        """waitress's (on a worker thread), keeping when the output began to wait."""
+        if data and self.output_since_s is None:
+            self.output_since_s = time.monotonic()
+        queued = super().write_soon(data)
+        self._note_sent()
+        return queued
+
+    def handle_write(self) -> None:
+        super().handle_write()
+        self._note_sent()
+
+    def _note_sent(self) -> None:
+        if not self.total_outbufs_len:
+            self.output_since_s = None
+            self.sent_s = time.monotonic()
 
     def del_channel(self, map: Any = None) -> None:
         super().del_channel(map)
@@ -168,7 +226,11 @@ class _DeadlineChannel(HTTPChannel):
     def awaiting_request(self) -> bool:
         """Whether the peer owes this connection a request (nothing to serve or send)."""
         return not (
-            self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed
+            self.requests
+            or self.total_outbufs_len
+            or self.will_close
+            or self.close_when_flushed
+            or isinstance(self.request, _Unparsed)  # in already, parsed at the next turn
         )
 
     def waiting_since(self) -> float:
@@ -176,14 +238,19 @@ class _DeadlineChannel(HTTPChannel):
         return self.accepted_s if self.request_started_s is None else self.request_started_s
 
     def overdue(self, now: float, limits: Limits) -> bool:
-        """Whether a request's head or body is late (`now`: time.monotonic())."""
+        """Whether a request's head or body, the taking of the output, or the next request
+        on a kept-alive connection is late (`now`: time.monotonic())."""
+        if self.total_outbufs_len:
+            if self.output_since_s is None:  # queued as the event loop found it all sent
+                self.output_since_s = now
+            return self.output_since_s < now - limits.response_timeout_s
         if not self.awaiting_request():
             return False
         request = self.request
         if request is not None and request.headers_finished:
             return self.waiting_since() < now - limits.request_timeout_s
-        if self.had_head and request is None:
-            return False  # kept alive between requests: waitress's idle timeout
+        if self.had_head and request is None:  # kept alive between requests
+            return self.sent_s < now - limits.idle_timeout_s
         started = self.waiting_since() if self.had_head else self.accepted_s
         return started < now - limits.header_timeout_s
 
@@ -201,6 +268,10 @@ class DeadlineServer(TcpWSGIServer):
         self._refusals = Throttle(log, burst=1, window_s=10.0)
         self.channels: dict[int, Any] = {}  # waitress's socket map (the server's too)
         super().__init__(app, map=self.channels, adj=Adjustments(**adjustments))
+        # waitress's sweep runs on the wall clock (a clock set back would stop it) and
+        # spares a connection that receives a byte now and then: `sweep` replaces it.
+        self.next_channel_cleanup = math.inf  # type: ignore[assignment]  # stubs: int
+        self._next_sweep_s = 0.0
 
     def guard(self, policy: Policy) -> None:
         """Apply `policy` to every request: at its head, and again (`Guard`) before the app."""
@@ -261,12 +332,33 @@ class DeadlineServer(TcpWSGIServer):
         if self.connections_from[host] <= 0:
             del self.connections_from[host]
 
-    def maintenance(self, now: float) -> None:
-        super().maintenance(now)  # type: ignore[arg-type]  # the stubs say int: it is time.time()
+    def readable(self) -> bool:
+        """waitress's, sweeping the connections first every `cleanup_interval`."""
         moment = time.monotonic()
+        if moment >= self._next_sweep_s:
+            self._next_sweep_s = moment + self.adj.cleanup_interval
+            self.sweep(moment)
+        return bool(super().readable())
+
+    def sweep(self, now: float) -> None:
+        """Close the connections past a deadline (`now`: time.monotonic())."""
         for channel in list(self._channels.values()):
-            if channel.overdue(moment, self.limits):
-                channel.will_close = True
+            if not channel.overdue(now, self.limits):
+                continue
+            if not channel.total_outbufs_len:
+                channel.will_close = True  # closed at its next turn (it is writable)
+                continue
+            self._refusals.warning(
+                ("slow reader",), "closed a connection from %s: %d bytes of replies not "
+                "taken within %g s", _host(channel.addr), channel.total_outbufs_len,
+                self.limits.response_timeout_s,
+            )  # fmt: skip
+            # now, and reset: its socket may never be writable again (a full send buffer,
+            # taken a byte at a time), a worker thread writing to it is told it is gone,
+            # and what the kernel still holds for it is dropped, not sent at its pace
+            if channel.socket is not None:
+                channel.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
+            channel.handle_close()
 
     @property
     def _channels(self) -> dict[int, _DeadlineChannel]:
@@ -286,7 +378,12 @@ class DeadlineServer(TcpWSGIServer):
 
 def make_server(app: WsgiApp, host: str, port: int, limits: Limits) -> DeadlineServer:
     """A server bound to `host:port` (0: a free port), not serving yet; OSError if unbound."""
-    shortest_s = min(limits.request_timeout_s, limits.idle_timeout_s, limits.header_timeout_s)
+    shortest_s = min(
+        limits.request_timeout_s,
+        limits.idle_timeout_s,
+        limits.header_timeout_s,
+        limits.response_timeout_s,
+    )
     return DeadlineServer(
         app,
         limits,
@@ -296,7 +393,6 @@ def make_server(app: WsgiApp, host: str, port: int, limits: Limits) -> DeadlineS
         # waitress stops accepting at its own limit; ours is below it, so a connection
         # past ours is accepted, to make room for it or to close it (`handle_accept`).
         connection_limit=limits.connections + ABOVE_OUR_LIMIT,
-        channel_timeout=int(limits.idle_timeout_s),
         cleanup_interval=max(1, int(shortest_s / 4)),
         max_request_header_size=limits.max_header_bytes,
         max_request_body_size=limits.max_body_bytes,

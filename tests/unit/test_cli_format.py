@@ -86,6 +86,9 @@ def test_status_shows_workers_queue_jobs_and_throughput() -> None:
     assert "running 5   done 10   error 1" in text
     assert "last 10s: done 2.5/s" in text and "last 60s: nothing" in text
     assert "w1" in text.splitlines()[-1]
+    assert "workers     1\n" in text
+    cut = render.status({**stats, "workers_registered": 1500})  # a broker lists 1024 at most
+    assert "workers     1500 (1499 not listed)" in cut
 
 
 def test_long_titles_are_wrapped() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from broker.access import NOBODY, OPEN, Caller, Role
 from broker.core import COMMIT_RETRY_MIN_S, BrokerCore, CoreSettings
 from broker.store import StorageError, Store
+from protocol import config
 from protocol import messages as m
 
 FP = "f" * 64
@@ -730,3 +732,42 @@ def test_an_unreadable_result_for_a_job_this_broker_gave_up_is_ignored(store: St
     assert not h.core.fail_unreadable_result(b"w1", b"job_id_1", "oversize", h.now)
     record = h.core.store.get(1)
     assert record is not None and record.status is m.JobStatus.RUNNING
+
+
+def test_a_ready_past_max_workers_is_disconnected_with_the_reason(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(store, dataclasses.replace(SETTINGS, max_workers=2))
+    with caplog.at_level("WARNING", logger="lss.broker"):
+        for worker in (b"w1", b"w2", b"w3", b"w4"):
+            h.worker(m.Ready(1, FP, pid=7, host="h"), worker)
+    h.worker(m.Ready(1, FP), b"w1")  # a known worker may register again
+    refused = [e for e in h.sent()[1] if isinstance(e.message, m.Disconnect)]
+    why = "too many workers: this broker registers at most 2 (LSS_MAX_WORKERS)"
+    assert [(e.identity, e.message) for e in refused] == [
+        (b"w3", m.Disconnect(why)), (b"w4", m.Disconnect(why)),
+    ]  # fmt: skip
+    assert [w.identity for w in h.core.pool.all()] == [b"w2", b"w1"]
+    lines = [r.getMessage() for r in caplog.records if "registered already" in r.getMessage()]
+    assert lines == [
+        f"worker {w} (pid 7 on h) refused: 2 workers registered already (LSS_MAX_WORKERS)"
+        for w in ("w3", "w4")
+    ]
+
+
+def test_a_stats_reply_with_more_workers_than_it_lists_still_decodes(store: Store) -> None:
+    many = m.MAX_STATS_WORKERS + 10
+    h = Harness(store, dataclasses.replace(SETTINGS, max_workers=many))
+    h.core.fingerprint = None  # the first worker's, at its longest
+    fingerprint = "\U0001f600" * m.MAX_REASON_CHARS
+    for n in range(many):  # each names itself and its host at their longest
+        h.worker(m.Ready(1, fingerprint, host="\U0001f600" * m.MAX_REASON_CHARS), b"%0255d" % n)
+    h.sent()
+    h.client(m.Stats(), tag=b"s")
+    h.core.dispatch(h.now)
+    (frames,) = h.core.outbox.take()[0]
+    assert sum(map(len, frames)) < 2 * config.MAX_MESSAGE_BYTES  # a client reads 4x
+    reply = m.decode(frames, routed=True).message
+    assert isinstance(reply, m.StatsReply)
+    assert len(reply.stats["workers"]) == m.MAX_STATS_WORKERS
+    assert reply.stats["workers_registered"] == many

@@ -1,15 +1,21 @@
-"""The gateway's HTTP server in-process (a tiny WSGI app, no broker): header deadlines,
-the request policy at the head, and room for a new connection when all are taken."""
+"""The gateway's HTTP server in-process (a tiny WSGI app, no broker): header, reply and
+idle deadlines (on the monotonic clock), the request policy at the head, pipelined
+requests, and room for a new connection when all are taken."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from waitress import channel as waitress_channel
+from waitress import server as waitress_server
 from waitress import wasyncore
 
 from bench.service import wait_until
@@ -102,6 +108,11 @@ def closed_by_server(sock: socket.socket, timeout_s: float) -> bool:
         return True
 
 
+def reset_by_server(sock: socket.socket) -> bool:
+    """Whether the server has reset `sock` (its error is pending, whatever it still holds)."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+
+
 def test_a_dripped_head_is_closed_at_its_deadline_though_each_byte_comes_soon() -> None:
     with served(Limits(header_timeout_s=1.0, request_timeout_s=30.0), App()) as server:
         kept = connect(server)  # kept alive: idle between requests past the head deadline
@@ -187,3 +198,71 @@ def test_requests_being_served_are_never_closed_to_make_room() -> None:
             sock.settimeout(5)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
             sock.close()
+
+
+class BigApp(App):
+    """`App`, answering with `size` bytes (a page a slow reader asks for again and again)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        self.calls += 1
+        start_response("200 OK", [("Content-Length", str(self.size))])
+        return [b"x" * self.size]
+
+
+def test_a_peer_reading_its_replies_a_byte_at_a_time_is_closed_at_the_deadline() -> None:
+    limits = Limits(response_timeout_s=1.0, idle_timeout_s=30.0, header_timeout_s=30.0)
+    with served(limits, BigApp(1 << 20)) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall((KEPT_ALIVE % host(server)) * 8)  # pipelined: 8 MiB of replies
+        sock.settimeout(5)
+        assert sock.recv(1) == b"H"  # the first reply has begun
+        started = time.monotonic()
+        with sock:
+            while len(server.channels) > 2:  # its connection, the listener and waitress's pipe
+                assert time.monotonic() - started < 8, "still open at 8 s"
+                assert sock.recv(1)
+                time.sleep(0.05)  # the peer's pace (a byte per 50 ms), not a wait for the server
+            took = time.monotonic() - started
+            assert reset_by_server(sock)  # what the kernel held for it is dropped
+        assert 1.0 <= took < 4.0, took  # the deadline, and the 1 s sweep that enforces it
+        with connect(server) as other:  # a peer that reads is served as before
+            other.sendall(REQUEST % host(server))
+            assert len(read_all(other)) > 1 << 20
+
+
+def test_pipelined_requests_wait_unparsed_past_a_connections_share_and_are_all_served() -> None:
+    app = App()
+    app.release.clear()
+    with served(Limits(pipelined=3), app) as server:
+        with connect(server) as sock:
+            sock.sendall((KEPT_ALIVE % host(server)) * 9 + REQUEST % host(server))  # one packet
+            wait_until(lambda: app.calls == 1 or None, 5, "the first request in the app")
+            (channel,) = [c for c in server.channels.values() if hasattr(c, "requests")]
+            assert len(channel.requests) == 3  # the other 7 wait as bytes
+            app.release.set()
+            replies = read_all(sock)
+        assert replies.count(b"HTTP/1.1 200 OK\r\n") == 10 and app.calls == 10
+
+
+def test_deadlines_run_on_the_monotonic_clock_though_the_wall_clock_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wall_clock = time.time()  # stopped (as if set back a little at each read)
+    monkeypatch.setattr(waitress_server, "time", SimpleNamespace(time=lambda: wall_clock))
+    monkeypatch.setattr(waitress_channel, "time", SimpleNamespace(time=lambda: wall_clock))
+    with served(Limits(idle_timeout_s=1.0, header_timeout_s=1.0), App()) as server:
+        kept = connect(server)
+        kept.sendall(KEPT_ALIVE % host(server))
+        assert read_reply(kept).startswith(b"HTTP/1.1 200 OK\r\n")
+        started = time.monotonic()
+        silent = connect(server)  # never sends its head
+        with kept, silent:
+            assert closed_by_server(kept, 4.0), "idle past its deadline, yet open"
+            assert closed_by_server(silent, 4.0), "no head past its deadline, yet open"
+        assert time.monotonic() - started < 4.0
