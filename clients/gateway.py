@@ -38,10 +38,8 @@ from protocol.logs import setup_logging
 
 log = logging.getLogger("lss.gateway")
 
-DEFAULT_LISTEN = str(config.SETTINGS["http_addr"].default)
 ADDRESS_FILE = "gateway.address"
 PROBE_TIMEOUT_S = 1.0  # the broker watch's deadline per ping
-LINGER_S = 3.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -65,53 +63,33 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+GATEWAY_SETTINGS = (
+    "listen",
+    "endpoint",
+    "allow_host",
+    "state_dir",
+    "timeout",
+    "linger_s",
+    "max_connections",
+    "threads",
+    "http_connections_per_address",
+    "http_header_timeout_s",
+    "request_timeout_s",
+    "log_level",
+)  # its token is LSS_HTTP_TOKEN's alone: a flag would show it to every `ps`
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
         prog="python -m clients.gateway",
         description="Serve the original LSS REST API over HTTP, as a producer of the broker.",
     )
-    p.add_argument(
-        "--listen",
-        default=config.env_str("http_addr", DEFAULT_LISTEN),
-        help="HOST:PORT to serve on; port 0 picks a free one (LSS_HTTP_ADDR)",
-    )
-    p.add_argument(
-        "--endpoint",
-        default=None,
-        help="the broker, or several brokers comma-separated (LSS_CLIENT_ENDPOINT)",
-    )
-    p.add_argument(
-        "--allow-host",
-        action="append",
-        default=config.env_str("http_allowed_hosts", "").split(","),
-        metavar="NAME[:PORT]",
-        help="another name the gateway answers to (repeat; LSS_HTTP_ALLOWED_HOSTS=a,b)",
-    )
-    p.add_argument(
-        "--state-dir",
-        default=config.env_str("state_dir", config.STATE_DIR),
-        help="logs and gateway.address go here (LSS_STATE_DIR)",
-    )
-    p.add_argument(
-        "--timeout", type=float, default=config.CLIENT_TIMEOUT_S, help="broker deadline, s"
-    )
-    p.add_argument(
-        "--linger-s",
-        type=float,
-        default=LINGER_S,
-        help="after the broker has shut down, keep answering for this long, then exit",
-    )
-    p.add_argument("--max-connections", type=int, default=Limits.connections)
-    p.add_argument("--threads", type=int, default=Limits.threads)
-    config.add_flags(p, ["http_connections_per_address", "http_header_timeout_s"])
-    p.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=Limits.request_timeout_s,
-        help="a request's headers and body must arrive within this time of its first byte",
-    )
-    p.add_argument("--log-level", default=config.env_str("log_level", "INFO"))
-    return p.parse_args(argv)
+    config.add_flags(parser, GATEWAY_SETTINGS)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def follow_broker(

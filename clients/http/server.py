@@ -62,9 +62,9 @@ UNCHECKED = Refusal(500, "the gateway could not check this request", "check")
 class Limits:
     """What one peer may take of the server (sizes in bytes, times in seconds)."""
 
-    connections: int = 1000
-    threads: int = 8
-    request_timeout_s: float = 10.0  # first byte to last byte of a request
+    connections: int = config.HTTP_MAX_CONNECTIONS
+    threads: int = config.HTTP_THREADS
+    request_timeout_s: float = config.HTTP_REQUEST_TIMEOUT_S  # a request's first to last byte
     per_address: int = config.HTTP_CONNECTIONS_PER_ADDRESS  # connections from one address
     idle_timeout_s: float = 30.0  # a kept-alive connection between requests
     header_timeout_s: float = config.HTTP_HEADER_TIMEOUT_S  # accept (or first byte) to head
