@@ -28,9 +28,9 @@ from pathlib import Path
 from types import FrameType
 
 from clients.client import Client
-from clients.http.api import Gateway, create_app
+from clients.http.api import GatewayRoutes, create_app
 from clients.http.guard import Policy
-from clients.http.server import DeadlineServer, Limits, make_server, serve_until
+from clients.http.server import DeadlineServer, HttpLimits, make_server, serve_until
 from protocol import config
 from protocol.errors import BrokerUnavailable
 from protocol.lifetime import die_with_parent
@@ -93,24 +93,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def follow_broker(
-    gateway: Gateway, stop: threading.Event, linger_s: float, interval_s: float = 0.5
+    routes: GatewayRoutes, stop: threading.Event, linger_s: float, interval_s: float = 0.5
 ) -> None:
     """Ping the broker until `stop`; once it has shut down and gone, linger, then set `stop`.
 
     A broker that vanishes without a shutdown may come back: the gateway waits for it.
     The probe has its own short-deadline `Client`, so a busy route never delays it.
     """
-    with Client(gateway.client.endpoint, timeout=PROBE_TIMEOUT_S) as probe:
+    with Client(routes.client.endpoint, timeout=PROBE_TIMEOUT_S) as probe:
         while not stop.wait(interval_s):
             try:
                 if probe.ping()["shutting_down"]:
-                    gateway.shutdown_seen.set()
+                    routes.shutdown_seen.set()
             except BrokerUnavailable:
-                if gateway.shutdown_seen.is_set():
+                if routes.shutdown_seen.is_set():
                     break
         else:
             return
-    gateway.drained.set()
+    routes.drained.set()
     log.info("the broker has shut down; the HTTP gateway follows in %g s", linger_s)
     stop.wait(linger_s)
     stop.set()
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal(stop))
-    limits = Limits(
+    limits = HttpLimits(
         connections=args.max_connections,
         threads=args.threads,
         request_timeout_s=args.request_timeout_s,
@@ -171,21 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         header_timeout_s=args.http_header_timeout_s,
     )
     with Client(args.endpoint, timeout=args.timeout) as client:
-        gateway = Gateway(client)
+        routes = GatewayRoutes(client)
         try:
-            server = make_server(create_app(gateway), host, port, limits)
+            server = make_server(create_app(routes), host, port, limits)
         except OSError as exc:
             log.error("cannot listen on %s: %s; choose another with LSS_HTTP_ADDR or --listen"
                       " (off: no gateway)", args.listen, exc.strerror or exc)  # fmt: skip
             return config.EXIT_FAILURE
         policy = Policy.for_listen(host, server.port, args.allow_host, token)
         server.guard(policy)  # the port is known now
-        return _run(server, gateway, stop, args, token)
+        return _run(server, routes, stop, args, token)
 
 
 def _run(
     server: DeadlineServer,
-    gateway: Gateway,
+    routes: GatewayRoutes,
     stop: threading.Event,
     args: argparse.Namespace,
     token: str,
@@ -194,11 +194,11 @@ def _run(
     log.info(
         "HTTP API on http://%s/ for the broker at %s (token %s)",
         server.address,
-        gateway.client.endpoint,
+        routes.client.endpoint,
         "required" if token else "not required: loopback only",
     )
     follower = threading.Thread(
-        target=follow_broker, args=(gateway, stop, args.linger_s), name="lss-follow", daemon=True
+        target=follow_broker, args=(routes, stop, args.linger_s), name="lss-follow", daemon=True
     )
     follower.start()
     try:

@@ -59,7 +59,7 @@ UNCHECKED = Refusal(500, "the gateway could not check this request", "check")
 
 
 @dataclass(frozen=True)
-class Limits:
+class HttpLimits:
     """What one peer may take of the server (sizes in bytes, times in seconds)."""
 
     connections: int = config.HTTP_MAX_CONNECTIONS
@@ -175,7 +175,7 @@ class _DeadlineChannel(HTTPChannel):
         """When the unfinished request began (its first byte; else the accept)."""
         return self.accepted_s if self.request_started_s is None else self.request_started_s
 
-    def overdue(self, now: float, limits: Limits) -> bool:
+    def overdue(self, now: float, limits: HttpLimits) -> bool:
         """Whether a request's head or body is late (`now`: time.monotonic())."""
         if not self.awaiting_request():
             return False
@@ -195,7 +195,7 @@ class DeadlineServer(TcpWSGIServer):
     channel_class = _DeadlineChannel
     policy: Policy | None = None  # judges each request at its head (`guard`)
 
-    def __init__(self, app: WsgiApp, limits: Limits, **adjustments: Any) -> None:
+    def __init__(self, app: WsgiApp, limits: HttpLimits, **adjustments: Any) -> None:
         self.limits = limits
         self.connections_from: Counter[str] = Counter()
         self._refusals = Throttle(log, burst=1, window_s=10.0)
@@ -284,7 +284,7 @@ class DeadlineServer(TcpWSGIServer):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def make_server(app: WsgiApp, host: str, port: int, limits: Limits) -> DeadlineServer:
+def make_server(app: WsgiApp, host: str, port: int, limits: HttpLimits) -> DeadlineServer:
     """A server bound to `host:port` (0: a free port), not serving yet; OSError if unbound."""
     shortest_s = min(limits.request_timeout_s, limits.idle_timeout_s, limits.header_timeout_s)
     return DeadlineServer(
