@@ -1,6 +1,6 @@
 """Several of our brokers on one store, with workers connected to all of them.
 
-`Cluster` holds one `bench.harness.Service` per broker (each its own state directory
+`BrokerGroup` holds one `bench.harness.Service` per broker (each its own state directory
 and endpoints, all with the same store URL) and starts workers with every broker's
 worker endpoint (`--connect A,B,C`), as a user of several brokers would. It gives
 clients every broker's endpoint too, starting at a chosen one, so that producers spread
@@ -17,7 +17,7 @@ from typing import Any
 from bench.harness import Service
 
 
-class Cluster:
+class BrokerGroup:
     """`count` brokers on `store` (None: each its own SQLite), workers shared by all.
 
     `make(state_dir)` builds each broker's service (unstarted); the default builds a
@@ -40,7 +40,7 @@ class Cluster:
         ]
 
     @classmethod
-    def of(cls, services: list[Service]) -> Cluster:
+    def of(cls, services: list[Service]) -> BrokerGroup:
         """A cluster of services already made (and started) by someone else."""
         cluster = cls.__new__(cls)
         cluster.services = services

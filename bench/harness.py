@@ -38,7 +38,7 @@ class WorkerLoad:
 
 
 @dataclass(frozen=True)
-class Gateway:
+class GatewayProcess:
     """A started HTTP gateway: its process, `host:port`, and the file that names them."""
 
     proc: subprocess.Popen[bytes]
@@ -141,7 +141,7 @@ class Service(Processes):
         self.wait_workers(count)
         return proc
 
-    def start_gateway(self, *flags: str) -> Gateway:
+    def start_gateway(self, *flags: str) -> GatewayProcess:
         """Start `python -m clients.gateway` on a free loopback port; wait for its address."""
         name = f"gateway-{self.roles.count('gateway') + 1}"
         address_file = self.state_dir / name / "gateway.address"
@@ -154,7 +154,7 @@ class Service(Processes):
             self.check_alive([proc])
             return address_file.read_text().strip() if address_file.exists() else None
 
-        return Gateway(proc, wait_until(address, self.ready_timeout_s, name), address_file)
+        return GatewayProcess(proc, wait_until(address, self.ready_timeout_s, name), address_file)
 
     def wait_workers(self, count: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """Wait until exactly `count` workers are registered; return their descriptions."""

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.cluster import Cluster
+from bench.cluster import BrokerGroup
 from bench.postgres import postgres_server
 from bench.reference import QUESTIONS, Reference, close_enough
 from clients import Client
@@ -123,7 +123,7 @@ class Times:
 class Soak:
     """One soak run on its own service; `run()` returns the report as a dict."""
 
-    def __init__(self, cfg: SoakConfig, cluster: Cluster, menu: list[Spec]) -> None:
+    def __init__(self, cfg: SoakConfig, cluster: BrokerGroup, menu: list[Spec]) -> None:
         self.cfg = cfg
         self.cluster = cluster
         self.menu = [s for s in menu if not s.statistic.startswith("_")]
@@ -330,7 +330,7 @@ def _judge_answer(answer: Any, spec: Spec) -> str:
     return "done" if want_status == "done" and close_enough(answer, want) else "wrong"
 
 
-def _detections(cluster: Cluster, kills: list[tuple[float, int]]) -> list[float]:
+def _detections(cluster: BrokerGroup, kills: list[tuple[float, int]]) -> list[float]:
     """Seconds from each worker SIGKILL to the first broker's worker_lost event for it."""
     lost = [(e["t"], e["worker_pid"]) for e in cluster.events("worker_lost")]
     found = []
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
 def soak(cfg: SoakConfig, state: Path, data: Path) -> dict[str, Any]:
     """One soak on a cluster of its own, stopped afterwards (also on failure)."""
     lease = {"broker_lease_s": cfg.lease_s} if cfg.store else {}
-    cluster = Cluster(state / "service", data, cfg.brokers, store=cfg.store, **lease)
+    cluster = BrokerGroup(state / "service", data, cfg.brokers, store=cfg.store, **lease)
     try:
         return Soak(cfg, cluster, build_menu(data)).run()
     finally:

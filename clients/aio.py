@@ -16,26 +16,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq.asyncio
 
-from clients import session
-from clients.api import Statistics
+from clients import operations, session, tidy
+from clients.api import StatisticMethods
 from clients.listing import JobListing
-from clients.session import Answer, Request
+from clients.operations import Call
+from clients.session import Answer, Request, Session
 from clients.transport import Security, Transport, default_security
 from protocol import config
 from protocol import messages as m
-from protocol.errors import BrokerUnavailable, JobTimeout
+from protocol.errors import BrokerUnavailable
 
+if TYPE_CHECKING:
+    from pandas import DataFrame
+
+T = TypeVar("T")
 Jobs = Iterable[tuple[str, dict[str, Any]]] | AsyncIterable[tuple[str, dict[str, Any]]]
 
 
-class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
+class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
     """A connection to an LSS broker for asyncio code. Use `async with`, or `await close()`.
+
+    The same methods and parameters as `Client`, as coroutines (`map` and `outcomes` as
+    asynchronous iterators); each operation is clients.operations', driven here.
 
     Create it anywhere; it binds to the event loop of its first call. Not thread-safe:
     use it from one event loop (the synchronous `Client` is the thread-safe one).
@@ -89,39 +104,55 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
 
     async def submit(self, statistic: str, /, **params: Any) -> str:
         """See `Client.submit`."""
-        message = m.Submit(self._connected().session.new_request_id(), statistic, params)
-        return session.expect((await self._ask(message)).message, m.Submitted).job_id
+        return await self._perform(operations.submit(self._session(), statistic, params))
+
+    async def submit_as(
+        self,
+        request_id: str,
+        statistic: str,
+        params: dict[str, Any],
+        timeout: float | None = None,
+    ) -> str:
+        """See `Client.submit_as`."""
+        return await self._perform(operations.submit_as(request_id, statistic, params, timeout))
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """See `Client.get`."""
-        return session.status_dict(await self._ask(m.Get(job_id)))
+        return await self._perform(operations.get(job_id))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """See `Client.wait`."""
-        return session.final_answer(await self._finish(m.Wait(job_id), timeout, job_id))
+        return await self._perform(operations.wait(job_id, timeout))
+
+    async def wait_all(
+        self, job_ids: Sequence[str], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """See `Client.wait_all`."""
+        limit = self.timeout if timeout is None else timeout
+        requests = await self._over([m.Wait(job) for job in job_ids], limit)
+        return {job: _state_of(request) for job, request in zip(job_ids, requests, strict=True)}
 
     async def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        submit = m.Submit(self._connected().session.new_request_id(), statistic, params, True)
-        return session.final_answer(await self._finish(submit, timeout, statistic))
+        return await self._perform(operations.run(self._session(), statistic, params, timeout))
+
+    async def frame(
+        self, statistic: str, /, timeout: float | None = None, **params: Any
+    ) -> DataFrame:
+        """See `Client.frame`."""
+        return tidy.frame(await self.run(statistic, timeout=timeout, **params))
 
     async def map(self, jobs: Jobs, window: int = 64) -> AsyncIterator[Answer]:
         """See `Client.map`; `jobs` may also be an asynchronous iterable."""
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        in_flight: deque[asyncio.Task[m.Envelope]] = deque()
-        try:
-            async for statistic, params in _aiter(jobs):
-                request_id = self._connected().session.new_request_id()
-                submit = m.Submit(request_id, statistic, dict(params), notify=True)
-                in_flight.append(asyncio.ensure_future(self._finish(submit, None, statistic)))
-                if len(in_flight) >= window:
-                    yield session.final_answer(await in_flight.popleft())
-            while in_flight:
-                yield session.final_answer(await in_flight.popleft())
-        finally:
-            for task in in_flight:  # the caller stopped early: stop waiting for these
-                task.cancel()
+        async with contextlib.aclosing(self._pipeline(jobs, window)) as requests:
+            async for request in requests:
+                yield session.final_answer(request.outcome())
+
+    async def outcomes(self, jobs: Jobs, window: int = 64) -> AsyncIterator[dict[str, Any]]:
+        """See `Client.outcomes`; `jobs` may also be an asynchronous iterable."""
+        async with contextlib.aclosing(self._pipeline(jobs, window)) as requests:
+            async for request in requests:
+                yield operations.state_of_over(request)
 
     async def jobs(
         self,
@@ -134,55 +165,80 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
         """See `Client.jobs`."""
         listing = JobListing(status, statistic, after, limit)
         while (request := listing.next_request()) is not None:
-            listing.add(session.expect((await self._ask(request)).message, m.JobList))
+            listing.add(await self._perform(operations.job_page(request)))
         return listing.jobs
 
     async def num_jobs(self) -> int:
         """See `Client.num_jobs`."""
-        return session.expect((await self._ask(m.NumJobs())).message, m.JobCount).num_jobs
+        return await self._perform(operations.num_jobs())
 
-    async def shutdown(self) -> int:
+    async def shutdown(self, scope: str = m.SHUTDOWN_BROKER) -> int:
         """See `Client.shutdown`."""
-        return session.expect((await self._ask(m.Shutdown())).message, m.ShuttingDown).pending
+        return await self._perform(operations.shutdown(scope))
 
     async def ping(self) -> dict[str, Any]:
         """See `Client.ping`."""
-        return session.pong_info((await self._ask(m.Ping())).message)
+        return await self._perform(operations.ping())
 
     async def stats(self) -> dict[str, Any]:
         """See `Client.stats`."""
-        return session.expect((await self._ask(m.Stats())).message, m.StatsReply).stats
+        return await self._perform(operations.stats())
 
-    # --- one request ----------------------------------------------------------------
+    async def recent(self, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+        """See `Client.recent`."""
+        return await self._perform(operations.recent(limit))
 
-    async def _ask(self, message: m.Message) -> m.Envelope:
-        """A request the broker answers at once: no reply in time is `BrokerUnavailable`."""
+    # --- requests: their replies within a deadline ------------------------------------
+
+    async def _perform(self, call: Call[T]) -> T:
+        """`call`'s answer, as `Client._perform`."""
+        limit = self.timeout if call.timeout is None else call.timeout
+        (request,) = await self._over([call.message], limit)
+        if not request.done:
+            raise request.refusal or call.late(limit, self.endpoint)
+        return call.answer(request.outcome())
+
+    async def _pipeline(self, jobs: Jobs, window: int) -> AsyncGenerator[Request, None]:
+        """The requests of `jobs`, over, in input order, up to `window` in flight (as
+        clients.pipeline does for `Client`); a job late by the client's timeout fails."""
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        in_flight: deque[asyncio.Task[Request]] = deque()
         try:
-            return await self._call(message, self.timeout)
-        except TimeoutError as exc:
-            raise BrokerUnavailable(
-                f"no reply from {self.endpoint} within {self.timeout:g} s"
-            ) from exc
-
-    async def _finish(self, message: m.Message, timeout: float | None, what: str) -> m.Envelope:
-        """A request answered when a job is over: no reply in time is `JobTimeout`."""
-        limit = self.timeout if timeout is None else timeout
-        try:
-            return await self._call(message, limit)
-        except TimeoutError as exc:
-            raise JobTimeout(f"{what} did not finish within {limit:g} s") from exc
-
-    async def _call(self, message: m.Message, timeout_s: float) -> m.Envelope:
-        transport = self._connected()
-        request = transport.session.request(message)
-        transport.flush()
-        waiter = self._waiters[request] = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(waiter, timeout_s)
+            async for statistic, params in _aiter(jobs):
+                submit = operations.map_submit(self._session(), statistic, params)
+                in_flight.append(asyncio.ensure_future(self._map_job(submit)))
+                if len(in_flight) >= window:
+                    yield await in_flight.popleft()
+            while in_flight:
+                yield await in_flight.popleft()
         finally:
-            if self._waiters.pop(request, None) is not None and not request.done:
-                transport.session.forget(request)  # timed out, or the caller was cancelled
-        return request.outcome()
+            for task in in_flight:  # the caller stopped early: stop waiting for these
+                task.cancel()
+
+    async def _map_job(self, submit: m.Submit) -> Request:
+        (request,) = await self._over([submit], self.timeout)
+        if not request.done:
+            operations.map_timeout(request, self.timeout)
+        return request
+
+    async def _over(self, messages: Sequence[m.Message], timeout_s: float) -> list[Request]:
+        """Send `messages` together; their requests once all are over, or after
+        `timeout_s`, when those still unanswered are given up on (and not `done`)."""
+        transport = self._connected()
+        requests = [transport.session.request(message) for message in messages]
+        transport.flush()
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in requests]
+        self._waiters.update(zip(requests, waiters, strict=True))
+        try:
+            if waiters:
+                await asyncio.wait(waiters, timeout=timeout_s)
+        finally:
+            for request in requests:
+                if self._waiters.pop(request, None) is not None and not request.done:
+                    transport.session.forget(request)  # late, or the caller was cancelled
+        return requests
 
     def _resolve(self, requests: list[Request]) -> None:
         for request in requests:
@@ -191,6 +247,9 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
                 waiter.set_result(None)
 
     # --- the transport and its reader task --------------------------------------------
+
+    def _session(self) -> Session:
+        return self._connected().session
 
     def _connected(self) -> Transport:
         if self._closed:
@@ -225,3 +284,8 @@ async def _aiter(jobs: Jobs) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     else:
         for job in jobs:
             yield job
+
+
+def _state_of(request: Request) -> dict[str, Any]:
+    """`get`'s shape for a request that may be unanswered (given up on), refused or failed."""
+    return operations.state_of_over(request) if request.done else operations.still_running()

@@ -17,7 +17,7 @@ R = TypeVar("R")
 Years = tuple[int, int] | list[int]
 
 
-class Statistics(Generic[R]):
+class StatisticMethods(Generic[R]):
     """`question` is a question's text (in any case) or its short id (`questions()`);
     `state` a location's name (in any case) or its USPS code ("OH", "US" for National).
     Answers name both as the data does. `years=(FIRST, LAST)` counts only the rows of

@@ -43,6 +43,7 @@ from protocol.questions import QUESTIONS, question_list
 Handler = Callable[[argparse.Namespace], int]
 BULK_WINDOW = 64
 EXIT_JOBS_FAILED = config.EXIT_FAILURE
+CLI_SETTINGS = ("endpoint", "timeout")  # the commands' own arguments are theirs alone
 FORMATS = ("json", "csv")
 REPORT_COLUMNS = ("statistic", *tidy.ANSWER_COLUMNS)
 BULK_COLUMNS = ("line", "id", "statistic", "params", "status", "reason", *tidy.ANSWER_COLUMNS)
@@ -354,18 +355,7 @@ def _output(path: str | None) -> AbstractContextManager[TextIO]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lss", description="Talk to a Le Stats Sportif service.")
-    parser.add_argument(
-        "--endpoint",
-        default=None,
-        help="the broker, or several brokers comma-separated, tried in turn "
-        "(default: $LSS_CLIENT_ENDPOINT or " + config.CLIENT_ENDPOINT + ")",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=config.CLIENT_TIMEOUT_S,
-        help="seconds to wait for the broker, and for each job (default %(default)g)",
-    )
+    config.add_flags(parser, CLI_SETTINGS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     adders = (
         _add_questions,

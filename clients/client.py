@@ -21,29 +21,36 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from clients import session, tidy
-from clients.api import Statistics
+from clients import operations, session, tidy
+from clients.api import StatisticMethods
 from clients.listing import JobListing
+from clients.operations import Call
 from clients.pipeline import Job, Pipeline
 from clients.session import Answer, Request
 from clients.transport import Security, Transport, default_security
 from protocol import config
 from protocol import messages as m
-from protocol.errors import BrokerUnavailable, JobTimeout, LssError
+from protocol.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
     from pandas import DataFrame
 
+T = TypeVar("T")
 
-class Client(Statistics[Answer]):
+
+class Client(StatisticMethods[Answer]):
     """A connection to an LSS service. Use as a context manager, or call `close()`.
 
     `endpoint` is one broker's, or several: a comma-separated list or a list of str. The
     client talks to one broker at a time and moves to the next in the list when it falls
     silent for the heartbeat window, resending what is pending (docs/protocol.md,
-    "Several brokers"). `endpoint` is kept as the comma-separated list.
+    "Several brokers"). `endpoint` is kept as the comma-separated list. The heartbeat
+    settings are the broker's (docs/protocol.md, "Client liveness").
+
+    Its operations are those of clients.operations, driven here; `AsyncClient` has the
+    same ones (tests/unit/test_client_surface.py).
     """
 
     def __init__(
@@ -52,6 +59,8 @@ class Client(Statistics[Answer]):
         timeout: float = config.CLIENT_TIMEOUT_S,
         *,
         security: Security | None = None,
+        heartbeat_interval_s: float = config.HEARTBEAT_INTERVAL_MS / 1000,
+        heartbeat_liveness: int = config.HEARTBEAT_LIVENESS,
     ) -> None:
         given = endpoint or config.env_str("client_endpoint", config.CLIENT_ENDPOINT)
         self.endpoints = config.endpoints(given)
@@ -61,7 +70,13 @@ class Client(Statistics[Answer]):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._transport = Transport(self.endpoints, self._security, wake_fd=self._wake_r)
+        self._transport = Transport(
+            self.endpoints,
+            self._security,
+            wake_fd=self._wake_r,
+            heartbeat_interval_s=heartbeat_interval_s,
+            heartbeat_liveness=heartbeat_liveness,
+        )
         self._lock = threading.Lock()  # guards the session, `_leading` and `_closed`
         self._changed = threading.Condition(self._lock)  # requests answered, or no leader
         self._leading = False
@@ -97,8 +112,7 @@ class Client(Statistics[Answer]):
 
     def submit(self, statistic: str, /, **params: Any) -> str:
         """Create a job; returns its id (`job_id_N`). Raises `RequestRefused` if refused."""
-        submit = m.Submit(self._transport.session.new_request_id(), statistic, params)
-        return session.expect(self._ask(submit).message, m.Submitted).job_id
+        return self._perform(operations.submit(self._transport.session, statistic, params))
 
     def submit_as(
         self,
@@ -110,16 +124,15 @@ class Client(Statistics[Answer]):
         """`submit` under a request id of the caller's, which makes a retry safe: the same
         id names the same job, also after a broker restart. Raises `BrokerUnavailable`
         without a reply within `timeout` s (default: the client's)."""
-        message = m.Submit(request_id, statistic, params)
-        return session.expect(self._ask(message, timeout).message, m.Submitted).job_id
+        return self._perform(operations.submit_as(request_id, statistic, params, timeout))
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
-        return session.status_dict(self._ask(m.Get(job_id)))
+        return self._perform(operations.get(job_id))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Answer:
         """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
-        return session.final_answer(self._call(m.Wait(job_id), timeout, job_id))
+        return self._perform(operations.wait(job_id, timeout))
 
     def wait_all(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
         """The final state of each job, shaped like `get`'s, waiting for all at once (one
@@ -132,9 +145,7 @@ class Client(Statistics[Answer]):
 
     def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
         """Submit a job and wait for its answer, in one round trip."""
-        request_id = self._transport.session.new_request_id()
-        submit = m.Submit(request_id, statistic, params, notify=True)
-        return session.final_answer(self._call(submit, timeout, statistic))
+        return self._perform(operations.run(self._transport.session, statistic, params, timeout))
 
     def frame(self, statistic: str, /, timeout: float | None = None, **params: Any) -> DataFrame:
         """`run`'s answer as a pandas DataFrame, one row per number, its keys split into
@@ -173,64 +184,48 @@ class Client(Statistics[Answer]):
         (job_id_N is number N), at most `limit` of them."""
         listing = JobListing(status, statistic, after, limit)
         while (request := listing.next_request()) is not None:
-            listing.add(session.expect(self._ask(request).message, m.JobList))
+            listing.add(self._perform(operations.job_page(request)))
         return listing.jobs
 
     def num_jobs(self) -> int:
         """Jobs accepted and not yet finished."""
-        return session.expect(self._ask(m.NumJobs()).message, m.JobCount).num_jobs
+        return self._perform(operations.num_jobs())
 
     def shutdown(self, scope: str = m.SHUTDOWN_BROKER) -> int:
         """Start a graceful shutdown of this broker, or with `scope` "all" of every broker
         on its store; returns how many jobs this broker still has to finish."""
-        return session.expect(self._ask(m.Shutdown(scope)).message, m.ShuttingDown).pending
+        return self._perform(operations.shutdown(scope))
 
     def ping(self) -> dict[str, Any]:
         """The broker's id, protocol version and whether it is shutting down."""
-        return session.pong_info(self._ask(m.Ping()).message)
+        return self._perform(operations.ping())
 
     def stats(self) -> dict[str, Any]:
         """Workers, queue depth, jobs by status and recent rates."""
-        return session.expect(self._ask(m.Stats()).message, m.StatsReply).stats
+        return self._perform(operations.stats())
 
     def recent(self, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
         """The newest jobs and failures in the store: {"jobs": [...], "failures": [...]}."""
-        reply = session.expect(self._ask(m.Recent(limit)).message, m.RecentJobs)
-        return {"jobs": reply.jobs, "failures": reply.failures}
+        return self._perform(operations.recent(limit))
 
     # --- one request: the reply within the client's timeout, or an error --------------
 
-    def _ask(self, message: m.Message, timeout: float | None = None) -> m.Envelope:
-        """A request the broker answers at once: no reply in time is `BrokerUnavailable`."""
-        return self._call(message, timeout)
-
-    def _call(
-        self, message: m.Message, timeout: float | None, job: str | None = None
-    ) -> m.Envelope:
-        """The reply to `message` within `timeout` s (default: the client's). Without it,
-        `JobTimeout` when the reply waits for `job` to finish, `BrokerUnavailable` if not."""
-        limit = self.timeout if timeout is None else timeout
-        (request,) = self._start([message])
+    def _perform(self, call: Call[T]) -> T:
+        """`call`'s answer, its reply within its timeout (default: the client's); without
+        one, the refusal it met until then, else `JobTimeout` or `BrokerUnavailable`."""
+        limit = self.timeout if call.timeout is None else call.timeout
+        (request,) = self._start([call.message])
         if not self._drive([request], time.monotonic() + limit):
             self._give_up(request)
-            if request.refusal is not None:  # refused until the end: that is the answer
-                raise request.refusal
-            if job is not None:
-                raise JobTimeout(f"{job} did not finish within {limit:g} s")
-            raise BrokerUnavailable(f"no reply from {self.endpoint} within {limit:g} s")
-        if request.error is not None:
-            raise request.error
-        return request.reply  # type: ignore[return-value]  # done without error: a reply
+            raise request.refusal or call.late(limit, self.endpoint)
+        return call.answer(request.outcome())
 
     def _state_of(self, request: Request) -> dict[str, Any]:
         """`get`'s shape for a request that may be unanswered, refused or failed."""
         if not request.done:
             self._give_up(request)
-            return {"status": m.JobStatus.RUNNING.value}
-        try:
-            return session.status_dict(request.outcome())
-        except LssError as exc:
-            return {"status": m.JobStatus.ERROR.value, "reason": str(exc)}
+            return operations.still_running()
+        return operations.state_of_over(request)
 
     def _pipeline(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
         if window < 1:

@@ -28,9 +28,9 @@ from pathlib import Path
 from types import FrameType
 
 from clients.client import Client
-from clients.http.api import Gateway, create_app
+from clients.http.api import GatewayRoutes, create_app
 from clients.http.guard import Policy
-from clients.http.server import DeadlineServer, Limits, make_server, serve_until
+from clients.http.server import DeadlineServer, HttpLimits, make_server, serve_until
 from protocol import config
 from protocol.errors import BrokerUnavailable
 from protocol.lifetime import die_with_parent
@@ -38,10 +38,8 @@ from protocol.logs import setup_logging
 
 log = logging.getLogger("lss.gateway")
 
-DEFAULT_LISTEN = str(config.SETTINGS["http_addr"].default)
 ADDRESS_FILE = "gateway.address"
 PROBE_TIMEOUT_S = 1.0  # the broker watch's deadline per ping
-LINGER_S = 3.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -65,76 +63,55 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+GATEWAY_SETTINGS = (
+    "listen",
+    "endpoint",
+    "allow_host",
+    "state_dir",
+    "timeout",
+    "linger_s",
+    "max_connections",
+    "threads",
+    "http_connections_per_address",
+    "http_header_timeout_s",
+    "http_response_timeout_s",
+    "request_timeout_s",
+    "log_level",
+)  # its token is LSS_HTTP_TOKEN's alone: a flag would show it to every `ps`
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
         prog="python -m clients.gateway",
         description="Serve the original LSS REST API over HTTP, as a producer of the broker.",
     )
-    p.add_argument(
-        "--listen",
-        default=config.env_str("http_addr", DEFAULT_LISTEN),
-        help="HOST:PORT to serve on; port 0 picks a free one (LSS_HTTP_ADDR)",
-    )
-    p.add_argument(
-        "--endpoint",
-        default=None,
-        help="the broker, or several brokers comma-separated (LSS_CLIENT_ENDPOINT)",
-    )
-    p.add_argument(
-        "--allow-host",
-        action="append",
-        default=config.env_str("http_allowed_hosts", "").split(","),
-        metavar="NAME[:PORT]",
-        help="another name the gateway answers to (repeat; LSS_HTTP_ALLOWED_HOSTS=a,b)",
-    )
-    p.add_argument(
-        "--state-dir",
-        default=config.env_str("state_dir", config.STATE_DIR),
-        help="logs and gateway.address go here (LSS_STATE_DIR)",
-    )
-    p.add_argument(
-        "--timeout", type=float, default=config.CLIENT_TIMEOUT_S, help="broker deadline, s"
-    )
-    p.add_argument(
-        "--linger-s",
-        type=float,
-        default=LINGER_S,
-        help="after the broker has shut down, keep answering for this long, then exit",
-    )
-    p.add_argument("--max-connections", type=int, default=Limits.connections)
-    p.add_argument("--threads", type=int, default=Limits.threads)
-    config.add_flags(
-        p, ["http_connections_per_address", "http_header_timeout_s", "http_response_timeout_s"]
-    )
-    p.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=Limits.request_timeout_s,
-        help="a request's headers and body must arrive within this time of its first byte",
-    )
-    p.add_argument("--log-level", default=config.env_str("log_level", "INFO"))
-    return p.parse_args(argv)
+    config.add_flags(parser, GATEWAY_SETTINGS)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def follow_broker(
-    gateway: Gateway, stop: threading.Event, linger_s: float, interval_s: float = 0.5
+    routes: GatewayRoutes, stop: threading.Event, linger_s: float, interval_s: float = 0.5
 ) -> None:
     """Ping the broker until `stop`; once it has shut down and gone, linger, then set `stop`.
 
     A broker that vanishes without a shutdown may come back: the gateway waits for it.
     The probe has its own short-deadline `Client`, so a busy route never delays it.
     """
-    with Client(gateway.client.endpoint, timeout=PROBE_TIMEOUT_S) as probe:
+    with Client(routes.client.endpoint, timeout=PROBE_TIMEOUT_S) as probe:
         while not stop.wait(interval_s):
             try:
                 if probe.ping()["shutting_down"]:
-                    gateway.shutdown_seen.set()
+                    routes.shutdown_seen.set()
             except BrokerUnavailable:
-                if gateway.shutdown_seen.is_set():
+                if routes.shutdown_seen.is_set():
                     break
         else:
             return
-    gateway.drained.set()
+    routes.drained.set()
     log.info("the broker has shut down; the HTTP gateway follows in %g s", linger_s)
     stop.wait(linger_s)
     stop.set()
@@ -188,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal(stop))
-    limits = Limits(
+    limits = HttpLimits(
         connections=args.max_connections,
         threads=args.threads,
         request_timeout_s=args.request_timeout_s,
@@ -197,21 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         response_timeout_s=args.http_response_timeout_s,
     )
     with Client(args.endpoint, timeout=args.timeout) as client:
-        gateway = Gateway(client)
+        routes = GatewayRoutes(client)
         try:
-            server = make_server(create_app(gateway), host, port, limits)
+            server = make_server(create_app(routes), host, port, limits)
         except OSError as exc:
             log.error("cannot listen on %s: %s; choose another with LSS_HTTP_ADDR or --listen"
                       " (off: no gateway)", args.listen, exc.strerror or exc)  # fmt: skip
             return config.EXIT_FAILURE
         policy = Policy.for_listen(host, server.port, args.allow_host, token)
         server.guard(policy)  # the port is known now
-        return _run(server, gateway, stop, args, token)
+        return _run(server, routes, stop, args, token)
 
 
 def _run(
     server: DeadlineServer,
-    gateway: Gateway,
+    routes: GatewayRoutes,
     stop: threading.Event,
     args: argparse.Namespace,
     token: str,
@@ -220,11 +197,11 @@ def _run(
     log.info(
         "HTTP API on http://%s/ for the broker at %s (token %s)",
         server.address,
-        gateway.client.endpoint,
+        routes.client.endpoint,
         "required" if token else "not required: loopback only",
     )
     follower = threading.Thread(
-        target=follow_broker, args=(gateway, stop, args.linger_s), name="lss-follow", daemon=True
+        target=follow_broker, args=(routes, stop, args.linger_s), name="lss-follow", daemon=True
     )
     follower.start()
     try:

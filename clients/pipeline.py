@@ -16,10 +16,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from clients import operations
 from clients.session import Request
 from clients.transport import Transport
-from protocol import messages as m
-from protocol.errors import JobTimeout
 
 Job = tuple[str, dict[str, Any]]
 
@@ -48,8 +47,7 @@ class Pipeline:
 
     def _submit(self, statistic: str, params: dict[str, Any]) -> tuple[Request, float]:
         now = time.monotonic()
-        submit = m.Submit(self.session.new_request_id(), statistic, dict(params), notify=True)
-        return self.session.request(submit), now
+        return self.session.request(operations.map_submit(self.session, statistic, params)), now
 
     def _take(self, request: Request, sent_at: float) -> Request:
         """Wait for `request` to be over, serving other replies and liveness meanwhile."""
@@ -59,8 +57,7 @@ class Pipeline:
             left = sent_at + self.timeout_s - time.monotonic()
             if left <= 0:
                 self.session.forget(request)
-                late = JobTimeout(f"a job of this map took over {self.timeout_s:g} s")
-                request.fail(request.refusal or late)
+                operations.map_timeout(request, self.timeout_s)
                 break
             self.transport.pump(left)
         return request

@@ -45,6 +45,11 @@ CLIENT_TIMEOUT_S = 10.0
 # Messages a client socket queues each way: far more than a client has in flight (a
 # request past it would wait for a resend), yet finite.
 CLIENT_HWM = 100_000
+HTTP_ADDR = "127.0.0.1:5000"
+HTTP_MAX_CONNECTIONS = 1000  # connections the gateway holds open at once
+HTTP_THREADS = 8  # the gateway's threads answering requests
+# Seconds from a request's first byte to its last (head and body) at the gateway.
+HTTP_REQUEST_TIMEOUT_S = 10.0
 # HTTP connections one client address may hold open at the gateway (of 1000 in all).
 HTTP_CONNECTIONS_PER_ADDRESS = 64
 # Seconds an HTTP connection has to send a whole request head: from its accept (from its
@@ -57,6 +62,8 @@ HTTP_RESPONSE_TIMEOUT_S = 30.0
 # Workers one broker registers; a READY past it gets DISCONNECT. STATS lists the first
 # 1024 (protocol/messages.py) and counts the rest.
 MAX_WORKERS = 1024
+# How long the gateway keeps answering after its broker has shut down, then exits.
+GATEWAY_LINGER_S = 3.0
 # A process whose parent died drains for at most this long, then stops (protocol/lifetime.py).
 SHUTDOWN_GRACE_S = 30.0
 # SQLite's `synchronous` for the results store; which failures each survives and what
@@ -85,6 +92,11 @@ def sha256_hex(text: str) -> str:
     return digest
 
 
+def names(text: str) -> list[str]:
+    """The names in a comma-separated list ("a, b" -> ["a", "b"]), empty ones dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def endpoints(text: str | Sequence[str]) -> list[str]:
     """Broker endpoints from a comma-separated list ("tcp://a:5555,tcp://b:5555") or a
     sequence of them, in order, spaces trimmed; ValueError when none is left."""
@@ -110,18 +122,20 @@ class Setting:
     """One setting of a process: flag `--name-with-dashes`, variable `env`, default, help.
 
     The default's type parses the flag unless `kind` does (e.g. `str.upper`); a bool
-    default makes an on/off flag. `env` is `LSS_<NAME>` unless given ("" for a setting
+    default makes an on/off flag; a `repeat` one may be given several times, each a
+    comma-separated list (its default a tuple). `env` is `LSS_<NAME>` unless given ("" for a setting
     no variable should set, like a worker's log name). A value from the environment is
     checked like one from the flag.
     """
 
     name: str
-    default: str | int | float | bool | None
+    default: str | int | float | bool | tuple[str, ...] | None
     help: str
     env: str | None = None
     kind: Callable[[str], Any] | None = None  # parses a value; default: the default's type
     choices: tuple[str, ...] | None = None
     short: str | None = None  # e.g. "-n"
+    repeat: bool = False
 
     @property
     def variable(self) -> str:
@@ -197,9 +211,52 @@ SETTINGS = {
             kind=sha256_hex,
         ),
         Setting("name", "worker", "log file: STATE_DIR/logs/NAME.log", ""),
-        Setting("http_addr", "127.0.0.1:5000", "the HTTP gateway's HOST:PORT (off: none)"),
-        Setting("http_allowed_hosts", "", "more Host names the gateway answers to (a,b)"),
+        Setting(
+            "endpoint",
+            CLIENT_ENDPOINT,
+            "the broker, or several brokers comma-separated, tried in turn",
+            "LSS_CLIENT_ENDPOINT",
+        ),
+        Setting(
+            "timeout",
+            CLIENT_TIMEOUT_S,
+            "seconds to wait for the broker, and for each job",
+            "LSS_CLIENT_TIMEOUT_S",
+        ),
+        Setting(
+            "listen",
+            HTTP_ADDR,
+            "the HTTP gateway's HOST:PORT; port 0 picks a free one (off: no gateway)",
+            "LSS_HTTP_ADDR",
+        ),
+        Setting(
+            "allow_host",
+            (),
+            "more Host names (NAME[:PORT]) the gateway answers to: a,b or repeated",
+            "LSS_HTTP_ALLOWED_HOSTS",
+            kind=names,
+            repeat=True,
+        ),
         Setting("http_token", None, "the gateway's bearer token (needed off loopback)"),
+        Setting(
+            "linger_s",
+            GATEWAY_LINGER_S,
+            "after the broker has shut down, the gateway answers this long, then exits",
+            "LSS_HTTP_LINGER_S",
+        ),
+        Setting(
+            "max_connections",
+            HTTP_MAX_CONNECTIONS,
+            "HTTP connections the gateway holds open at once",
+            "LSS_HTTP_MAX_CONNECTIONS",
+        ),
+        Setting("threads", HTTP_THREADS, "the gateway's request threads", "LSS_HTTP_THREADS"),
+        Setting(
+            "request_timeout_s",
+            HTTP_REQUEST_TIMEOUT_S,
+            "an HTTP request's head and body must arrive within this time of its first byte",
+            "LSS_HTTP_REQUEST_TIMEOUT_S",
+        ),
         Setting(
             "http_connections_per_address",
             HTTP_CONNECTIONS_PER_ADDRESS,
@@ -231,6 +288,11 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], **defaults:
             parser.add_argument(
                 *setting.flags, action="store_true", default=default, help=help_text
             )
+        elif setting.repeat:
+            parser.add_argument(
+                *setting.flags, action="extend", type=setting.parse, default=list(default),
+                help=help_text,
+            )  # fmt: skip
         else:
             parser.add_argument(
                 *setting.flags, type=setting.parse, default=default, choices=setting.choices,
@@ -241,6 +303,8 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], **defaults:
 def _shown(default: Any) -> str:
     if default is None or default is False:
         return "off"
+    if isinstance(default, tuple | list) and not default:
+        return "none"
     return "on" if default is True else "%(default)s"
 
 

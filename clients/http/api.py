@@ -56,7 +56,7 @@ _REFUSAL_HTTP_STATUS: dict[str, int] = {
 ViewResult = Response | tuple[Response, int]
 
 
-class Gateway:
+class GatewayRoutes:
     """The routes, over one thread-safe `Client`; remembers whether a shutdown was asked."""
 
     def __init__(self, client: Client) -> None:
@@ -119,19 +119,19 @@ class Gateway:
         return jsonify({"job_id": -1, "reason": exc.reason}), _refusal_status(exc)
 
 
-def create_app(gateway: Gateway) -> Flask:
-    """The Flask application: the original REST routes through `gateway`, and the dashboard."""
+def create_app(routes: GatewayRoutes) -> Flask:
+    """The Flask application: the original REST routes through `routes`, and the dashboard."""
     app = Flask("lss.gateway", static_folder=None)
     app.json = StrictJSON(app)  # every reply: strict JSON, keys in the contract's order
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_MESSAGE_BYTES
-    app.add_url_rule("/api/<statistic>", view_func=gateway.submit, methods=["POST"])
-    app.add_url_rule("/api/get_results/<job_id>", view_func=gateway.get_results)
-    app.add_url_rule("/api/jobs", view_func=gateway.jobs)
-    app.add_url_rule("/api/num_jobs", view_func=gateway.num_jobs)
-    app.add_url_rule("/api/questions", "api_questions", view_func=gateway.questions)
-    app.add_url_rule("/api/graceful_shutdown", view_func=gateway.graceful_shutdown)
-    app.add_url_rule("/metrics", view_func=gateway.metrics)
-    register(app, Dashboard(gateway.client))
+    app.add_url_rule("/api/<statistic>", view_func=routes.submit, methods=["POST"])
+    app.add_url_rule("/api/get_results/<job_id>", view_func=routes.get_results)
+    app.add_url_rule("/api/jobs", view_func=routes.jobs)
+    app.add_url_rule("/api/num_jobs", view_func=routes.num_jobs)
+    app.add_url_rule("/api/questions", "api_questions", view_func=routes.questions)
+    app.add_url_rule("/api/graceful_shutdown", view_func=routes.graceful_shutdown)
+    app.add_url_rule("/metrics", view_func=routes.metrics)
+    register(app, Dashboard(routes.client))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InvalidBody, lambda exc: _error(400, str(exc)))
     app.register_error_handler(BrokerUnavailable, lambda exc: _error(503, str(exc)))

@@ -73,12 +73,12 @@ UNCHECKED = Refusal(500, "the gateway could not check this request", "check")
 
 
 @dataclass(frozen=True)
-class Limits:
+class HttpLimits:
     """What one peer may take of the server (sizes in bytes, times in seconds)."""
 
-    connections: int = 1000
-    threads: int = 8
-    request_timeout_s: float = 10.0  # first byte to last byte of a request
+    connections: int = config.HTTP_MAX_CONNECTIONS
+    threads: int = config.HTTP_THREADS
+    request_timeout_s: float = config.HTTP_REQUEST_TIMEOUT_S  # a request's first to last byte
     per_address: int = config.HTTP_CONNECTIONS_PER_ADDRESS  # connections from one address
     idle_timeout_s: float = 30.0  # a kept-alive connection between requests
     response_timeout_s: float = config.HTTP_RESPONSE_TIMEOUT_S  # output queued to taken
@@ -237,7 +237,7 @@ class _DeadlineChannel(HTTPChannel):
         """When the unfinished request began (its first byte; else the accept)."""
         return self.accepted_s if self.request_started_s is None else self.request_started_s
 
-    def overdue(self, now: float, limits: Limits) -> bool:
+    def overdue(self, now: float, limits: HttpLimits) -> bool:
         """Whether a request's head or body, the taking of the output, or the next request
         on a kept-alive connection is late (`now`: time.monotonic())."""
         if self.total_outbufs_len:
@@ -262,7 +262,7 @@ class DeadlineServer(TcpWSGIServer):
     channel_class = _DeadlineChannel
     policy: Policy | None = None  # judges each request at its head (`guard`)
 
-    def __init__(self, app: WsgiApp, limits: Limits, **adjustments: Any) -> None:
+    def __init__(self, app: WsgiApp, limits: HttpLimits, **adjustments: Any) -> None:
         self.limits = limits
         self.connections_from: Counter[str] = Counter()
         self._refusals = Throttle(log, burst=1, window_s=10.0)
@@ -376,7 +376,7 @@ class DeadlineServer(TcpWSGIServer):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def make_server(app: WsgiApp, host: str, port: int, limits: Limits) -> DeadlineServer:
+def make_server(app: WsgiApp, host: str, port: int, limits: HttpLimits) -> DeadlineServer:
     """A server bound to `host:port` (0: a free port), not serving yet; OSError if unbound."""
     shortest_s = min(
         limits.request_timeout_s,

@@ -62,6 +62,30 @@ def test_map_submit_get_wait_and_bookkeeping(service: Service) -> None:
     asyncio.run(main())
 
 
+def test_the_operations_it_shares_with_the_sync_client(service: Service) -> None:
+    jobs: list[tuple[str, dict[str, Any]]] = [
+        ("global_mean", {"question": OBESITY}),
+        ("state_mean", {"question": OBESITY, "state": "Atlantis"}),
+        ("no_such_statistic", {"question": OBESITY}),
+    ]
+
+    async def main() -> None:
+        async with AsyncClient(service.client_endpoint, timeout=20) as client:
+            first = await client.submit_as("my-request", "global_mean", {"question": OBESITY})
+            assert await client.submit_as("my-request", "best5", {"question": OBESITY}) == first
+            states = await client.wait_all([first, "job_id_999999"], timeout=20)
+            assert set(states[first]["data"]) == {"global_mean"}
+            assert states["job_id_999999"] == {"status": "error", "reason": "Invalid job_id"}
+            outcomes = [state async for state in client.outcomes(jobs, window=2)]
+            assert [state["status"] for state in outcomes] == ["done", "error", "error"]
+            recent = await client.recent(5)
+            assert any("Atlantis" in str(failure) for failure in recent["failures"])
+            assert list(await client.jobs(status="error", statistic="state_mean")) != []
+            assert await client.shutdown(scope="all") == 0
+
+    asyncio.run(main())
+
+
 def test_errors_are_typed(service: Service) -> None:
     async def main() -> None:
         async with AsyncClient(service.client_endpoint, timeout=20) as client:

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from bench.cluster import Cluster
+from bench.cluster import BrokerGroup
 from bench.harness import Service
 from bench.reference import QUESTIONS, Reference, close_enough, params_for
 from bench.service import wait_until
@@ -107,7 +107,7 @@ def test_a_broker_of_three_killed_mid_stream_loses_and_duplicates_nothing(
     service_factory: Callable[..., Service], pg_url: str, standin_csv: Path
 ) -> None:
     reference = Reference(standin_csv)
-    cluster = Cluster.of([service_factory(store=pg_url, broker_lease_s=LEASE_S) for _ in "abc"])
+    cluster = BrokerGroup.of([service_factory(store=pg_url, broker_lease_s=LEASE_S) for _ in "abc"])
     cluster.start_workers(2, diagnostics=True)
     jobs = jobs_for(reference)
     producers = [Producer(n, jobs[n::PRODUCERS]) for n in range(PRODUCERS)]
@@ -217,7 +217,7 @@ def test_a_submit_during_a_database_outage_is_sent_again_until_it_is_back(
 def test_a_worker_of_every_broker_drains_and_exits_on_a_shutdown_of_all(
     service_factory: Callable[..., Service], pg_url: str
 ) -> None:
-    cluster = Cluster.of([service_factory(store=pg_url, broker_lease_s=LEASE_S) for _ in "ab"])
+    cluster = BrokerGroup.of([service_factory(store=pg_url, broker_lease_s=LEASE_S) for _ in "ab"])
     (worker,) = cluster.start_workers(1)
     with cluster.services[1].client(timeout=30) as client:
         client.shutdown(scope=m.SHUTDOWN_ALL)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clients import AsyncClient, Client
-from clients.api import Statistics
+from clients.api import StatisticMethods
 from clients.session import HEARTBEAT_TAG, Request, Session, answer_of, final_answer, status_dict
 from protocol import messages as m
 from protocol.errors import (
@@ -185,15 +185,16 @@ def test_job_states_have_the_original_services_shape() -> None:
 def test_the_statistic_methods_are_the_protocols_catalogue() -> None:
     own = {
         name
-        for name, value in vars(Statistics).items()
+        for name, value in vars(StatisticMethods).items()
         if inspect.isfunction(value) and not name.startswith("_") and name != "run"
     }
     assert own == set(m.STATISTICS)
     for name in m.STATISTICS:
         state = ["state"] if name in m.STATE_STATISTICS else []
         wanted = ["self", "question", *state, "years"]
-        assert list(inspect.signature(getattr(Statistics, name)).parameters) == wanted
-        assert getattr(Client, name) is getattr(AsyncClient, name) is getattr(Statistics, name)
+        method = getattr(StatisticMethods, name)
+        assert list(inspect.signature(method).parameters) == wanted
+        assert getattr(Client, name) is getattr(AsyncClient, name) is method
 
 
 def test_request_ids_are_never_reused_within_or_across_sessions() -> None:
@@ -213,7 +214,7 @@ def test_silence_while_nothing_was_asked_is_no_sign_of_death() -> None:
     assert session.tick(103.1)
 
 
-class _Recorder(Statistics[dict[str, Any]]):
+class _Recorder(StatisticMethods[dict[str, Any]]):
     """The statistic methods over a `run` that returns the job instead of sending it."""
 
     def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any, cast
 from flask import Flask
 
 from clients.client import Client
-from clients.http.api import Gateway, create_app
+from clients.http.api import GatewayRoutes, create_app
 from clients.http.strictjson import MAX_DEPTH, TOO_DEEP, StrictJSON, plain
 from protocol.errors import RequestRefused
 from protocol.messages import ErrorCode
@@ -68,7 +68,7 @@ class StoredHostileJobs:
 
 
 def test_every_reply_is_strict_json_even_for_hostile_stored_jobs() -> None:
-    app = create_app(Gateway(cast(Client, StoredHostileJobs())))
+    app = create_app(GatewayRoutes(cast(Client, StoredHostileJobs())))
     http = app.test_client()
     reply = http.get("/api/get_results/job_id_1")
     assert reply.status_code == 200
@@ -99,7 +99,7 @@ class NoWorker:
 
 
 def test_no_worker_is_a_503_that_says_why() -> None:
-    app = create_app(Gateway(cast(Client, NoWorker())))
+    app = create_app(GatewayRoutes(cast(Client, NoWorker())))
     reply = app.test_client().post("/api/best5", json={"question": "obesity"})
     assert reply.status_code == 503
     assert "no worker can load the data: missing column" in reply.get_data(as_text=True)

@@ -20,7 +20,7 @@ from waitress import wasyncore
 
 from bench.service import wait_until
 from clients.http.guard import Policy, StartResponse
-from clients.http.server import DeadlineServer, Limits, make_server
+from clients.http.server import DeadlineServer, HttpLimits, make_server
 
 TOKEN = "t0ken"
 KEPT_ALIVE = b"GET /ok HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t0ken\r\n\r\n"
@@ -47,7 +47,7 @@ class App:
 
 
 @contextmanager
-def served(limits: Limits, app: App) -> Iterator[DeadlineServer]:
+def served(limits: HttpLimits, app: App) -> Iterator[DeadlineServer]:
     """A server with `app` and a token policy, its event loop on a thread until the end."""
     server = make_server(app, "127.0.0.1", 0, limits)
     server.guard(Policy.for_listen("127.0.0.1", server.port, token=TOKEN))
@@ -114,7 +114,7 @@ def reset_by_server(sock: socket.socket) -> bool:
 
 
 def test_a_dripped_head_is_closed_at_its_deadline_though_each_byte_comes_soon() -> None:
-    with served(Limits(header_timeout_s=1.0, request_timeout_s=30.0), App()) as server:
+    with served(HttpLimits(header_timeout_s=1.0, request_timeout_s=30.0), App()) as server:
         kept = connect(server)  # kept alive: idle between requests past the head deadline
         kept.sendall(KEPT_ALIVE % host(server))
         assert read_reply(kept).startswith(b"HTTP/1.1 200 OK\r\n")
@@ -137,7 +137,7 @@ def test_a_dripped_head_is_closed_at_its_deadline_though_each_byte_comes_soon() 
 
 def test_a_wrong_token_is_refused_at_the_head_before_the_body_is_sent() -> None:
     app = App()
-    with served(Limits(), app) as server:
+    with served(HttpLimits(), app) as server:
         with connect(server) as sock:
             sock.sendall(
                 b"POST /ok HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer wrong\r\n"
@@ -163,7 +163,7 @@ def test_a_wrong_token_is_refused_at_the_head_before_the_body_is_sent() -> None:
 
 
 def test_connections_that_drip_from_many_addresses_cannot_lock_out_a_request() -> None:
-    limits = Limits(connections=20, per_address=5, header_timeout_s=30.0)
+    limits = HttpLimits(connections=20, per_address=5, header_timeout_s=30.0)
     with served(limits, App()) as server:
         drippers = [connect(server, f"127.0.0.{2 + n % 4}") for n in range(20)]
         for sock in drippers:
@@ -186,7 +186,7 @@ def test_connections_that_drip_from_many_addresses_cannot_lock_out_a_request() -
 def test_requests_being_served_are_never_closed_to_make_room() -> None:
     app = App()
     app.release.clear()
-    with served(Limits(connections=2), app) as server:
+    with served(HttpLimits(connections=2), app) as server:
         busy = [connect(server) for _ in range(2)]
         for sock in busy:
             sock.sendall(REQUEST % host(server))
@@ -214,7 +214,7 @@ class BigApp(App):
 
 
 def test_a_peer_reading_its_replies_a_byte_at_a_time_is_closed_at_the_deadline() -> None:
-    limits = Limits(response_timeout_s=1.0, idle_timeout_s=30.0, header_timeout_s=30.0)
+    limits = HttpLimits(response_timeout_s=1.0, idle_timeout_s=30.0, header_timeout_s=30.0)
     with served(limits, BigApp(1 << 20)) as server:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
@@ -239,7 +239,7 @@ def test_a_peer_reading_its_replies_a_byte_at_a_time_is_closed_at_the_deadline()
 def test_pipelined_requests_wait_unparsed_past_a_connections_share_and_are_all_served() -> None:
     app = App()
     app.release.clear()
-    with served(Limits(pipelined=3), app) as server:
+    with served(HttpLimits(pipelined=3), app) as server:
         with connect(server) as sock:
             sock.sendall((KEPT_ALIVE % host(server)) * 9 + REQUEST % host(server))  # one packet
             wait_until(lambda: app.calls == 1 or None, 5, "the first request in the app")
@@ -256,7 +256,7 @@ def test_deadlines_run_on_the_monotonic_clock_though_the_wall_clock_stops(
     wall_clock = time.time()  # stopped (as if set back a little at each read)
     monkeypatch.setattr(waitress_server, "time", SimpleNamespace(time=lambda: wall_clock))
     monkeypatch.setattr(waitress_channel, "time", SimpleNamespace(time=lambda: wall_clock))
-    with served(Limits(idle_timeout_s=1.0, header_timeout_s=1.0), App()) as server:
+    with served(HttpLimits(idle_timeout_s=1.0, header_timeout_s=1.0), App()) as server:
         kept = connect(server)
         kept.sendall(KEPT_ALIVE % host(server))
         assert read_reply(kept).startswith(b"HTTP/1.1 200 OK\r\n")

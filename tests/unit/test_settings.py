@@ -9,6 +9,9 @@ import pytest
 
 from bench.service import ROOT
 from broker.__main__ import parse_args, settings_from
+from clients.cli import build_parser
+from clients.gateway import build_parser as build_gateway_parser
+from clients.gateway import parse_args as gateway_parse_args
 from protocol import config
 from workers.settings import WORKER_SETTINGS, WorkerSettings, add_worker_flags, to_flags
 from workers.settings import settings_from as worker_settings_from
@@ -71,3 +74,30 @@ def test_an_expected_sha256_is_64_hex_digits(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LSS_EXPECT_SHA256", "not-a-digest")
     with pytest.raises(SystemExit, match="LSS_EXPECT_SHA256"):
         add_worker_flags(argparse.ArgumentParser())
+
+
+def options_of(parser: argparse.ArgumentParser) -> set[str]:
+    """The parser's own options (not its commands'), but --help."""
+    found = {flag for action in parser._actions for flag in action.option_strings}
+    return found - {"-h", "--help"}
+
+
+def test_the_gateway_and_the_cli_take_their_settings_from_the_table() -> None:
+    flags = {flag for setting in config.SETTINGS.values() for flag in setting.flags}
+    assert options_of(build_gateway_parser()) <= flags
+    assert options_of(build_parser()) <= flags
+
+
+def test_variables_set_the_gateway_s_and_the_cli_s_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LSS_HTTP_THREADS", "3")
+    monkeypatch.setenv("LSS_HTTP_ALLOWED_HOSTS", "a.example, b.example")
+    monkeypatch.setenv("LSS_CLIENT_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("LSS_CLIENT_ENDPOINT", "tcp://10.0.0.1:5555")
+    args = gateway_parse_args(["--allow-host", "c.example,d.example", "--allow-host=e"])
+    assert (args.threads, args.timeout, args.endpoint) == (3, 2.5, "tcp://10.0.0.1:5555")
+    assert args.allow_host == ["a.example", "b.example", "c.example", "d.example", "e"]
+    assert gateway_parse_args(["--threads=5"]).threads == 5
+    cli = build_parser().parse_args(["num-jobs"])
+    assert (cli.timeout, cli.endpoint) == (2.5, "tcp://10.0.0.1:5555")
