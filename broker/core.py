@@ -41,7 +41,6 @@ from broker.store import JobRecord, Outcome, StorageError, Store
 from broker.undo import Unfinished
 from protocol import config, events
 from protocol import messages as m
-from protocol.errors import ProtocolError
 from protocol.logs import Throttle, escaped, shown
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
