@@ -1,7 +1,7 @@
 """`lss`, the command line of an LSS service (also `python -m clients.cli`, `./run.sh client`).
 
     lss questions                          -> the questions and their short ids
-    lss submit best5 --question Q          -> job_id_7          (--wait prints the answer)
+    lss submit best5 --question Q          -> job_id_7   (--wait prints the answer; --format csv)
     lss get job_id_7 / lss wait job_id_7   -> the job's state / its answer, as JSON (or CSV)
     lss jobs [--status S] [--statistic S] [--limit N] [--after job_id_N]
     lss num-jobs / shutdown / status
@@ -63,10 +63,16 @@ def cmd_questions(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.format == "csv" and not args.wait:
+        raise UsageError("--format csv needs --wait: a job id has no CSV")
     params = _params(args.statistic, args.question, args.state, args.param, args.years)
     with _client(args) as client:
         job_id = client.submit(args.statistic, **params)
-        _print_json(client.wait(job_id, args.timeout) if args.wait else job_id, raw=not args.wait)
+        if not args.wait:
+            _print_json(job_id, raw=True)
+            return config.EXIT_OK
+        answer = client.wait(job_id, args.timeout)
+    _print_answer(answer, args.format)
     return config.EXIT_OK
 
 
@@ -93,10 +99,7 @@ def _done_answer(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
 def cmd_wait(args: argparse.Namespace) -> int:
     with _client(args) as client:
         answer = client.wait(args.job_id, args.timeout)
-    if args.format == "csv":
-        sys.stdout.write(tidy.csv_text(tidy.rows(answer)))
-    else:
-        _print_json(answer)
+    _print_answer(answer, args.format)
     return config.EXIT_OK
 
 
@@ -208,6 +211,13 @@ def _print_json(value: Any, raw: bool = False) -> None:
     print(value if raw else json.dumps(value, indent=2))
 
 
+def _print_answer(answer: dict[str, Any], output_format: str) -> None:
+    if output_format == "csv":
+        sys.stdout.write(tidy.csv_text(tidy.rows(answer)))
+    else:
+        _print_json(answer)
+
+
 def _params(
     statistic: str,
     question: str | None,
@@ -282,7 +292,7 @@ def _read_bulk(path: str) -> Iterator[dict[str, Any]]:
 
 def _bulk_job(number: int, line: str) -> dict[str, Any]:
     try:
-        job = json.loads(line)
+        job = json.loads(line, parse_constant=_not_json)
     except ValueError as exc:
         raise UsageError(f"line {number}: not JSON ({exc})") from exc
     if not isinstance(job, dict) or not isinstance(job.get("statistic"), str):
@@ -294,6 +304,11 @@ def _bulk_job(number: int, line: str) -> dict[str, Any]:
     if "id" in job:
         record["id"] = job["id"]
     return record
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON has not (nor the service takes)."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _run_bulk(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO) -> int:
@@ -429,6 +444,7 @@ def _add_submit(commands: Any) -> None:
         help="another parameter (the workers reject unexpected ones)",
     )
     sub.add_argument("--wait", action="store_true", help="wait, and print the answer instead")
+    _format_flag(sub, "with --wait: the answer as JSON or CSV")
 
 
 def _add_reads(commands: Any) -> None:

@@ -149,6 +149,20 @@ def test_format_flags() -> None:
         parse(["get", "job_id_1", "--format", "xml"])
 
 
+def test_submit_wait_takes_format_and_csv_needs_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = cli.build_parser().parse_args
+    assert parse(["submit", "best5", "--question", "Q", "--wait"]).format == "json"
+    assert (
+        parse(["submit", "best5", "--question", "Q", "--wait", "--format", "csv"]).format == "csv"
+    )
+    nowhere = "tcp://127.0.0.1:9"  # never asked: refused first
+    assert (
+        cli.main(["--endpoint", nowhere, "submit", "best5", "--question", "Q", "--format", "csv"])
+        == 2
+    )
+    assert capsys.readouterr().err == "lss: error: --format csv needs --wait: a job id has no CSV\n"
+
+
 def test_a_failed_or_unfinished_job_has_no_csv_answer() -> None:
     with pytest.raises(JobFailed, match="no data"):
         cli._done_answer("job_id_1", {"status": "error", "reason": "no data"})
@@ -190,6 +204,9 @@ def test_bulk_lines_flat_or_with_params() -> None:
         ("[1]", "line 4: want an object"),
         ('{"statistic": 3}', "line 4: want an object"),
         ('{"statistic": "best5", "params": [1]}', 'line 4: "params" must be an object'),
+        # Python's json reads these; echoed back, they made answers.jsonl invalid JSON.
+        ('{"statistic": "best5", "years": [NaN, 2016]}', "line 4: not JSON .NaN is not JSON"),
+        ('{"statistic": "best5", "x": -Infinity}', "line 4: not JSON .-Infinity is not JSON"),
     ],
 )
 def test_bad_bulk_lines_name_their_line(line: str, reason: str) -> None:
