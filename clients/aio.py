@@ -128,7 +128,7 @@ class AsyncClient(Statistics[Coroutine[Any, Any, Answer]]):
         *,
         status: str | None = None,
         statistic: str | None = None,
-        after: int = 0,
+        after: int | str = 0,
         limit: int | None = None,
     ) -> dict[str, str]:
         """See `Client.jobs`."""
