@@ -182,7 +182,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     answers = _answers(args, ["states_mean", "global_mean", "best5", "worst5"])
-    render.plot_states(_title(args), answers, args.out, dpi=args.dpi, standin=_standin(args))
+    render.plot_states(
+        _title(args), answers, args.out, dpi=args.dpi, standin=_standin(args), years=args.years
+    )
     print(f"wrote {args.out} ({len(answers['states_mean'])} locations)", file=sys.stderr)
     return config.EXIT_OK
 

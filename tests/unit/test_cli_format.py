@@ -108,6 +108,23 @@ def test_plot_writes_svg_for_svg_and_png_for_png(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_labels_its_years_and_the_mean_over_all_rows_apart_from_national(
+    tmp_path: Path,
+) -> None:
+    """The dashed line is global_mean, which the contract says is not National's number:
+    it was labelled "national mean" beside a bar named National. The axis said 2011-2022
+    whatever --years asked."""
+    with_national = {**ANSWERS, "states_mean": {**ANSWERS["states_mean"], "National": 33.0}}
+    svg = tmp_path / "plot.svg"
+    render.plot_states(QUESTION, with_national, svg, dpi=50, years=(2015, 2016))
+    text = svg.read_text()
+    assert "mean over all rows, National included (global_mean) 31.00" in text
+    assert "national mean" not in text.lower()
+    assert "mean Data_Value (%), 2015-2016;" in text and "2011-2022" not in text
+    render.plot_states(QUESTION, ANSWERS, svg, dpi=50)
+    assert "mean Data_Value (%), 2011-2022;" in svg.read_text()
+
+
 @pytest.mark.parametrize("name", ["plot.jpg", "plot", "plot.svg.gz", "plot.pdf"])
 def test_plot_refuses_other_suffixes_before_asking_anyone(
     tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
