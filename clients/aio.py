@@ -159,7 +159,7 @@ class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
         *,
         status: str | None = None,
         statistic: str | None = None,
-        after: int = 0,
+        after: int | str = 0,
         limit: int | None = None,
     ) -> dict[str, str]:
         """See `Client.jobs`."""

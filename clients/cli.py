@@ -1,7 +1,7 @@
 """`lss`, the command line of an LSS service (also `python -m clients.cli`, `./run.sh client`).
 
     lss questions                          -> the questions and their short ids
-    lss submit best5 --question Q          -> job_id_7          (--wait prints the answer)
+    lss submit best5 --question Q          -> job_id_7   (--wait prints the answer; --format csv)
     lss get job_id_7 / lss wait job_id_7   -> the job's state / its answer, as JSON (or CSV)
     lss jobs [--status S] [--statistic S] [--limit N] [--after job_id_N]
     lss num-jobs / shutdown / status
@@ -64,10 +64,16 @@ def cmd_questions(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.format == "csv" and not args.wait:
+        raise UsageError("--format csv needs --wait: a job id has no CSV")
     params = _params(args.statistic, args.question, args.state, args.param, args.years)
     with _client(args) as client:
         job_id = client.submit(args.statistic, **params)
-        _print_json(client.wait(job_id, args.timeout) if args.wait else job_id, raw=not args.wait)
+        if not args.wait:
+            _print_json(job_id, raw=True)
+            return config.EXIT_OK
+        answer = client.wait(job_id, args.timeout)
+    _print_answer(answer, args.format)
     return config.EXIT_OK
 
 
@@ -94,10 +100,7 @@ def _done_answer(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
 def cmd_wait(args: argparse.Namespace) -> int:
     with _client(args) as client:
         answer = client.wait(args.job_id, args.timeout)
-    if args.format == "csv":
-        sys.stdout.write(tidy.csv_text(tidy.rows(answer)))
-    else:
-        _print_json(answer)
+    _print_answer(answer, args.format)
     return config.EXIT_OK
 
 
@@ -180,7 +183,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     answers = _answers(args, ["states_mean", "global_mean", "best5", "worst5"])
-    render.plot_states(_title(args), answers, args.out, dpi=args.dpi, standin=_standin(args))
+    render.plot_states(
+        _title(args), answers, args.out, dpi=args.dpi, standin=_standin(args), years=args.years
+    )
     print(f"wrote {args.out} ({len(answers['states_mean'])} locations)", file=sys.stderr)
     return config.EXIT_OK
 
@@ -207,6 +212,13 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _print_json(value: Any, raw: bool = False) -> None:
     print(value if raw else json.dumps(value, indent=2))
+
+
+def _print_answer(answer: dict[str, Any], output_format: str) -> None:
+    if output_format == "csv":
+        sys.stdout.write(tidy.csv_text(tidy.rows(answer)))
+    else:
+        _print_json(answer)
 
 
 def _params(
@@ -283,7 +295,7 @@ def _read_bulk(path: str) -> Iterator[dict[str, Any]]:
 
 def _bulk_job(number: int, line: str) -> dict[str, Any]:
     try:
-        job = json.loads(line)
+        job = json.loads(line, parse_constant=_not_json)
     except ValueError as exc:
         raise UsageError(f"line {number}: not JSON ({exc})") from exc
     if not isinstance(job, dict) or not isinstance(job.get("statistic"), str):
@@ -295,6 +307,11 @@ def _bulk_job(number: int, line: str) -> dict[str, Any]:
     if "id" in job:
         record["id"] = job["id"]
     return record
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON has not (nor the service takes)."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _run_bulk(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO) -> int:
@@ -419,6 +436,7 @@ def _add_submit(commands: Any) -> None:
         help="another parameter (the workers reject unexpected ones)",
     )
     sub.add_argument("--wait", action="store_true", help="wait, and print the answer instead")
+    _format_flag(sub, "with --wait: the answer as JSON or CSV")
 
 
 def _add_reads(commands: Any) -> None:

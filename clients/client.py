@@ -176,12 +176,13 @@ class Client(StatisticMethods[Answer]):
         *,
         status: str | None = None,
         statistic: str | None = None,
-        after: int = 0,
+        after: int | str = 0,
         limit: int | None = None,
     ) -> dict[str, str]:
         """Job ids with their status, in submission order: every job, or only those in
         `status` ("running", "done", "error"), of `statistic`, numbered above `after`
-        (job_id_N is number N), at most `limit` of them."""
+        (job_id_N, or its number N: the last id of a page gives the next), at most `limit`
+        of them."""
         listing = JobListing(status, statistic, after, limit)
         while (request := listing.next_request()) is not None:
             listing.add(self._perform(operations.job_page(request)))

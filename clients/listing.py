@@ -27,19 +27,29 @@ def job_number(text: str) -> int | None:
     return seq if seq is not None and len(str(seq)) <= MAX_NUMBER_DIGITS else None
 
 
+def _number_of(job: str) -> int:
+    seq = job_number(job)
+    if seq is None:
+        raise ValueError(f"after wants a job id such as job_id_7, got {job!r}")
+    return seq
+
+
 class JobListing:
-    """Jobs numbered above `after`, in `status` and of `statistic` (when given), at most
-    `limit` of them (None: all), in submission order."""
+    """Jobs numbered above `after` (a number, or a job id such as the last of a page), in
+    `status` and of `statistic` (when given), at most `limit` of them (None: all), in
+    submission order."""
 
     def __init__(
         self,
         status: str | None = None,
         statistic: str | None = None,
-        after: int = 0,
+        after: int | str = 0,
         limit: int | None = None,
     ) -> None:
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1")
+        if isinstance(after, str):
+            after = _number_of(after)
         if after < 0:
             raise ValueError("after must not be negative")
         self.jobs: dict[str, str] = {}

@@ -29,3 +29,16 @@ LOCATIONS: tuple[tuple[str, str], ...] = (
 """(USPS code, LocationDesc) of every location; National's code is US, as in the data."""
 USPS_CODES: dict[str, str] = dict(LOCATIONS)
 """USPS code -> LocationDesc."""
+
+OTHER_NAMES: dict[str, str] = {
+    **dict.fromkeys(
+        ("United States", "United States of America", "USA", "U.S.", "U.S.A."), "National"
+    ),
+    **dict.fromkeys(
+        ("Washington DC", "Washington, DC", "Washington D.C.", "Washington, D.C.", "D.C."),
+        "District of Columbia",
+    ),
+}
+"""Everyday names -> LocationDesc, for the two locations whose data name people do not
+type: the country ("National") and the capital (which spelling matching would otherwise
+take for the state of Washington)."""

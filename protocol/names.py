@@ -2,11 +2,11 @@
 
 This module owns the matching rules (docs/statistics.md, "Naming a question or a state"):
 a name is taken as it is when the data has it; otherwise in any case, or by an alias (a
-question's short id, a state's USPS code). A name that matches nothing gets the closest
-ones to offer in its error. The workers resolve every job's names here, so the Python
-client, `lss`, the HTTP gateway and raw protocol users all get the same rules; answers
-keep the canonical names as keys. Standard library only: the broker and the clients may
-import it.
+question's short id, a state's USPS code, an everyday name of the country or the capital).
+A name that matches nothing gets the closest ones to offer in its error. The workers
+resolve every job's names here, so the Python client, `lss`, the HTTP gateway and raw
+protocol users all get the same rules; answers keep the canonical names as keys. Standard
+library only: the broker and the clients may import it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 
-from protocol.locations import USPS_CODES
+from protocol.locations import OTHER_NAMES, USPS_CODES
 from protocol.questions import QUESTION_IDS
 
 CLOSEST = 3
@@ -72,5 +72,6 @@ def question_vocabulary(texts: Iterable[str]) -> Vocabulary:
 
 
 def state_vocabulary(names: Iterable[str]) -> Vocabulary:
-    """The locations `names`, each also named by its USPS code (`USPS_CODES`)."""
-    return Vocabulary(names, USPS_CODES, offer_aliases=False)
+    """The locations `names`, each also named by its USPS code (`USPS_CODES`); National
+    and the District of Columbia also by their everyday names (`OTHER_NAMES`)."""
+    return Vocabulary(names, {**USPS_CODES, **OTHER_NAMES}, offer_aliases=False)

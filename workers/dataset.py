@@ -81,7 +81,8 @@ def load_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
 
     Text columns come back as categoricals, `Data_Value` as float64 and the years as int16.
     A junk (non-numeric) cell counts as empty. Raises `DatasetError` when the file cannot be
-    read or parsed, or lacks a required column (the message names it).
+    read or parsed, lacks a required column (the message names it), or has no row that
+    counts (a service on it would know no question; the message says which rule failed).
     """
     source = os.fspath(path)
     check_columns(_read_header(source), source)
@@ -92,7 +93,10 @@ def load_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
     except ValueError:
         # Some numeric cell is junk: read the numbers as text and coerce them (slower path).
         frame = _read_columns(source, numeric_dtype="str")
-    return keep_counted(frame)
+    counted = keep_counted(frame)
+    if counted.empty:
+        raise DatasetError(f"{source}: no row counts: {_why_none_counts(frame)}")
+    return counted
 
 
 def keep_counted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -103,18 +107,31 @@ def keep_counted(frame: pd.DataFrame) -> pd.DataFrame:
     """
     check_columns(frame.columns, "data frame")
     numbers = {name: _as_numbers(frame[name]) for name in _NUMERIC_COLUMNS}
-    # NaN compares False, so empty or junk years drop out here too.
-    keep = (
-        (numbers["YearStart"] >= YEAR_MIN)
-        & (numbers["YearEnd"] <= YEAR_MAX)
-        & np.isfinite(numbers[VALUE_COLUMN])
-    )
+    keep = _within_years(numbers) & np.isfinite(numbers[VALUE_COLUMN])
     if bool(keep.all()) and _has_final_dtypes(frame):
         return frame[list(REQUIRED_COLUMNS)]
     columns: dict[str, Any] = {name: frame[name].array[keep] for name in TEXT_COLUMNS}
     columns.update({name: numbers[name][keep].astype(np.int16) for name in YEAR_COLUMNS})
     columns[VALUE_COLUMN] = numbers[VALUE_COLUMN][keep]
     return pd.DataFrame({name: columns[name] for name in REQUIRED_COLUMNS}, copy=False)
+
+
+def _within_years(numbers: dict[str, npt.NDArray[np.float64]]) -> npt.NDArray[np.bool_]:
+    """Which rows lie within 2011..2022 (NaN compares False: empty or junk years drop out)."""
+    return (numbers["YearStart"] >= YEAR_MIN) & (numbers["YearEnd"] <= YEAR_MAX)
+
+
+def _why_none_counts(frame: pd.DataFrame) -> str:
+    """How many rows of `frame` (as read) pass each rule of a counted row."""
+    if frame.empty:
+        return "the file has no rows"
+    numbers = {name: _as_numbers(frame[name]) for name in _NUMERIC_COLUMNS}
+    within = int(_within_years(numbers).sum())
+    numeric = int(np.isfinite(numbers[VALUE_COLUMN]).sum())
+    return (
+        f"of its {len(frame)} row(s), {within} within {YEAR_MIN}..{YEAR_MAX}, {numeric} with a"
+        ' numeric Data_Value, and none both (docs/statistics.md, "Which rows count")'
+    )
 
 
 def _read_header(source: str) -> list[str]:

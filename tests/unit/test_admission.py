@@ -192,7 +192,7 @@ def test_quota_is_freed_as_results_expire(store: Store) -> None:
     h.sent()
     assert isinstance(ask(h, m.Submit("a3", "best5", QUESTION), ALICE), m.ErrorReply)
     h.now += SETTINGS.result_ttl_s + 1
-    h.core.expire_results()
+    h.core.expire_results()  # by the harness's wall clock, h.now
     h.core.commit()
     assert store.stored_bytes(ALICE.owner) == 0
     assert isinstance(ask(h, m.Submit("a4", "best5", QUESTION), ALICE), m.Submitted)

@@ -111,6 +111,23 @@ def test_plot_writes_svg_for_svg_and_png_for_png(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_labels_its_years_and_the_mean_over_all_rows_apart_from_national(
+    tmp_path: Path,
+) -> None:
+    """The dashed line is global_mean, which the contract says is not National's number:
+    it was labelled "national mean" beside a bar named National. The axis said 2011-2022
+    whatever --years asked."""
+    with_national = {**ANSWERS, "states_mean": {**ANSWERS["states_mean"], "National": 33.0}}
+    svg = tmp_path / "plot.svg"
+    render.plot_states(QUESTION, with_national, svg, dpi=50, years=(2015, 2016))
+    text = svg.read_text()
+    assert "mean over all rows, National included (global_mean) 31.00" in text
+    assert "national mean" not in text.lower()
+    assert "mean Data_Value (%), 2015-2016;" in text and "2011-2022" not in text
+    render.plot_states(QUESTION, ANSWERS, svg, dpi=50)
+    assert "mean Data_Value (%), 2011-2022;" in svg.read_text()
+
+
 @pytest.mark.parametrize("name", ["plot.jpg", "plot", "plot.svg.gz", "plot.pdf"])
 def test_plot_refuses_other_suffixes_before_asking_anyone(
     tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
@@ -150,6 +167,20 @@ def test_format_flags() -> None:
     assert parse(["bulk", "-", "--format", "csv"]).format == "csv"
     with pytest.raises(SystemExit):
         parse(["get", "job_id_1", "--format", "xml"])
+
+
+def test_submit_wait_takes_format_and_csv_needs_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = cli.build_parser().parse_args
+    assert parse(["submit", "best5", "--question", "Q", "--wait"]).format == "json"
+    assert (
+        parse(["submit", "best5", "--question", "Q", "--wait", "--format", "csv"]).format == "csv"
+    )
+    nowhere = "tcp://127.0.0.1:9"  # never asked: refused first
+    assert (
+        cli.main(["--endpoint", nowhere, "submit", "best5", "--question", "Q", "--format", "csv"])
+        == 2
+    )
+    assert capsys.readouterr().err == "lss: error: --format csv needs --wait: a job id has no CSV\n"
 
 
 def test_a_failed_or_unfinished_job_has_no_csv_answer() -> None:
@@ -193,6 +224,9 @@ def test_bulk_lines_flat_or_with_params() -> None:
         ("[1]", "line 4: want an object"),
         ('{"statistic": 3}', "line 4: want an object"),
         ('{"statistic": "best5", "params": [1]}', 'line 4: "params" must be an object'),
+        # Python's json reads these; echoed back, they made answers.jsonl invalid JSON.
+        ('{"statistic": "best5", "years": [NaN, 2016]}', "line 4: not JSON .NaN is not JSON"),
+        ('{"statistic": "best5", "x": -Infinity}', "line 4: not JSON .-Infinity is not JSON"),
     ],
 )
 def test_bad_bulk_lines_name_their_line(line: str, reason: str) -> None:

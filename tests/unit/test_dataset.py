@@ -215,3 +215,20 @@ def test_a_column_in_another_case_is_named(tmp_path: Path) -> None:
     path.write_text(",".join(names) + "\n")
     with pytest.raises(DatasetError, match=r"'Question' \(found 'question': names are case"):
         load_frame(path)
+
+
+def test_a_file_without_a_counted_row_is_refused_and_says_why(tmp_path: Path) -> None:
+    """Loaded, it would bring the service up with no question at all: every job would then
+    fail with "question not in the data set" for questions the file plainly has."""
+    header_only = _write(tmp_path / "header.csv", [CSV_HEADER_LINE])
+    with pytest.raises(DatasetError, match=r"header\.csv: no row counts: the file has no rows"):
+        load_frame(header_only)
+    old_years = _write(tmp_path / "old.csv", [CSV_HEADER_LINE, _ohio(1, "2009", "2009", "30.0")])
+    with pytest.raises(DatasetError, match=r"old\.csv: no row counts: of its 1 row\(s\), 0 "):
+        load_frame(old_years)
+    percents = _write(
+        tmp_path / "percents.csv",
+        [CSV_HEADER_LINE, _ohio(1, "2015", "2015", "30.5%"), _ohio(2, "2016", "2016", "")],
+    )
+    with pytest.raises(DatasetError, match=r"2 within 2011\.\.2022, 0 with a numeric Data_Value"):
+        load_frame(percents)

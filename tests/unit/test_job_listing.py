@@ -235,3 +235,12 @@ def test_a_listing_stops_at_its_limit() -> None:
 )  # fmt: skip
 def test_after_is_a_job_id_or_its_number(text: str, number: int | None) -> None:
     assert job_number(text) == number
+
+
+def test_the_next_page_starts_after_the_last_id_of_this_one() -> None:
+    """The ids a listing returns are what a caller holds: `jobs(after=last_id)` pages on,
+    as `lss jobs --after job_id_N` and `/api/jobs?after=job_id_N` do (it was a TypeError)."""
+    assert JobListing(after="job_id_40").next_request() == m.ListJobs(40, 10_000, None, None)
+    assert JobListing(after="40").next_request() == m.ListJobs(40, 10_000, None, None)
+    with pytest.raises(ValueError, match="after wants a job id such as job_id_7, got 'forty'"):
+        JobListing(after="forty")

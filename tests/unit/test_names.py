@@ -49,6 +49,17 @@ def test_aliases_of_names_absent_from_the_data_do_not_resolve() -> None:
     assert question_vocabulary([OBESITY]).resolve("muscle") is None
 
 
+def test_the_country_and_the_capital_answer_to_their_everyday_names() -> None:
+    """Typed as people write them, "Washington DC" was offered 'Washington' (the state) as
+    its closest match, and "United States" nothing at all."""
+    names = state_vocabulary(["National", "District of Columbia", "Washington"])
+    for typed in ("United States", "usa", "U.S.", "United States of America"):
+        assert names.resolve(typed) == "National", typed
+    for typed in ("Washington DC", "washington, d.c.", "Washington D.C.", "D.C."):
+        assert names.resolve(typed) == "District of Columbia", typed
+    assert names.resolve("washington") == "Washington"
+
+
 def test_close_matches_come_from_the_allowed_names_only() -> None:
     names = Vocabulary(["Ohio", "Iowa", "Idaho"], {}, offer_aliases=False)
     assert names.closest("ohoi") == ["Ohio"]
