@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.numbering import SEQ_BLOCK
 from broker.store import Outcome, SqliteStore, StorageError, Store
+from broker.store.numbering import SEQ_BLOCK
 from protocol.messages import JobStatus
 from tests.tmpfs import leave_free, small_tmpfs
 
