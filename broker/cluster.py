@@ -26,7 +26,8 @@ from broker.core import BrokerCore
 from broker.store import JobRecord
 from broker.store.errors import reason
 from broker.store.pg_connection import Connection, Connector
-from broker.store.postgres import FINISHED_CHANNEL, SHUTDOWN_CHANNEL, PgStore
+from broker.store.pg_lease import FINISHED_CHANNEL, SHUTDOWN_CHANNEL
+from broker.store.postgres import PgStore
 
 log = logging.getLogger("lss.broker.cluster")
 

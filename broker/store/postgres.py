@@ -1,20 +1,18 @@
 """The results store in PostgreSQL, shared by several brokers (`--store postgresql://...`).
 
-`PgStore` keeps the `Store` interface of broker.store, so the broker's logic and the
-durability rule (docs/protocol.md, "Durability") are the same as on SQLite: writes form
-one transaction until `commit()`, any database error (a lost connection included)
-raises `StorageError`, and the broker rolls the turn back. A lost connection is made
-again by itself, at most every `RECONNECT_MAX_S` (a failed try is a `StorageError` too),
-in a thread of its own (`Connector`): a connect to a host whose link is cut waits for
-its timeout, and the broker's loop must go on answering meanwhile.
+`PgStore` keeps the `Store` interface (broker.store.interface), so the broker's logic
+and the durability rule (docs/protocol.md, "Durability") are the same as on SQLite:
+writes form one transaction until `commit()`, any database error (a lost connection
+included) raises `StorageError`, and the broker rolls the turn back. A lost connection
+is made again by itself, in the background (broker.store.pg_connection).
 
 What sharing adds (docs/deployment.md, "Several brokers"): job numbers from a database
-sequence; each broker registers a lease row with a new epoch (`register`, `renew`);
-the jobs a broker dispatches carry its `broker_id` and `broker_epoch`, and `finish` is
-a conditional UPDATE on that epoch, so a deposed broker's late answer is refused
-(`deposed` turns True) and every job is recorded as finished once; `adopt` takes over
-the unfinished jobs of brokers whose lease ran out. Each commit that finished jobs
-NOTIFYs `lss_finished` with their numbers, for waiters on other brokers (broker.cluster).
+sequence; each broker's lease and epoch (broker.store.pg_lease); `finish` is a
+conditional UPDATE on the broker's epoch, so a deposed broker's late answer is refused
+(`deposed` turns True) and every job is recorded as finished once. Counts by status
+are counted again with a GROUP BY over the jobs at most every `COUNTS_MAX_AGE_S`, since
+other brokers write them too. Each commit that finished jobs NOTIFYs `lss_finished`
+with their numbers, for waiters on other brokers (broker.cluster).
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ from psycopg import pq
 from broker.store.errors import StorageError, contained, reason, translated
 from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
 from broker.store.pending import PendingOutcomes
-from broker.store.pg_connection import Connection, Session
+from broker.store.pg_connection import Connection
+from broker.store.pg_lease import FINISHED_CHANNEL, LeasedConnection
 from broker.store.pg_schema import SchemaTooNew, migrate
 from broker.store.sql import (
     JOB_COLUMNS,
@@ -44,8 +43,6 @@ from protocol.messages import JobStatus, job_id
 
 log = logging.getLogger("lss.broker.store")
 
-FINISHED_CHANNEL = "lss_finished"
-SHUTDOWN_CHANNEL = "lss_shutdown"
 NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
 USAGE_CACHE_KEYS = 10_000  # keys whose stored bytes are remembered (then all forgotten)
@@ -90,18 +87,13 @@ _EXPIRE = (
 _op = translated(psycopg.Error)
 
 
-class PgStore:
+class PgStore(LeasedConnection):
     """A `Store` in a PostgreSQL database that several brokers share."""
 
     def __init__(self, url: str, broker_id: str, host: str = "") -> None:
         """Connect, create or migrate the schema (`SchemaTooNew` if it is newer), and
         register this broker. `StorageError` if the database cannot be reached."""
-        self.url, self.broker_id, self.host = url, broker_id, host
-        self.epoch = 0
-        self.deposed = False  # set when the store refused a write: another broker owns it
-        self.started_at: Any = None  # the database's time at the first registration
-        self._session = Session(url)
-        self._changed = False
+        super().__init__(url, broker_id, host)
         self._to_notify: list[int] = []
         self._pending = PendingOutcomes()  # written by one statement, at commit at the latest
         # Stored bytes by key: as last read (with when, monotonic), and what this
@@ -120,27 +112,6 @@ class PgStore:
         except SchemaTooNew:
             self._session.close()
             raise
-
-    @property
-    def reconnected(self) -> bool:
-        """Set at each new connection; broker.cluster clears it."""
-        return self._session.reconnected
-
-    @reconnected.setter
-    def reconnected(self, value: bool) -> None:
-        self._session.reconnected = value
-
-    # --- transaction ---------------------------------------------------------------
-
-    def _write(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[tuple[Any, ...]]:
-        """Run a writing statement inside the open transaction (begun if need be)."""
-        db = self._session.begin()
-        self._changed = True
-        return db.execute(sql, params)
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[tuple[Any, ...]]:
-        """Run a query: in the open transaction if there is one, else on its own."""
-        return self._session.conn().execute(sql, params)
 
     # --- the Store interface ----------------------------------------------------------
 
@@ -423,74 +394,6 @@ class PgStore:
         except (StorageError, psycopg.Error) as exc:
             log.error("could not commit at close; uncommitted writes are lost: %s", exc)
         self._session.close()
-
-    # --- leases, adoption, shutdown of every broker ------------------------------------
-
-    def backend_pid(self) -> int:
-        """The database server process of this store's connection (0 if none)."""
-        return self._session.backend_pid()
-
-    @_op
-    def register(self, lease_s: float) -> int:
-        """Register this broker with a new epoch and a lease of `lease_s`, ending its
-        previous one if it has any (its jobs are then anyone's to adopt); the epoch."""
-        if self.epoch:
-            self._read("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
-        epoch, registered_at = self._read(
-            "INSERT INTO brokers (epoch, broker_id, host, expires_at)"
-            " VALUES (nextval('broker_epoch_seq'), %s, %s, now() + make_interval(secs => %s))"
-            " RETURNING epoch, registered_at",
-            (self.broker_id, self.host, lease_s),
-        ).fetchone() or (0, None)
-        self.epoch, self.deposed = int(epoch), False
-        if self.started_at is None:
-            self.started_at = registered_at
-        return self.epoch
-
-    @_op
-    def renew(self, lease_s: float) -> bool:
-        """Extend this broker's lease; False (and `deposed`) if another broker ended it."""
-        renewed = self._read(
-            "UPDATE brokers SET expires_at = now() + make_interval(secs => %s) WHERE epoch = %s",
-            (lease_s, self.epoch),
-        ).rowcount
-        if renewed != 1:
-            self.deposed = True
-        return renewed == 1
-
-    @_op
-    def adopt(self) -> list[JobRecord]:
-        """End the leases that ran out and take over every unfinished job that no live
-        lease covers; the jobs taken. Runs in a transaction of its own."""
-        db = self._session.conn()
-        with db.transaction():
-            ended = db.execute(
-                "DELETE FROM brokers WHERE expires_at < now() RETURNING epoch, broker_id"
-            ).fetchall()
-            for epoch, broker_id in ended:
-                log.warning("the lease of broker %s (epoch %d) ran out", broker_id, epoch)
-            rows = db.execute(
-                f"UPDATE jobs SET broker_id = %s, broker_epoch = %s WHERE status = %s"
-                f" AND broker_epoch <> %s AND NOT EXISTS (SELECT 1 FROM brokers b"
-                f" WHERE b.epoch = jobs.broker_epoch) RETURNING {JOB_COLUMNS}",
-                (self.broker_id, self.epoch, RUNNING, self.epoch),
-            ).fetchall()
-        return sorted((record_from_row(row) for row in rows), key=lambda record: record.seq)
-
-    @_op
-    def request_shutdown(self) -> None:
-        """Ask every broker on the store to drain and exit (at the next commit)."""
-        self._write("INSERT INTO shutdown_requests DEFAULT VALUES", ())
-        self._write("SELECT pg_notify(%s, '')", (SHUTDOWN_CHANNEL,))
-
-    @_op
-    def shutdown_requested(self) -> bool:
-        """Whether every broker was asked to shut down since this one started."""
-        row = self._read(
-            "SELECT EXISTS (SELECT 1 FROM shutdown_requests WHERE requested_at >= %s)",
-            (self.started_at,),
-        ).fetchone()
-        return bool(row and row[0])
 
 
 def notify_payloads(seqs: list[int]) -> list[str]:

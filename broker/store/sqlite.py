@@ -5,7 +5,8 @@ Writes form one transaction until `commit()`; a failed write or commit raises
 before it sends what is the durability rule in docs/protocol.md ("Durability"). Job
 numbers are issued by the store and never reused: not after results expire, a
 rollback, a restart or a power loss (broker.store.numbering). Counts by status and
-each key's stored bytes are kept up to date in memory, so counting never scans.
+each key's stored bytes are kept up to date in memory: `count` never scans (the counts
+are read with one GROUP BY at start and again after a rollback).
 Outcomes are written at commit, one statement for all (broker.store.pending).
 """
 
