@@ -13,13 +13,12 @@ Outcomes are written at commit, one statement for all (broker.store.pending).
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from collections import Counter
 from pathlib import Path
 
 from broker.store import numbering
-from broker.store.checkpoint import WAL_LIMIT_BYTES, Checkpointer
+from broker.store.checkpoint import WAL_LIMIT_BYTES, Checkpointer, bound_wal
 from broker.store.errors import StorageError, contained, translated
 from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
 from broker.store.numbering import SEQ_BLOCK
@@ -274,22 +273,11 @@ class SqliteStore:
         """Sync a new reservation, bound the WAL. Never raises: the commit is done."""
         try:
             if reserved:
-                _fsync(self._wal_path)  # the reservation is on disk before a number is told
+                numbering.sync(self._wal_path)  # on disk before a number is told
                 self._reserved = self._issued + SEQ_BLOCK
-            if os.stat(self._wal_path).st_size > self._wal_limit_bytes:
-                self._restart_wal()
+            bound_wal(self._db, self._wal_path, self._wal_limit_bytes)
         except (OSError, sqlite3.Error) as exc:  # the next commit tries again
             log.error("after a commit: %s", exc)
-
-    def _restart_wal(self) -> None:
-        """Copy the rest of the WAL into the database so that the next commit rewinds it.
-
-        Under constant commits the checkpointer thread's PASSIVE checkpoints never catch
-        up with the writer, so the writer finishes the copy itself (see broker.store.checkpoint).
-        """
-        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-        if busy:
-            log.warning("the WAL could not be restarted (a reader is busy); it may grow")
 
     @_op
     def _give_back_reserved(self) -> None:
@@ -325,14 +313,6 @@ class SqliteStore:
         except sqlite3.Error as exc:
             log.warning("final WAL checkpoint failed: %s", exc)
         self._db.close()
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def checked_sync(mode: str) -> str:
