@@ -11,24 +11,22 @@ is pending into the open transaction (`take`), where a rollback still takes it b
 from __future__ import annotations
 
 from collections import Counter
-from typing import NamedTuple
 
 from broker.store.interface import JobRecord, Outcome, with_outcome
 from protocol.messages import JobStatus
 
+Finish = tuple[Outcome, float, str]
+"""A recorded outcome of a job: the outcome, when (`finished_s`), and the key that owns it."""
+Row = tuple[int, str, bytes | None, str | None, str | None, float]
 
-class Finish(NamedTuple):
-    """One recorded outcome: of job `seq`, at `finished_s`, of the key `owner`."""
 
-    seq: int
-    outcome: Outcome
-    finished_s: float
-    owner: str
-
-    def row(self) -> tuple[int, str, bytes | None, str | None, str | None, float]:
-        """(seq, status, answer, reason, fingerprint, finished_s), as the jobs table has them."""
-        o = self.outcome
-        return self.seq, str(o.status), o.answer, o.reason, o.fingerprint, self.finished_s
+def rows_of(taken: dict[int, Finish]) -> list[Row]:
+    """(seq, status, answer, reason, fingerprint, finished_s) of each job in `taken`, as
+    the jobs table has them (one comprehension: this runs for every job)."""
+    return [
+        (seq, str(o.status), o.answer, o.reason, o.fingerprint, finished_s)
+        for seq, (o, finished_s, _) in taken.items()
+    ]
 
 
 class PendingOutcomes:
@@ -40,7 +38,7 @@ class PendingOutcomes:
         self._by_seq: dict[int, Finish] = {}
 
     def record(self, seq: int, outcome: Outcome, now_s: float, owner: str) -> None:
-        self._by_seq[seq] = Finish(seq, outcome, now_s, owner)
+        self._by_seq[seq] = (outcome, now_s, owner)
 
     def __bool__(self) -> bool:
         return bool(self._by_seq)
@@ -53,12 +51,12 @@ class PendingOutcomes:
         pending = self._by_seq.get(record.seq)
         if pending is None:
             return record
-        return with_outcome(record, pending.outcome, pending.finished_s)
+        return with_outcome(record, pending[0], pending[1])
 
-    def take(self) -> list[Finish]:
-        """Every pending outcome, in the order recorded, for the store to write now."""
-        taken = list(self._by_seq.values())
-        self._by_seq.clear()
+    def take(self) -> dict[int, Finish]:
+        """Every pending outcome, in the order recorded, for the store to write now
+        (`rows_of` gives them as rows)."""
+        taken, self._by_seq = self._by_seq, {}
         return taken
 
     def clear(self) -> None:
@@ -68,6 +66,6 @@ class PendingOutcomes:
     def shift(self, counts: Counter[JobStatus]) -> None:
         """Move each pending job from RUNNING to its outcome's status in `counts` (counts
         read from the table, where they are still running)."""
-        for pending in self._by_seq.values():
+        for outcome, _, _ in self._by_seq.values():
             counts[JobStatus.RUNNING] -= 1
-            counts[pending.outcome.status] += 1
+            counts[outcome.status] += 1

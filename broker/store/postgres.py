@@ -27,7 +27,7 @@ from psycopg import pq
 
 from broker.store.errors import StorageError, contained, reason, translated
 from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
-from broker.store.pending import PendingOutcomes
+from broker.store.pending import PendingOutcomes, rows_of
 from broker.store.pg_connection import Connection
 from broker.store.pg_lease import FINISHED_CHANNEL, LeasedConnection
 from broker.store.pg_schema import SchemaTooNew, migrate
@@ -190,15 +190,14 @@ class PgStore(LeasedConnection):
         if not self._pending:
             return
         pending = self._pending.take()
-        columns = [list(column) for column in zip(*(f.row() for f in pending), strict=True)]
+        columns = [list(column) for column in zip(*rows_of(pending), strict=True)]
         written = self._write(_FINISH, (*columns, RUNNING, self.epoch)).fetchall()
         done = {int(seq) for (seq,) in written}
         self._to_notify += done
-        for finish in pending:
-            if finish.seq not in done:  # not written: its bytes are not stored
-                outcome = finish.outcome
-                self._usage_delta[finish.owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
-                self._refused_finish(finish.seq)
+        for seq in pending.keys() - done:
+            outcome, _, owner = pending[seq]  # not written: its bytes are not stored
+            self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
+            self._refused_finish(seq)
 
     def stored_bytes(self, owner: str) -> int:
         """The bytes the key `owner` stores, on every broker: read at most every

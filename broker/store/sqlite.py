@@ -22,7 +22,7 @@ from broker.store.checkpoint import WAL_LIMIT_BYTES, Checkpointer, bound_wal
 from broker.store.errors import StorageError, contained, translated
 from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
 from broker.store.numbering import SEQ_BLOCK
-from broker.store.pending import PendingOutcomes
+from broker.store.pending import PendingOutcomes, rows_of
 from broker.store.sql import (
     JOB_COLUMNS,
     RUNNING,
@@ -50,7 +50,7 @@ _ADD_USAGE = (
     "INSERT INTO key_usage (owner, stored_bytes) VALUES (?, ?) ON CONFLICT (owner)"
     " DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes"
 )
-# Parameters as `Finish.row` gives them: seq first.
+# Parameters as `pending.rows_of` gives them: seq first.
 _FINISH = (
     "UPDATE jobs SET status = ?2, answer = ?3, reason = ?4, fingerprint = ?5, finished_s = ?6"
     " WHERE seq = ?1"
@@ -179,7 +179,7 @@ class SqliteStore:
     def _write_finished(self) -> None:
         """Write the pending outcomes into the open transaction: one executemany."""
         if self._pending:
-            self._db.executemany(_FINISH, [finish.row() for finish in self._pending.take()])
+            self._db.executemany(_FINISH, rows_of(self._pending.take()))
 
     @_op
     def add_attempt(self, seq: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from broker.store import JobRecord, Outcome
-from broker.store.pending import Finish, PendingOutcomes
+from broker.store.pending import PendingOutcomes, rows_of
 from protocol.messages import JobStatus
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x01", fingerprint="f")
@@ -26,17 +26,18 @@ def test_a_job_reads_with_its_pending_outcome_and_others_as_stored() -> None:
     assert (read.request_id, read.job_body, read.owner) == ("r2", b"body", "KEY")
 
 
-def test_take_gives_every_outcome_once_in_the_order_recorded() -> None:
+def test_take_gives_every_outcome_once_in_the_order_recorded_and_rows_seq_first() -> None:
     pending = PendingOutcomes()
     pending.record(7, DONE, 3.0, "A")
     pending.record(4, FAILED, 4.0, "")
     assert pending
-    assert pending.take() == [Finish(7, DONE, 3.0, "A"), Finish(4, FAILED, 4.0, "")]
-    assert not pending and pending.take() == []
-
-
-def test_a_row_is_in_the_jobs_table_order_seq_first() -> None:
-    assert Finish(7, DONE, 3.0, "A").row() == (7, "done", b"\x01", None, "f", 3.0)
+    taken = pending.take()
+    assert taken == {7: (DONE, 3.0, "A"), 4: (FAILED, 4.0, "")} and list(taken) == [7, 4]
+    assert rows_of(taken) == [
+        (7, "done", b"\x01", None, "f", 3.0),
+        (4, "error", None, "no data", None, 4.0),
+    ]
+    assert not pending and pending.take() == {}
 
 
 def test_counts_read_from_the_table_move_pending_jobs_to_their_status() -> None:
