@@ -2,9 +2,10 @@
 
 Runs the broker's store path for each job (add, finish, one commit per 50 jobs, as a
 busy loop turn does) on a fresh `SqliteStore`, with and without the indexes that list
-jobs by status and by statistic (broker/store.py `_LIST_INDEXES`), and prints the CPU
-time per job of this process (the store's own thread included): minimum and median of
-`--reps` runs, alternating, so that a noisy machine shows as a spread, not a bias.
+jobs by status and by statistic (broker/store/sqlite_schema.py `LIST_INDEXES`), and
+prints the CPU time per job of this process (the store's own thread included): minimum
+and median of `--reps` runs, alternating, so that a noisy machine shows as a spread,
+not a bias.
 """
 
 from __future__ import annotations

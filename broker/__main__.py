@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from broker.broker import BindError, Broker, BrokerSettings
 from broker.core import CoreSettings
 from broker.datafile import DataFileError
-from broker.pgschema import SchemaTooNew
 from broker.store import StorageError
+from broker.store.pg_schema import SchemaTooNew
 from protocol import config
 from protocol.events import write_events
 from protocol.lifetime import die_with_parent

@@ -142,7 +142,7 @@ class Broker:
         if not is_postgres_url(self.settings.store):
             return None
         from broker.cluster import Cluster
-        from broker.pgstore import PgStore
+        from broker.store.postgres import PgStore
 
         assert isinstance(self.store, PgStore)  # open_store made it from the same URL
         return Cluster(self.store, self.core, self.settings.broker_lease_s)
@@ -472,7 +472,7 @@ def open_store(settings: BrokerSettings, broker_id: str) -> Store:
         path = Path(settings.state_dir) / "jobs.sqlite3"
         return SqliteStore(path, synchronous=settings.sqlite_synchronous)
     if is_postgres_url(settings.store):
-        from broker.pgstore import PgStore  # psycopg is needed only here
+        from broker.store.postgres import PgStore  # psycopg is needed only here
 
         return PgStore(settings.store, broker_id, socket.gethostname())
     scheme = settings.store.split(":", 1)[0][:20]  # never the rest: it may hold a password

@@ -23,15 +23,11 @@ import time
 import psycopg
 
 from broker.core import BrokerCore
-from broker.pgstore import (
-    FINISHED_CHANNEL,
-    SHUTDOWN_CHANNEL,
-    Connection,
-    Connector,
-    PgStore,
-    reason,
-)
 from broker.store import JobRecord
+from broker.store.errors import reason
+from broker.store.pg_connection import Connection, Connector
+from broker.store.pg_lease import FINISHED_CHANNEL, SHUTDOWN_CHANNEL
+from broker.store.postgres import PgStore
 
 log = logging.getLogger("lss.broker.cluster")
 

@@ -22,7 +22,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def pg_store(url: str, broker_id: str = "broker-a") -> Store:
-    from broker.pgstore import PgStore
+    from broker.store.postgres import PgStore
 
     made = PgStore(url, broker_id)
     made.register(lease_s=60.0)

@@ -73,10 +73,10 @@ def poison(store: Store) -> None:
             " 'poison%' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
         )
         return
-    from broker.pgstore import PgStore
+    from broker.store.postgres import PgStore
 
     assert isinstance(store, PgStore)
-    db = store._conn()
+    db = store._session.conn()
     db.execute(
         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF"
         " NEW.request_id LIKE 'poison%' THEN RAISE EXCEPTION 'poisoned row'; END IF;"
@@ -113,7 +113,8 @@ def test_a_store_error_that_ends_the_transaction_goes_up_as_it_was(store: Store)
             " BEGIN SELECT RAISE(ROLLBACK, 'transaction lost'); END"
         )
     else:  # as a lost connection ends PostgreSQL's
-        from broker.pgstore import PgStore, connect
+        from broker.store.pg_connection import connect
+        from broker.store.postgres import PgStore
 
         assert isinstance(store, PgStore)
         with connect(store.url) as other:

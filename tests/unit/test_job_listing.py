@@ -9,8 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from broker.pgstore import PgStore
-from broker.store import MemoryStore, Outcome, SqliteStore, Store, page_params, page_query
+from broker.store import MemoryStore, Outcome, SqliteStore, Store
+from broker.store.postgres import PgStore
+from broker.store.sql import page_params, page_query
 from clients.listing import JobListing, job_number
 from protocol import messages as m
 from protocol.messages import JobStatus

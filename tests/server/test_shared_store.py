@@ -14,7 +14,7 @@ import pytest
 
 from broker.access import Caller, Role
 from broker.core import BrokerCore
-from broker.pgstore import PgStore
+from broker.store.postgres import PgStore
 from protocol import messages as m
 from tests.unit.test_core import FP, SETTINGS
 

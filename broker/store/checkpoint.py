@@ -10,7 +10,7 @@ A PASSIVE checkpoint alone never lets the log start over while the broker commit
 constantly: the log is rewound only when a new write transaction finds every frame
 copied, and by then the broker has appended more (the WAL reached 613 MB after 200,000
 jobs). So once the log passes `WAL_LIMIT_BYTES`, the store's own connection runs a
-RESTART checkpoint after its commit (`SqliteStore._restart_wal`): it copies the frames
+RESTART checkpoint after its commit (`bound_wal`): it copies the frames
 the last PASSIVE one left, and the next transaction rewinds the log, which
 `journal_size_limit` then truncates to the limit.
 """
@@ -18,6 +18,7 @@ the last PASSIVE one left, and the next transaction rewinds the log, which
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -67,3 +68,17 @@ class Checkpointer:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # busy or I/O trouble: the next turn tries again
             self._failures.warning("checkpoint", "WAL checkpoint failed: %s", exc)
+
+
+def bound_wal(db: sqlite3.Connection, wal_path: str, limit_bytes: int) -> None:
+    """If the WAL at `wal_path` passed `limit_bytes`, copy the rest of it into the
+    database on `db` (the writer's connection), so that the next commit rewinds it.
+
+    Under constant commits the checkpointer thread's PASSIVE checkpoints never catch up
+    with the writer, so the writer finishes the copy itself, after a commit.
+    """
+    if os.stat(wal_path).st_size <= limit_bytes:
+        return
+    busy, _, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    if busy:
+        log.warning("the WAL could not be restarted (a reader is busy); it may grow")

@@ -9,7 +9,7 @@ Tables: `jobs` (as in SQLite, plus the dispatching broker's `broker_id` and
 `broker_epoch`, the fencing token of docs/deployment.md "Several brokers"), `brokers`
 (one lease row per registered broker epoch), `shutdown_requests` (scope "all") and,
 from version 2, `key_usage`: the bytes each key's jobs take, a running total that every
-broker's commits and expiries keep (broker.pgstore), filled from the jobs at migration.
+broker's commits and expiries keep (broker.store.postgres), filled from the jobs at migration.
 Job numbers come from the sequence `job_seq`, epochs from `broker_epoch_seq`: neither
 is ever rolled back, so no number is issued twice.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from broker.store import fill_statistics
+from broker.store.sql import fill_statistics
 
 Step = str | Callable[[Any], None]  # a statement, or a function of the connection
 
@@ -58,7 +58,7 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         )""",
         "CREATE TABLE shutdown_requests (requested_at timestamptz NOT NULL DEFAULT now())",
     ),
-    2: (  # jobs listed by status and by statistic, in job order (broker.store.page_query)
+    2: (  # jobs listed by status and by statistic, in job order (broker.store.sql.page_query)
         "ALTER TABLE jobs ADD COLUMN statistic text NOT NULL DEFAULT ''",
         lambda conn: fill_statistics(conn, "%s"),
         "CREATE INDEX jobs_status ON jobs (status, seq)",

@@ -1,4 +1,4 @@
-"""broker.pgstore.Connector: a connect that hangs never holds the caller up.
+"""broker.store.pg_connection.Connector: a connect that hangs never holds the caller up.
 
 A listening socket that never answers stands for a database host whose link is cut: the
 TCP handshake completes, and libpq then waits for the server's first word until its
@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from bench.service import wait_until
-from broker.pgstore import CONNECT_OPTIONS, Connector
+from broker.store.pg_connection import CONNECT_OPTIONS, Connector
 
 
 @pytest.fixture

@@ -1,79 +1,51 @@
 """The results store in PostgreSQL, shared by several brokers (`--store postgresql://...`).
 
-`PgStore` keeps the `Store` interface of broker.store, so the broker's logic and the
-durability rule (docs/protocol.md, "Durability") are the same as on SQLite: writes form
-one transaction until `commit()`, any database error (a lost connection included)
-raises `StorageError`, and the broker rolls the turn back. A lost connection is made
-again by itself, at most every `RECONNECT_MAX_S` (a failed try is a `StorageError` too),
-in a thread of its own (`Connector`): a connect to a host whose link is cut waits for
-its timeout, and the broker's loop must go on answering meanwhile.
+`PgStore` keeps the `Store` interface (broker.store.interface), so the broker's logic
+and the durability rule (docs/protocol.md, "Durability") are the same as on SQLite:
+writes form one transaction until `commit()`, any database error (a lost connection
+included) raises `StorageError`, and the broker rolls the turn back. A lost connection
+is made again by itself, in the background (broker.store.pg_connection).
 
 What sharing adds (docs/deployment.md, "Several brokers"): job numbers from a database
-sequence; each broker registers a lease row with a new epoch (`register`, `renew`);
-the jobs a broker dispatches carry its `broker_id` and `broker_epoch`, and `finish` is
-a conditional UPDATE on that epoch, so a deposed broker's late answer is refused
-(`deposed` turns True) and every job is recorded as finished once; `adopt` takes over
-the unfinished jobs of brokers whose lease ran out. Each commit that finished jobs
-NOTIFYs `lss_finished` with their numbers, for waiters on other brokers (broker.cluster).
+sequence; each broker's lease and epoch (broker.store.pg_lease); `finish` is a
+conditional UPDATE on the broker's epoch, so a deposed broker's late answer is refused
+(`deposed` turns True) and every job is recorded as finished once. Counts by status
+are counted again with a GROUP BY over the jobs at most every `COUNTS_MAX_AGE_S`, since
+other brokers write them too. Each commit that finished jobs NOTIFYs `lss_finished`
+with their numbers, for waiters on other brokers (broker.cluster).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import pq
 
-from broker.pgschema import SchemaTooNew, migrate
-from broker.store import (
+from broker.store.errors import StorageError, contained, reason, translated
+from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
+from broker.store.pending import PendingOutcomes, rows_of
+from broker.store.pg_connection import Connection
+from broker.store.pg_lease import FINISHED_CHANNEL, LeasedConnection
+from broker.store.pg_schema import SchemaTooNew, migrate
+from broker.store.sql import (
     JOB_COLUMNS,
-    RECENT_SCAN,
-    JobRecord,
-    Outcome,
-    StorageError,
+    RUNNING,
+    SUMMARY_COLUMNS,
     page_params,
     page_query,
     record_from_row,
-    stored_bytes,
-    with_outcome,
 )
 from protocol.messages import JobStatus, job_id
 
 log = logging.getLogger("lss.broker.store")
 
-FINISHED_CHANNEL = "lss_finished"
-SHUTDOWN_CHANNEL = "lss_shutdown"
 NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
-RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
-CONNECT_GRACE_S = 0.05  # a connect that takes longer goes on in the background
-# Bounds on a blocking call to an unreachable database host: the broker's loop waits
-# on it (libpq connection parameters; a URL's own values win). A statement sent to a
-# host cut off fails once its bytes stay unacknowledged for `tcp_user_timeout`: 2 s,
-# under the clients' heartbeat window (2.5 s), so that they wait out the stall rather
-# than move to another broker, which cannot reach the database either. TCP
-# acknowledgements come from the kernel, not from a busy server, so 2 s is ample.
-CONNECT_OPTIONS: dict[str, Any] = {
-    "connect_timeout": 2,
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 2,
-    "tcp_user_timeout": 2000,
-    # A broker stopped (or cut off) in the middle of a turn must not hold its row locks
-    # and block the others: the server ends such a session after 2 s, and no statement
-    # waits for a lock much longer (it fails, and the turn is rolled back).
-    "options": "-c idle_in_transaction_session_timeout=2000 -c lock_timeout=3000",
-}
 USAGE_CACHE_KEYS = 10_000  # keys whose stored bytes are remembered (then all forgotten)
-_RUNNING = str(JobStatus.RUNNING)
-_SUMMARY = JOB_COLUMNS.replace("answer, ", "NULL, ")
 # Every outcome of a turn in one statement, each only if the job is still running and
 # this broker's (its epoch): the fence of docs/deployment.md, "Several brokers".
 _FINISH = (
@@ -112,84 +84,18 @@ _EXPIRE = (
     " WHERE key_usage.owner = f.owner)"
     " SELECT status, count(*) FROM gone GROUP BY status"
 )
-
-P = ParamSpec("P")
-R = TypeVar("R")
-Connection = psycopg.Connection[tuple[Any, ...]]
+_op = translated(psycopg.Error)
 
 
-def _pg_op(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn any database error of `method` into a `StorageError`."""
-
-    @functools.wraps(method)
-    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except psycopg.Error as exc:
-            raise StorageError(method.__name__, reason(exc)) from exc
-
-    return translated
-
-
-def reason(exc: Exception) -> str:
-    """A database error on one line (libpq's messages span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def connect(url: str) -> Connection:
-    """An autocommit connection to `url`, with the module's timeouts unless it sets its own."""
-    options = {k: v for k, v in CONNECT_OPTIONS.items() if f"{k}=" not in url}
-    return psycopg.connect(url, autocommit=True, **options)
-
-
-class Connector:
-    """Makes connections to `url` in a thread of its own, one at a time."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._thread: threading.Thread | None = None
-        self._made: Connection | psycopg.Error | None = None
-
-    def take(self) -> Connection | None:
-        """The connection made since the last call, or None while it is being made (the
-        first call starts making one). Raises the `psycopg.Error` of a failed try."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._make, name="pg-connect", daemon=True)
-            self._thread.start()
-            self._thread.join(CONNECT_GRACE_S)  # a reachable database answers within it
-        if self._thread.is_alive():  # later calls only look: each read of a turn asks
-            return None
-        self._thread = None
-        made, self._made = self._made, None
-        if isinstance(made, psycopg.Error):
-            raise made
-        return made
-
-    def _make(self) -> None:
-        try:
-            self._made = connect(self.url)
-        except psycopg.Error as exc:
-            self._made = exc
-
-
-class PgStore:
+class PgStore(LeasedConnection):
     """A `Store` in a PostgreSQL database that several brokers share."""
 
     def __init__(self, url: str, broker_id: str, host: str = "") -> None:
         """Connect, create or migrate the schema (`SchemaTooNew` if it is newer), and
         register this broker. `StorageError` if the database cannot be reached."""
-        self.url, self.broker_id, self.host = url, broker_id, host
-        self.epoch = 0
-        self.deposed = False  # set when the store refused a write: another broker owns it
-        self.reconnected = False  # set at each new connection; broker.cluster clears it
-        self.started_at: Any = None  # the database's time at the first registration
-        self._db: Connection | None = None
-        self._connector: Connector | None = None  # after the first connection: reconnects
-        self._next_connect_s = 0.0
-        self._backoff_s = RECONNECT_MIN_S
-        self._changed = False
+        super().__init__(url, broker_id, host)
         self._to_notify: list[int] = []
-        self._finishing: dict[int, tuple[Outcome, float, str]] = {}  # not written yet
+        self._pending = PendingOutcomes()  # written by one statement, at commit at the latest
         # Stored bytes by key: as last read (with when, monotonic), and what this
         # broker's open transaction adds (written by one statement at commit).
         self._usage: dict[str, tuple[int, float]] = {}
@@ -198,62 +104,18 @@ class PgStore:
         self._counts: Counter[JobStatus] = Counter()
         self._counts_at = -COUNTS_MAX_AGE_S
         try:
-            migrate(self._conn())
-            self._connector = Connector(url)
+            migrate(self._session.conn())
+            self._session.reconnect_in_background()
         except psycopg.Error as exc:
-            self._close_connection()
+            self._session.close()
             raise StorageError("migrate", reason(exc)) from exc
         except SchemaTooNew:
-            self._close_connection()
+            self._session.close()
             raise
-
-    def _close_connection(self) -> None:
-        if self._db is not None:
-            self._db.close()
-
-    # --- connection and transaction ---------------------------------------------------
-
-    def _conn(self) -> Connection:
-        db = self._db
-        if db is not None and not db.closed and not db.broken:
-            return db
-        now = time.monotonic()
-        if now < self._next_connect_s:
-            raise StorageError("connect", "the database is unreachable; trying again soon")
-        try:
-            made = self._connector.take() if self._connector else connect(self.url)
-        except psycopg.Error as exc:
-            self._next_connect_s = now + self._backoff_s
-            self._backoff_s = min(2 * self._backoff_s, RECONNECT_MAX_S)
-            raise StorageError("connect", reason(exc)) from exc
-        if made is None:
-            raise StorageError("connect", "connecting to the database again")
-        self._db = made
-        if db is not None:
-            log.info("connected to the database again")
-        self._backoff_s = RECONNECT_MIN_S
-        self.reconnected = True
-        return self._db
-
-    def _in_transaction(self) -> bool:
-        db = self._db
-        return db is not None and db.info.transaction_status != pq.TransactionStatus.IDLE
-
-    def _write(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[tuple[Any, ...]]:
-        """Run a writing statement inside the open transaction (begun if need be)."""
-        db = self._conn()
-        if not self._in_transaction():
-            db.execute("BEGIN")
-        self._changed = True
-        return db.execute(sql, params)
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor[tuple[Any, ...]]:
-        """Run a query: in the open transaction if there is one, else on its own."""
-        return self._conn().execute(sql, params)
 
     # --- the Store interface ----------------------------------------------------------
 
-    @_pg_op
+    @_op
     def add(
         self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]:
@@ -261,7 +123,7 @@ class PgStore:
         whichever broker took it (the request id is UNIQUE). A failed insert takes back
         only itself (a savepoint), if the transaction survives it."""
         row = self._insert_alone(
-            (request_id, job_body, _RUNNING, now_s, owner, statistic, self.broker_id, self.epoch)
+            (request_id, job_body, RUNNING, now_s, owner, statistic, self.broker_id, self.epoch)
         )
         if row is not None:
             self._issued = max(self._issued, int(row[0]))
@@ -280,9 +142,7 @@ class PgStore:
         up as it was, and the caller rolls back the turn. Savepoint, insert and release
         travel as one query, in one round trip as the insert alone did (binding on the
         client side is what lets one query carry three statements)."""
-        db = self._conn()
-        if not self._in_transaction():
-            db.execute("BEGIN")
+        db = self._session.begin()
         self._changed = True
         cursor = psycopg.ClientCursor(db)
         try:
@@ -291,7 +151,7 @@ class PgStore:
             return cursor.fetchone()
         except psycopg.Error as exc:
             self._back_to_savepoint(db, exc)
-            raise StorageError("add", reason(exc), contained=True) from exc
+            raise contained("add", exc) from exc
 
     @staticmethod
     def _back_to_savepoint(db: Connection, exc: psycopg.Error) -> None:
@@ -303,27 +163,23 @@ class PgStore:
         except psycopg.Error:
             raise exc from None
 
-    @_pg_op
+    @_op
     def find_request(self, request_id: str) -> int | None:
         row = self._read("SELECT seq FROM jobs WHERE request_id = %s", (request_id,)).fetchone()
         return int(row[0]) if row else None
 
-    @_pg_op
+    @_op
     def get(self, seq: int) -> JobRecord | None:
         row = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = %s", (seq,)).fetchone()
         if row is None:
             return None
-        record = record_from_row(row)
-        if seq in self._finishing:
-            outcome, finished_s, _ = self._finishing[seq]
-            record = with_outcome(record, outcome, finished_s)
-        return record
+        return self._pending.overlay(record_from_row(row))
 
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         """Record how job `seq` ended, if this broker (epoch) still owns it: written with
         the others of the turn by one statement, at the latest at `commit`, which raises
         `StorageError` (and sets `deposed`) if another broker owns it."""
-        self._finishing[seq] = (outcome, now_s, owner)
+        self._pending.record(seq, outcome, now_s, owner)
         self._usage_delta[owner] += stored_bytes(b"", outcome.answer, outcome.reason)
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
@@ -331,16 +187,11 @@ class PgStore:
 
     def _write_finished(self) -> None:
         """Write the outcomes recorded since the last call: one conditional UPDATE."""
-        if not self._finishing:
+        if not self._pending:
             return
-        pending, self._finishing = self._finishing, {}
-        columns: list[list[Any]] = [[], [], [], [], [], []]
-        for seq, (outcome, finished_s, _) in pending.items():
-            row = (seq, str(outcome.status), outcome.answer, outcome.reason,
-                   outcome.fingerprint, finished_s)  # fmt: skip
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
-        written = self._write(_FINISH, (*columns, _RUNNING, self.epoch)).fetchall()
+        pending = self._pending.take()
+        columns = [list(column) for column in zip(*rows_of(pending), strict=True)]
+        written = self._write(_FINISH, (*columns, RUNNING, self.epoch)).fetchall()
         done = {int(seq) for (seq,) in written}
         self._to_notify += done
         for seq in pending.keys() - done:
@@ -380,7 +231,7 @@ class PgStore:
 
     def _refused_finish(self, seq: int) -> None:
         row = self._read("SELECT status, broker_epoch FROM jobs WHERE seq = %s", (seq,)).fetchone()
-        if row is not None and row[0] != _RUNNING and row[1] == self.epoch:
+        if row is not None and row[0] != RUNNING and row[1] == self.epoch:
             # Finished by this epoch already: a commit whose outcome the connection's loss
             # hid. The first record stands.
             log.info("%s was already recorded as finished", job_id(seq))
@@ -392,7 +243,7 @@ class PgStore:
             f" {self.epoch}: this broker was deposed",
         )  # fmt: skip
 
-    @_pg_op
+    @_op
     def add_attempt(self, seq: int) -> int:
         """One more lost worker for job `seq` (refused, unchanged, if another owns it)."""
         row = self._write(
@@ -404,7 +255,7 @@ class PgStore:
             row = self._read("SELECT attempts FROM jobs WHERE seq = %s", (seq,)).fetchone()
         return int(row[0]) if row else 0
 
-    @_pg_op
+    @_op
     def page(
         self,
         after: int,
@@ -421,7 +272,7 @@ class PgStore:
         rows = self._read(query, (*page_params(owner, status, statistic), after, limit))
         return [(int(seq), JobStatus(status)) for seq, status in rows]
 
-    @_pg_op
+    @_op
     def recent(
         self, limit: int, status: JobStatus | None = None, owner: str | None = None
     ) -> list[JobRecord]:
@@ -430,19 +281,20 @@ class PgStore:
         wanted = None if status is None else str(status)
         self._write_finished()
         rows = self._read(
-            f"SELECT {_SUMMARY} FROM jobs WHERE seq > %s AND (%s::text IS NULL OR status = %s)"
-            " AND (%s::text IS NULL OR owner = %s) ORDER BY seq DESC LIMIT %s",
+            f"SELECT {SUMMARY_COLUMNS} FROM jobs WHERE seq > %s"
+            " AND (%s::text IS NULL OR status = %s) AND (%s::text IS NULL OR owner = %s)"
+            " ORDER BY seq DESC LIMIT %s",
             (self.last_seq() - RECENT_SCAN, wanted, wanted, owner, owner, limit),
         )
         return [record_from_row(row) for row in rows]
 
-    @_pg_op
+    @_op
     def unfinished(self) -> list[JobRecord]:
         """The unfinished jobs this broker (its current epoch) dispatches."""
         self._write_finished()
         rows = self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s AND broker_epoch = %s ORDER BY seq",
-            (_RUNNING, self.epoch),
+            (RUNNING, self.epoch),
         )
         return [record_from_row(row) for row in rows]
 
@@ -460,22 +312,20 @@ class PgStore:
             log.debug("counts not refreshed: %s", exc)  # the last counts stand meanwhile
             return
         self._counts = Counter({JobStatus(status): int(n) for status, n in rows})
-        for outcome, _, _ in self._finishing.values():  # recorded here, not written yet
-            self._counts[JobStatus.RUNNING] -= 1
-            self._counts[outcome.status] += 1
+        self._pending.shift(self._counts)  # recorded here, not written yet
         self._counts_at = time.monotonic()
 
-    @_pg_op
+    @_op
     def running_of(self, owner: str) -> int:
         """Unfinished jobs of the key `owner`, on every broker."""
         self._write_finished()
         row = self._read(
             "SELECT count(*) FROM jobs WHERE owner = %s AND owner <> '' AND status = %s",
-            (owner, _RUNNING),
+            (owner, RUNNING),
         ).fetchone()
         return int(row[0]) if row else 0
 
-    @_pg_op
+    @_op
     def last_seq(self) -> int:
         """The highest job number handed out by any broker on the store."""
         row = self._read(
@@ -484,7 +334,7 @@ class PgStore:
         self._issued = max(self._issued, int(row[0]) if row else 0)
         return self._issued
 
-    @_pg_op
+    @_op
     def expire(self, finished_before_s: float) -> int:
         self._write_finished()
         gone = self._write(_EXPIRE, (finished_before_s,)).fetchall()
@@ -493,15 +343,15 @@ class PgStore:
             self._counts[JobStatus(status)] -= int(count)
         return sum(int(count) for _, count in gone)
 
-    @_pg_op
+    @_op
     def commit(self) -> None:
         """Commit the open transaction, and tell other brokers which jobs it finished."""
-        db = self._conn()
+        db = self._session.conn()
         if db.info.transaction_status == pq.TransactionStatus.INERROR:
             raise StorageError("commit", "the transaction had failed; it must be rolled back")
         self._write_finished()
         self._write_usage()
-        if not self._in_transaction():
+        if not self._session.in_transaction():
             self._changed = False
             return
         for payload in notify_payloads(self._to_notify):
@@ -517,17 +367,17 @@ class PgStore:
 
     def rollback(self) -> None:
         """Undo every write since the last commit (job numbers stay used)."""
-        self._finishing.clear()
+        self._pending.clear()
         self._usage_delta.clear()
         self._usage.clear()  # figures read in the failed transaction may be gone
         self._to_notify = []
         self._changed = False
         self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`
-        db = self._db
-        if db is None or db.closed or db.broken:
+        db = self._session.live()
+        if db is None:
             return  # the server ended the transaction with the connection
         try:
-            if self._in_transaction():
+            if self._session.in_transaction():
                 db.execute("ROLLBACK")
         except psycopg.Error as exc:
             raise StorageError("rollback", reason(exc)) from exc
@@ -539,79 +389,10 @@ class PgStore:
         """Commit, give up this broker's lease (others adopt what it leaves at once), close."""
         try:
             self.commit()
-            self._conn().execute("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
+            self._session.conn().execute("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
         except (StorageError, psycopg.Error) as exc:
             log.error("could not commit at close; uncommitted writes are lost: %s", exc)
-        self._close_connection()
-
-    # --- leases, adoption, shutdown of every broker ------------------------------------
-
-    def backend_pid(self) -> int:
-        """The database server process of this store's connection (0 if none)."""
-        db = self._db
-        return 0 if db is None or db.closed else db.info.backend_pid
-
-    @_pg_op
-    def register(self, lease_s: float) -> int:
-        """Register this broker with a new epoch and a lease of `lease_s`, ending its
-        previous one if it has any (its jobs are then anyone's to adopt); the epoch."""
-        if self.epoch:
-            self._read("DELETE FROM brokers WHERE epoch = %s", (self.epoch,))
-        epoch, registered_at = self._read(
-            "INSERT INTO brokers (epoch, broker_id, host, expires_at)"
-            " VALUES (nextval('broker_epoch_seq'), %s, %s, now() + make_interval(secs => %s))"
-            " RETURNING epoch, registered_at",
-            (self.broker_id, self.host, lease_s),
-        ).fetchone() or (0, None)
-        self.epoch, self.deposed = int(epoch), False
-        if self.started_at is None:
-            self.started_at = registered_at
-        return self.epoch
-
-    @_pg_op
-    def renew(self, lease_s: float) -> bool:
-        """Extend this broker's lease; False (and `deposed`) if another broker ended it."""
-        renewed = self._read(
-            "UPDATE brokers SET expires_at = now() + make_interval(secs => %s) WHERE epoch = %s",
-            (lease_s, self.epoch),
-        ).rowcount
-        if renewed != 1:
-            self.deposed = True
-        return renewed == 1
-
-    @_pg_op
-    def adopt(self) -> list[JobRecord]:
-        """End the leases that ran out and take over every unfinished job that no live
-        lease covers; the jobs taken. Runs in a transaction of its own."""
-        db = self._conn()
-        with db.transaction():
-            ended = db.execute(
-                "DELETE FROM brokers WHERE expires_at < now() RETURNING epoch, broker_id"
-            ).fetchall()
-            for epoch, broker_id in ended:
-                log.warning("the lease of broker %s (epoch %d) ran out", broker_id, epoch)
-            rows = db.execute(
-                f"UPDATE jobs SET broker_id = %s, broker_epoch = %s WHERE status = %s"
-                f" AND broker_epoch <> %s AND NOT EXISTS (SELECT 1 FROM brokers b"
-                f" WHERE b.epoch = jobs.broker_epoch) RETURNING {JOB_COLUMNS}",
-                (self.broker_id, self.epoch, _RUNNING, self.epoch),
-            ).fetchall()
-        return sorted((record_from_row(row) for row in rows), key=lambda record: record.seq)
-
-    @_pg_op
-    def request_shutdown(self) -> None:
-        """Ask every broker on the store to drain and exit (at the next commit)."""
-        self._write("INSERT INTO shutdown_requests DEFAULT VALUES", ())
-        self._write("SELECT pg_notify(%s, '')", (SHUTDOWN_CHANNEL,))
-
-    @_pg_op
-    def shutdown_requested(self) -> bool:
-        """Whether every broker was asked to shut down since this one started."""
-        row = self._read(
-            "SELECT EXISTS (SELECT 1 FROM shutdown_requests WHERE requested_at >= %s)",
-            (self.started_at,),
-        ).fetchone()
-        return bool(row and row[0])
+        self._session.close()
 
 
 def notify_payloads(seqs: list[int]) -> list[str]:

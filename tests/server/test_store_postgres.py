@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from bench.service import wait_until
-from broker.pgschema import SCHEMA_VERSION, SchemaTooNew
-from broker.pgstore import PgStore, notify_payloads
 from broker.store import Outcome, StorageError
+from broker.store.pg_schema import SCHEMA_VERSION, SchemaTooNew
+from broker.store.postgres import PgStore, notify_payloads
 from protocol.messages import JobStatus
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
@@ -162,7 +162,7 @@ def test_stored_bytes_of_a_key_are_shared_by_every_broker(
     brokers: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = brokers
-    monkeypatch.setattr("broker.pgstore.COUNTS_MAX_AGE_S", 0.0)  # read the table each time
+    monkeypatch.setattr("broker.store.postgres.COUNTS_MAX_AGE_S", 0.0)  # read the table each time
     first, _ = a.add("a", b"body-a", 0.0, "KEY")
     second, _ = b.add("b", b"body-b", 0.0, "KEY")
     a.finish(first, DONE, 1.0, "KEY")

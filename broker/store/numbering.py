@@ -14,6 +14,7 @@ the reservation, skipping the rest of the block.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -45,3 +46,13 @@ def reserve(db: sqlite3.Connection, upper: int, boot: str) -> None:
     """Record, in the open transaction, that numbers up to `upper` may be told."""
     db.execute("DELETE FROM seq_reservation")
     db.execute("INSERT INTO seq_reservation (upper, boot) VALUES (?, ?)", (upper, boot))
+
+
+def sync(wal_path: str) -> None:
+    """Put a reservation just committed on disk (with `synchronous` below FULL, a commit
+    reaches only the operating system): fsync the WAL it was written to."""
+    fd = os.open(wal_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

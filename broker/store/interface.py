@@ -1,0 +1,117 @@
+"""What every results store is: the `Store` interface, and the records it keeps.
+
+A job is a `JobRecord`; how it ended, an `Outcome`. `stored_bytes` is what a job takes
+in the store as a key's quota counts it. The implementations: broker.store.memory,
+broker.store.sqlite and broker.store.postgres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from protocol.errors import ProtocolError
+from protocol.messages import Job, JobStatus, decode_body
+
+RECENT_SCAN = 10_000
+"""`recent` looks among this many newest jobs only, so that it never scans a large store."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored: `job_body` is the msgpack body of the `Job` sent to workers."""
+
+    seq: int
+    request_id: str
+    job_body: bytes
+    status: JobStatus
+    attempts: int = 0
+    answer: bytes | None = None
+    reason: str | None = None
+    fingerprint: str | None = None
+    created_s: float = 0.0
+    finished_s: float | None = None
+    owner: str = ""  # the submitter's public key with CURVE on, else ""
+
+    @property
+    def stored_bytes(self) -> int:
+        """What the job takes in the store, as its key's quota counts it."""
+        return stored_bytes(self.job_body, self.answer, self.reason)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: DONE with an msgpack answer, or ERROR with a reason."""
+
+    status: JobStatus
+    answer: bytes | None = None
+    reason: str | None = None
+    fingerprint: str | None = None
+
+
+def stored_bytes(job_body: bytes, answer: bytes | None = None, reason: str | None = None) -> int:
+    """A job's bytes as a key's quota counts them: its body, its answer and its reason."""
+    return len(job_body) + len(answer or b"") + len((reason or "").encode("utf-8", "replace"))
+
+
+def with_outcome(record: JobRecord, outcome: Outcome, now_s: float) -> JobRecord:
+    """`record` as it is once `outcome` is recorded at `now_s`."""
+    return replace(
+        record, status=outcome.status, answer=outcome.answer, reason=outcome.reason,
+        fingerprint=outcome.fingerprint, finished_s=now_s,
+    )  # fmt: skip
+
+
+def job_statistic(job_body: bytes) -> str:
+    """The statistic a stored job body (a `Job` the broker made) names; "" for a body
+    that does not read as one (no listing by statistic finds that job)."""
+    try:
+        return decode_body(Job, job_body).statistic
+    except ProtocolError:
+        return ""
+
+
+class Store(Protocol):
+    """What the broker needs of a results store.
+
+    `add`'s `statistic` is the one its job body names, kept apart so that jobs can be
+    listed by it (`page`).
+
+    Writes become durable at `commit()`; `rollback()` undoes every write since the last
+    commit, except that job numbers handed out stay used. Any method may raise
+    `StorageError` (broker.store.errors); a failed `add` takes back only its own write
+    if it can (then the error is `contained`). `stored_bytes(owner)` is what a key's
+    jobs take in the store (`JobRecord.stored_bytes`, summed), kept as a running total
+    on every write and expiry, never counted by a scan. `count(status)` is kept up to
+    date in memory by the memory and SQLite stores; the PostgreSQL store, which other
+    brokers write too, counts the table again (GROUP BY status) at most every second.
+    """
+
+    def add(
+        self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
+    ) -> tuple[int, bool]: ...
+    def find_request(self, request_id: str) -> int | None: ...
+    def get(self, seq: int) -> JobRecord | None: ...
+    def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None: ...
+    def stored_bytes(self, owner: str) -> int: ...
+    def add_attempt(self, seq: int) -> int: ...
+    def page(
+        self,
+        after: int,
+        limit: int,
+        owner: str | None = None,
+        *,
+        status: str | None = None,
+        statistic: str | None = None,
+    ) -> list[tuple[int, JobStatus]]: ...
+    def recent(
+        self, limit: int, status: JobStatus | None = None, owner: str | None = None
+    ) -> list[JobRecord]: ...
+    def unfinished(self) -> list[JobRecord]: ...
+    def count(self, status: JobStatus) -> int: ...
+    def last_seq(self) -> int: ...
+    def expire(self, finished_before_s: float) -> int: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def has_changes(self) -> bool: ...
+    def close(self) -> None: ...
