@@ -1,6 +1,6 @@
 """Connections to the PostgreSQL store: `connect` with bounded waits; `Connector`, which
 makes them in a thread of its own (a connect to a host whose link is cut waits for its
-timeout, and the broker's loop must go on answering meanwhile); and `Session`, the
+timeout, and the broker's loop must go on answering meanwhile); and `PgSession`, the
 store's connection, made again by itself when lost, at most every `RECONNECT_MAX_S`
 (a failed try is a `StorageError`)."""
 
@@ -77,7 +77,7 @@ class Connector:
             self._made = exc
 
 
-class Session:
+class PgSession:
     """The store's one connection to `url`, and its transaction."""
 
     def __init__(self, url: str) -> None:

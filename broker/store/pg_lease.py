@@ -16,7 +16,7 @@ import psycopg
 
 from broker.store.errors import translated
 from broker.store.interface import JobRecord
-from broker.store.pg_connection import Session
+from broker.store.pg_connection import PgSession
 from broker.store.sql import JOB_COLUMNS, RUNNING, record_from_row
 
 log = logging.getLogger("lss.broker.store")
@@ -34,7 +34,7 @@ class LeasedConnection:
         self.epoch = 0
         self.deposed = False  # set when the store refused a write: another broker owns it
         self.started_at: Any = None  # the database's time at the first registration
-        self._session = Session(url)
+        self._session = PgSession(url)
         self._changed = False  # a statement was written in the open transaction
 
     @property
