@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from protocol.logs import shown
+from protocol.logs import SHOWN_CHARS, shown
 
 
 def peer_name(identity: bytes) -> str:
@@ -51,10 +51,12 @@ class WorkerInfo:
         described: dict[str, object] = {
             "id": self.name,
             "pid": self.pid,
-            "host": shown(self.host),  # a worker's own words, cut: STATS lists many
+            # A worker's own words, cut (STATS lists many) but not escaped: its readers
+            # escape what they show, as they do every value a peer sent.
+            "host": self.host[:SHOWN_CHARS],
             "credit": self.credit,
             "in_flight": len(self.jobs),
-            "fingerprint": shown(self.fingerprint),
+            "fingerprint": self.fingerprint[:SHOWN_CHARS],
         }
         if now_s is not None:
             described["last_seen_s_ago"] = round(max(0.0, now_s - self.last_seen_s), 3)
