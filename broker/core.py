@@ -15,13 +15,14 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
 from broker import undo
-from broker.access import OPEN, Caller, Owners
+from broker.access import OPEN, Caller
 from broker.history import recent_jobs
+from broker.jobs import JobTable
 from broker.latency import LatencyRecorder
 from broker.limits import (
     ANSWER_BYTES_PER_TURN,
@@ -38,7 +39,6 @@ from broker.pool import WorkerInfo, WorkerPool, peer_name
 from broker.rates import RateMeter
 from broker.storage_guard import MB
 from broker.store import JobRecord, Outcome, StorageError, Store, stored_bytes
-from broker.undo import Unfinished
 from protocol import config, events
 from protocol import messages as m
 from protocol.logs import Throttle, escaped, shown
@@ -46,23 +46,10 @@ from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
 
-# A job whose worker was lost this often is a suspect: it runs alone on an idle worker
-# from then on (SUSPECT_JOB), so that a job killing workers cannot take its neighbours to
-# the poison limit with it, and it is blamed for a lost worker only if that worker had
-# said STARTED for it. A worker serving several brokers computes all their jobs one
-# after another: a suspect queued there behind other brokers' jobs is innocent of a
-# death that struck while those ran. After a single loss a job goes back to any free
-# worker: a lost host must fail over fast.
-ALONE_AFTER_LOSSES = 2
 # Losses after which a suspect fails even if no worker ever said STARTED for it (one
 # that crashed before its STARTED left), as a multiple of `max_attempts`.
 UNCONFIRMED_LOSS_FACTOR = 3
 RETRYABLE = (ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN)  # may pass, or another broker serves
-# A job finished in a transaction that failed runs again after this long, doubled at
-# each failure in a row up to the maximum: an answer the store cannot take (a full
-# disk) must not have its job run and fail to commit hundreds of times a second.
-COMMIT_RETRY_MIN_S = 0.25
-COMMIT_RETRY_MAX_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -140,28 +127,17 @@ class BrokerCore:
         self.rates = RateMeter()
         self.latency = LatencyRecorder()
         self._data_chunk = data_chunk
-        self._queue: deque[int] = deque()
-        self._job_bodies: dict[int, bytes] = {}  # unfinished jobs: seq -> Job body
+        self.jobs = JobTable()  # unfinished jobs, their queue, the turn's journal
         self._waiters = Waiters(MAX_WAITERS_PER_PEER, MAX_WAITERS)
-        self._retried: set[int] = set()  # unfinished jobs that must run alone
-        # Jobs finished in a transaction that failed: when each may run again, and how
-        # many times in a row its finish failed (see COMMIT_RETRY_MIN_S).
-        self._delayed: dict[int, float] = {}
-        self._commit_failures: Counter[int] = Counter()
         self._quota_bytes = int(settings.key_quota_mb * MB)
         # A submit needs room for its body and for an answer as large as any seen: a
         # key at its quota is refused at submit, not given jobs whose answers are dropped.
         self._largest_answer = 0
-        self._owners = Owners()  # of unfinished jobs
         self._warn = Throttle(log)
         self.load_failure = LoadFailure()  # why no worker can run jobs (broker.load_failure)
         # Why submits are refused while storage fails or space is short (set by the loop).
         self.storage_refusal: str | None = None
         self.retry_refused_ms = 0  # set on a shared store: see `refuse`
-        # What the store's open transaction did here, for `roll_back`: jobs added, and
-        # jobs finished (with their job body, the waiters that were answered, the owner).
-        self._added: set[int] = set()
-        self._finished: dict[int, Unfinished] = {}
         self._storage_failures: Counter[str] = Counter()  # by the store method that failed
         # Set by the loop when brokers share the store (broker.cluster): asks every
         # broker to shut down, describes the cluster in `stats`, counts a key's jobs.
@@ -175,32 +151,19 @@ class BrokerCore:
     def adopt(self, records: list[JobRecord]) -> int:
         """Queue unfinished jobs this broker now runs (at start, or taken over from a
         broker whose lease ran out); returns how many were new here."""
-        new = [record for record in records if record.seq not in self._job_bodies]
-        for record in new:
-            self._queue.append(record.seq)
-            self._job_bodies[record.seq] = record.job_body
-            self._owners.own(record.seq, record.owner)
-            if record.attempts >= ALONE_AFTER_LOSSES:
-                self._retried.add(record.seq)
-        return len(new)
+        return self.jobs.adopt(records)
 
     def forget_jobs(self) -> None:
         """Drop every unfinished job (this broker was deposed: another one runs them).
         Their waiters stay, answered when the job finishes elsewhere; results that
         workers still send for them are ignored."""
-        for seq in self._job_bodies:
-            self._owners.disown(seq)
+        for seq in self.jobs.clear():
             self.latency.forget(seq)
-        self._job_bodies.clear()
-        self._queue.clear()
-        self._retried.clear()
-        self._delayed.clear()
-        self._commit_failures.clear()
 
     def finished_elsewhere(self, seqs: list[int]) -> None:
         """Answer the waiters of jobs another broker finished (told by the store)."""
         for seq in seqs:
-            if seq in self._job_bodies or not self._waiters.waiting(seq):
+            if seq in self.jobs or not self._waiters.waiting(seq):
                 continue
             record = self.store.get(seq)
             if record is None:  # expired meanwhile
@@ -212,7 +175,7 @@ class BrokerCore:
 
     def remote_waits(self) -> list[int]:
         """Jobs waited for here that another broker runs."""
-        return [seq for seq in self._waiters.jobs() if seq not in self._job_bodies]
+        return [seq for seq in self._waiters.jobs() if seq not in self.jobs]
 
     # --- clients -----------------------------------------------------------------
 
@@ -288,7 +251,7 @@ class BrokerCore:
             self.on_shutdown_all()  # every broker on the store; this one as well
         self.begin_shutdown(f"{caller.role} key {shown(caller.name)} asked" if caller.role
                             else "a client asked")  # fmt: skip
-        self._reply(identity, tag, m.ShuttingDown(pending=len(self._job_bodies)))
+        self._reply(identity, tag, m.ShuttingDown(pending=len(self.jobs)))
 
     def _submit(
         self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float, caller: Caller
@@ -335,10 +298,7 @@ class BrokerCore:
         seq, new = self.store.add(msg.request_id, body, self.wall_clock(), owner, msg.statistic)
         if not new:
             return seq
-        self._job_bodies[seq] = body
-        self._owners.own(seq, owner)
-        self._queue.append(seq)
-        self._added.add(seq)
+        self.jobs.add(seq, body, owner)
         self.rates.count("submitted", now_s)
         self.latency.accepted(seq, msg.statistic, now_s)
         log.debug("%s accepted", job_id(seq))
@@ -395,14 +355,14 @@ class BrokerCore:
             self._largest_answer = max(self._largest_answer, size)
         else:  # a worker's reason, which a client may provoke, is stored as an answer is
             size, what = stored_bytes(b"", reason=outcome.reason), "reason"
-        if self.store.stored_bytes(self._owners.of(seq) or "") + size <= self._quota_bytes:
+        if self.store.stored_bytes(self.jobs.owner_of(seq) or "") + size <= self._quota_bytes:
             return outcome
         # Short: it is stored in the answer's place, and counts against the quota too.
         reason = f"quota: {what} of {size} bytes not kept (LSS_KEY_QUOTA_MB)"
         return Outcome(JobStatus.ERROR, reason=reason, fingerprint=outcome.fingerprint)
 
     def _queue_refusal(self) -> tuple[ErrorCode, str] | None:
-        if len(self._job_bodies) >= self.settings.max_queue:
+        if len(self.jobs) >= self.settings.max_queue:
             return ErrorCode.QUEUE_FULL, f"queue full ({self.settings.max_queue} jobs waiting)"
         return None
 
@@ -410,8 +370,8 @@ class BrokerCore:
         """Whether `caller` may know of job `seq` (a client key: only its own jobs)."""
         if caller.sees_all:
             return True
-        if seq in self._job_bodies:
-            return self._owners.of(seq) == caller.key
+        if seq in self.jobs:
+            return self.jobs.owner_of(seq) == caller.key
         record = self.store.get(seq)
         return record is None or record.owner == caller.key
 
@@ -420,14 +380,14 @@ class BrokerCore:
             return self.store.count(JobStatus.RUNNING)
         if self.running_of is not None:
             return self.running_of(caller.key)
-        return self._owners.running(caller.key)
+        return self.jobs.running(caller.key)
 
     def _read(
         self, identity: bytes, tag: bytes, seq: int | None, *, wait: bool, caller: Caller = OPEN
     ) -> None:
         """Answer with job `seq`'s state, or (`wait`) register for its final one. Another
         key's job answers exactly as a job id never issued."""
-        if seq is not None and seq in self._job_bodies:  # answered without the store
+        if seq is not None and seq in self.jobs:  # answered without the store
             self._read_running(identity, tag, seq, wait, caller)
         elif seq is None or seq > self.store.last_seq():
             self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
@@ -445,7 +405,7 @@ class BrokerCore:
     def _read_running(
         self, identity: bytes, tag: bytes, seq: int, wait: bool, caller: Caller
     ) -> None:
-        if not caller.sees_all and self._owners.of(seq) != caller.key:
+        if not caller.sees_all and self.jobs.owner_of(seq) != caller.key:
             self.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
         elif wait and (no_worker := self.no_worker()):
             self.refuse(identity, tag, ErrorCode.NO_WORKER, no_worker)
@@ -543,7 +503,7 @@ class BrokerCore:
                                                " jobs"), now_s)  # fmt: skip
 
     def _register(self, identity: bytes, msg: m.Ready, now_s: float) -> None:
-        if self.shutting_down and not self._job_bodies:
+        if self.shutting_down and not self.jobs:
             self._to_worker(identity, m.Disconnect("shutdown"), now_s)
             return
         if self.fingerprint is None and not m.CONTROL_CHARACTER.search(msg.fingerprint):
@@ -594,7 +554,7 @@ class BrokerCore:
         if no_worker is None:
             return
         for seq in self._waiters.jobs():
-            if seq in self._job_bodies:  # not one another broker runs
+            if seq in self.jobs:  # not one another broker runs
                 for waiter, tag in self._waiters.pop(seq):
                     self.refuse(waiter, tag, ErrorCode.NO_WORKER, no_worker)
 
@@ -606,8 +566,10 @@ class BrokerCore:
         """The worker begins a suspect job it holds: a loss of this worker from now on is
         that job's doing. The broker says STARTED back, upon which the worker computes."""
         seq = job_seq(tag.decode("utf-8", "replace"))
-        if seq is None or seq not in worker.jobs or seq not in self._retried:
+        job = self.jobs.get(seq) if seq is not None else None
+        if job is None or job.seq not in worker.jobs or not job.suspect:
             return  # not its suspect (any more): the worker goes ahead after a wait
+        seq = job.seq
         if seq not in worker.started:  # once: a worker may not stretch its lease so
             worker.started.add(seq)
             worker.jobs[seq] = now_s + self.settings.job_timeout_s  # it runs from here
@@ -649,17 +611,12 @@ class BrokerCore:
     def _take_back(self, identity: bytes, seq: int) -> bool:
         """Take job `seq` back from the worker holding it; True if this broker still
         runs it (not if it was rolled back, or this broker was deposed meanwhile)."""
-        return self.pool.release(identity, seq) and seq in self._job_bodies
+        return self.pool.release(identity, seq) and seq in self.jobs
 
     def _finish(self, seq: int, outcome: Outcome, now_s: float) -> None:
-        self.store.finish(seq, outcome, self.wall_clock(), self._owners.of(seq) or "")
+        self.store.finish(seq, outcome, self.wall_clock(), self.jobs.owner_of(seq) or "")
         waiters = self._waiters.pop(seq)
-        suspect = seq in self._retried
-        self._finished[seq] = Unfinished(
-            self._job_bodies.pop(seq), waiters, self._owners.of(seq), suspect
-        )
-        self._owners.disown(seq)
-        self._retried.discard(seq)
+        self.jobs.finish(seq, waiters)
         status = str(outcome.status)
         self.rates.count(status, now_s)
         self.latency.finished(seq, now_s)
@@ -673,23 +630,22 @@ class BrokerCore:
         self, seqs: list[int], lost: str | None, now_s: float, started: Set[int] = frozenset()
     ) -> None:
         """Put a lost worker's jobs back at the front; a job lost too often fails, a
-        suspect only if the worker had `started` it (see ALONE_AFTER_LOSSES)."""
+        suspect only if the worker had `started` it (broker.jobs.SUSPECT_AFTER_LOSSES)."""
         for seq in reversed(seqs):
-            if seq not in self._job_bodies:
+            if seq not in self.jobs:
                 continue  # its number was rolled back (see `roll_back`)
             attempts = self.store.add_attempt(seq) if lost else 0
             if attempts >= self.settings.max_attempts and self._blamed(seq, attempts, started):
                 reason = f"job failed: the worker running it was lost {attempts} times ({lost})"
                 self._finish(seq, Outcome(JobStatus.ERROR, reason=reason), now_s)
             else:
-                self._queue.appendleft(seq)
-                if attempts >= ALONE_AFTER_LOSSES:
-                    self._retried.add(seq)
+                self.jobs.lost(seq, attempts)
 
     def _blamed(self, seq: int, attempts: int, started: Set[int]) -> bool:
         """Whether job `seq` may have caused its worker's loss: any job but a suspect;
         a suspect if the worker had started it, or after too many unconfirmed losses."""
-        if seq not in self._retried or seq in started:
+        job = self.jobs.get(seq)
+        if job is None or not job.suspect or seq in started:
             return True
         return attempts >= self.settings.max_attempts * UNCONFIRMED_LOSS_FACTOR
 
@@ -736,33 +692,19 @@ class BrokerCore:
 
     def dispatch(self, now_s: float) -> None:
         """Give queued jobs to free workers, least recently used first."""
-        if self._delayed:
-            self._queue_due(now_s)
-        while self._queue and self.pool.has_free():
-            seq = self._queue[0]
-            if seq not in self._job_bodies:
-                self._queue.popleft()  # finished while queued (a poison job failed)
-                continue
-            alone = seq in self._retried
-            worker = self.pool.assign(seq, now_s, self.settings.job_timeout_s, alone)
+        while (job := self.jobs.next(now_s)) is not None and self.pool.has_free():
+            seq = job.seq
+            worker = self.pool.assign(seq, now_s, self.settings.job_timeout_s, job.suspect)
             if worker is None:
-                return  # a retried job waits at the front for an idle worker
-            self._queue.popleft()
+                return  # a suspect waits at the front for an idle worker
+            self.jobs.take()
             self.latency.dispatched(seq, now_s)
             worker.last_sent_s = now_s
             text = job_id(seq)
-            command = m.Command.SUSPECT_JOB if alone else m.Command.JOB
-            frames = m.frames_of(command, text.encode(), self._job_bodies[seq])
+            command = m.Command.SUSPECT_JOB if job.suspect else m.Command.JOB
+            frames = m.frames_of(command, text.encode(), job.body)
             self.outbox.workers.append([worker.identity, *frames])
             log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
-
-    def _queue_due(self, now_s: float) -> None:
-        """Queue, at the front, the jobs whose wait after a failed commit is over."""
-        due = sorted(seq for seq, at in self._delayed.items() if at <= now_s)
-        for seq in reversed(due):
-            del self._delayed[seq]
-            if seq in self._job_bodies:
-                self._queue.appendleft(seq)
 
     def tick(self, now_s: float) -> None:
         """Heartbeats, lost and hung workers (results expire in `expire_results`)."""
@@ -788,10 +730,7 @@ class BrokerCore:
     def commit(self) -> None:
         """Commit the store's transaction; raises `StorageError` (then call `roll_back`)."""
         self.store.commit()
-        for seq in self._finished:
-            self._commit_failures.pop(seq, None)
-        self._added.clear()
-        self._finished.clear()
+        self.jobs.commit()
 
     def roll_back(self, failure: StorageError, now_s: float) -> str:
         """Roll the store's transaction back after `failure` (at `now_s`), and undo here
@@ -799,7 +738,7 @@ class BrokerCore:
 
         Jobs added are forgotten, and each request that named one gets a `storage`
         error instead; jobs finished are unfinished again and run again after a backoff
-        (COMMIT_RETRY_MIN_S), their waiters waiting again. Nothing queued on the
+        (broker.jobs.COMMIT_RETRY_MIN_S), their waiters waiting again. Nothing queued on the
         strength of the lost writes leaves. Returns the reason given in those errors.
         """
         reason = f"storage failed: {failure}"
@@ -808,69 +747,39 @@ class BrokerCore:
             self.store.rollback()
         except StorageError as exc:
             log.error("rollback failed too: %s", exc)
-        added, finished = self._added, self._finished
-        self._added, self._finished = set(), {}
-        restored = self._unfinish(finished, added)
-        self._delay(finished.keys() - added, now_s)
+        added, restored = self.jobs.roll_back(now_s)
+        answered: set[Waiter] = set()
+        for seq, waiters in restored.items():
+            self._waiters.restore(seq, waiters)
+            answered |= waiters
         self.outbox.clients = undo.client_replies(
-            self.outbox.clients, added | finished.keys(), restored, reason, self.retry_refused_ms
+            self.outbox.clients, added | restored.keys(), answered, reason, self.retry_refused_ms
         )
         self.outbox.workers, taken = undo.worker_jobs(self.outbox.workers, added)
         for identity, seq in taken:
             self.pool.release(identity, seq)
         for seq in added:
-            self._job_bodies.pop(seq, None)
-            self._owners.disown(seq)
             self.latency.forget(seq)
-            self._retried.discard(seq)
-            self._delayed.pop(seq, None)
             for identity, tag in self._waiters.pop(seq):
                 self.refuse(identity, tag, ErrorCode.STORAGE, reason)
-        self._requeue_unheld()
+        self.jobs.requeue_unheld({seq for worker in self.pool.all() for seq in worker.jobs})
         return reason
-
-    def _delay(self, seqs: Set[int], now_s: float) -> None:
-        """Jobs whose finish was rolled back run again only after a backoff."""
-        for seq in seqs:
-            self._commit_failures[seq] += 1
-            wait_s = COMMIT_RETRY_MIN_S * 2 ** (self._commit_failures[seq] - 1)
-            self._delayed[seq] = now_s + min(wait_s, COMMIT_RETRY_MAX_S)
-
-    def _unfinish(self, finished: dict[int, Unfinished], added: set[int]) -> set[Waiter]:
-        restored: set[Waiter] = set()
-        for seq, job in finished.items():
-            if seq not in added:
-                self._job_bodies[seq] = job.job_body
-                self._owners.own(seq, job.owner or "")
-                self._waiters.restore(seq, job.waiters)
-                if job.suspect:
-                    self._retried.add(seq)
-                restored |= job.waiters
-        return restored
-
-    def _requeue_unheld(self) -> None:
-        """Queue exactly the unfinished jobs no worker holds and none waits for its
-        backoff (`_delay`); the front for the unqueued."""
-        held = {seq for worker in self.pool.all() for seq in worker.jobs} | self._delayed.keys()
-        queued = [seq for seq in self._queue if seq in self._job_bodies and seq not in held]
-        missing = sorted(set(self._job_bodies) - held - set(queued))
-        self._queue = deque(missing + queued)
 
     # --- shutdown ----------------------------------------------------------------
 
     def begin_shutdown(self, why: str) -> None:
         if not self.shutting_down:
-            log.info("graceful shutdown (%s): %d job(s) to finish", why, len(self._job_bodies))
+            log.info("graceful shutdown (%s): %d job(s) to finish", why, len(self.jobs))
         self.shutting_down = True
 
     def drained(self) -> bool:
         """Shutting down and nothing left to run, or nothing left that can run: with no
         worker able to load the data, jobs stay in the store for the next start."""
-        return self.shutting_down and (not self._job_bodies or self.no_worker() is not None)
+        return self.shutting_down and (not self.jobs or self.no_worker() is not None)
 
     def unfinished(self) -> int:
         """Jobs this broker runs that have not finished."""
-        return len(self._job_bodies)
+        return len(self.jobs)
 
     def release_workers(self, now_s: float) -> None:
         """Tell every worker to exit (after a drained shutdown)."""
@@ -883,7 +792,7 @@ class BrokerCore:
             "broker_id": self.broker_id,
             "workers": [w.describe(now_s) for w in self.pool.all()[: m.MAX_STATS_WORKERS]],
             "workers_registered": len(self.pool),
-            "queue_depth": len(self._queue),
+            "queue_depth": self.jobs.queued(),
             "in_flight": self.pool.in_flight(),
             "waiters": self._waiters.total,
             "jobs": {s.value: self.store.count(s) for s in JobStatus},
@@ -893,7 +802,7 @@ class BrokerCore:
             "fingerprint": self.fingerprint,
             "no_worker": self.no_worker(),
             "storage_failures": dict(self._storage_failures),
-            "waiting_after_failed_commit": len(self._delayed),
+            "waiting_after_failed_commit": self.jobs.retrying(),
             "latency": self.latency.describe(),
             **({"cluster": self.cluster_stats()} if self.cluster_stats else {}),
         }

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from broker.access import NOBODY, OPEN, Caller, Role
-from broker.core import COMMIT_RETRY_MIN_S, BrokerCore, CoreSettings
+from broker.core import BrokerCore, CoreSettings
+from broker.jobs import COMMIT_RETRY_MIN_S
 from broker.store import StorageError, Store
 from protocol import config
 from protocol import messages as m
