@@ -126,7 +126,7 @@ class Broker:
         )
         self.cluster = self._join_cluster()
         if self.cluster is not None:  # another moment, or another broker, may serve it
-            self.core.retry_refused_ms = int(RETRY_AFTER_FAILURE_S * 1000)
+            self.core.retry_refused_after(int(RETRY_AFTER_FAILURE_S * 1000))
         self._polled_fd: int | None = None
         warn_if_plaintext(
             [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
@@ -225,7 +225,7 @@ class Broker:
                 ready = dict(poller.poll(int(tick_every_s * 1000)))
                 now = time.monotonic()
                 self._step_cluster(ready, now)
-                self.core.storage_refusal = self.guard.refusal(now)
+                self.core.refuse_submits(self.guard.refusal(now))
                 self._turn(ready, now)
                 if now >= next_tick:
                     self._guarded(self.core.tick, now)
@@ -298,7 +298,7 @@ class Broker:
         )
         reason = self.core.roll_back(exc, now)
         self.guard.failed(exc, now)
-        self.core.storage_refusal = self.guard.refusal(now)
+        self.core.refuse_submits(self.guard.refusal(now))
         return reason
 
     def _drain(
@@ -410,7 +410,7 @@ class Broker:
             len(frames), shown(peer), exc,
         )  # fmt: skip
         if len(frames) >= 2:
-            self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
+            self.core.refuse_worker(frames[0], exc.code, str(exc))
             self._unreadable_result(frames, f"worker sent a malformed result: {exc}", now)
 
     def _expire(self, _now: float) -> None:
@@ -438,13 +438,12 @@ class Broker:
 
         The order is the durability rule of docs/protocol.md ("Durability").
         """
-        outbox = self.core.outbox
         limit = self.core_settings.max_message_bytes
-        for frames in group_by_peer(outbox.take_workers(), limit):
+        for frames in group_by_peer(self.core.take_worker_frames(), limit):
             send_frames(self.backend, frames)
         if self.store.has_changes():
             self._guarded(lambda _: self.core.commit(), now)
-        for frames in group_by_peer(outbox.take_clients(), limit):
+        for frames in group_by_peer(self.core.take_client_frames(), limit):
             send_frames(self.frontend, frames)
 
     def close(self) -> None:

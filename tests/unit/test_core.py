@@ -437,14 +437,14 @@ def test_a_failed_insert_voids_the_transaction_and_refuses_submits_meanwhile(
         h.client(m.Submit("late", "global_mean", {"question": "Q"}), tag=b"l")
     h.core.roll_back(failure.value, h.now)
     monkeypatch.undo()
-    h.core.storage_refusal = "storage failed: add: database or disk is full"
+    h.core.refuse_submits("storage failed: add: database or disk is full")
     h.client(m.Submit("meanwhile", "global_mean", {"question": "Q"}), tag=b"m")
     clients, to_workers = h.sent()
     assert [e.message.code for e in clients] == ["storage", "storage"]  # type: ignore[attr-defined]
     assert [e.tag for e in clients] == [b"e", b"m"]
     assert to_workers == [] and h.core.stats(h.now)["queue_depth"] == 0
     assert store.find_request("early") is None
-    h.core.storage_refusal = None
+    h.core.refuse_submits(None)
     assert h.submit(1, ["early"]) == ["job_id_2"]  # job_id_1 was never told: not reused
 
 
@@ -536,7 +536,7 @@ def test_the_worker_endpoint_takes_worker_keys_only_on_every_message(
 
 
 def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("broker.core.MAX_WAITERS_PER_PEER", 3)
+    monkeypatch.setattr("broker.state.MAX_WAITERS_PER_PEER", 3)
     h = Harness(store)
     (job,) = h.submit(1)
     for n in range(5):
@@ -553,7 +553,7 @@ def test_waiters_per_peer_are_capped(store: Store, monkeypatch: pytest.MonkeyPat
 def test_peers_filling_every_wait_lock_no_one_out(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker.core.MAX_WAITERS", 4)
+    monkeypatch.setattr("broker.state.MAX_WAITERS", 4)
     h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     stuck, job = h.submit(2)  # w1 runs `stuck`; `job` waits for w1
@@ -581,7 +581,7 @@ def test_peers_filling_every_wait_lock_no_one_out(
 def test_answers_per_peer_and_turn_are_capped(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker.core.PEER_ANSWER_BYTES_PER_TURN", 1000)
+    monkeypatch.setattr("broker.outbox.PEER_ANSWER_BYTES_PER_TURN", 1000)
     h = Harness(store)
     h.worker(m.Ready(1, FP), b"w1")
     (job,) = h.submit(1)
@@ -602,7 +602,7 @@ def test_recent_and_list_replies_count_against_the_answer_budget(
 ) -> None:
     """A RECENT is ~20 bytes and its reply up to ~100 KB: a BATCH of them must not make
     a turn's replies (or its work) grow past the per-peer budget."""
-    monkeypatch.setattr("broker.core.PEER_ANSWER_BYTES_PER_TURN", 3000)
+    monkeypatch.setattr("broker.outbox.PEER_ANSWER_BYTES_PER_TURN", 3000)
     h = Harness(store)
     h.submit(5)
     h.core.commit()
