@@ -29,6 +29,7 @@ import zmq
 from broker.access import Caller, Callers
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
+from broker.limits import PEER_MESSAGES_PER_TURN
 from broker.security import CurveServer, warn_if_plaintext
 from broker.storage_guard import MB, RETRY_AFTER_FAILURE_S, StorageGuard
 from broker.store import SqliteStore, StorageError, Store
@@ -37,14 +38,13 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.logs import Throttle, shown
 from protocol.messages import Envelope
-from protocol.wire import send_frames, waiting, waiting_from
+from protocol.wire import READS_PER_TURN, send_frames, waiting, waiting_from
 
 if TYPE_CHECKING:
     from broker.cluster import Cluster
 
 log = logging.getLogger("lss.broker")
 
-READS_PER_TURN = 1000  # messages read from one socket per loop turn
 HARD_LIMIT_FACTOR = 4
 # Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
 # so such a peer holds at most this many messages (each at most the message limit) in
@@ -54,7 +54,6 @@ SEND_HWM = 16
 # Messages read ahead from one peer (each up to HARD_LIMIT_FACTOR x the limit); a full
 # queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
 RECEIVE_HWM = 8
-PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
 # Messages (BATCH contents counted) handled from one socket in one turn: past it the
 # rest wait in ZeroMQ's queues (RECEIVE_HWM per peer) for the next turn, so that many
 # peers at once cannot make one turn's replies grow without bound either.

@@ -1,9 +1,9 @@
 """What one peer may hold or be sent, so that a flood costs the broker bounded memory.
 
-The broker's per-peer caps (docs/protocol.md, "Limits"): the clients waiting for jobs
-(`Waiters`), and the bytes of answers and data chunks queued in one loop turn
-(`Budget`). The caps on single messages (request id, job size, credit) are protocol
-constants in protocol.messages.
+The broker's per-peer caps (docs/protocol.md, "Limits"): the messages read from one
+peer in a loop turn, the clients waiting for jobs (`Waiters`), and the bytes of answers
+and data chunks queued in one loop turn (`Budget`). The caps on single messages
+(request id, job size, credit) are protocol constants in protocol.messages.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections import Counter, OrderedDict
 from typing import NamedTuple
 
 MAX_WAITERS_PER_PEER = 10_000
+PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
 MAX_WAITERS = 50_000  # 200-byte tags: ~35 MB of waits (docs/protocol.md, "Limits")
 PEER_ANSWER_BYTES_PER_TURN = 8 << 20  # answers to one client in one loop turn
 ANSWER_BYTES_PER_TURN = 64 << 20  # answers to all clients in one loop turn
