@@ -14,8 +14,8 @@ from broker.store import MemoryStore, Outcome, SqliteStore, Store, page_params, 
 from clients.listing import JobListing, job_number
 from protocol import messages as m
 from protocol.messages import JobStatus
+from tests.unit.broker_harness import Harness
 from tests.unit.conftest import pg_store
-from tests.unit.test_core import Harness
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x80", fingerprint="f")
 FAILED = Outcome(JobStatus.ERROR, reason="no data")
