@@ -8,10 +8,11 @@ import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from broker.broker import BindError, Broker, BrokerSettings
+from broker.broker import Broker, BrokerSettings
 from broker.core import CoreSettings
 from broker.datafile import DataFileError
 from broker.pgschema import SchemaTooNew
+from broker.sockets import BindError
 from broker.store import StorageError
 from protocol import config
 from protocol.events import write_events

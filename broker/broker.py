@@ -11,8 +11,6 @@ is answered or logged and dropped; it never ends the loop.
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import signal
 import socket
@@ -31,6 +29,7 @@ from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
 from broker.limits import PEER_MESSAGES_PER_TURN
 from broker.security import CurveServer, warn_if_plaintext
+from broker.sockets import BindError, bind_router, write_endpoints
 from broker.storage_guard import MB, RETRY_AFTER_FAILURE_S, StorageGuard
 from broker.store import SqliteStore, StorageError, Store
 from protocol import config
@@ -45,21 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lss.broker")
 
-HARD_LIMIT_FACTOR = 4
-# Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
-# so such a peer holds at most this many messages (each at most the message limit) in
-# the broker. Peers that read never get near it: a turn sends a peer one message per
-# message limit's worth of replies, and their ZeroMQ I/O thread reads them at once.
-SEND_HWM = 16
-# Messages read ahead from one peer (each up to HARD_LIMIT_FACTOR x the limit); a full
-# queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
-RECEIVE_HWM = 8
 # Messages (BATCH contents counted) handled from one socket in one turn: past it the
 # rest wait in ZeroMQ's queues (RECEIVE_HWM per peer) for the next turn, so that many
 # peers at once cannot make one turn's replies grow without bound either.
 TURN_MESSAGES = 50_000
 EXPIRY_EVERY_S = 60.0
-ENDPOINTS_FILE = "broker.endpoints.json"
 
 
 @dataclass(frozen=True)
@@ -89,18 +78,6 @@ def default_core_settings() -> CoreSettings:
         result_ttl_s=config.RESULT_TTL_S,
         max_message_bytes=config.MAX_MESSAGE_BYTES,
     )
-
-
-class BindError(Exception):
-    """An endpoint the broker cannot listen on; the message names the setting to change."""
-
-    def __init__(self, endpoint: str, setting: str, cause: zmq.ZMQError) -> None:
-        option = config.SETTINGS[setting]
-        why = "address already in use" if cause.errno == errno.EADDRINUSE else cause.strerror
-        super().__init__(
-            f"cannot listen on {endpoint}: {why} (another broker or program has it?);"
-            f" choose another with {option.variable} or {option.flag}"
-        )
 
 
 class Broker:
@@ -134,7 +111,8 @@ class Broker:
         self._malformed = Throttle(log)
         self._storage_errors = Throttle(log, burst=5, window_s=60.0)
         self._callers = Callers(secured=self.curve is not None)
-        self._write_endpoints(state)
+        frontend, backend = self.frontend, self.backend
+        write_endpoints(state, frontend, backend, self.core.broker_id)
 
     def _join_cluster(self) -> Cluster | None:
         """With a shared (PostgreSQL) store: this broker's lease, adoption and news."""
@@ -151,7 +129,9 @@ class Broker:
         bound: list[zmq.Socket[bytes]] = []
         try:
             for setting in ("client_endpoint", "worker_endpoint"):
-                bound.append(self._bind(setting))
+                endpoint: str = getattr(self.settings, setting)
+                max_bytes = self.core_settings.max_message_bytes
+                bound.append(bind_router(self.context, endpoint, setting, max_bytes, self.curve))
         except BindError:
             for sock in bound:
                 sock.close(linger=0)
@@ -160,41 +140,6 @@ class Broker:
             self.context.term()
             raise
         return bound[0], bound[1]
-
-    def _bind(self, setting: str) -> zmq.Socket[bytes]:
-        """A ROUTER bound to the endpoint of `setting` (`client_endpoint`, whose ZAP
-        domain is `client`, or `worker_endpoint`)."""
-        endpoint: str = getattr(self.settings, setting)
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # Messages up to 4x the limit are read and refused with a reply; beyond that
-        # libzmq drops the connection before anything is read.
-        sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.core_settings.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
-        if self.curve:
-            self.curve.secure(sock, setting.removesuffix("_endpoint"))
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise BindError(endpoint, setting, exc) from exc
-        return sock
-
-    def _write_endpoints(self, state: Path) -> None:
-        endpoints = {
-            "client": self.frontend.getsockopt_string(zmq.LAST_ENDPOINT),
-            "worker": self.backend.getsockopt_string(zmq.LAST_ENDPOINT),
-            "broker_id": self.core.broker_id,
-            "host": socket.gethostname(),
-        }
-        path = state / ENDPOINTS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(endpoints))
-        tmp.replace(path)
-        log.info(
-            "broker ready: clients on %s, workers on %s", endpoints["client"], endpoints["worker"]
-        )
 
     def install_signal_handlers(self) -> None:
         """First SIGINT/SIGTERM drains; a second one stops at once."""

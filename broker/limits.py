@@ -17,6 +17,17 @@ MAX_WAITERS = 50_000  # 200-byte tags: ~35 MB of waits (docs/protocol.md, "Limit
 PEER_ANSWER_BYTES_PER_TURN = 8 << 20  # answers to one client in one loop turn
 ANSWER_BYTES_PER_TURN = 64 << 20  # answers to all clients in one loop turn
 DATA_BYTES_PER_TURN = 4 << 20  # data chunks to all workers in one loop turn
+# A message up to this many times the message limit is read and refused with a reply;
+# a larger one makes libzmq drop the connection.
+HARD_LIMIT_FACTOR = 4
+# Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
+# so such a peer holds at most this many messages (each at most the message limit) in
+# the broker. Peers that read never get near it: a turn sends a peer one message per
+# message limit's worth of replies, and their ZeroMQ I/O thread reads them at once.
+SEND_HWM = 16
+# Messages read ahead from one peer (each up to HARD_LIMIT_FACTOR x the limit); a full
+# queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
+RECEIVE_HWM = 8
 
 Waiter = tuple[bytes, bytes]  # (peer identity, request tag)
 
