@@ -153,7 +153,7 @@ def test_a_suspect_that_never_says_started_fails_after_three_times_the_limit(
     assert f"lost {limit} times" in (record.reason or "")
 
 
-def test_a_retried_job_runs_alone_so_its_neighbours_are_not_blamed(store: Store) -> None:
+def test_a_suspect_runs_alone_so_its_neighbours_are_not_blamed(store: Store) -> None:
     h = Harness(store)
     h.worker(m.Ready(2, FP), b"w0")
     h.submit(2)  # job 1 is the poison, job 2 an innocent neighbour on the same worker
