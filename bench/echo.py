@@ -27,9 +27,9 @@ import zmq
 
 from bench.service import Processes, Target, read_json, wait_until
 from protocol.config import WORKER_CREDIT
+from protocol.wire import READS_PER_TURN
 
 READY = b"READY"
-READS_PER_TURN = 1000
 CREDIT = WORKER_CREDIT  # as our workers' default
 Job = tuple[str, dict[str, Any]]
 

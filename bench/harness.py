@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import procstat
 from bench.service import Processes, Target, read_json, wait_until
-from broker.broker import ENDPOINTS_FILE
+from broker.sockets import ENDPOINTS_FILE
 from clients import Client
 from protocol.events import read_events
 

@@ -8,9 +8,10 @@ import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from broker.broker import BindError, Broker, BrokerSettings
+from broker.broker import Broker, BrokerSettings
 from broker.core import CoreSettings
 from broker.datafile import DataFileError
+from broker.sockets import BindError
 from broker.store import StorageError
 from broker.store.pg_schema import SchemaTooNew
 from protocol import config

@@ -60,6 +60,18 @@ class Caller:
         return self.key
 
 
+def may_see(caller: Caller, owner: str | None) -> bool:
+    """Whether `caller` may know of a job submitted by `owner`: the one rule of who sees
+    a job (a client key: only its own jobs; admins, and all without CURVE: every job)."""
+    return caller.sees_all or owner == caller.key
+
+
+def owner_filter(caller: Caller) -> str | None:
+    """The owner whose jobs a listing for `caller` shows (None: every owner's), by
+    `may_see`."""
+    return None if caller.sees_all else caller.key
+
+
 OPEN = Caller(None)
 NOBODY = Caller(Role.CLIENT, "-", "(no key)")
 """A message without a user id although CURVE is on (never expected): the least rights."""

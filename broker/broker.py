@@ -11,8 +11,6 @@ is answered or logged and dropped; it never ends the loop.
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import signal
 import socket
@@ -29,7 +27,9 @@ import zmq
 from broker.access import Caller, Callers
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
+from broker.limits import PEER_MESSAGES_PER_TURN
 from broker.security import CurveServer, warn_if_plaintext
+from broker.sockets import BindError, bind_router, write_endpoints
 from broker.storage_guard import MB, RETRY_AFTER_FAILURE_S, StorageGuard
 from broker.store import SqliteStore, StorageError, Store
 from protocol import config
@@ -37,30 +37,18 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.logs import Throttle, shown
 from protocol.messages import Envelope
-from protocol.wire import send_frames, waiting, waiting_from
+from protocol.wire import READS_PER_TURN, send_frames, waiting, waiting_from
 
 if TYPE_CHECKING:
     from broker.cluster import Cluster
 
 log = logging.getLogger("lss.broker")
 
-READS_PER_TURN = 1000  # messages read from one socket per loop turn
-HARD_LIMIT_FACTOR = 4
-# Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
-# so such a peer holds at most this many messages (each at most the message limit) in
-# the broker. Peers that read never get near it: a turn sends a peer one message per
-# message limit's worth of replies, and their ZeroMQ I/O thread reads them at once.
-SEND_HWM = 16
-# Messages read ahead from one peer (each up to HARD_LIMIT_FACTOR x the limit); a full
-# queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
-RECEIVE_HWM = 8
-PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
 # Messages (BATCH contents counted) handled from one socket in one turn: past it the
 # rest wait in ZeroMQ's queues (RECEIVE_HWM per peer) for the next turn, so that many
 # peers at once cannot make one turn's replies grow without bound either.
 TURN_MESSAGES = 50_000
 EXPIRY_EVERY_S = 60.0
-ENDPOINTS_FILE = "broker.endpoints.json"
 
 
 @dataclass(frozen=True)
@@ -92,18 +80,6 @@ def default_core_settings() -> CoreSettings:
     )
 
 
-class BindError(Exception):
-    """An endpoint the broker cannot listen on; the message names the setting to change."""
-
-    def __init__(self, endpoint: str, setting: str, cause: zmq.ZMQError) -> None:
-        option = config.SETTINGS[setting]
-        why = "address already in use" if cause.errno == errno.EADDRINUSE else cause.strerror
-        super().__init__(
-            f"cannot listen on {endpoint}: {why} (another broker or program has it?);"
-            f" choose another with {option.variable} or {option.flag}"
-        )
-
-
 class Broker:
     """Owns the sockets, the store and the loop; `run()` returns an exit code."""
 
@@ -126,7 +102,7 @@ class Broker:
         )
         self.cluster = self._join_cluster()
         if self.cluster is not None:  # another moment, or another broker, may serve it
-            self.core.retry_refused_ms = int(RETRY_AFTER_FAILURE_S * 1000)
+            self.core.retry_refused_after(int(RETRY_AFTER_FAILURE_S * 1000))
         self._polled_fd: int | None = None
         warn_if_plaintext(
             [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
@@ -135,7 +111,8 @@ class Broker:
         self._malformed = Throttle(log)
         self._storage_errors = Throttle(log, burst=5, window_s=60.0)
         self._callers = Callers(secured=self.curve is not None)
-        self._write_endpoints(state)
+        frontend, backend = self.frontend, self.backend
+        write_endpoints(state, frontend, backend, self.core.broker_id)
 
     def _join_cluster(self) -> Cluster | None:
         """With a shared (PostgreSQL) store: this broker's lease, adoption and news."""
@@ -152,7 +129,9 @@ class Broker:
         bound: list[zmq.Socket[bytes]] = []
         try:
             for setting in ("client_endpoint", "worker_endpoint"):
-                bound.append(self._bind(setting))
+                endpoint: str = getattr(self.settings, setting)
+                max_bytes = self.core_settings.max_message_bytes
+                bound.append(bind_router(self.context, endpoint, setting, max_bytes, self.curve))
         except BindError:
             for sock in bound:
                 sock.close(linger=0)
@@ -161,41 +140,6 @@ class Broker:
             self.context.term()
             raise
         return bound[0], bound[1]
-
-    def _bind(self, setting: str) -> zmq.Socket[bytes]:
-        """A ROUTER bound to the endpoint of `setting` (`client_endpoint`, whose ZAP
-        domain is `client`, or `worker_endpoint`)."""
-        endpoint: str = getattr(self.settings, setting)
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # Messages up to 4x the limit are read and refused with a reply; beyond that
-        # libzmq drops the connection before anything is read.
-        sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.core_settings.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
-        if self.curve:
-            self.curve.secure(sock, setting.removesuffix("_endpoint"))
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise BindError(endpoint, setting, exc) from exc
-        return sock
-
-    def _write_endpoints(self, state: Path) -> None:
-        endpoints = {
-            "client": self.frontend.getsockopt_string(zmq.LAST_ENDPOINT),
-            "worker": self.backend.getsockopt_string(zmq.LAST_ENDPOINT),
-            "broker_id": self.core.broker_id,
-            "host": socket.gethostname(),
-        }
-        path = state / ENDPOINTS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(endpoints))
-        tmp.replace(path)
-        log.info(
-            "broker ready: clients on %s, workers on %s", endpoints["client"], endpoints["worker"]
-        )
 
     def install_signal_handlers(self) -> None:
         """First SIGINT/SIGTERM drains; a second one stops at once."""
@@ -225,7 +169,7 @@ class Broker:
                 ready = dict(poller.poll(int(tick_every_s * 1000)))
                 now = time.monotonic()
                 self._step_cluster(ready, now)
-                self.core.storage_refusal = self.guard.refusal(now)
+                self.core.refuse_submits(self.guard.refusal(now))
                 self._turn(ready, now)
                 if now >= next_tick:
                     self._guarded(self.core.tick, now)
@@ -298,7 +242,7 @@ class Broker:
         )
         reason = self.core.roll_back(exc, now)
         self.guard.failed(exc, now)
-        self.core.storage_refusal = self.guard.refusal(now)
+        self.core.refuse_submits(self.guard.refusal(now))
         return reason
 
     def _drain(
@@ -410,7 +354,7 @@ class Broker:
             len(frames), shown(peer), exc,
         )  # fmt: skip
         if len(frames) >= 2:
-            self.core.outbox.workers.append(m.route(frames[0], m.ErrorReply(exc.code, str(exc))))
+            self.core.refuse_worker(frames[0], exc.code, str(exc))
             self._unreadable_result(frames, f"worker sent a malformed result: {exc}", now)
 
     def _expire(self, _now: float) -> None:
@@ -438,13 +382,12 @@ class Broker:
 
         The order is the durability rule of docs/protocol.md ("Durability").
         """
-        outbox = self.core.outbox
         limit = self.core_settings.max_message_bytes
-        for frames in group_by_peer(outbox.take_workers(), limit):
+        for frames in group_by_peer(self.core.take_worker_frames(), limit):
             send_frames(self.backend, frames)
         if self.store.has_changes():
             self._guarded(lambda _: self.core.commit(), now)
-        for frames in group_by_peer(outbox.take_clients(), limit):
+        for frames in group_by_peer(self.core.take_client_frames(), limit):
             send_frames(self.frontend, frames)
 
     def close(self) -> None:

@@ -46,9 +46,7 @@ class Cluster:
         self._next_listen_s = 0.0
         self._listen_backoff_s = LISTEN_RETRY_MIN_S
         self._adopted = self._depositions = 0
-        core.on_shutdown_all = store.request_shutdown
-        core.cluster_stats = self.describe
-        core.running_of = store.running_of
+        core.join_cluster(store.request_shutdown, self.describe, store.running_of)
         store.register(lease_s)
         log.info("registered as broker %s, epoch %d, lease %g s", store.broker_id,
                  store.epoch, lease_s)  # fmt: skip

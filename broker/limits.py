@@ -1,9 +1,9 @@
 """What one peer may hold or be sent, so that a flood costs the broker bounded memory.
 
-The broker's per-peer caps (docs/protocol.md, "Limits"): the clients waiting for jobs
-(`Waiters`), and the bytes of answers and data chunks queued in one loop turn
-(`Budget`). The caps on single messages (request id, job size, credit) are protocol
-constants in protocol.messages.
+The broker's per-peer caps (docs/protocol.md, "Limits"): the messages read from one
+peer in a loop turn, the clients waiting for jobs (`Waiters`), and the bytes of answers
+and data chunks queued in one loop turn (`Budget`). The caps on single messages
+(request id, job size, credit) are protocol constants in protocol.messages.
 """
 
 from __future__ import annotations
@@ -12,10 +12,22 @@ from collections import Counter, OrderedDict
 from typing import NamedTuple
 
 MAX_WAITERS_PER_PEER = 10_000
+PEER_MESSAGES_PER_TURN = 10_000  # more from one peer in one turn are dropped, and logged
 MAX_WAITERS = 50_000  # 200-byte tags: ~35 MB of waits (docs/protocol.md, "Limits")
 PEER_ANSWER_BYTES_PER_TURN = 8 << 20  # answers to one client in one loop turn
 ANSWER_BYTES_PER_TURN = 64 << 20  # answers to all clients in one loop turn
 DATA_BYTES_PER_TURN = 4 << 20  # data chunks to all workers in one loop turn
+# A message up to this many times the message limit is read and refused with a reply;
+# a larger one makes libzmq drop the connection.
+HARD_LIMIT_FACTOR = 4
+# Messages queued for one peer that does not read; more are dropped by ZeroMQ (ROUTER),
+# so such a peer holds at most this many messages (each at most the message limit) in
+# the broker. Peers that read never get near it: a turn sends a peer one message per
+# message limit's worth of replies, and their ZeroMQ I/O thread reads them at once.
+SEND_HWM = 16
+# Messages read ahead from one peer (each up to HARD_LIMIT_FACTOR x the limit); a full
+# queue only makes ZeroMQ stop reading that peer's connection until the loop catches up.
+RECEIVE_HWM = 8
 
 Waiter = tuple[bytes, bytes]  # (peer identity, request tag)
 

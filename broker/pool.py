@@ -31,7 +31,7 @@ class WorkerInfo:
     last_seen_s: float
     last_sent_s: float
     jobs: dict[int, float] = field(default_factory=dict)  # seq -> lease deadline
-    alone: bool = False  # running a retried job, which gets the worker to itself
+    runs_suspect: bool = False  # running a suspect job, which gets the worker to itself
     started: set[int] = field(default_factory=set)  # suspect jobs it said it is computing
 
     def __str__(self) -> str:
@@ -44,7 +44,7 @@ class WorkerInfo:
 
     @property
     def free_slots(self) -> int:
-        return 0 if self.alone else self.credit - len(self.jobs)
+        return 0 if self.runs_suspect else self.credit - len(self.jobs)
 
     def describe(self, now_s: float | None = None) -> dict[str, object]:
         """The worker for `stats`; with `now_s`, also how long ago it was last heard from."""
@@ -100,17 +100,17 @@ class WorkerPool:
         return bool(self._free)
 
     def assign(
-        self, seq: int, now_s: float, lease_s: float, alone: bool = False
+        self, seq: int, now_s: float, lease_s: float, suspect: bool = False
     ) -> WorkerInfo | None:
         """Give job `seq` to the least recently used worker with a free slot.
 
         A worker runs its jobs one after another, so a job queued behind others there
-        gets a lease for each of them too. An `alone` job (one whose worker died) goes
-        only to an idle worker and keeps it to itself, so that if it kills this worker
-        too no other job is blamed; None when no worker is idle.
+        gets a lease for each of them too. A `suspect` job (broker.jobs) goes only to an
+        idle worker and keeps it to itself, so that if it kills this worker too no other
+        job is blamed; None when no worker is idle.
         """
-        if alone:
-            return self._assign_alone(seq, now_s + lease_s)
+        if suspect:
+            return self._assign_suspect(seq, now_s + lease_s)
         identity, _ = self._free.popitem(last=False)
         info = self._workers[identity]
         info.jobs[seq] = now_s + lease_s * (len(info.jobs) + 1)
@@ -118,14 +118,14 @@ class WorkerPool:
             self._free[identity] = None
         return info
 
-    def _assign_alone(self, seq: int, deadline_s: float) -> WorkerInfo | None:
+    def _assign_suspect(self, seq: int, deadline_s: float) -> WorkerInfo | None:
         idle = next((i for i in self._free if not self._workers[i].jobs), None)
         if idle is None:
             return None
         del self._free[idle]
         info = self._workers[idle]
         info.jobs[seq] = deadline_s
-        info.alone = True
+        info.runs_suspect = True
         return info
 
     def release(self, identity: bytes, seq: int) -> bool:
@@ -134,7 +134,7 @@ class WorkerPool:
         if info is None or info.jobs.pop(seq, None) is None:
             return False
         info.started.discard(seq)
-        info.alone = info.alone and bool(info.jobs)
+        info.runs_suspect = info.runs_suspect and bool(info.jobs)
         if identity not in self._free:
             self._free[identity] = None
         return True

@@ -9,21 +9,12 @@ so they decode frames rather than make the hot path carry bookkeeping.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from broker.limits import Waiter
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.messages import ErrorCode, job_seq
-
-
-class Unfinished(NamedTuple):
-    """What finishing a job took away, to give back if the transaction fails."""
-
-    job_body: bytes
-    waiters: set[Waiter]  # the clients its answer was queued for
-    owner: str | None  # the key that submitted it (CURVE only)
-    suspect: bool  # its workers were lost twice (broker.core.ALONE_AFTER_LOSSES)
 
 
 def client_replies(

@@ -25,9 +25,8 @@ import zmq
 from clients.session import Request, Session
 from protocol import config
 from protocol.curve import secure_client
-from protocol.wire import send_frames, waiting
+from protocol.wire import READS_PER_TURN, send_frames, waiting
 
-READS_PER_TURN = 1000  # messages read per `receive` before the driver looks up again
 # A broker batches replies up to its message limit; a larger message drops the connection
 # before it is read (the broker allows peers the same factor).
 CLIENT_MESSAGE_FACTOR = 4

@@ -12,6 +12,9 @@ from collections.abc import Iterator, Sequence
 
 import zmq
 
+# Messages a loop reads from one socket per turn before it looks at its other work
+# (sockets, timers): the one value for the broker, the workers and the clients.
+READS_PER_TURN = 1000
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)

@@ -32,7 +32,7 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.lifetime import die_with_parent
 from protocol.logs import setup_logging, shown
-from protocol.wire import waiting
+from protocol.wire import READS_PER_TURN, waiting
 from workers import report
 from workers.compute import JobRunner
 from workers.link import Link
@@ -41,7 +41,6 @@ from workers.settings import WorkerSettings, add_worker_flags, settings_from
 log = logging.getLogger("lss.worker")
 
 PIPE = "inproc://lss-worker-compute"
-READS_PER_TURN = 1000
 STOP = b""  # empty tag: tells the compute thread to end
 SUSPECT = b"s"  # marks a suspect job on the pipe
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT

@@ -24,8 +24,7 @@ import zmq
 from bench import procstat
 from bench.harness import Service
 from bench.service import wait_until
-from broker.broker import SEND_HWM
-from broker.limits import ANSWER_BYTES_PER_TURN, MAX_WAITERS, MAX_WAITERS_PER_PEER
+from broker.limits import ANSWER_BYTES_PER_TURN, MAX_WAITERS, MAX_WAITERS_PER_PEER, SEND_HWM
 from protocol import config
 from protocol import messages as m
 from tests.integration.test_hostile import RawPeer, fake_worker, peers, raw

@@ -16,7 +16,7 @@ from broker.access import Caller, Role
 from broker.core import BrokerCore
 from broker.store.postgres import PgStore
 from protocol import messages as m
-from tests.unit.test_core import FP, SETTINGS
+from tests.unit.broker_harness import FP, SETTINGS
 
 ALICE = Caller(Role.CLIENT, "A" * 40, "alice")
 BOB = Caller(Role.CLIENT, "B" * 40, "bob")

@@ -15,8 +15,8 @@ from broker.store.sql import page_params, page_query
 from clients.listing import JobListing, job_number
 from protocol import messages as m
 from protocol.messages import JobStatus
+from tests.unit.broker_harness import Harness
 from tests.unit.conftest import pg_store
-from tests.unit.test_core import Harness
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x80", fingerprint="f")
 FAILED = Outcome(JobStatus.ERROR, reason="no data")

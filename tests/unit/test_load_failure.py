@@ -9,7 +9,7 @@ import zmq
 from broker.store import Store
 from protocol import config
 from protocol import messages as m
-from tests.unit.test_core import FP, Harness
+from tests.unit.broker_harness import FP, Harness
 from workers.settings import WorkerSettings
 from workers.worker import cannot_load
 

@@ -1,0 +1,299 @@
+"""The client side of the broker: what a client may ask, and the answers.
+
+`ClientSide.on_client` serves one decoded request: admission of submits (refusals,
+the store's numbering, the key's quota), reads and waits, listings, counts, stats and
+shutdown, each checked against the caller's role (broker.access). It queues replies in
+the turn's outbox (broker.outbox); the worker side runs the jobs it accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from broker.access import OPEN, Caller, may_see, owner_filter
+from broker.history import recent_jobs
+from broker.outbox import over_budget
+from broker.pool import peer_name
+from broker.state import CoreState, final_state
+from broker.store import StorageError
+from protocol import messages as m
+from protocol.logs import shown
+from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
+
+log = logging.getLogger("lss.broker")
+
+
+class ClientSide:
+    """Admission, reads, waits, listings and access, for requests on the client socket."""
+
+    def __init__(self, state: CoreState, stats: Callable[[float], dict[str, object]]) -> None:
+        self.state = state
+        self._stats = stats
+        # Set by the loop when brokers share the store (broker.cluster): asks every
+        # broker to shut down, counts a key's jobs on all brokers.
+        self.on_shutdown_all: Callable[[], None] | None = None
+        self.running_of: Callable[[str], int] | None = None
+
+    def finished_elsewhere(self, seqs: list[int]) -> None:
+        """Answer the waiters of jobs another broker finished (told by the store)."""
+        for seq in seqs:
+            if seq in self.state.jobs or not self.state.waiters.waiting(seq):
+                continue
+            record = self.state.store.get(seq)
+            if record is None:  # expired meanwhile
+                for identity, tag in self.state.waiters.pop(seq):
+                    self.state.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
+            elif record.status is not JobStatus.RUNNING:
+                for identity, tag in self.state.waiters.pop(seq):
+                    self.state.reply(identity, tag, final_state(seq, record), record.answer)
+
+    def remote_waits(self) -> list[int]:
+        """Jobs waited for here that another broker runs."""
+        return [seq for seq in self.state.waiters.jobs() if seq not in self.state.jobs]
+
+    def on_client(self, env: Envelope, now_s: float, caller: Caller = OPEN) -> None:
+        """Serve one decoded client request from `caller`."""
+        identity, tag, msg = env.identity or b"", env.tag, env.message
+        if not caller.may_ask:  # ZAP admits no worker key here; if it ever did: no
+            self.state.forbid(identity, tag, caller, "use the client endpoint")
+        elif isinstance(msg, m.Submit):
+            self._submit(identity, tag, msg, now_s, caller)
+        elif isinstance(msg, m.Get | m.Wait):
+            wait = isinstance(msg, m.Wait)
+            self._read(identity, tag, job_seq(msg.job_id), wait=wait, caller=caller)
+        elif isinstance(msg, m.ListJobs):
+            self._list(identity, tag, msg, caller)
+        elif isinstance(msg, m.NumJobs):
+            self.state.reply(identity, tag, m.JobCount(self._count_running(caller)))
+        elif isinstance(msg, m.Shutdown):
+            self._shutdown(identity, tag, caller, msg.scope)
+        elif isinstance(msg, m.Ping):
+            pong = m.Pong(
+                self.state.broker_id, shutting_down=self.state.shutting_down, pid=os.getpid()
+            )
+            self.state.reply(identity, tag, pong)
+        elif isinstance(msg, m.Stats | m.Recent):
+            self.state.reply(identity, tag, self._report(identity, msg, now_s, caller))
+        else:
+            name = type(msg).__name__
+            self.state.refuse(
+                identity, tag, ErrorCode.UNKNOWN_COMMAND, f"{name} is not a client request"
+            )
+
+    def _report(
+        self, identity: bytes, msg: m.Stats | m.Recent, now_s: float, caller: Caller
+    ) -> m.Message:
+        if self.state.outbox.answers.spent(identity):  # its reply could not go: spare the work
+            return over_budget()
+        if isinstance(msg, m.Recent):  # a client key sees only its own jobs here too
+            return recent_jobs(self.state.store, msg.limit, owner_filter(caller))
+        return m.StatsReply({**self._stats(now_s), "key": self.state.quota.describe(caller.owner)})
+
+    def _shutdown(self, identity: bytes, tag: bytes, caller: Caller, scope: str) -> None:
+        if not caller.may_change_service:
+            self.state.forbid(identity, tag, caller, "shut the service down")
+            return
+        if scope not in m.SHUTDOWN_SCOPES:
+            self.state.refuse(identity, tag, ErrorCode.BAD_REQUEST, f"scope must be one of"
+                        f" {', '.join(m.SHUTDOWN_SCOPES)}")  # fmt: skip
+            return
+        if scope == m.SHUTDOWN_ALL and self.on_shutdown_all is not None:
+            self.on_shutdown_all()  # every broker on the store; this one as well
+        self.state.begin_shutdown(f"{caller.role} key {shown(caller.name)} asked" if caller.role
+                            else "a client asked")  # fmt: skip
+        self.state.reply(identity, tag, m.ShuttingDown(pending=len(self.state.jobs)))
+
+    def _submit(
+        self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float, caller: Caller
+    ) -> None:
+        body = m.body_of(m.Job(msg.statistic, msg.params))
+        malformed = self._malformed(identity, msg, body)
+        if malformed:  # not looked up: it names no job, and its text may break a query
+            self.state.refuse(identity, tag, *malformed)
+            return
+        refusal = self._submit_refusal(caller, body)
+        seq = self.state.store.find_request(msg.request_id) if refusal else None
+        if refusal and seq is None:
+            self.state.refuse(identity, tag, *refusal)
+            return
+        if seq is None:
+            seq = self._accept_alone(identity, tag, msg, body=body, now_s=now_s, owner=caller.owner)
+            if seq is None:
+                return
+        if not self._visible(seq, caller):  # another key's request id: never its job
+            self.state.forbid(identity, tag, caller, "reuse another key's request_id")
+        elif msg.notify:  # the final state is the only reply
+            self._read(identity, tag, seq, wait=True, caller=caller)
+        else:
+            self.state.reply(identity, tag, m.Submitted(job_id(seq)))
+
+    def _accept_alone(
+        self, identity: bytes, tag: bytes, msg: m.Submit, *, body: bytes, now_s: float,
+        owner: str,
+    ) -> int | None:  # fmt: skip
+        """`_accept`, where a store error that took back only this request's write
+        refuses this request only (None): the turn and every other peer's requests go on."""
+        try:
+            return self._accept(msg, body, now_s, owner)
+        except StorageError as exc:
+            if not exc.contained:
+                raise  # the transaction is lost: the loop rolls the turn back
+            self.state.storage_failures[exc.operation] += 1
+            self.state.warn.warning(("store refused", identity), "a submit from %s failed alone"
+                               " in the store: %s", peer_name(identity), exc)  # fmt: skip
+            self.state.refuse(identity, tag, ErrorCode.STORAGE, f"storage failed: {exc}")
+            return None
+
+    def _accept(self, msg: m.Submit, body: bytes, now_s: float, owner: str) -> int:
+        seq, new = self.state.store.add(
+            msg.request_id, body, self.state.wall_clock(), owner, msg.statistic
+        )
+        if not new:
+            return seq
+        self.state.jobs.add(seq, body, owner)
+        self.state.rates.count("submitted", now_s)
+        self.state.latency.accepted(seq, msg.statistic, now_s)
+        log.debug("%s accepted", job_id(seq))
+        return seq
+
+    def _submit_refusal(self, caller: Caller, body: bytes) -> tuple[ErrorCode, str] | None:
+        if self.state.shutting_down:
+            return ErrorCode.SHUTTING_DOWN, "shutting down"
+        if self.state.storage_refusal:
+            return ErrorCode.STORAGE, self.state.storage_refusal
+        if no_worker := self.state.no_worker():
+            return ErrorCode.NO_WORKER, no_worker
+        return self._queue_refusal() or self.state.quota.refusal(caller.owner, body)
+
+    def _malformed(
+        self, identity: bytes, msg: m.Submit, body: bytes
+    ) -> tuple[ErrorCode, str] | None:
+        """Why a submit can never be accepted, whatever the store holds; None if it may be."""
+        if not msg.request_id:
+            return ErrorCode.BAD_REQUEST, "request_id must not be empty"
+        if len(msg.request_id) > m.MAX_REQUEST_ID_CHARS:
+            return ErrorCode.TOO_LARGE, f"request_id longer than {m.MAX_REQUEST_ID_CHARS}"
+        if len(body) > m.MAX_JOB_BYTES:
+            why = f"statistic and params take {len(body)} bytes, over {m.MAX_JOB_BYTES}"
+            return ErrorCode.TOO_LARGE, why
+        problem = m.submit_problem(msg)  # bounded: the body is within MAX_JOB_BYTES
+        if problem:
+            self.state.warn.warning(("bad submit", identity), "refused a submit from %s: %s",
+                               peer_name(identity), problem)  # fmt: skip
+            return ErrorCode.BAD_REQUEST, problem
+        return None
+
+    def _queue_refusal(self) -> tuple[ErrorCode, str] | None:
+        if len(self.state.jobs) >= self.state.settings.max_queue:
+            return (
+                ErrorCode.QUEUE_FULL,
+                f"queue full ({self.state.settings.max_queue} jobs waiting)",
+            )
+        return None
+
+    def _visible(self, seq: int, caller: Caller) -> bool:
+        """Whether `caller` may know of job `seq` (a client key: only its own jobs)."""
+        if owner_filter(caller) is None:  # sees every job: no need to look it up
+            return True
+        if seq in self.state.jobs:
+            return may_see(caller, self.state.jobs.owner_of(seq))
+        record = self.state.store.get(seq)
+        return record is None or may_see(caller, record.owner)
+
+    def _count_running(self, caller: Caller) -> int:
+        owner = owner_filter(caller)
+        if owner is None:
+            return self.state.store.count(JobStatus.RUNNING)
+        if self.running_of is not None:
+            return self.running_of(owner)
+        return self.state.jobs.running(owner)
+
+    def _read(
+        self, identity: bytes, tag: bytes, seq: int | None, *, wait: bool, caller: Caller = OPEN
+    ) -> None:
+        """Answer with job `seq`'s state, or (`wait`) register for its final one. Another
+        key's job answers exactly as a job id never issued."""
+        if seq is not None and seq in self.state.jobs:  # answered without the store
+            self._read_running(identity, tag, seq, wait, caller)
+        elif seq is None or seq > self.state.store.last_seq():
+            self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+        else:
+            record = self.state.store.get(seq)
+            if record is None:
+                self.state.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
+            elif not may_see(caller, record.owner):
+                self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+            elif wait and record.status is JobStatus.RUNNING:  # another broker runs it
+                self._add_waiter(identity, tag, seq)
+            else:
+                self.state.reply(identity, tag, final_state(seq, record), record.answer)
+
+    def _read_running(
+        self, identity: bytes, tag: bytes, seq: int, wait: bool, caller: Caller
+    ) -> None:
+        if not may_see(caller, self.state.jobs.owner_of(seq)):
+            self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+        elif wait and (no_worker := self.state.no_worker()):
+            self.state.refuse(identity, tag, ErrorCode.NO_WORKER, no_worker)
+        elif wait:
+            self._add_waiter(identity, tag, seq)
+        else:
+            self.state.reply(identity, tag, m.JobState(job_id(seq), JobStatus.RUNNING.value))
+
+    def _add_waiter(self, identity: bytes, tag: bytes, seq: int) -> None:
+        admission = self.state.waiters.add(seq, identity, tag)
+        if admission.displaced is not None:  # the largest holder's oldest wait made room
+            displaced, displaced_tag = admission.displaced
+            self.state.warn.warning(
+                ("displaced", displaced), "ended the oldest wait of %s: waits full (%d), it"
+                " holds the most", peer_name(displaced), self.state.waiters.cap,
+            )  # fmt: skip
+            why = (
+                f"too many waits at once (at most {self.state.waiters.cap} in all): this peer"
+                " held the most, and its oldest wait made room for another's; ask again"
+            )
+            self.state.refuse(displaced, displaced_tag, ErrorCode.OVER_LIMIT, why)
+        if not admission.admitted:
+            self.state.refuse(identity, tag, ErrorCode.OVER_LIMIT, self._wait_refusal(identity))
+
+    def _wait_refusal(self, identity: bytes) -> str:
+        if self.state.waiters.held(identity) >= self.state.waiters.per_peer:
+            return f"too many waits at once (at most {self.state.waiters.per_peer} per peer)"
+        return (f"too many waits at once (at most {self.state.waiters.cap} in all, and this peer"
+                " holds as many as any other); ask again later")  # fmt: skip
+
+    def _list(self, identity: bytes, tag: bytes, msg: m.ListJobs, caller: Caller) -> None:
+        if self.state.outbox.answers.spent(identity):  # its reply could not go: spare the work
+            self.state.reply(identity, tag, over_budget())
+            return
+        problem = list_filter_problem(msg)
+        if problem is not None:
+            self.state.warn.warning(("list", identity), "refused a job list from %s: %s",
+                               peer_name(identity), problem)  # fmt: skip
+            self.state.refuse(identity, tag, ErrorCode.BAD_REQUEST, problem)
+            return
+        limit = max(1, min(msg.limit, self.state.settings.list_page_limit))
+        after = min(max(msg.after, 0), self.state.store.last_seq())
+        owner = owner_filter(caller)
+        page = self.state.store.page(
+            after, limit, owner, status=msg.status, statistic=msg.statistic
+        )
+        jobs = [[job_id(seq), status.value] for seq, status in page]
+        next_after = page[-1][0] if len(page) == limit else None
+        self.state.reply(identity, tag, m.JobList(jobs, next_after))
+
+
+def list_filter_problem(msg: m.ListJobs) -> str | None:
+    """Why a `ListJobs` filter is refused, or None when it is fine."""
+    if msg.status is not None and msg.status not in set(JobStatus):
+        known = ", ".join(JobStatus)
+        return f"unknown status {shown(msg.status)!r} to list; known: {known}"
+    if msg.statistic is not None and len(msg.statistic) > m.MAX_STATISTIC_CHARS:
+        return f"a statistic to list is at most {m.MAX_STATISTIC_CHARS} characters"
+    if msg.statistic is not None and m.CONTROL_CHARACTER.search(msg.statistic):
+        # No job has one (refused at submit); PostgreSQL would refuse the query, and the
+        # turn of every peer with it.
+        return f"a statistic to list holds a control character: {shown(msg.statistic)}"
+    return None
