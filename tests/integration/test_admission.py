@@ -63,8 +63,12 @@ def test_a_nul_or_a_nan_is_refused_and_costs_no_one_else_their_submit(
         refusal = got[tag]
         assert isinstance(refusal, m.ErrorReply) and refusal.code == "bad_request", refusal
         assert said in refusal.reason
+    service.start_workers(1)  # the accepted jobs run (and the broker's drain is quick)
     with service.client() as client:
         assert client.stats()["storage_failures"] == {}
+        accepted = [got[tag].job_id for tag in (b"0", b"3")]  # type: ignore[attr-defined]
+        states = client.wait_all(accepted, timeout=20)
+    assert [state["status"] for state in states.values()] == ["done", "done"], states
 
 
 def test_a_key_over_its_quota_is_refused_and_another_key_goes_on(
