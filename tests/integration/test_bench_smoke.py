@@ -23,6 +23,7 @@ from bench.driver import FULL_MIX, PER_STATE, jobs, percentile
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # about 25 s: `./run.sh bench --smoke` is the same run
 def test_a_tiny_bench_run_measures_every_system(tmp_path: Path, standin_csv: Path) -> None:
     data_dir, out = tmp_path / "data", tmp_path / "out"
     data_dir.mkdir()
