@@ -15,6 +15,12 @@ producers given every broker's endpoint (producer P starting at broker P mod N);
 broker kill picks one at random and restarts it on its endpoints. Job numbers then come
 from a database sequence, which a killed broker's unfinished transaction may skip: ids
 must be unique, not contiguous.
+
+Issue 19 mixes in deadlines and cancels: a share of submits carries a short deadline,
+and a share of the jobs handed out is cancelled at once through another broker (with
+several). Every job must end in exactly one final state that agrees with what its
+producer was told: a job whose cancel answered "cancelled" never ends done or error; a
+job ends cancelled only if it was cancelled or its deadline passed.
 """
 
 from __future__ import annotations
@@ -45,7 +51,14 @@ from bench.reference import QUESTIONS, Reference, close_enough
 from clients import Client
 from protocol import config
 from protocol import messages as m
-from protocol.errors import BrokerUnavailable, JobFailed, JobTimeout, LssError, RequestRefused
+from protocol.errors import (
+    BrokerUnavailable,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    LssError,
+    RequestRefused,
+)
 from protocol.lifetime import die_with_parent
 from protocol.logs import FORMAT
 from protocol.messages import STATE_STATISTICS, STATISTICS
@@ -56,6 +69,8 @@ SETTLE_S = 40.0  # after the chaos, how long every recorded job may take to fini
 NO_SUCH_STATE = "Atlantis"  # a state the data set does not have
 SLEEP_SHARE, RESUBMIT_SHARE, WAIT_SHARE = 0.05, 0.1, 0.05
 RUN_SHARE, PUBLIC_SHARE = 0.1, 0.4  # Client.run, Client.submit; the rest: chosen request ids
+DEADLINE_SHARE, CANCEL_SHARE = 0.1, 0.1  # of the submits: with a deadline; cancelled at once
+DEADLINE_S = (0.02, 0.5)  # a submit's deadline, uniformly in this range
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,8 @@ class Ledger:
     by_job: dict[str, str] = field(default_factory=dict)
     specs: dict[str, Spec] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    with_deadline: set[str] = field(default_factory=set)  # job ids
+    cancels: dict[str, str] = field(default_factory=dict)  # job id -> the cancel's reply
 
     def record(self, request: str, job: str, spec: Spec) -> None:
         with self.lock:
@@ -108,6 +125,14 @@ class Ledger:
     def count(self, what: str) -> None:
         with self.lock:
             self.counts[what] += 1
+
+    def cancelled(self, job: str, reply: str) -> None:
+        with self.lock:
+            self.cancels[job] = reply
+
+    def deadline(self, job: str) -> None:
+        with self.lock:
+            self.with_deadline.add(job)
 
 
 @dataclass
@@ -154,29 +179,49 @@ class Soak:
 
     def _produce(self, number: int) -> None:
         rng = random.Random(self.cfg.seed * 1000 + number)
-        with Client(self.cluster.client_endpoints(number), timeout=WAIT_TIMEOUT_S) as client:
+        endpoints = self.cluster.client_endpoints
+        with (
+            Client(endpoints(number), timeout=WAIT_TIMEOUT_S) as client,
+            Client(endpoints(number + 1), timeout=SUBMIT_TIMEOUT_S) as canceller,
+        ):
             while not self.stop.is_set():
                 spec = rng.choice(self.sleeps if rng.random() < SLEEP_SHARE else self.menu)
-                self._one_job(client, spec, rng)
+                self._one_job(client, canceller, spec, rng)
                 self.stop.wait(rng.expovariate(self.cfg.rate_per_producer))
 
-    def _one_job(self, client: Client, spec: Spec, rng: random.Random) -> None:
+    def _one_job(self, client: Client, canceller: Client, spec: Spec, rng: random.Random) -> None:
         mode = rng.random()
         if mode < RUN_SHARE:
             self._run(client, spec)
             return
+        deadline = rng.uniform(*DEADLINE_S) if rng.random() < DEADLINE_SHARE else None
         if mode < RUN_SHARE + PUBLIC_SHARE:
-            job = self._public_submit(client, spec)
+            job = self._public_submit(client, spec, deadline)
         else:
-            job = self._submit_with_retries(client, spec, rng)
-        if job is not None and rng.random() < WAIT_SHARE:
+            job = self._submit_with_retries(client, spec, rng, deadline)
+        if job is None:
+            return
+        if deadline is not None:
+            self.ledger.deadline(job)
+        if rng.random() < CANCEL_SHARE:
+            self._cancel(canceller, job)
+        elif rng.random() < WAIT_SHARE:
             self._wait_now(client, job)
+
+    def _cancel(self, client: Client, job: str) -> None:
+        """Cancel `job` (through another broker, with several); remember the reply."""
+        try:
+            self.ledger.cancelled(job, client.cancel(job))
+        except BrokerUnavailable:
+            self.ledger.cancelled(job, "unconfirmed")  # either ending is right
 
     def _run(self, client: Client, spec: Spec) -> None:
         """Submit-and-wait in one call: no job id to record, so judge the answer now."""
         self.ledger.count("run_requests")
         try:
             answer: Any = client.run(spec.statistic, **spec.params)
+        except JobCancelled:
+            self.ledger.count("run:wrong")  # no deadline, never cancelled
         except JobFailed as exc:
             self.ledger.count("run:" + _judge_error(str(exc), spec))
         except (JobTimeout, BrokerUnavailable):
@@ -184,22 +229,24 @@ class Soak:
         else:
             self.ledger.count("run:" + _judge_answer(answer, spec))
 
-    def _public_submit(self, client: Client, spec: Spec) -> str | None:
+    def _public_submit(self, client: Client, spec: Spec, deadline: float | None) -> str | None:
         try:
-            job = client.submit(spec.statistic, **spec.params)
+            job = client.submit(spec.statistic, deadline=deadline, **spec.params)
         except BrokerUnavailable:
             self.ledger.count("unconfirmed")  # may or may not have become a job
             return None
         self.ledger.record(uuid.uuid4().hex, job, spec)
         return job
 
-    def _submit_with_retries(self, client: Client, spec: Spec, rng: random.Random) -> str | None:
+    def _submit_with_retries(
+        self, client: Client, spec: Spec, rng: random.Random, deadline: float | None
+    ) -> str | None:
         request = uuid.uuid4().hex
-        job = _submit_until_answered(client, request, spec, self.ledger)
+        job = _submit_until_answered(client, request, spec, self.ledger, deadline)
         if job is not None:
             self.ledger.record(request, job, spec)
             if rng.random() < RESUBMIT_SHARE:
-                again = _submit_until_answered(client, request, spec, self.ledger)
+                again = _submit_until_answered(client, request, spec, self.ledger, deadline)
                 if again is not None:
                     self.ledger.record(request, again, spec)
         return job
@@ -207,7 +254,7 @@ class Soak:
     def _wait_now(self, client: Client, job: str) -> None:
         try:
             client.wait(job, timeout=WAIT_TIMEOUT_S)
-        except JobFailed:
+        except (JobFailed, JobCancelled):
             pass  # judged at the end, like every other job
         except LssError:  # JobTimeout, BrokerUnavailable, UnknownJob
             self.ledger.count("waits_failed")
@@ -253,7 +300,7 @@ class Soak:
 
     def _verdict(self) -> dict[str, Any]:
         with Client(self.cluster.client_endpoints(), timeout=WAIT_TIMEOUT_S) as client:
-            outcomes = _judge_all(client, self.ledger.specs, time.monotonic() + SETTLE_S)
+            outcomes = _judge_all(client, self.ledger, time.monotonic() + SETTLE_S)
             listing = client.jobs()
         counts = self.ledger.counts
         outcomes.update({k[4:]: n for k, n in counts.items() if k.startswith("run:")})
@@ -268,6 +315,8 @@ class Soak:
             "duplicated": counts["duplicated"] + extra_jobs,
             "outcomes": dict(outcomes),
             "runs": counts["run_requests"],
+            "with_deadline": len(self.ledger.with_deadline),
+            "cancels": dict(Counter(self.ledger.cancels.values())),
             "unconfirmed_submits": counts["unconfirmed"],
             "submit_retries": counts["submit_retries"],
             "broker_jobs": len(listing),
@@ -283,12 +332,16 @@ class Soak:
         }
 
 
-def _submit_until_answered(client: Client, request: str, spec: Spec, ledger: Ledger) -> str | None:
+def _submit_until_answered(
+    client: Client, request: str, spec: Spec, ledger: Ledger, job_deadline: float | None = None
+) -> str | None:
     """Submit under `request` until the broker answers (the same id each time it is asked)."""
     deadline = time.monotonic() + WAIT_TIMEOUT_S + SETTLE_S
     while time.monotonic() < deadline:
         try:
-            return client.submit_as(request, spec.statistic, spec.params, SUBMIT_TIMEOUT_S)
+            return client.submit_as(
+                request, spec.statistic, spec.params, SUBMIT_TIMEOUT_S, deadline=job_deadline
+            )
         except BrokerUnavailable:
             ledger.count("submit_retries")
         except RequestRefused as exc:
@@ -298,16 +351,34 @@ def _submit_until_answered(client: Client, request: str, spec: Spec, ledger: Led
     return None
 
 
-def _judge_all(client: Client, specs: dict[str, Spec], deadline: float) -> Counter[str]:
-    """Wait for every job (pipelined) and compare its outcome with its spec."""
+def _judge_all(client: Client, ledger: Ledger, deadline: float) -> Counter[str]:
+    """Wait for every job (pipelined) and compare its outcome with its spec and with what
+    its producer was told (a cancel's reply, a deadline)."""
     verdicts: Counter[str] = Counter()
-    jobs = list(specs)
+    jobs = list(ledger.specs)
     for start in range(0, len(jobs), 500):
         batch = jobs[start : start + 500]
         states = client.wait_all(batch, timeout=max(0.1, deadline - time.monotonic()))
         for job in batch:
-            verdicts[_judge(states[job], specs[job])] += 1
+            verdicts[_judge_told(states[job], job, ledger)] += 1
     return verdicts
+
+
+def _judge_told(state: dict[str, Any], job: str, ledger: Ledger) -> str:
+    """A cancel that answered "cancelled" holds; one that answered a final status holds
+    (the job was left as it was); a job ends cancelled only if it was cancelled or had a
+    deadline (then the reason says which)."""
+    told = ledger.cancels.get(job)
+    if state["status"] == m.JobStatus.CANCELLED.value:
+        reason = state.get("reason") or ""
+        if told in ("cancelled", "unconfirmed"):
+            return "cancelled"
+        if told is None and job in ledger.with_deadline and "deadline" in reason:
+            return "deadline_passed"
+        return "wrong"
+    if told == "cancelled" or (told not in (None, "unconfirmed") and told != state["status"]):
+        return "wrong"
+    return _judge(state, ledger.specs[job])
 
 
 def _judge(state: dict[str, Any], spec: Spec) -> str:
