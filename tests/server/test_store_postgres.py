@@ -16,7 +16,7 @@ import pytest
 from bench.service import wait_until
 from broker.store import Outcome, StorageError
 from broker.store.pg_schema import SCHEMA_VERSION, SchemaTooNew
-from broker.store.postgres import PgStore, notify_payloads
+from broker.store.postgres import SEQ_BLOCK, PgStore, notify_payloads
 from protocol.messages import JobStatus
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
@@ -32,13 +32,18 @@ def brokers(pg_url: str) -> Iterator[tuple[PgStore, PgStore]]:
     b.close()
 
 
-def test_numbers_are_unique_across_brokers(brokers: tuple[PgStore, PgStore]) -> None:
+def test_numbers_are_reserved_in_blocks_unique_across_brokers(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
     a, b = brokers
     seqs = [s.add(f"{s.broker_id}-{n}", b"q", 0.0)[0] for n in range(10) for s in (a, b)]
     a.commit()
     b.commit()
-    assert sorted(seqs) == list(range(1, 21))
-    assert a.last_seq() == b.last_seq() == 20
+    assert seqs[0::2] == list(range(1, 11))  # a's block, then b's: a gap between them
+    assert seqs[1::2] == list(range(SEQ_BLOCK + 1, SEQ_BLOCK + 11))
+    assert {r.seq for r in (a.get(seq) for seq in seqs) if r} == set(seqs)
+    # A broker's own unused numbers name no job; another's unused block counts.
+    assert (a.last_seq(), b.last_seq()) == (2 * SEQ_BLOCK, SEQ_BLOCK + 10)
 
 
 def test_a_request_id_is_one_job_whichever_broker_takes_it(
@@ -47,9 +52,13 @@ def test_a_request_id_is_one_job_whichever_broker_takes_it(
     a, b = brokers
     seq, new = a.add("same", b"q", 0.0)
     a.commit()
-    assert new and b.add("same", b"other", 1.0) == (seq, False)
+    assert new and b.find_request("same") == seq
+    provisional, _ = b.add("same", b"other", 1.0)  # numbered at once, written at commit
+    b.commit()
+    assert b.superseded() == {provisional: seq}
     record = b.get(seq)
-    assert record is not None and record.job_body == b"q"
+    assert record is not None and record.job_body == b"q" and b.get(provisional) is None
+    assert a.add("same", b"again", 2.0) == (seq, False)  # a knows it: no query
 
 
 def test_any_broker_reads_any_job(brokers: tuple[PgStore, PgStore]) -> None:
@@ -148,10 +157,11 @@ def test_a_broker_stopped_in_mid_turn_blocks_the_others_for_two_seconds_at_most(
     """A holds a request id in a transaction it never finishes (as if SIGSTOPped): the
     server ends A's session, and B takes the request id instead of waiting forever."""
     a, b = brokers
-    a.add("contended", b"q", 0.0)  # A's turn stops here, its row lock held
-    seq, new = b.add("contended", b"q", 1.0)  # waits for A's session to be ended
-    b.commit()
-    assert new
+    a.add("contended", b"q", 0.0)
+    a.page(0, 10)  # a listing writes the turn's job first; A's turn stops here, its lock held
+    seq, new = b.add("contended", b"q", 1.0)
+    b.commit()  # waits for A's session to be ended
+    assert new and b.superseded() == {}
     with pytest.raises(StorageError):
         a.commit()  # A's transaction is gone with its session
     a.rollback()
