@@ -51,18 +51,25 @@ class CountingConnection(psycopg.Connection[tuple[Any, ...]]):
     outside pipeline mode, and each pipeline (its statements go with one sync)."""
 
     round_trips = 0
+    _piped = False  # inside `pipeline`: counted once, at its end
 
     def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None) -> Any:
-        if self.pgconn.pipeline_status == pq.PipelineStatus.OFF:
+        if not self._piped:
             self.round_trips += 1
         return super().wait(gen, interval, timeout)
 
     @contextmanager
     def pipeline(self) -> Iterator[psycopg.Pipeline]:
+        if self._piped:  # nested: the outer one counts
+            with super().pipeline() as pipeline:
+                yield pipeline
+            return
+        self._piped = True
         try:
             with super().pipeline() as pipeline:
                 yield pipeline
         finally:
+            self._piped = False
             self.round_trips += 1
 
 

@@ -198,3 +198,64 @@ def test_a_finish_another_broker_recorded_first_is_not_counted_twice(
     a.finish(seq, Outcome(JobStatus.ERROR, reason="again"), 2.0, "KEY")  # a retried turn
     a.commit()
     assert a.stored_bytes("KEY") == len(b"q") + len(DONE.answer or b"")
+
+
+def test_a_turn_is_written_and_committed_in_one_round_trip_however_many_jobs_it_holds(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    a, _ = brokers
+    a.add("warm-up", b"q", 0.0)  # the first block of numbers is reserved here
+    a.commit()
+    trips = []
+    for size in (1, 10, 400):
+        seqs = [a.add(f"r{size}-{n}", b"q", 0.0, "KEY")[0] for n in range(size)]
+        before = a.round_trips()[0]
+        a.commit()
+        for seq in seqs:
+            a.finish(seq, DONE, 1.0, "KEY")
+        a.commit()  # the outcomes, their NOTIFYs and the keys' bytes: one round trip too
+        trips.append(a.round_trips()[0] - before)
+    assert trips == [2, 2, 2]
+    assert len(a.page(0, 1000, status="done")) == 411
+
+
+def test_a_row_the_batch_cannot_take_fails_its_own_job_only(pg_url: str) -> None:
+    a = PgStore(pg_url, "broker-a")
+    try:
+        a.register(lease_s=60.0)
+        db = a._session.conn()
+        db.execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF"
+            " NEW.request_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF;"
+            " RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION poison()"
+        )
+        seqs = [a.add(rid, b"q", 0.0)[0] for rid in ("before", "poison", "after")]
+        a.commit()
+        superseded = a.superseded()
+        assert list(superseded) == [seqs[1]] and "poisoned row" in str(superseded[seqs[1]])
+        assert [a.find_request(rid) for rid in ("before", "poison", "after")] == [
+            seqs[0], None, seqs[2]
+        ]  # fmt: skip
+        assert a.get(seqs[1]) is None and a.add("poison", b"q", 1.0)[1]  # not known: new again
+    finally:
+        a.close()
+
+
+def test_a_turn_taking_request_ids_another_broker_has_answers_with_its_jobs(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    a, b = brokers
+    theirs = {rid: a.add(rid, b"q", 0.0)[0] for rid in ("x", "y")}
+    a.commit()
+    mine = {rid: b.add(rid, b"q", 0.0)[0] for rid in ("w", "x", "y", "z")}
+    assert b.get(mine["x"]) is not None  # read before the commit, as the turn made it
+    b.commit()
+    assert b.superseded() == {mine["x"]: theirs["x"], mine["y"]: theirs["y"]}
+    assert b.superseded() == {}  # told once
+    assert [b.find_request(rid) for rid in "wxyz"] == [
+        mine["w"], theirs["x"], theirs["y"], mine["z"]
+    ]  # fmt: skip
+    assert b.count(JobStatus.RUNNING) == 4
