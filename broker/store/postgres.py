@@ -55,9 +55,9 @@ from protocol.messages import JobStatus, job_id
 
 log = logging.getLogger("lss.broker.store")
 
-NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
 USAGE_CACHE_KEYS = 10_000  # keys whose stored bytes are remembered (then all forgotten)
+NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 SEQ_BLOCK = 1000  # job numbers a broker reserves at a time, at least (its gap if it stops)
 SEQ_BLOCK_MAX = 50_000  # ... and at most (the loop reads 50,000 messages a socket a turn)
 KNOWN_REQUESTS = 100_000  # request ids of unfinished jobs remembered (then all forgotten)
@@ -69,7 +69,8 @@ _RESERVE = "SELECT nextval('job_seq') FROM generate_series(1, %s)"
 # broker's: the fence of docs/deployment.md, "Several brokers"), and the bytes of what
 # was written, added to the keys' totals (owners in order, likewise; every broker's
 # writes add to the same rows). An outcome refused to a job this epoch had not already
-# finished (a deposed broker) fails the statement with `DEPOSED` and the numbers.
+# finished (a deposed broker) fails the statement with `DEPOSED` and the numbers. The
+# jobs it finished are NOTIFYd (`NOTIFY_SEQS` numbers a payload), at its commit.
 DEPOSED = "lss-deposed"
 _WRITE = (
     "WITH new AS (SELECT * FROM unnest(%(seq)s::bigint[], %(request_id)s::text[],"
@@ -81,7 +82,7 @@ _WRITE = (
     " fingerprint, created_s, finished_s, owner, statistic, broker_id, broker_epoch)"
     " SELECT seq, request_id, request, status, answer, reason, fingerprint, created_s,"
     " finished_s, owner, statistic, %(broker_id)s, %(epoch)s FROM new ORDER BY request_id"
-    " ON CONFLICT (request_id) DO NOTHING RETURNING seq, owner, octet_length(request)"
+    " ON CONFLICT (request_id) DO NOTHING RETURNING seq, status, owner, octet_length(request)"
     " + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0) AS size),"
     " v AS (SELECT * FROM unnest(%(f_seq)s::bigint[], %(f_status)s::text[],"
     " %(f_answer)s::bytea[], %(f_reason)s::text[], %(f_fingerprint)s::text[],"
@@ -97,9 +98,13 @@ _WRITE = (
     " SET stored_bytes = key_usage.stored_bytes + excluded.stored_bytes),"
     " deposed AS (SELECT string_agg(v.seq::text, ',') AS seqs FROM v"
     " WHERE v.seq NOT IN (SELECT seq FROM done) AND NOT EXISTS (SELECT 1 FROM jobs j"
-    " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)s))"
+    " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)s)),"
+    " notified AS (SELECT pg_notify(%(channel)s, string_agg(seq::text, ',')) FROM (SELECT seq,"
+    f" (row_number() OVER (ORDER BY seq) - 1) / {NOTIFY_SEQS} AS chunk FROM (SELECT seq FROM done"
+    " UNION ALL SELECT seq FROM ins WHERE status <> 'running') f) c GROUP BY chunk)"
     " SELECT (SELECT array_agg(seq) FROM ins), (SELECT array_agg(seq) FROM done),"
-    f" (SELECT CASE WHEN seqs IS NOT NULL THEN ('{DEPOSED} ' || seqs)::int END FROM deposed)"
+    f" (SELECT CASE WHEN seqs IS NOT NULL THEN ('{DEPOSED} ' || seqs)::int END FROM deposed),"
+    " (SELECT count(*) FROM notified)"
 )
 _ROW_BYTES = (
     "octet_length(request) + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0)"
@@ -154,7 +159,6 @@ class PgStore(LeasedConnection):
         """Connect, create or migrate the schema (`SchemaTooNew` if it is newer), and
         register this broker. `StorageError` if the database cannot be reached."""
         super().__init__(url, broker_id, host)
-        self._to_notify: list[int] = []
         self._pending = PendingOutcomes()  # written by one statement, at commit at the latest
         self._added: dict[int, NewJob] = {}  # likewise: the turn's new jobs, by number
         self._numbers = NumberBlocks()
@@ -186,6 +190,7 @@ class PgStore(LeasedConnection):
 
     # --- the Store interface ----------------------------------------------------------
 
+    @_op
     def add(
         self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]:
@@ -214,7 +219,6 @@ class PgStore(LeasedConnection):
         self._changed = True
         return seq, True
 
-    @_op
     def _reserve(self, count: int) -> None:
         """Reserve `count` more job numbers (one round trip)."""
         self._numbers.add([int(n) for (n,) in self._read(_RESERVE, (count,))])
@@ -289,9 +293,11 @@ class PgStore(LeasedConnection):
         self._write_turn(commit=False)
 
     def _write_turn(self, *, commit: bool) -> None:
-        """Write what the turn added and recorded, then (`commit`) its NOTIFYs, the
-        COMMIT and the next block of numbers if it is due: one pipeline, one round trip.
-        A row the batch cannot take fails only its own job (`_write_alone`)."""
+        """Write what the turn added and recorded (`_WRITE`), then (`commit`) commit it,
+        with the next block of numbers if it is due: one pipeline, one round trip. With
+        no transaction open (no other write in the turn), the statement is the
+        transaction: autocommit. A row the batch cannot take fails only its own job:
+        the rows are written again one by one, in a transaction (`_write_alone`)."""
         added, finished = list(self._added.items()), self._pending.take()
         self._added = {}
         in_transaction = self._session.in_transaction()
@@ -299,17 +305,16 @@ class PgStore(LeasedConnection):
             return
         db = self._session.conn()
         self._changed = True
-        notify = [*self._to_notify, *(seq for seq, job in added if job.outcome), *finished]
+        alone = commit and not in_transaction
         reserve = self._top_up() if commit else 0
         try:
-            write, reserved = self._send(db, added, finished, notify if commit else None, reserve)
+            write, reserved = self._send(db, added, finished, commit=commit, reserve=reserve)
         except psycopg.Error as exc:
-            self._refused_batch(db, exc, bool(added))
+            self._refused_batch(db, exc, bool(added), alone)
             self._write_alone(db, added)
             self._pending_again(finished)
             self._write_turn(commit=commit)
             return
-        self._to_notify = [] if commit else notify
         if write is not None:
             self._written(write.fetchone(), added, finished)
         if reserved is not None:
@@ -320,37 +325,38 @@ class PgStore(LeasedConnection):
         db: Connection,
         added: list[tuple[int, NewJob]],
         finished: dict[int, Finish],
-        notify: list[int] | None,
+        *,
+        commit: bool,
         reserve: int,
     ) -> tuple[Cursor | None, Cursor | None]:
-        """One pipeline: BEGIN if need be, the batch in a savepoint, and with `notify`
-        (the jobs finished in the transaction) the NOTIFYs, the COMMIT and `reserve`
-        numbers. The cursors of the batch and of the numbers (None if not sent)."""
+        """One pipeline: `reserve` numbers; the batch, in the open transaction (in a
+        savepoint if it adds jobs) or as one of its own; COMMIT if `commit` and a
+        transaction is open. The cursors of the batch and of the numbers (None if not sent)."""
         write = reserved = None
+        in_transaction = self._session.in_transaction()
+        savepoint = bool(added) and (in_transaction or not commit)
         with db.pipeline():
-            if not self._session.in_transaction():
+            if reserve:
+                reserved = db.execute(_RESERVE, (reserve,))
+            if not in_transaction and not commit:
                 db.execute("BEGIN")
-            if added:
+            if savepoint:
                 db.execute("SAVEPOINT batch")
             if added or finished:
                 write = db.execute(_WRITE, self._params(added, finished))
-            if added:
+            if savepoint:
                 db.execute("RELEASE SAVEPOINT batch")
-            if notify is not None:
-                for payload in notify_payloads(notify):
-                    db.execute("SELECT pg_notify(%s, %s)", (FINISHED_CHANNEL, payload))
+            if commit and in_transaction:
                 db.execute("COMMIT")
-                if reserve:
-                    reserved = db.execute(_RESERVE, (reserve,))
         return write, reserved
 
     def _pending_again(self, finished: dict[int, Finish]) -> None:
         for seq, (outcome, finished_s, owner) in finished.items():
             self._pending.record(seq, outcome, finished_s, owner)
 
-    def _refused_batch(self, db: Connection, exc: psycopg.Error, savepoint: bool) -> None:
-        """After `exc` failed the turn's batch: raise unless only a row of it was refused
-        (then the transaction is back where the batch began)."""
+    def _refused_batch(self, db: Connection, exc: psycopg.Error, added: bool, alone: bool) -> None:
+        """After `exc` failed the turn's batch: raise unless a row of it may be to blame
+        (then a transaction is open, where the batch had not written anything)."""
         if DEPOSED in str(exc):
             self.deposed = True
             refused = str(exc).split(DEPOSED, 1)[1].strip(' "')
@@ -358,7 +364,11 @@ class PgStore(LeasedConnection):
                 "finish", f"job(s) {refused[:200]} belong to another broker or expired, not to"
                 f" this broker's epoch {self.epoch}: this broker was deposed",
             ) from exc  # fmt: skip
-        if not savepoint or not self._back_to(db, "batch"):
+        if not added or db.closed or db.broken:
+            raise exc
+        if alone:  # the statement was its own transaction: nothing was written
+            self._session.begin()
+        elif not self._back_to(db, "batch"):
             raise exc
 
     @staticmethod
@@ -387,8 +397,6 @@ class PgStore(LeasedConnection):
                 log.warning("%s refused by the store alone: %s", job_id(seq), reason(exc))
                 self._drop_added(seq, job, f"add: {reason(exc)}")
                 continue
-            if job.outcome is not None:
-                self._to_notify.append(seq)
             self._written(write.fetchone(), [(seq, job)], {})
 
     def _params(
@@ -416,6 +424,7 @@ class PgStore(LeasedConnection):
             "f_reason": [o.reason for o, _, _ in finished.values()],
             "f_fingerprint": [o.fingerprint for o, _, _ in finished.values()],
             "f_finished_s": [finished_s for _, finished_s, _ in finished.values()],
+            "channel": FINISHED_CHANNEL,
         }
 
     def _written(
@@ -468,7 +477,6 @@ class PgStore(LeasedConnection):
     def _committed(self) -> None:
         self._sample_round_trips()
         self._uncommitted = []
-        self._to_notify = []
         self._changed = False
         self._added_in_turn = 0
         for owner, delta in self._usage_delta.items():
@@ -630,7 +638,6 @@ class PgStore(LeasedConnection):
         self._pending.clear()
         self._usage_delta.clear()
         self._usage.clear()  # figures read in the failed transaction may be gone
-        self._to_notify = []
         self._changed = False
         self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`
         db = self._session.live()
@@ -653,11 +660,3 @@ class PgStore(LeasedConnection):
         except (StorageError, psycopg.Error) as exc:
             log.error("could not commit at close; uncommitted writes are lost: %s", exc)
         self._session.close()
-
-
-def notify_payloads(seqs: list[int]) -> list[str]:
-    """Job numbers as comma-separated NOTIFY payloads, each under PostgreSQL's limit."""
-    payloads: list[str] = []
-    for start in range(0, len(seqs), NOTIFY_SEQS):
-        payloads.append(",".join(map(str, seqs[start : start + NOTIFY_SEQS])))
-    return payloads

@@ -15,8 +15,9 @@ import pytest
 
 from bench.service import wait_until
 from broker.store import Outcome, StorageError
+from broker.store.pg_lease import FINISHED_CHANNEL
 from broker.store.pg_schema import SCHEMA_VERSION, SchemaTooNew
-from broker.store.postgres import SEQ_BLOCK, PgStore, notify_payloads
+from broker.store.postgres import SEQ_BLOCK, PgStore
 from protocol.messages import JobStatus
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
@@ -144,11 +145,20 @@ def test_an_unreachable_database_is_a_storage_error() -> None:
         PgStore("postgresql:///none?host=/nonexistent&connect_timeout=1", "broker-a")
 
 
-def test_notify_payloads_stay_under_postgresql_limit() -> None:
-    seqs = list(range(10**18, 10**18 + 1000))
-    payloads = notify_payloads(seqs)
-    assert all(len(p) < 8000 for p in payloads)
-    assert [int(s) for p in payloads for s in p.split(",")] == seqs
+def test_finished_jobs_are_notified_in_payloads_under_postgresql_limit(
+    brokers: tuple[PgStore, PgStore], pg_url: str
+) -> None:
+    a, _ = brokers
+    seqs = [a.add(f"r{n}", b"q", 0.0)[0] for n in range(700)]
+    a.commit()
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {FINISHED_CHANNEL}")
+        for seq in seqs:
+            a.finish(seq, DONE, 1.0)
+        a.commit()  # the statement NOTIFYs, delivered at its commit
+        payloads = [n.payload for n in listener.notifies(timeout=5.0, stop_after=3)]
+    assert len(payloads) == 3 and all(len(p) < 8000 for p in payloads)
+    assert sorted(int(s) for p in payloads for s in p.split(",")) == seqs
 
 
 def test_a_broker_stopped_in_mid_turn_blocks_the_others_for_two_seconds_at_most(
@@ -215,7 +225,7 @@ def test_a_turn_is_written_and_committed_in_one_round_trip_however_many_jobs_it_
             a.finish(seq, DONE, 1.0, "KEY")
         a.commit()  # the outcomes, their NOTIFYs and the keys' bytes: one round trip too
         trips.append(a.round_trips()[0] - before)
-    assert trips == [2, 2, 2]
+    assert trips == [2, 2, 2]  # one a commit
     assert len(a.page(0, 1000, status="done")) == 411
 
 
