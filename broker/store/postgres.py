@@ -17,9 +17,10 @@ waiters on other brokers (broker.cluster).
 
 A turn's writes take one round trip however many jobs it holds: `add` hands out a
 reserved number at once and keeps the job in memory; `commit` sends, in one pipeline,
-one statement that inserts the turn's jobs, records its outcomes and adds their bytes
-to the keys' totals, then the NOTIFYs, the COMMIT and, now and then, the next block of
-numbers. A request id this broker knows is answered from memory; one another broker
+one statement (`_WRITE`) that inserts the turn's jobs, records its outcomes, adds their
+bytes to the keys' totals and NOTIFYs the jobs finished (the statement is the
+transaction when the turn wrote nothing else; otherwise the COMMIT follows it) and, now
+and then, a query for the next block of numbers. A request id this broker knows is answered from memory; one another broker
 (or an earlier turn) took is found by the insert (`ON CONFLICT DO NOTHING`): that job
 is not stored, and `superseded()` names the job the request id has, for the broker to
 answer with it. A row the batch cannot take is found by writing the rows one by one,
