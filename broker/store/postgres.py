@@ -20,9 +20,9 @@ reserved number at once and keeps the job in memory; `commit` sends, in one pipe
 one statement (`_WRITE`) that inserts the turn's jobs, records its outcomes, adds their
 bytes to the keys' totals and NOTIFYs the jobs finished (the statement is the
 transaction when the turn wrote nothing else; otherwise the COMMIT follows it) and, now
-and then, a query for the next block of numbers. A request id this broker knows is answered from memory; one another broker
-(or an earlier turn) took is found by the insert (`ON CONFLICT DO NOTHING`): that job
-is not stored, and `superseded()` names the job the request id has, for the broker to
+and then, a query for the next block of numbers. A request id this broker knows is
+answered from memory; one another broker (or an earlier turn) took is found by the
+insert (`ON CONFLICT DO NOTHING`): that job is not stored, and `superseded()` names the job the request id has, for the broker to
 answer with it. A row the batch cannot take is found by writing the rows one by one,
 each in a savepoint: only its own submit fails (`superseded()` says why).
 """
