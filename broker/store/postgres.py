@@ -22,9 +22,10 @@ bytes to the keys' totals and NOTIFYs the jobs finished (the statement is the
 transaction when the turn wrote nothing else; otherwise the COMMIT follows it) and, now
 and then, a query for the next block of numbers. A request id this broker knows is
 answered from memory; one another broker (or an earlier turn) took is found by the
-insert (`ON CONFLICT DO NOTHING`): that job is not stored, and `superseded()` names the job the request id has, for the broker to
-answer with it. A row the batch cannot take is found by writing the rows one by one,
-each in a savepoint: only its own submit fails (`superseded()` says why).
+insert (`ON CONFLICT DO NOTHING`): that job is not stored, and `superseded()` names
+the job the request id has, for the broker to answer with it. A row the batch cannot
+take is found by writing the rows one by one, each in a savepoint: only its own submit
+fails (`superseded()` says why).
 """
 
 from __future__ import annotations
