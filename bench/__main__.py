@@ -61,18 +61,28 @@ class Bench:
         self, service: Processes, shape: Shape, reps: int | None = None, **about: Any
     ) -> dict[str, Any]:
         """`reps` runs of `shape` against `service`, summarised."""
-        runs = []
-        for number in range(1, (reps or self.plan.repetitions) + 1):
-            service.settle()
-            wait_for_quiet()
-            result = run(service, shape)
-            say(
-                f"{service.name} {shape.mix} {shape.producers}x{shape.window} {shape.style} "
-                f"run {number}: "
-                f"{result.jobs_per_s:,.0f} jobs/s, p50 {result.p50_ms:.2f} ms, "
-                f"p99 {result.p99_ms:.2f} ms, {result.errors} error(s)"
-            )
-            runs.append(result)
+        runs = [
+            self.run_once(service, shape, n) for n in range(1, (reps or self.plan.repetitions) + 1)
+        ]
+        return self.summary(service, shape, runs, **about)
+
+    def run_once(self, service: Processes, shape: Shape, number: int) -> Any:
+        """Run `number` of `shape` against `service`, once it is settled and the machine quiet."""
+        service.settle()
+        wait_for_quiet()
+        result = run(service, shape)
+        say(
+            f"{service.name} {shape.mix} {shape.producers}x{shape.window} {shape.style} "
+            f"run {number}: "
+            f"{result.jobs_per_s:,.0f} jobs/s, p50 {result.p50_ms:.2f} ms, "
+            f"p99 {result.p99_ms:.2f} ms, {result.errors} error(s)"
+        )
+        return result
+
+    def summary(
+        self, service: Processes, shape: Shape, runs: list[Any], **about: Any
+    ) -> dict[str, Any]:
+        """`runs` of `shape` against `service`, summarised."""
         return report.summarise(
             runs,
             system=service.name,

@@ -1,17 +1,21 @@
 """The bench's PostgreSQL section (`python -m bench --postgres`): brokers on one database.
 
-One broker on SQLite, then 1, 2 and 3 brokers sharing one throwaway PostgreSQL (with
-fsync on, as in production), each broker with its own workers; producer N is given
-every broker's endpoint, starting with broker N mod count: it works with that one, and
-would move on if it fell silent, as a user's client does. Each row
-gives jobs/s, p50 and CPU per job by process kind: brokers, workers, PostgreSQL (the
-postmaster and its connections), clients.
+One broker on SQLite and one on a throwaway PostgreSQL (with fsync on, as in
+production), both running, measured in turns (SQLite, PostgreSQL, SQLite...: the same
+load on the machine for both, medians of the runs); then 2 and 3 brokers sharing one
+database, each broker with its own workers; producer N is given every broker's
+endpoint, starting with broker N mod count: it works with that one, and would move on
+if it fell silent, as a user's client does. Each row gives jobs/s, p50, CPU per job by
+process kind (brokers, workers, PostgreSQL: the postmaster and its connections,
+clients) and the brokers' database round trips per job over its runs (their `stats`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from bench import procstat
 from bench.harness import Service
@@ -72,6 +76,22 @@ class SharedStoreBrokers(Processes):
     def logs(self, tail_chars: int | None = 4000) -> str:
         return "\n".join(broker.logs(tail_chars) for broker in self.brokers)
 
+    def round_trips(self) -> int:
+        """The brokers' round trips to their store so far (their `stats`)."""
+        total = 0
+        for broker in self.brokers:
+            with broker.client() as client:
+                total += int(client.stats().get("store", {}).get("round_trips", 0))
+        return total
+
+    def jobs_stored(self) -> int:
+        """Jobs in the store (PostgreSQL only; 0 on SQLite)."""
+        if self.server is None:
+            return 0
+        with psycopg.connect(self.brokers[0].env[config.SETTINGS["store"].variable]) as db:
+            row = db.execute("SELECT count(*) FROM jobs").fetchone()
+        return int(row[0]) if row else 0
+
     def target(self) -> Target:
         endpoints = [broker.client_endpoint for broker in self.brokers]
         rotations = [",".join(endpoints[n:] + endpoints[:n]) for n in range(len(endpoints))]
@@ -81,9 +101,9 @@ class SharedStoreBrokers(Processes):
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The section as a Markdown table."""
     lines = [
-        "| store | brokers | jobs/s | p50 ms | CPU ms/job: brokers | workers | PostgreSQL |"
-        " clients |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| store | brokers | jobs/s | p50 ms | CPU µs/job: brokers | workers | PostgreSQL |"
+        " clients | round trips/job |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         median = row["median"]
@@ -91,28 +111,64 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         cells = [
             row["store"], row["brokers"], f"{median['jobs_per_s']:,.0f}",
             f"{median['p50_ms']:.2f}",
-            *(f"{roles.get(role, 0.0):.3f}" for role in ("broker", "worker", "postgresql")),
-            f"{median['client_cpu_ms_per_job']:.3f}",
+            *(f"{1000 * roles.get(role, 0.0):.0f}" for role in ("broker", "worker", "postgresql")),
+            f"{1000 * median['client_cpu_ms_per_job']:.0f}",
+            f"{row.get('round_trips_per_job', 0.0):.3f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
 
 def measure_all(bench: Any, data: Path) -> list[dict[str, Any]]:
-    """The section's rows: SQLite with one broker, then PostgreSQL with each count."""
-    p, w, n = bench.plan.producers, bench.plan.window, bench.plan.workers
-    shape = bench.shape(p, w)
-    with bench.started(SharedStoreBrokers(bench.work_dir / "sqlite", data, "sqlite", 1, n)) as one:
-        rows = [bench.measure(one, shape, workers=n, store="sqlite", brokers=1)]
+    """The section's rows: one broker on SQLite and one on PostgreSQL in turns, then
+    PostgreSQL with each further count."""
+    n = bench.plan.workers
+    shape = bench.shape(bench.plan.producers, bench.plan.window)
+    on_sqlite = SharedStoreBrokers(bench.work_dir / "sqlite", data, "sqlite", 1, n)
     reason = skip_reason()
     if reason:
         bench.say(f"PostgreSQL section skipped: {reason}")
-        return rows
+        with bench.started(on_sqlite) as one:
+            return [measured(bench, one, shape, store="sqlite", brokers=1)]
     with postgres_server(fsync=True) as server:
-        for count in BROKER_COUNTS:
+        state = bench.work_dir / "postgresql-1"
+        on_pg = SharedStoreBrokers(state, data, server.database(), 1, n, server=server)
+        with bench.started(on_sqlite) as sqlite, bench.started(on_pg) as postgresql:
+            rows = in_turns(bench, shape, [(sqlite, "sqlite"), (postgresql, "postgresql")])
+        for count in BROKER_COUNTS[1:]:
             state = bench.work_dir / f"postgresql-{count}"
             brokers = SharedStoreBrokers(state, data, server.database(), count, n, server=server)
             with bench.started(brokers) as running:
-                rows.append(bench.measure(running, shape, workers=n, store="postgresql",
-                                          brokers=count))  # fmt: skip
+                rows.append(measured(bench, running, shape, store="postgresql", brokers=count))
     return rows
+
+
+def measured(bench: Any, service: SharedStoreBrokers, shape: Any, **about: Any) -> dict[str, Any]:
+    """`bench.measure` of `service`, with its round trips per job over the runs."""
+    trips, jobs = service.round_trips(), service.jobs_stored()
+    row: dict[str, Any] = bench.measure(service, shape, workers=bench.plan.workers, **about)
+    return {**row, "round_trips_per_job": per_job(service, trips, jobs)}
+
+
+def in_turns(
+    bench: Any, shape: Any, services: list[tuple[SharedStoreBrokers, str]]
+) -> list[dict[str, Any]]:
+    """One broker each on `services` (with their store's name), run in turns."""
+    runs: list[list[Any]] = [[] for _ in services]
+    before = [(service.round_trips(), service.jobs_stored()) for service, _ in services]
+    for number in range(1, bench.plan.repetitions + 1):
+        for (service, _), done in zip(services, runs, strict=True):
+            done.append(bench.run_once(service, shape, number))
+    rows = []
+    for (service, store), done, (trips, jobs) in zip(services, runs, before, strict=True):
+        row = bench.summary(
+            service, shape, done, workers=bench.plan.workers, store=store, brokers=1
+        )
+        rows.append({**row, "round_trips_per_job": per_job(service, trips, jobs)})
+    return rows
+
+
+def per_job(service: SharedStoreBrokers, trips_before: int, jobs_before: int) -> float:
+    """Round trips per job stored since the counts given (0 on SQLite: no job is counted)."""
+    jobs = service.jobs_stored() - jobs_before
+    return (service.round_trips() - trips_before) / jobs if jobs > 0 else 0.0

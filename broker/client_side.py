@@ -3,7 +3,8 @@
 `ClientSide.on_client` serves one decoded request: admission of submits (refusals,
 the store's numbering, the key's quota), reads and waits, listings, counts, stats and
 shutdown, each checked against the caller's role (broker.access). It queues replies in
-the turn's outbox (broker.outbox); the worker side runs the jobs it accepted.
+the turn's outbox (broker.outbox); the worker side runs the jobs it accepted. After a
+commit, `settle` answers again the submits told of a job the commit did not store.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from broker import undo
 from broker.access import OPEN, Caller, may_see, owner_filter
 from broker.history import recent_jobs
 from broker.outbox import over_budget
@@ -24,6 +26,10 @@ from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
 
 log = logging.getLogger("lss.broker")
 
+Told = tuple[bytes, bytes, bool, Caller]
+"""A submit answered with a job of the open transaction: identity, tag, notify, caller."""
+NOT_STORED = "storage failed: the job was not stored"
+
 
 class ClientSide:
     """Admission, reads, waits, listings and access, for requests on the client socket."""
@@ -35,6 +41,7 @@ class ClientSide:
         # broker to shut down, counts a key's jobs on all brokers.
         self.on_shutdown_all: Callable[[], None] | None = None
         self.running_of: Callable[[str], int] | None = None
+        self._told: dict[int, list[Told]] = {}  # by job added in the open transaction
 
     def finished_elsewhere(self, seqs: list[int]) -> None:
         """Answer the waiters of jobs another broker finished (told by the store)."""
@@ -122,12 +129,57 @@ class ClientSide:
             seq = self._accept_alone(identity, tag, msg, body=body, now_s=now_s, owner=caller.owner)
             if seq is None:
                 return
+        self._answer_submit(identity, tag, seq, msg.notify, caller)
+
+    def _answer_submit(
+        self, identity: bytes, tag: bytes, seq: int, notify: bool, caller: Caller
+    ) -> None:
+        told = self._told.get(seq)
+        if told is not None:  # its job is not committed yet: the commit may supersede it
+            told.append((identity, tag, notify, caller))
         if not self._visible(seq, caller):  # another key's request id: never its job
             self.state.forbid(identity, tag, caller, "reuse another key's request_id")
-        elif msg.notify:  # the final state is the only reply
+        elif notify:  # the final state is the only reply
             self._read(identity, tag, seq, wait=True, caller=caller)
         else:
             self.state.reply(identity, tag, m.Submitted(job_id(seq)))
+
+    def settle(self, superseded: dict[int, int | str]) -> None:
+        """After a commit (or with nothing, a rollback): forget each job the commit did
+        not store (`Store.superseded`; a worker's answer to it will be ignored), and
+        answer again every submit told of it: with the job its request id has, or a
+        `storage` error. Other replies naming it become `storage` errors."""
+        told, self._told = self._told, {}
+        if not superseded:
+            return
+        askers = {(who, tag) for seq in superseded for who, tag, _, _ in told.get(seq, ())}
+        self.state.outbox.clients = undo.client_replies(
+            self.state.outbox.clients, set(superseded), askers, NOT_STORED,
+            self.state.retry_refused_ms,
+        )  # fmt: skip
+        for seq, instead in superseded.items():
+            self.state.jobs.forget(seq)
+            self.state.latency.forget(seq)
+            for identity, tag in self.state.waiters.pop(seq) - askers:
+                self.state.refuse(identity, tag, ErrorCode.STORAGE, NOT_STORED)
+            for identity, tag, notify, caller in told.get(seq, ()):
+                self._answer_again(identity, tag, instead, notify, caller)
+
+    def _answer_again(
+        self, identity: bytes, tag: bytes, instead: int | str, notify: bool, caller: Caller
+    ) -> None:
+        """Answer a submit whose job was superseded by `instead`: the job its request id
+        has, or why the store refused its row alone."""
+        if isinstance(instead, str):
+            self.state.storage_failures["add"] += 1
+            self.state.warn.warning(("store refused", identity), "a submit from %s failed alone"
+                               " in the store: %s", peer_name(identity), instead)  # fmt: skip
+            self.state.refuse(identity, tag, ErrorCode.STORAGE, f"storage failed: {instead}")
+            return
+        try:
+            self._answer_submit(identity, tag, instead, notify, caller)
+        except StorageError as exc:  # after the commit: this request alone goes unanswered
+            self.state.refuse(identity, tag, ErrorCode.STORAGE, f"storage failed: {exc}")
 
     def _accept_alone(
         self, identity: bytes, tag: bytes, msg: m.Submit, *, body: bytes, now_s: float,
@@ -152,6 +204,7 @@ class ClientSide:
         )
         if not new:
             return seq
+        self._told[seq] = []
         self.state.jobs.add(seq, body, owner)
         self.state.rates.count("submitted", now_s)
         self.state.latency.accepted(seq, msg.statistic, now_s)

@@ -206,12 +206,21 @@ class BrokerCore:
     # --- storage -----------------------------------------------------------------
 
     def commit(self) -> None:
-        """Commit the store's transaction; raises `StorageError` (then call `roll_back`)."""
+        """Commit the store's transaction; raises `StorageError` (then call `roll_back`).
+        Submits told of a job the commit did not store are answered again."""
         self._turn.commit()
+        self._clients.settle(self.state.store.superseded())
 
     def roll_back(self, failure: StorageError, now_s: float) -> str:
         """Roll the turn back after `failure` (broker.turn); returns the reason given."""
+        self._clients.settle({})
         return self._turn.roll_back(failure, now_s)
+
+    def _store_stats(self) -> dict[str, object]:
+        """Database round trips: in all, and per job added lately (None: no job lately;
+        0 on the in-process stores)."""
+        total, per_job = self.state.store.round_trips()
+        return {"round_trips": total, "round_trips_per_job": per_job}
 
     # --- shutdown ----------------------------------------------------------------
 
@@ -254,5 +263,6 @@ class BrokerCore:
             "storage_failures": dict(s.storage_failures),
             "waiting_after_failed_commit": s.jobs.retrying(),
             "latency": s.latency.describe(),
+            "store": self._store_stats(),
             **({"cluster": self._cluster_stats()} if self._cluster_stats else {}),
         }

@@ -128,6 +128,13 @@ class JobTable:
         self._journal.finished[seq] = (job, waiters)
         return job
 
+    def forget(self, seq: int) -> None:
+        """Take out a job added in a committed turn that the store did not keep (its
+        request id had a job already): nobody was told its number."""
+        if seq in self._jobs:
+            self._drop(seq)
+        self._journal.added.discard(seq)
+
     def clear(self) -> list[int]:
         """Drop every job (this broker was deposed); returns their numbers."""
         seqs = list(self._jobs)

@@ -16,6 +16,7 @@ answer, the scrape still succeeds with `lss_up 0`.
     lss_job_queue_wait_seconds{statistic}    histogram: accepted -> handed to a worker
     lss_job_compute_seconds{statistic}       histogram: handed to a worker -> result
     lss_job_end_to_end_seconds{statistic}    histogram: accepted -> finished
+    lss_store_round_trips_total              round trips to the store's database (0 on SQLite)
 
 The histograms are the broker's own (broker/latency.py), over the jobs that finished
 since it started.
@@ -28,6 +29,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
+    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
@@ -75,6 +77,11 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     shutting_down = int(bool(stats.get("shutting_down")))
     yield _gauge("lss_shutting_down", "1 once a graceful shutdown has begun", shutting_down)
     yield from _latency(stats.get("latency", {}))
+    round_trips = stats.get("store", {}).get("round_trips")
+    if round_trips is not None:
+        yield CounterMetricFamily(
+            "lss_store_round_trips", "round trips to the store's database", value=round_trips
+        )
 
 
 def render(fetch: StatsSource) -> tuple[bytes, str]:

@@ -7,8 +7,9 @@ share; it is imported from its module, so that psycopg is needed only with it. E
 store's database errors become `StorageError` (broker.store.errors); the SQL stores
 keep outcomes not yet written in one overlay (broker.store.pending) and say their
 shared SQL once (broker.store.sql). Each store's schema and its migrations:
-broker.store.sqlite_schema and broker.store.pg_schema; SQLite's numbering and WAL
-checkpoints: broker.store.numbering and broker.store.checkpoint.
+broker.store.sqlite_schema and broker.store.pg_schema; job numbering (SQLite's on-disk
+reservations, PostgreSQL's blocks) and SQLite's WAL checkpoints: broker.store.numbering
+and broker.store.checkpoint.
 """
 
 from broker.store.errors import StorageError

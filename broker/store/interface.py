@@ -85,6 +85,13 @@ class Store(Protocol):
     on every write and expiry, never counted by a scan. `count(status)` is kept up to
     date in memory by the memory and SQLite stores; the PostgreSQL store, which other
     brokers write too, counts the table again (GROUP BY status) at most every second.
+
+    `add` may hand out a new job's number before it writes the job (the PostgreSQL
+    store writes a turn's jobs at `commit`). Such a job, if the commit did not store
+    it, is in `superseded()` after the commit: with the number of the job its request
+    id already had (another broker took it), or why its row alone was refused; the
+    memory and SQLite stores write at once and never supersede. `round_trips()` is the
+    database round trips so far and per job added lately (0 for in-process stores).
     """
 
     def add(
@@ -114,4 +121,6 @@ class Store(Protocol):
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
     def has_changes(self) -> bool: ...
+    def superseded(self) -> dict[int, int | str]: ...
+    def round_trips(self) -> tuple[int, float | None]: ...
     def close(self) -> None: ...

@@ -146,6 +146,14 @@ class MemoryStore:
             step()
         self._undo = []  # what the steps themselves logged
 
+    def superseded(self) -> dict[int, int | str]:
+        """Always empty: `add` writes at once, so every job it hands out is stored."""
+        return {}
+
+    def round_trips(self) -> tuple[int, float | None]:
+        """(0, 0.0): the store is in this process; no query travels."""
+        return 0, 0.0
+
     def has_changes(self) -> bool:
         return bool(self._undo)
 

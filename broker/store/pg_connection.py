@@ -2,23 +2,28 @@
 makes them in a thread of its own (a connect to a host whose link is cut waits for its
 timeout, and the broker's loop must go on answering meanwhile); and `PgSession`, the
 store's connection, made again by itself when lost, at most every `RECONNECT_MAX_S`
-(a failed try is a `StorageError`)."""
+(a failed try is a `StorageError`). Its connections are `CountingConnection`s: the
+session counts the round trips to the server (`round_trips`), every connection's summed."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.abc import PQGen
 
 from broker.store.errors import StorageError, reason
 
 log = logging.getLogger("lss.broker.store")
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+Cursor = psycopg.Cursor[tuple[Any, ...]]
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
 CONNECT_GRACE_S = 0.05  # a connect that takes longer goes on in the background
 # Bounds on a blocking call to an unreachable database host: the broker's loop waits
@@ -41,10 +46,37 @@ CONNECT_OPTIONS: dict[str, Any] = {
 }
 
 
+class CountingConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A connection that counts its round trips: each wait for the server's answer
+    outside pipeline mode, and each pipeline (its statements go with one sync)."""
+
+    round_trips = 0
+    _piped = False  # inside `pipeline`: counted once, at its end
+
+    def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None) -> Any:
+        if not self._piped:
+            self.round_trips += 1
+        return super().wait(gen, interval, timeout)
+
+    @contextmanager
+    def pipeline(self) -> Iterator[psycopg.Pipeline]:
+        if self._piped:  # nested: the outer one counts
+            with super().pipeline() as pipeline:
+                yield pipeline
+            return
+        self._piped = True
+        try:
+            with super().pipeline() as pipeline:
+                yield pipeline
+        finally:
+            self._piped = False
+            self.round_trips += 1
+
+
 def connect(url: str) -> Connection:
     """An autocommit connection to `url`, with the module's timeouts unless it sets its own."""
     options = {k: v for k, v in CONNECT_OPTIONS.items() if f"{k}=" not in url}
-    return psycopg.connect(url, autocommit=True, **options)
+    return CountingConnection.connect(url, autocommit=True, **options)
 
 
 class Connector:
@@ -87,6 +119,12 @@ class PgSession:
         self._connector: Connector | None = None  # after the first connection: reconnects
         self._next_connect_s = 0.0
         self._backoff_s = RECONNECT_MIN_S
+        self._round_trips_before = 0  # made by the connections lost since
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips to the server since the session began (CountingConnection)."""
+        return self._round_trips_before + _round_trips(self._db)
 
     def reconnect_in_background(self) -> None:
         """From now on, make lost connections in the background (`Connector`)."""
@@ -109,6 +147,7 @@ class PgSession:
             raise StorageError("connect", reason(exc)) from exc
         if made is None:
             raise StorageError("connect", "connecting to the database again")
+        self._round_trips_before += _round_trips(db)
         self._db = made
         if db is not None:
             log.info("connected to the database again")
@@ -140,3 +179,7 @@ class PgSession:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+
+def _round_trips(db: Connection | None) -> int:
+    return db.round_trips if isinstance(db, CountingConnection) else 0

@@ -7,28 +7,42 @@ included) raises `StorageError`, and the broker rolls the turn back. A lost conn
 is made again by itself, in the background (broker.store.pg_connection).
 
 What sharing adds (docs/deployment.md, "Several brokers"): job numbers from a database
-sequence; each broker's lease and epoch (broker.store.pg_lease); `finish` is a
-conditional UPDATE on the broker's epoch, so a deposed broker's late answer is refused
-(`deposed` turns True) and every job is recorded as finished once. Counts by status
-are counted again with a GROUP BY over the jobs at most every `COUNTS_MAX_AGE_S`, since
-other brokers write them too. Each commit that finished jobs NOTIFYs `lss_finished`
-with their numbers, for waiters on other brokers (broker.cluster).
+sequence, reserved a block at a time (broker.store.numbering.NumberBlocks); each
+broker's lease and epoch (broker.store.pg_lease); `finish` is a conditional UPDATE on
+the broker's epoch, so a deposed broker's late answer is refused (`deposed` turns True)
+and every job is recorded as finished once. Counts by status are counted again with a
+GROUP BY over the jobs at most every `COUNTS_MAX_AGE_S`, since other brokers write them
+too. Each commit that finished jobs NOTIFYs `lss_finished` with their numbers, for
+waiters on other brokers (broker.cluster).
+
+A turn's writes take one round trip however many jobs it holds: `add` hands out a
+reserved number at once and keeps the job in memory; `commit` sends, in one pipeline,
+one statement (`_WRITE`) that inserts the turn's jobs, records its outcomes, adds their
+bytes to the keys' totals and NOTIFYs the jobs finished (the statement is the
+transaction when the turn wrote nothing else; otherwise the COMMIT follows it) and, now
+and then, a query for the next block of numbers. A request id this broker knows is
+answered from memory; one another broker (or an earlier turn) took is found by the
+insert (`ON CONFLICT DO NOTHING`): that job is not stored, and `superseded()` names
+the job the request id has, for the broker to answer with it. A row the batch cannot
+take is found by writing the rows one by one, each in a savepoint: only its own submit
+fails (`superseded()` says why).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from typing import Any
+from collections import Counter, deque
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import pq
 
-from broker.store.errors import StorageError, contained, reason, translated
+from broker.store.errors import StorageError, reason, translated
 from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
-from broker.store.pending import PendingOutcomes, rows_of
-from broker.store.pg_connection import Connection
+from broker.store.numbering import NumberBlocks
+from broker.store.pending import Finish, PendingOutcomes
+from broker.store.pg_connection import Connection, Cursor
 from broker.store.pg_lease import FINISHED_CHANNEL, LeasedConnection
 from broker.store.pg_schema import SchemaTooNew, migrate
 from broker.store.sql import (
@@ -43,33 +57,56 @@ from protocol.messages import JobStatus, job_id
 
 log = logging.getLogger("lss.broker.store")
 
-NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
 USAGE_CACHE_KEYS = 10_000  # keys whose stored bytes are remembered (then all forgotten)
-# Every outcome of a turn in one statement, each only if the job is still running and
-# this broker's (its epoch): the fence of docs/deployment.md, "Several brokers".
-_FINISH = (
-    "UPDATE jobs SET status = v.status, answer = v.answer, reason = v.reason,"
-    " fingerprint = v.fingerprint, finished_s = v.finished_s"
-    " FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[], %s::text[],"
-    " %s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)"
-    " WHERE jobs.seq = v.seq AND jobs.status = %s AND jobs.broker_epoch = %s"
-    " RETURNING jobs.seq"
-)
-# A new job, in a savepoint of its own (PgStore._insert_alone).
-_ADD = (
-    "SAVEPOINT request; INSERT INTO jobs (seq, request_id, request, status, created_s, owner,"
-    " statistic, broker_id, broker_epoch)"
-    " VALUES (nextval('job_seq'), %s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (request_id) DO NOTHING RETURNING seq; RELEASE SAVEPOINT request"
-)
-# The running totals of stored bytes by key (every broker's writes add to the same rows;
-# owners in order, so that two brokers' commits never wait on each other in a cycle).
-_ADD_USAGE = (
-    "INSERT INTO key_usage (owner, stored_bytes)"
-    " SELECT * FROM unnest(%s::text[], %s::bigint[]) ORDER BY 1"
-    " ON CONFLICT (owner) DO UPDATE SET stored_bytes = key_usage.stored_bytes"
-    " + excluded.stored_bytes"
+NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
+SEQ_BLOCK = 1000  # job numbers a broker reserves at a time, at least (its gap if it stops)
+SEQ_BLOCK_MAX = 50_000  # ... and at most (the loop reads 50,000 messages a socket a turn)
+KNOWN_REQUESTS = 100_000  # request ids of unfinished jobs remembered (then all forgotten)
+ROUND_TRIPS_WINDOW_S = 10.0  # round trips per job are reported over this long
+_RESERVE = "SELECT nextval('job_seq') FROM generate_series(1, %s)"
+# A turn's writes in one statement: its new jobs (each only if its request id is new:
+# rows in request id order, so that two brokers inserting the same ids never wait on
+# each other in a cycle), its outcomes (each only if the job is still running and this
+# broker's: the fence of docs/deployment.md, "Several brokers"), and the bytes of what
+# was written, added to the keys' totals (owners in order, likewise; every broker's
+# writes add to the same rows). An outcome refused to a job this epoch had not already
+# finished (a deposed broker) fails the statement with `DEPOSED` and the numbers. The
+# jobs it finished are NOTIFYd (`NOTIFY_SEQS` numbers a payload), at its commit.
+DEPOSED = "lss-deposed"
+_WRITE = (
+    "WITH new AS (SELECT * FROM unnest(%(seq)s::bigint[], %(request_id)s::text[],"
+    " %(request)s::bytea[], %(status)s::text[], %(answer)s::bytea[], %(reason)s::text[],"
+    " %(fingerprint)s::text[], %(created_s)s::float8[], %(finished_s)s::float8[],"
+    " %(owner)s::text[], %(statistic)s::text[]) AS n(seq, request_id, request, status,"
+    " answer, reason, fingerprint, created_s, finished_s, owner, statistic)),"
+    " ins AS (INSERT INTO jobs (seq, request_id, request, status, answer, reason,"
+    " fingerprint, created_s, finished_s, owner, statistic, broker_id, broker_epoch)"
+    " SELECT seq, request_id, request, status, answer, reason, fingerprint, created_s,"
+    " finished_s, owner, statistic, %(broker_id)s, %(epoch)s FROM new ORDER BY request_id"
+    " ON CONFLICT (request_id) DO NOTHING RETURNING seq, status, owner, octet_length(request)"
+    " + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0) AS size),"
+    " v AS (SELECT * FROM unnest(%(f_seq)s::bigint[], %(f_status)s::text[],"
+    " %(f_answer)s::bytea[], %(f_reason)s::text[], %(f_fingerprint)s::text[],"
+    " %(f_finished_s)s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)),"
+    " done AS (UPDATE jobs SET status = v.status, answer = v.answer, reason = v.reason,"
+    " fingerprint = v.fingerprint, finished_s = v.finished_s FROM v"
+    " WHERE jobs.seq = v.seq AND jobs.status = 'running' AND jobs.broker_epoch = %(epoch)s"
+    " RETURNING jobs.seq, jobs.owner, coalesce(octet_length(v.answer), 0)"
+    " + coalesce(octet_length(v.reason), 0) AS size),"
+    " usage AS (INSERT INTO key_usage (owner, stored_bytes) SELECT owner, sum(size)"
+    " FROM (SELECT owner, size FROM ins UNION ALL SELECT owner, size FROM done) w"
+    " GROUP BY owner ORDER BY owner ON CONFLICT (owner) DO UPDATE"
+    " SET stored_bytes = key_usage.stored_bytes + excluded.stored_bytes),"
+    " deposed AS (SELECT string_agg(v.seq::text, ',') AS seqs FROM v"
+    " WHERE v.seq NOT IN (SELECT seq FROM done) AND NOT EXISTS (SELECT 1 FROM jobs j"
+    " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)s)),"
+    " notified AS (SELECT pg_notify(%(channel)s, string_agg(seq::text, ',')) FROM (SELECT seq,"
+    f" (row_number() OVER (ORDER BY seq) - 1) / {NOTIFY_SEQS} AS chunk FROM (SELECT seq FROM done"
+    " UNION ALL SELECT seq FROM ins WHERE status <> 'running') f) c GROUP BY chunk)"
+    " SELECT (SELECT array_agg(seq) FROM ins), (SELECT array_agg(seq) FROM done),"
+    f" (SELECT CASE WHEN seqs IS NOT NULL THEN ('{DEPOSED} ' || seqs)::int END FROM deposed),"
+    " (SELECT count(*) FROM notified)"
 )
 _ROW_BYTES = (
     "octet_length(request) + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0)"
@@ -87,6 +124,36 @@ _EXPIRE = (
 _op = translated(psycopg.Error)
 
 
+class NewJob(NamedTuple):
+    """A job added in the open transaction and not written yet (with its outcome, if it
+    finished before it was)."""
+
+    request_id: str
+    body: bytes
+    created_s: float
+    owner: str
+    statistic: str
+    outcome: Outcome | None = None
+    finished_s: float | None = None
+
+    def record(self, seq: int) -> JobRecord:
+        outcome = self.outcome
+        return JobRecord(
+            seq, self.request_id, self.body, outcome.status if outcome else JobStatus.RUNNING,
+            answer=outcome.answer if outcome else None,
+            reason=outcome.reason if outcome else None,
+            fingerprint=outcome.fingerprint if outcome else None,
+            created_s=self.created_s, finished_s=self.finished_s, owner=self.owner,
+        )  # fmt: skip
+
+    @property
+    def stored_bytes(self) -> int:
+        outcome = self.outcome
+        if outcome is None:
+            return stored_bytes(self.body)
+        return stored_bytes(self.body, outcome.answer, outcome.reason)
+
+
 class PgStore(LeasedConnection):
     """A `Store` in a PostgreSQL database that several brokers share."""
 
@@ -94,8 +161,16 @@ class PgStore(LeasedConnection):
         """Connect, create or migrate the schema (`SchemaTooNew` if it is newer), and
         register this broker. `StorageError` if the database cannot be reached."""
         super().__init__(url, broker_id, host)
-        self._to_notify: list[int] = []
         self._pending = PendingOutcomes()  # written by one statement, at commit at the latest
+        self._added: dict[int, NewJob] = {}  # likewise: the turn's new jobs, by number
+        self._numbers = NumberBlocks()
+        self._added_in_turn = 0  # sizes the next block of numbers
+        # Request ids of this broker's jobs, added and not finished (answered from
+        # memory), and the jobs of the turn that the commit did not store.
+        self._known: dict[str, int] = {}
+        self._request_of: dict[int, str] = {}
+        self._uncommitted: list[tuple[str, int]] = []  # the transaction's, written or not
+        self._superseded: dict[int, int | str] = {}
         # Stored bytes by key: as last read (with when, monotonic), and what this
         # broker's open transaction adds (written by one statement at commit).
         self._usage: dict[str, tuple[int, float]] = {}
@@ -103,6 +178,8 @@ class PgStore(LeasedConnection):
         self._issued = 0
         self._counts: Counter[JobStatus] = Counter()
         self._counts_at = -COUNTS_MAX_AGE_S
+        self._jobs_written = 0
+        self._trips_seen: deque[tuple[float, int, int]] = deque()  # (when, trips, jobs)
         try:
             migrate(self._session.conn())
             self._session.reconnect_in_background()
@@ -119,57 +196,77 @@ class PgStore(LeasedConnection):
     def add(
         self, request_id: str, job_body: bytes, now_s: float, owner: str = "", statistic: str = ""
     ) -> tuple[int, bool]:
-        """The job for `request_id`: a new one (True), or the one it already has (False),
-        whichever broker took it (the request id is UNIQUE). A failed insert takes back
-        only itself (a savepoint), if the transaction survives it."""
-        row = self._insert_alone(
-            (request_id, job_body, RUNNING, now_s, owner, statistic, self.broker_id, self.epoch)
-        )
-        if row is not None:
-            self._issued = max(self._issued, int(row[0]))
-            self._counts[JobStatus.RUNNING] += 1
-            self._usage_delta[owner] += stored_bytes(job_body)
-            return int(row[0]), True
-        known = self.find_request(request_id)
-        if known is None:
-            raise StorageError("add", f"request id {request_id[:100]!r} vanished meanwhile")
-        return known, False
-
-    def _insert_alone(self, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """Insert one job in a savepoint of its own: the seq, or None if the request id
-        was taken. If it fails, only this insert is taken back (a contained
-        `StorageError`); if even that fails (e.g. the connection is lost), the error goes
-        up as it was, and the caller rolls back the turn. Savepoint, insert and release
-        travel as one query, in one round trip as the insert alone did (binding on the
-        client side is what lets one query carry three statements)."""
-        db = self._session.begin()
+        """The job for `request_id`: the one this broker knows it has (False), or a new
+        one (True), numbered at once and written at commit, which finds a request id
+        another broker (or an earlier turn) took: then `superseded()` names its job."""
+        known = self._known.get(request_id)
+        if known is not None:
+            return known, False
+        seq = self._numbers.take()
+        if seq is None:
+            self._reserve(min(SEQ_BLOCK_MAX, max(SEQ_BLOCK, 2 * self._added_in_turn)))
+            seq = self._numbers.take()
+            if seq is None:
+                raise StorageError("add", "the database reserved no job number")
+        self._added[seq] = NewJob(request_id, job_body, now_s, owner, statistic)
+        self._added_in_turn += 1
+        if len(self._known) >= KNOWN_REQUESTS:
+            self._forget_known()
+        self._known[request_id] = seq
+        self._request_of[seq] = request_id
+        self._uncommitted.append((request_id, seq))
+        self._issued = max(self._issued, seq)
+        self._counts[JobStatus.RUNNING] += 1
+        self._usage_delta[owner] += stored_bytes(job_body)
         self._changed = True
-        cursor = psycopg.ClientCursor(db)
-        try:
-            cursor.execute(_ADD, params)
-            cursor.nextset()  # the first result is the SAVEPOINT's, the second the insert's
-            return cursor.fetchone()
-        except psycopg.Error as exc:
-            self._back_to_savepoint(db, exc)
-            raise contained("add", exc) from exc
+        return seq, True
 
-    @staticmethod
-    def _back_to_savepoint(db: Connection, exc: psycopg.Error) -> None:
-        """Take back what the query that raised `exc` did, or raise `exc` if it cannot."""
-        if db.info.transaction_status == pq.TransactionStatus.INTRANS:
-            return  # refused before it was sent (e.g. a NUL in text): nothing happened
-        try:
-            db.execute("ROLLBACK TO SAVEPOINT request; RELEASE SAVEPOINT request")
-        except psycopg.Error:
-            raise exc from None
+    def _reserve(self, count: int) -> None:
+        """Reserve `count` more job numbers (one round trip)."""
+        self._numbers.add([int(n) for (n,) in self._read(_RESERVE, (count,))])
+
+    def _forget_known(self) -> None:
+        """Forget the request ids of committed jobs (those of the turn's stay)."""
+        self._known = {self._request_of[seq]: seq for seq in self._added}
+        self._request_of = {seq: rid for rid, seq in self._known.items()}
+
+    def superseded(self) -> dict[int, int | str]:
+        """The jobs `add`ed since the last call that the last commit did not store: each
+        with the number of the job its request id already had, or why its row alone
+        was refused."""
+        superseded, self._superseded = self._superseded, {}
+        return superseded
+
+    def round_trips(self) -> tuple[int, float | None]:
+        """Round trips to the database since the start, and per job added over the last
+        ROUND_TRIPS_WINDOW_S (None without any)."""
+        total = self._sample_round_trips()
+        _, trips, jobs = self._trips_seen[0]
+        if self._jobs_written == jobs:
+            return total, None
+        return total, (total - trips) / (self._jobs_written - jobs)
+
+    def _sample_round_trips(self) -> int:
+        """Note the round trips and jobs so far (at each commit); the round trips."""
+        total, seen = self._session.round_trips, self._trips_seen
+        seen.append((time.monotonic(), total, self._jobs_written))
+        while len(seen) > 2 and seen[1][0] < seen[-1][0] - ROUND_TRIPS_WINDOW_S:
+            seen.popleft()
+        return total
 
     @_op
     def find_request(self, request_id: str) -> int | None:
+        known = self._known.get(request_id)
+        if known is not None:
+            return known
         row = self._read("SELECT seq FROM jobs WHERE request_id = %s", (request_id,)).fetchone()
         return int(row[0]) if row else None
 
     @_op
     def get(self, seq: int) -> JobRecord | None:
+        new = self._added.get(seq)
+        if new is not None:
+            return new.record(seq)
         row = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = %s", (seq,)).fetchone()
         if row is None:
             return None
@@ -179,25 +276,216 @@ class PgStore(LeasedConnection):
         """Record how job `seq` ended, if this broker (epoch) still owns it: written with
         the others of the turn by one statement, at the latest at `commit`, which raises
         `StorageError` (and sets `deposed`) if another broker owns it."""
-        self._pending.record(seq, outcome, now_s, owner)
+        new = self._added.get(seq)
+        if new is not None:  # not written yet: written finished
+            self._added[seq] = new._replace(outcome=outcome, finished_s=now_s)
+        else:
+            self._pending.record(seq, outcome, now_s, owner)
+        request_id = self._request_of.pop(seq, None)
+        if request_id is not None:
+            self._known.pop(request_id, None)
         self._usage_delta[owner] += stored_bytes(b"", outcome.answer, outcome.reason)
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
         self._changed = True
 
     def _write_finished(self) -> None:
-        """Write the outcomes recorded since the last call: one conditional UPDATE."""
-        if not self._pending:
+        """Write the jobs added and the outcomes recorded since the last call into the
+        open transaction (one round trip), for a query that reads the table."""
+        self._write_turn(commit=False)
+
+    def _write_turn(self, *, commit: bool) -> None:
+        """Write what the turn added and recorded (`_WRITE`), then (`commit`) commit it,
+        with the next block of numbers if it is due: one pipeline, one round trip. With
+        no transaction open (no other write in the turn), the statement is the
+        transaction: autocommit. A row the batch cannot take fails only its own job:
+        the rows are written again one by one, in a transaction (`_write_alone`)."""
+        added, finished = list(self._added.items()), self._pending.take()
+        self._added = {}
+        in_transaction = self._session.in_transaction()
+        if not (added or finished or (commit and in_transaction)):
             return
-        pending = self._pending.take()
-        columns = [list(column) for column in zip(*rows_of(pending), strict=True)]
-        written = self._write(_FINISH, (*columns, RUNNING, self.epoch)).fetchall()
-        done = {int(seq) for (seq,) in written}
-        self._to_notify += done
-        for seq in pending.keys() - done:
-            outcome, _, owner = pending[seq]  # not written: its bytes are not stored
+        db = self._session.conn()
+        self._changed = True
+        alone = commit and not in_transaction
+        reserve = self._top_up() if commit else 0
+        try:
+            write, reserved = self._send(db, added, finished, commit=commit, reserve=reserve)
+        except psycopg.Error as exc:
+            self._refused_batch(db, exc, bool(added), alone)
+            self._write_alone(db, added)
+            self._pending_again(finished)
+            self._write_turn(commit=commit)
+            return
+        if write is not None:
+            self._written(write.fetchone(), added, finished)
+        if reserved is not None:
+            self._numbers.add([int(n) for (n,) in reserved.fetchall()])
+
+    def _send(
+        self,
+        db: Connection,
+        added: list[tuple[int, NewJob]],
+        finished: dict[int, Finish],
+        *,
+        commit: bool,
+        reserve: int,
+    ) -> tuple[Cursor | None, Cursor | None]:
+        """One pipeline: `reserve` numbers; the batch, in the open transaction (in a
+        savepoint if it adds jobs) or as one of its own; COMMIT if `commit` and a
+        transaction is open. The cursors of the batch and of the numbers (None if not sent)."""
+        write = reserved = None
+        in_transaction = self._session.in_transaction()
+        savepoint = bool(added) and (in_transaction or not commit)
+        with db.pipeline():
+            if reserve:
+                reserved = db.execute(_RESERVE, (reserve,))
+            if not in_transaction and not commit:
+                db.execute("BEGIN")
+            if savepoint:
+                db.execute("SAVEPOINT batch")
+            if added or finished:
+                write = db.execute(_WRITE, self._params(added, finished))
+            if savepoint:
+                db.execute("RELEASE SAVEPOINT batch")
+            if commit and in_transaction:
+                db.execute("COMMIT")
+        return write, reserved
+
+    def _pending_again(self, finished: dict[int, Finish]) -> None:
+        for seq, (outcome, finished_s, owner) in finished.items():
+            self._pending.record(seq, outcome, finished_s, owner)
+
+    def _refused_batch(self, db: Connection, exc: psycopg.Error, added: bool, alone: bool) -> None:
+        """After `exc` failed the turn's batch: raise unless a row of it may be to blame
+        (then a transaction is open, where the batch had not written anything)."""
+        if DEPOSED in str(exc):
+            self.deposed = True
+            refused = str(exc).split(DEPOSED, 1)[1].strip(' "')
+            raise StorageError(
+                "finish", f"job(s) {refused[:200]} belong to another broker or expired, not to"
+                f" this broker's epoch {self.epoch}: this broker was deposed",
+            ) from exc  # fmt: skip
+        if not added or db.closed or db.broken:
+            raise exc
+        if alone:  # the statement was its own transaction: nothing was written
+            self._session.begin()
+        elif not self._back_to(db, "batch"):
+            raise exc
+
+    @staticmethod
+    def _back_to(db: Connection, savepoint: str) -> bool:
+        """Take back what was done since `savepoint` (and end it); False if it cannot."""
+        if db.closed or db.broken:
+            return False
+        try:
+            db.execute(f"ROLLBACK TO SAVEPOINT {savepoint}; RELEASE SAVEPOINT {savepoint}")
+        except psycopg.Error:
+            return False
+        return True
+
+    def _write_alone(self, db: Connection, added: list[tuple[int, NewJob]]) -> None:
+        """Write each job of `added` in a savepoint of its own (a round trip each): one
+        whose row is refused is superseded by the reason, and the others are written."""
+        for seq, job in added:
+            try:
+                with db.pipeline():
+                    db.execute("SAVEPOINT request")
+                    write = db.execute(_WRITE, self._params([(seq, job)], {}))
+                    db.execute("RELEASE SAVEPOINT request")
+            except psycopg.Error as exc:
+                if not self._back_to(db, "request"):
+                    raise exc from None
+                log.warning("%s refused by the store alone: %s", job_id(seq), reason(exc))
+                self._drop_added(seq, job, f"add: {reason(exc)}")
+                continue
+            self._written(write.fetchone(), [(seq, job)], {})
+
+    def _params(
+        self, added: list[tuple[int, NewJob]], finished: dict[int, Finish]
+    ) -> dict[str, Any]:
+        """The parameters of `_WRITE`: one array per column."""
+        outcomes = [job.outcome for _, job in added]
+        return {
+            "seq": [seq for seq, _ in added],
+            "request_id": [job.request_id for _, job in added],
+            "request": [job.body for _, job in added],
+            "status": [str(o.status) if o else RUNNING for o in outcomes],
+            "answer": [o.answer if o else None for o in outcomes],
+            "reason": [o.reason if o else None for o in outcomes],
+            "fingerprint": [o.fingerprint if o else None for o in outcomes],
+            "created_s": [job.created_s for _, job in added],
+            "finished_s": [job.finished_s for _, job in added],
+            "owner": [job.owner for _, job in added],
+            "statistic": [job.statistic for _, job in added],
+            "broker_id": self.broker_id,
+            "epoch": self.epoch,
+            "f_seq": list(finished),
+            "f_status": [str(o.status) for o, _, _ in finished.values()],
+            "f_answer": [o.answer for o, _, _ in finished.values()],
+            "f_reason": [o.reason for o, _, _ in finished.values()],
+            "f_fingerprint": [o.fingerprint for o, _, _ in finished.values()],
+            "f_finished_s": [finished_s for _, finished_s, _ in finished.values()],
+            "channel": FINISHED_CHANNEL,
+        }
+
+    def _written(
+        self,
+        row: tuple[Any, ...] | None,
+        added: list[tuple[int, NewJob]],
+        finished: dict[int, Finish],
+    ) -> None:
+        """Account for what `_WRITE` wrote (`row`): jobs whose request id was taken are
+        superseded by that job; outcomes not written (recorded already by this epoch: a
+        commit whose success a lost connection hid) do not count their bytes again."""
+        inserted, done = (set(row[0] or ()), set(row[1] or ())) if row else (set(), set())
+        self._jobs_written += len(inserted)
+        taken = [(seq, job) for seq, job in added if seq not in inserted]
+        if taken:
+            existing, why = self._jobs_of([job.request_id for _, job in taken])
+            for seq, job in taken:
+                self._drop_added(seq, job, existing.get(job.request_id, why))
+        for seq in finished.keys() - done:
+            outcome, _, owner = finished[seq]
+            log.info("%s was already recorded as finished", job_id(seq))
             self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
-            self._refused_finish(seq)
+
+    def _jobs_of(self, request_ids: list[str]) -> tuple[dict[str, int], str]:
+        """The jobs that `request_ids` name (one round trip), and why one has none."""
+        try:
+            had = self._read(
+                "SELECT request_id, seq FROM jobs WHERE request_id = ANY(%s)", (request_ids,)
+            ).fetchall()
+        except (psycopg.Error, StorageError) as exc:  # after a commit: it stands
+            return {}, f"add: its request id had a job, which could not be read: {reason(exc)}"
+        return {str(rid): int(seq) for rid, seq in had}, "add: its request id's job vanished"
+
+    def _drop_added(self, seq: int, job: NewJob, instead: int | str) -> None:
+        """Forget job `seq` of the turn, not stored: `instead` is the job its request id
+        has, or why its row was refused."""
+        self._superseded[seq] = instead
+        if self._known.get(job.request_id) == seq:
+            del self._known[job.request_id]
+        self._request_of.pop(seq, None)
+        self._counts[job.outcome.status if job.outcome else JobStatus.RUNNING] -= 1
+        self._usage_delta[job.owner] -= job.stored_bytes
+
+    def _top_up(self) -> int:
+        """How many numbers to reserve with this commit: enough for two turns like this
+        one, at least SEQ_BLOCK, once fewer than half of that are left."""
+        wanted = min(SEQ_BLOCK_MAX, max(SEQ_BLOCK, 2 * self._added_in_turn))
+        return wanted - len(self._numbers) if len(self._numbers) < wanted // 2 else 0
+
+    def _committed(self) -> None:
+        self._sample_round_trips()
+        self._uncommitted = []
+        self._changed = False
+        self._added_in_turn = 0
+        for owner, delta in self._usage_delta.items():
+            if owner in self._usage:
+                known, read_at = self._usage[owner]
+                self._usage[owner] = (known + delta, read_at)
+        self._usage_delta.clear()
 
     def stored_bytes(self, owner: str) -> int:
         """The bytes the key `owner` stores, on every broker: read at most every
@@ -223,29 +511,11 @@ class PgStore(LeasedConnection):
             return last
         return int(row[0]) if row else 0
 
-    def _write_usage(self) -> None:
-        changed = sorted((owner, delta) for owner, delta in self._usage_delta.items() if delta)
-        if changed:
-            owners, deltas = [owner for owner, _ in changed], [delta for _, delta in changed]
-            self._write(_ADD_USAGE, (owners, deltas))
-
-    def _refused_finish(self, seq: int) -> None:
-        row = self._read("SELECT status, broker_epoch FROM jobs WHERE seq = %s", (seq,)).fetchone()
-        if row is not None and row[0] != RUNNING and row[1] == self.epoch:
-            # Finished by this epoch already: a commit whose outcome the connection's loss
-            # hid. The first record stands.
-            log.info("%s was already recorded as finished", job_id(seq))
-            return
-        self.deposed = True
-        owner = "nobody (it expired)" if row is None else f"broker epoch {row[1]}"
-        raise StorageError(
-            "finish", f"{job_id(seq)} belongs to {owner}, not to this broker's epoch"
-            f" {self.epoch}: this broker was deposed",
-        )  # fmt: skip
-
     @_op
     def add_attempt(self, seq: int) -> int:
         """One more lost worker for job `seq` (refused, unchanged, if another owns it)."""
+        if seq in self._added:
+            self._write_finished()  # its row first
         row = self._write(
             "UPDATE jobs SET attempts = attempts + 1 WHERE seq = %s AND broker_epoch = %s"
             " RETURNING attempts",
@@ -313,6 +583,8 @@ class PgStore(LeasedConnection):
             return
         self._counts = Counter({JobStatus(status): int(n) for status, n in rows})
         self._pending.shift(self._counts)  # recorded here, not written yet
+        for job in self._added.values():
+            self._counts[job.outcome.status if job.outcome else JobStatus.RUNNING] += 1
         self._counts_at = time.monotonic()
 
     @_op
@@ -327,11 +599,13 @@ class PgStore(LeasedConnection):
 
     @_op
     def last_seq(self) -> int:
-        """The highest job number handed out by any broker on the store."""
+        """The highest job number handed out by any broker on the store, as far as this
+        one knows: numbers other brokers reserved and have not handed out yet count."""
         row = self._read(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM job_seq"
         ).fetchone()
-        self._issued = max(self._issued, int(row[0]) if row else 0)
+        reserved = int(row[0]) if row else 0
+        self._issued = max(self._issued, self._numbers.highest_told(reserved))
         return self._issued
 
     @_op
@@ -345,32 +619,27 @@ class PgStore(LeasedConnection):
 
     @_op
     def commit(self) -> None:
-        """Commit the open transaction, and tell other brokers which jobs it finished."""
+        """Write the turn and commit it, and tell other brokers which jobs it finished:
+        one round trip (`_write_turn`). Jobs it did not store: `superseded()`."""
         db = self._session.conn()
         if db.info.transaction_status == pq.TransactionStatus.INERROR:
             raise StorageError("commit", "the transaction had failed; it must be rolled back")
-        self._write_finished()
-        self._write_usage()
-        if not self._session.in_transaction():
-            self._changed = False
-            return
-        for payload in notify_payloads(self._to_notify):
-            db.execute("SELECT pg_notify(%s, %s)", (FINISHED_CHANNEL, payload))
-        db.execute("COMMIT")
-        self._to_notify = []
-        self._changed = False
-        for owner, delta in self._usage_delta.items():
-            if owner in self._usage:
-                known, read_at = self._usage[owner]
-                self._usage[owner] = (known + delta, read_at)
-        self._usage_delta.clear()
+        self._write_turn(commit=True)
+        self._committed()
 
     def rollback(self) -> None:
         """Undo every write since the last commit (job numbers stay used)."""
+        for request_id, seq in self._uncommitted:
+            if self._known.get(request_id) == seq:
+                del self._known[request_id]
+            self._request_of.pop(seq, None)
+        self._uncommitted = []
+        self._added = {}
+        self._added_in_turn = 0
+        self._superseded.clear()
         self._pending.clear()
         self._usage_delta.clear()
         self._usage.clear()  # figures read in the failed transaction may be gone
-        self._to_notify = []
         self._changed = False
         self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`
         db = self._session.live()
@@ -393,11 +662,3 @@ class PgStore(LeasedConnection):
         except (StorageError, psycopg.Error) as exc:
             log.error("could not commit at close; uncommitted writes are lost: %s", exc)
         self._session.close()
-
-
-def notify_payloads(seqs: list[int]) -> list[str]:
-    """Job numbers as comma-separated NOTIFY payloads, each under PostgreSQL's limit."""
-    payloads: list[str] = []
-    for start in range(0, len(seqs), NOTIFY_SEQS):
-        payloads.append(",".join(map(str, seqs[start : start + NOTIFY_SEQS])))
-    return payloads

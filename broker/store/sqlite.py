@@ -295,6 +295,14 @@ class SqliteStore:
         self._db.rollback()
         self._counts = self._read_counts()
 
+    def superseded(self) -> dict[int, int | str]:
+        """Always empty: `add` writes at once, so every job it hands out is stored."""
+        return {}
+
+    def round_trips(self) -> tuple[int, float | None]:
+        """(0, 0.0): the store is in this process; no query travels."""
+        return 0, 0.0
+
     def has_changes(self) -> bool:
         """Whether anything was written since the last commit."""
         return self._changed

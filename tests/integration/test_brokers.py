@@ -121,6 +121,40 @@ def test_a_request_id_is_one_job_across_brokers(brokers: Brokers) -> None:
     assert first.job_id == again.job_id
 
 
+def test_request_ids_sent_to_two_brokers_at_once_are_one_job_each(
+    brokers: Brokers, pg_url: str
+) -> None:
+    """Both brokers take each request id in the same turns: one job exists for it, and
+    both replies name it (issue 20, item 2)."""
+    a, b = brokers(2)
+    count = 300
+    submits = [m.Submit(f"both-{n}", "global_mean", {"question": OBESITY}) for n in range(count)]
+    with zmq.Context() as context:
+        sockets = [context.socket(zmq.DEALER) for _ in (a, b)]
+        for sock, svc in zip(sockets, (a, b), strict=True):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(svc.client_endpoint)
+        for n, submit in enumerate(submits):  # interleaved: both brokers at once
+            for sock in sockets:
+                sock.send_multipart(m.encode(submit, str(n).encode()))
+        named: list[dict[int, str]] = []
+        for sock in sockets:
+            got: dict[int, str] = {}
+            while len(got) < count:
+                assert sock.poll(30_000), f"{count - len(got)} submit(s) never answered"
+                envelopes, errors = m.decode_all(sock.recv_multipart())  # replies in BATCHes
+                assert not errors, errors
+                for envelope in envelopes:
+                    assert isinstance(envelope.message, m.Submitted), envelope.message
+                    got[int(envelope.tag)] = envelope.message.job_id
+            named.append(got)
+            sock.close()
+    assert named[0] == named[1]
+    stored = rows(pg_url, "SELECT request_id, seq FROM jobs WHERE request_id LIKE 'both-%'")
+    assert len(stored) == count
+    assert {int(rid.split("-")[1]): f"job_id_{seq}" for rid, seq in stored} == named[0]
+
+
 def test_a_killed_brokers_jobs_are_adopted_and_finish_once(
     brokers: Brokers, pg_url: str, reference: Reference
 ) -> None:

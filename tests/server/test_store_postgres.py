@@ -15,8 +15,9 @@ import pytest
 
 from bench.service import wait_until
 from broker.store import Outcome, StorageError
+from broker.store.pg_lease import FINISHED_CHANNEL
 from broker.store.pg_schema import SCHEMA_VERSION, SchemaTooNew
-from broker.store.postgres import PgStore, notify_payloads
+from broker.store.postgres import SEQ_BLOCK, PgStore
 from protocol.messages import JobStatus
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
@@ -32,13 +33,18 @@ def brokers(pg_url: str) -> Iterator[tuple[PgStore, PgStore]]:
     b.close()
 
 
-def test_numbers_are_unique_across_brokers(brokers: tuple[PgStore, PgStore]) -> None:
+def test_numbers_are_reserved_in_blocks_unique_across_brokers(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
     a, b = brokers
     seqs = [s.add(f"{s.broker_id}-{n}", b"q", 0.0)[0] for n in range(10) for s in (a, b)]
     a.commit()
     b.commit()
-    assert sorted(seqs) == list(range(1, 21))
-    assert a.last_seq() == b.last_seq() == 20
+    assert seqs[0::2] == list(range(1, 11))  # a's block, then b's: a gap between them
+    assert seqs[1::2] == list(range(SEQ_BLOCK + 1, SEQ_BLOCK + 11))
+    assert {r.seq for r in (a.get(seq) for seq in seqs) if r} == set(seqs)
+    # A broker's own unused numbers name no job; another's unused block counts.
+    assert (a.last_seq(), b.last_seq()) == (2 * SEQ_BLOCK, SEQ_BLOCK + 10)
 
 
 def test_a_request_id_is_one_job_whichever_broker_takes_it(
@@ -47,9 +53,13 @@ def test_a_request_id_is_one_job_whichever_broker_takes_it(
     a, b = brokers
     seq, new = a.add("same", b"q", 0.0)
     a.commit()
-    assert new and b.add("same", b"other", 1.0) == (seq, False)
+    assert new and b.find_request("same") == seq
+    provisional, _ = b.add("same", b"other", 1.0)  # numbered at once, written at commit
+    b.commit()
+    assert b.superseded() == {provisional: seq}
     record = b.get(seq)
-    assert record is not None and record.job_body == b"q"
+    assert record is not None and record.job_body == b"q" and b.get(provisional) is None
+    assert a.add("same", b"again", 2.0) == (seq, False)  # a knows it: no query
 
 
 def test_any_broker_reads_any_job(brokers: tuple[PgStore, PgStore]) -> None:
@@ -135,11 +145,20 @@ def test_an_unreachable_database_is_a_storage_error() -> None:
         PgStore("postgresql:///none?host=/nonexistent&connect_timeout=1", "broker-a")
 
 
-def test_notify_payloads_stay_under_postgresql_limit() -> None:
-    seqs = list(range(10**18, 10**18 + 1000))
-    payloads = notify_payloads(seqs)
-    assert all(len(p) < 8000 for p in payloads)
-    assert [int(s) for p in payloads for s in p.split(",")] == seqs
+def test_finished_jobs_are_notified_in_payloads_under_postgresql_limit(
+    brokers: tuple[PgStore, PgStore], pg_url: str
+) -> None:
+    a, _ = brokers
+    seqs = [a.add(f"r{n}", b"q", 0.0)[0] for n in range(700)]
+    a.commit()
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {FINISHED_CHANNEL}")
+        for seq in seqs:
+            a.finish(seq, DONE, 1.0)
+        a.commit()  # the statement NOTIFYs, delivered at its commit
+        payloads = [n.payload for n in listener.notifies(timeout=5.0, stop_after=3)]
+    assert len(payloads) == 3 and all(len(p) < 8000 for p in payloads)
+    assert sorted(int(s) for p in payloads for s in p.split(",")) == seqs
 
 
 def test_a_broker_stopped_in_mid_turn_blocks_the_others_for_two_seconds_at_most(
@@ -148,10 +167,11 @@ def test_a_broker_stopped_in_mid_turn_blocks_the_others_for_two_seconds_at_most(
     """A holds a request id in a transaction it never finishes (as if SIGSTOPped): the
     server ends A's session, and B takes the request id instead of waiting forever."""
     a, b = brokers
-    a.add("contended", b"q", 0.0)  # A's turn stops here, its row lock held
-    seq, new = b.add("contended", b"q", 1.0)  # waits for A's session to be ended
-    b.commit()
-    assert new
+    a.add("contended", b"q", 0.0)
+    a.page(0, 10)  # a listing writes the turn's job first; A's turn stops here, its lock held
+    seq, new = b.add("contended", b"q", 1.0)
+    b.commit()  # waits for A's session to be ended
+    assert new and b.superseded() == {}
     with pytest.raises(StorageError):
         a.commit()  # A's transaction is gone with its session
     a.rollback()
@@ -188,3 +208,64 @@ def test_a_finish_another_broker_recorded_first_is_not_counted_twice(
     a.finish(seq, Outcome(JobStatus.ERROR, reason="again"), 2.0, "KEY")  # a retried turn
     a.commit()
     assert a.stored_bytes("KEY") == len(b"q") + len(DONE.answer or b"")
+
+
+def test_a_turn_is_written_and_committed_in_one_round_trip_however_many_jobs_it_holds(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    a, _ = brokers
+    a.add("warm-up", b"q", 0.0)  # the first block of numbers is reserved here
+    a.commit()
+    trips = []
+    for size in (1, 10, 400):
+        seqs = [a.add(f"r{size}-{n}", b"q", 0.0, "KEY")[0] for n in range(size)]
+        before = a.round_trips()[0]
+        a.commit()
+        for seq in seqs:
+            a.finish(seq, DONE, 1.0, "KEY")
+        a.commit()  # the outcomes, their NOTIFYs and the keys' bytes: one round trip too
+        trips.append(a.round_trips()[0] - before)
+    assert trips == [2, 2, 2]  # one a commit
+    assert len(a.page(0, 1000, status="done")) == 411
+
+
+def test_a_row_the_batch_cannot_take_fails_its_own_job_only(pg_url: str) -> None:
+    a = PgStore(pg_url, "broker-a")
+    try:
+        a.register(lease_s=60.0)
+        db = a._session.conn()
+        db.execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF"
+            " NEW.request_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF;"
+            " RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION poison()"
+        )
+        seqs = [a.add(rid, b"q", 0.0)[0] for rid in ("before", "poison", "after")]
+        a.commit()
+        superseded = a.superseded()
+        assert list(superseded) == [seqs[1]] and "poisoned row" in str(superseded[seqs[1]])
+        assert [a.find_request(rid) for rid in ("before", "poison", "after")] == [
+            seqs[0], None, seqs[2]
+        ]  # fmt: skip
+        assert a.get(seqs[1]) is None and a.add("poison", b"q", 1.0)[1]  # not known: new again
+    finally:
+        a.close()
+
+
+def test_a_turn_taking_request_ids_another_broker_has_answers_with_its_jobs(
+    brokers: tuple[PgStore, PgStore],
+) -> None:
+    a, b = brokers
+    theirs = {rid: a.add(rid, b"q", 0.0)[0] for rid in ("x", "y")}
+    a.commit()
+    mine = {rid: b.add(rid, b"q", 0.0)[0] for rid in ("w", "x", "y", "z")}
+    assert b.get(mine["x"]) is not None  # read before the commit, as the turn made it
+    b.commit()
+    assert b.superseded() == {mine["x"]: theirs["x"], mine["y"]: theirs["y"]}
+    assert b.superseded() == {}  # told once
+    assert [b.find_request(rid) for rid in "wxyz"] == [
+        mine["w"], theirs["x"], theirs["y"], mine["z"]
+    ]  # fmt: skip
+    assert b.count(JobStatus.RUNNING) == 4

@@ -107,8 +107,10 @@ ADMIN = Caller(Role.ADMIN, "C" * 40, "ops")
 
 
 def ask(h: Harness, message: m.Message, caller: Caller, who: bytes = b"c1") -> m.Message:
-    """One request from `caller`; its one reply."""
+    """One request from `caller`; its one reply, sent after the turn's commit as the loop
+    sends it (a store may settle a submit only at its commit)."""
     h.core.on_client(m.Envelope(message, tag=b"t", identity=who), h.now, caller)
+    h.core.commit()
     (reply,) = h.sent()[0]
     return reply.message
 

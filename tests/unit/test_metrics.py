@@ -19,6 +19,7 @@ STATS: dict[str, Any] = {
     "jobs": {"running": 8, "done": 100, "error": 3},
     "rates_per_s": {"10s": {"done": 12.5, "submitted": 13.0}},
     "shutting_down": False,
+    "store": {"round_trips": 1234, "round_trips_per_job": 0.5},
 }
 
 
@@ -37,6 +38,7 @@ def test_every_stat_becomes_a_gauge() -> None:
         'lss_job_rate_per_second{event="done",window="10s"} 12.5',
         "lss_shutting_down 0.0",
         'lss_broker_info{broker_id="b1",fingerprint="abc"} 1.0',
+        "lss_store_round_trips_total 1234.0",
     ):
         assert line in text.splitlines(), line
 

@@ -138,3 +138,22 @@ def test_stored_bytes_per_key_are_kept_on_every_write_and_expiry(store: Store) -
     assert store.expire(finished_before_s=50.0) == 1
     store.commit()
     assert store.stored_bytes("KEY") == len(b"body-bb") + len("no data")
+
+
+def test_round_trips_are_counted_where_queries_travel(store: Store) -> None:
+    """In STATS: PostgreSQL's round trips, in all and per job; 0 for in-process stores."""
+    from tests.unit.broker_harness import Harness
+
+    h = Harness(store)
+    h.submit(3)
+    h.core.commit()
+    got = h.core.stats(h.now)["store"]
+    assert isinstance(got, dict)
+    if type(store).__name__ != "PgStore":
+        assert got == {"round_trips": 0, "round_trips_per_job": 0.0}
+        return
+    assert got["round_trips"] > 0
+    h.submit(40)
+    h.core.commit()  # one round trip for all forty
+    later = h.core.stats(h.now)["store"]
+    assert isinstance(later, dict) and 0 < later["round_trips_per_job"] < 1
