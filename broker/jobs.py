@@ -289,7 +289,11 @@ class JobTable:
 
     def requeue_unheld(self, held: Set[int]) -> None:
         """Queue exactly the jobs no worker holds (`held`) and none waits for its
-        backoff; the front for the unqueued."""
+        backoff; the front for the unqueued. A job held and waiting was cancelled while it
+        ran, in the turn rolled back: its worker answers it, so it waits for nothing."""
+        for seq in held & self._waiting:
+            self._waiting.discard(seq)
+            self._jobs[seq].retry_at_s = None
         held = held | self._waiting
         order = sorted(self._jobs.values(), key=lambda job: (job.queued, job.seq))
         self.producers.clear_queues()
@@ -298,12 +302,6 @@ class JobTable:
             job.queued = False
             if job.seq not in held:
                 self._enqueue(job)
-
-    def unwait(self, seq: int) -> None:
-        """Job `seq` waits for no backoff: a worker still holds it (a cancel rolled back)."""
-        if seq in self._waiting:
-            self._waiting.discard(seq)
-            self._jobs[seq].retry_at_s = None
 
 
 def _deadline_ms(body: bytes) -> int:

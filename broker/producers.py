@@ -31,7 +31,9 @@ OTHERS = "(others)"
 MAX_LISTED = 20
 RATE_WINDOW_S = 10
 IDLE_FORGET_S = 60.0
-"""A producer with nothing unfinished is forgotten this long after its last finish."""
+"""A producer with nothing unfinished is forgotten this long after its last finish (at
+a STATS, or when new producers double the number known since the last sweep)."""
+SWEEP_MIN = 1024
 
 
 def connection_name(identity: bytes) -> str:
@@ -76,6 +78,8 @@ class Producers:
         self._queued = queued  # whether a FIFO entry is still a queued job
         self._by_key: dict[Hashable, ProducerQueue] = {}
         self._round: deque[ProducerQueue] = deque()
+        self._latest_s = 0.0  # the last finish's time: the clock `forget_idle` needs
+        self._sweep_at = SWEEP_MIN  # producers known when `of` next forgets idle ones
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -84,6 +88,9 @@ class Producers:
         """The producer `key` (made on first use); `name` is its key name or label."""
         producer = self._by_key.get(key)
         if producer is None:
+            if len(self._by_key) >= self._sweep_at:  # amortized: connections may be many
+                self.forget_idle(self._latest_s)
+                self._sweep_at = max(SWEEP_MIN, 2 * len(self._by_key))
             weight = self._weights.get(name, 1.0)
             producer = ProducerQueue(key, name, weight, weight / self._smallest)
             self._by_key[key] = producer
@@ -172,7 +179,7 @@ class Producers:
             producer.finished.append([second, 1])
             while producer.finished[0][0] <= second - RATE_WINDOW_S:
                 producer.finished.popleft()
-        producer.last_finish_s = now_s
+        producer.last_finish_s = self._latest_s = now_s
 
     def forget_idle(self, now_s: float) -> None:
         """Forget producers with nothing unfinished whose last finish is old."""

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
+
 from broker.store import Store
 from protocol import messages as m
-from tests.unit.broker_harness import ADMIN, ALICE, BOB, FP, Harness, ask, replies
+from tests.unit.broker_harness import (
+    ADMIN,
+    ALICE,
+    BOB,
+    FP,
+    STORAGE_ERROR,
+    Harness,
+    ask,
+    commit_fails,
+    replies,
+)
 
 Q = {"question": "Q"}
 
@@ -136,3 +148,25 @@ def test_one_connections_job_runs_before_anothers_backlog_and_priorities_stay_wi
     assert isinstance(producers, list)
     assert [(p["queued"], p["running"]) for p in producers] == [(4, 1), (0, 1)]
     assert all(str(p["producer"]).startswith("conn-") for p in producers)
+
+
+def test_a_cancel_rolled_back_leaves_the_running_job_to_its_worker(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    job = _submit(h, "r1")
+    h.sent()
+    h.core.commit()
+    h.worker(m.Ready(1, FP), b"w2")
+    h.client(m.Cancel(job), tag=b"cancel")
+    commit_fails(h, monkeypatch)
+    clients, to_workers = h.sent()
+    assert replies(clients)[b"cancel"] == STORAGE_ERROR
+    assert h.jobs_to(to_workers) == [], "w1 still holds it: it is not sent again"
+    h.now += 60  # past any backoff
+    assert h.jobs_to(h.sent()[1]) == []
+    h.worker(m.Result("cancelled", FP, "cancelled"), b"w1", job.encode())  # it had not started
+    h.sent()
+    record = store.get(1)
+    assert record is not None and record.status is m.JobStatus.CANCELLED
