@@ -135,7 +135,8 @@ class ClientSide:
         if malformed:  # not looked up: it names no job, and its text may break a query
             self.state.refuse(identity, tag, *malformed)
             return
-        producer = self._producer(identity, caller)
+        owner = caller.owner
+        producer = self._producer(identity, caller, owner)
         refusal = self._submit_refusal(caller, body, producer)
         seq = self.state.store.find_request(msg.request_id) if refusal else None
         if refusal and seq is None:
@@ -143,7 +144,7 @@ class ClientSide:
             return
         if seq is None:
             seq = self._accept_alone(
-                identity, tag, msg, body=body, now_s=now_s, owner=caller.owner, producer=producer
+                identity, tag, msg, body=body, now_s=now_s, owner=owner, producer=producer
             )
             if seq is None:
                 return
@@ -154,12 +155,13 @@ class ClientSide:
         else:
             self.state.reply(identity, tag, m.Submitted(job_id(seq)))
 
-    def _producer(self, identity: bytes, caller: Caller) -> ProducerQueue:
-        """Whose queue the caller's jobs join: its key with CURVE, else its connection."""
-        key = caller.owner or identity
+    def _producer(self, identity: bytes, caller: Caller, owner: str) -> ProducerQueue:
+        """Whose queue the caller's jobs join: its key (`owner`) with CURVE, else its
+        connection."""
+        key = owner or identity
         producer = self.state.jobs.producers.get(key)
         if producer is None:
-            name = caller.name if caller.owner else connection_name(identity)
+            name = caller.name if owner else connection_name(identity)
             producer = self.state.jobs.producers.of(key, name)
         return producer
 
@@ -206,9 +208,10 @@ class ClientSide:
             return ErrorCode.STORAGE, self.state.storage_refusal
         if no_worker := self.state.no_worker():
             return ErrorCode.NO_WORKER, no_worker
-        full = queue_refusal(self.state.admission, len(self.state.jobs), producer.unfinished)
-        if full is not None:
-            return ErrorCode.QUEUE_FULL, full
+        if len(self.state.jobs) >= self.state.settings.max_queue:  # else nobody is refused
+            full = queue_refusal(self.state.admission, len(self.state.jobs), producer.unfinished)
+            if full is not None:
+                return ErrorCode.QUEUE_FULL, full
         return self.state.quota.refusal(caller.owner, body)
 
     def _malformed(

@@ -38,7 +38,7 @@ COMMIT_RETRY_MIN_S = 0.25
 COMMIT_RETRY_MAX_S = 10.0
 
 
-@dataclass
+@dataclass(slots=True)
 class UnfinishedJob:
     """One unfinished job of this broker."""
 
@@ -77,7 +77,7 @@ class JobTable:
 
     def __init__(self, weights: Mapping[str, float] | None = None) -> None:
         self._jobs: dict[int, UnfinishedJob] = {}
-        self.producers = Producers(weights or {}, self._is_queued)
+        self.producers = Producers(weights or {}, self._jobs)
         self._queued = 0
         self._owners = Owners()
         self._waiting: set[int] = set()  # jobs with a `retry_at_s`
@@ -85,10 +85,6 @@ class JobTable:
         # skipped when it comes up, so expiry costs O(jobs expired), never a scan.
         self._deadlines: list[tuple[float, int]] = []
         self._journal = _Journal()
-
-    def _is_queued(self, seq: int) -> bool:
-        job = self._jobs.get(seq)
-        return job is not None and job.queued
 
     def __contains__(self, seq: int) -> bool:
         return seq in self._jobs

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from protocol.messages import MAX_PRIORITY
 
@@ -45,7 +46,13 @@ def _fifos() -> list[deque[int]]:
     return [deque() for _ in range(MAX_PRIORITY + 1)]
 
 
-@dataclass(eq=False)
+class Queued(Protocol):
+    """What a FIFO entry's job tells: whether it still waits in its queue."""
+
+    queued: bool
+
+
+@dataclass(eq=False, slots=True)
 class ProducerQueue:
     """One producer's queue (a FIFO per priority) and counters."""
 
@@ -72,10 +79,10 @@ class ProducerQueue:
 class Producers:
     """The producers of one broker's unfinished jobs and the round that serves them."""
 
-    def __init__(self, weights: Mapping[str, float], queued: Callable[[int], bool]) -> None:
+    def __init__(self, weights: Mapping[str, float], jobs: Mapping[int, Queued]) -> None:
         self._weights = dict(weights)
         self._smallest = min([1.0, *self._weights.values()])
-        self._queued = queued  # whether a FIFO entry is still a queued job
+        self._jobs = jobs  # a FIFO entry counts while its job is there and queued
         self._by_key: dict[Hashable, ProducerQueue] = {}
         self._round: deque[ProducerQueue] = deque()
         self._latest_s = 0.0  # the last finish's time: the clock `forget_idle` needs
@@ -142,15 +149,16 @@ class Producers:
         if not producer.queued:
             self._round.popleft()
             producer.in_round, producer.deficit = False, 0.0
-        elif producer.deficit < 1.0:
-            self._round.rotate(-1)
+        elif producer.deficit < 1.0 and len(self._round) > 1:
+            self._round.rotate(-1)  # alone in the round, it begins its next turn in place
 
     def _front(self, producer: ProducerQueue) -> int | None:
         fifos = producer.fifos
         while producer.lowest <= MAX_PRIORITY:
             fifo = fifos[producer.lowest]
             while fifo:
-                if self._queued(fifo[0]):
+                job = self._jobs.get(fifo[0])
+                if job is not None and job.queued:
                     return fifo[0]
                 fifo.popleft()  # a job no longer queued (see the module's docstring)
             producer.lowest += 1

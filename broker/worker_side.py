@@ -170,7 +170,7 @@ class WorkerSide:
     def _outcome(self, msg: m.Result, payload: bytes | None) -> Outcome:
         if msg.fingerprint != self.state.fingerprint:
             return Outcome(JobStatus.ERROR, reason="worker answered from a different data set")
-        if msg.status in (JobStatus.ERROR.value, JobStatus.CANCELLED.value):
+        if msg.status in (JobStatus.ERROR, JobStatus.CANCELLED):  # StrEnum: no lookups
             # CANCELLED: the worker skipped it, its deadline passed (docs/protocol.md).
             reason = escaped((msg.reason or "failed")[: m.MAX_REASON_CHARS])[: m.MAX_REASON_CHARS]
             return Outcome(JobStatus(msg.status), reason=reason, fingerprint=msg.fingerprint)
