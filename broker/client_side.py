@@ -163,6 +163,8 @@ class ClientSide:
         if producer is None:
             name = caller.name if owner else connection_name(identity)
             producer = self.state.jobs.producers.of(key, name)
+        elif owner and producer.name != caller.name:  # its jobs were adopted, its name unknown
+            self.state.jobs.producers.name(producer, caller.name)
         return producer
 
     def _accept_alone(

@@ -98,10 +98,16 @@ class Producers:
             if len(self._by_key) >= self._sweep_at:  # amortized: connections may be many
                 self.forget_idle(self._latest_s)
                 self._sweep_at = max(SWEEP_MIN, 2 * len(self._by_key))
-            weight = self._weights.get(name, 1.0)
-            producer = ProducerQueue(key, name, weight, weight / self._smallest)
+            producer = ProducerQueue(key, name, 1.0, 1.0)
+            self.name(producer, name)
             self._by_key[key] = producer
         return producer
+
+    def name(self, producer: ProducerQueue, name: str) -> None:
+        """Name `producer` (known by its key only, from adopted jobs): its weight follows."""
+        producer.name = name
+        producer.weight = self._weights.get(name, 1.0)
+        producer.quantum = producer.weight / self._smallest
 
     def get(self, key: Hashable) -> ProducerQueue | None:
         return self._by_key.get(key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from broker.store import Store
@@ -11,6 +13,7 @@ from tests.unit.broker_harness import (
     ALICE,
     BOB,
     FP,
+    SETTINGS,
     STORAGE_ERROR,
     Harness,
     ask,
@@ -170,3 +173,21 @@ def test_a_cancel_rolled_back_leaves_the_running_job_to_its_worker(
     h.sent()
     record = store.get(1)
     assert record is not None and record.status is m.JobStatus.CANCELLED
+
+
+def test_keys_are_producers_served_by_their_weights_and_named_in_stats(store: Store) -> None:
+    settings = dataclasses.replace(SETTINGS, producer_weights=(("alice", 2.0),))
+    h = Harness(store, settings)
+    for n in range(6):
+        for caller in (ALICE, BOB):
+            submit = m.Submit(f"{caller.name}{n}", "global_mean", Q)
+            h.core.on_client(m.Envelope(submit, b"s", identity=b"c1"), h.now, caller)
+    h.worker(m.Ready(6, FP), b"w1")
+    _, to_workers = h.sent()
+    owners = [
+        h.core.jobs.owner_of(m.job_seq(tag.decode()) or 0) for _, tag in h.jobs_to(to_workers)
+    ]
+    assert owners == [ALICE.key, ALICE.key, BOB.key, ALICE.key, ALICE.key, BOB.key]
+    producers = h.core.stats(h.now)["producers"]
+    rows = sorted((p["producer"], p["weight"], p["queued"]) for p in producers)  # type: ignore[attr-defined]
+    assert rows == [("alice", 2.0, 2), ("bob", 1.0, 4)]
