@@ -102,6 +102,7 @@ class Command(enum.IntEnum):
     PING = 0x07
     STATS = 0x08
     RECENT = 0x09
+    CANCEL = 0x0A
     SUBMITTED = 0x11
     JOB_STATE = 0x12
     JOB_LIST = 0x13
@@ -121,15 +122,36 @@ class Command(enum.IntEnum):
     SUSPECT_JOB = 0x28
     STARTED = 0x29
     LOAD_FAILED = 0x2A
+    CANCEL_JOB = 0x2B
     BATCH = 0x30
 
 
 class JobStatus(enum.StrEnum):
-    """A job's status as clients see it (queued and in-flight jobs are both RUNNING)."""
+    """A job's status as clients see it (queued and in-flight jobs are both RUNNING).
+    DONE, ERROR and CANCELLED are final."""
 
     RUNNING = "running"
     DONE = "done"
     ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+REASON_CANCELLED = "cancelled"
+"""A CANCELLED job's reason when its owner (or an admin) cancelled it."""
+REASON_DEADLINE = "deadline passed"
+"""A CANCELLED job's reason when it had not started by its deadline."""
+MIN_PRIORITY = 0
+"""The first priority served (within one producer's jobs)."""
+MAX_PRIORITY = 9
+"""The last priority served."""
+DEFAULT_PRIORITY = 4
+MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
+"""The longest deadline a submit may set (7 days); 0 sets none."""
+
+
+def _within(low: int, high: int) -> Any:
+    """Field metadata: the decoder refuses an int outside [low, high] (see `_checks_of`)."""
+    return {"range": (low, high)}
 
 
 class ErrorCode(enum.StrEnum):
@@ -173,6 +195,13 @@ class Submit(Message):
     statistic: str
     params: dict[str, Any]
     notify: bool = False
+    priority: int = dataclasses.field(
+        default=DEFAULT_PRIORITY, metadata=_within(MIN_PRIORITY, MAX_PRIORITY)
+    )
+    """0 runs first, 9 last; it orders the submitting producer's own jobs only."""
+    deadline_ms: int = dataclasses.field(default=0, metadata=_within(0, MAX_DEADLINE_MS))
+    """0: none; else the job must start within this many ms of the broker receiving the
+    submit, or it ends CANCELLED with the reason "deadline passed" and never runs."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +217,15 @@ class Wait(Message):
     """Like `Get`, but the broker replies only once the job has finished."""
 
     COMMAND: ClassVar[Command] = Command.WAIT
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Cancel a job: answered by its `JobState` once the cancel is committed (CANCELLED,
+    or DONE/ERROR when it had finished first); unknown or another key's: invalid_job_id."""
+
+    COMMAND: ClassVar[Command] = Command.CANCEL
     job_id: str
 
 
@@ -352,11 +390,14 @@ class Ready(Message):
 
 @dataclass(frozen=True)
 class Job(Message):
-    """Work for a worker; the tag frame carries the job id."""
+    """Work for a worker; the tag frame carries the job id. With `deadline_ms`, a worker
+    that has not started the job that many ms after receiving it answers CANCELLED
+    ("deadline passed") instead of computing it."""
 
     COMMAND: ClassVar[Command] = Command.JOB
     statistic: str
     params: dict[str, Any]
+    deadline_ms: int = dataclasses.field(default=0, metadata=_within(0, MAX_DEADLINE_MS))
 
 
 @dataclass(frozen=True)
@@ -373,6 +414,15 @@ class Started(Message):
     """Worker: it is about to compute the suspect job in the tag, alone; broker: noted."""
 
     COMMAND: ClassVar[Command] = Command.STARTED
+
+
+@dataclass(frozen=True)
+class CancelJob(Message):
+    """Broker: the job in the tag is cancelled. A worker that has not started it drops it
+    and answers RESULT CANCELLED; one computing it answers as usual (the broker drops
+    that answer). Every JOB a worker gets is answered by exactly one RESULT."""
+
+    COMMAND: ClassVar[Command] = Command.CANCEL_JOB
 
 
 @dataclass(frozen=True)
@@ -432,10 +482,10 @@ class DataChunk(Message):
 
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
-    Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats, Recent,
+    Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats, Recent, Cancel,
     Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, RecentJobs, ErrorReply,
     Ready, Job, SuspectJob, Started, Result, Heartbeat, Disconnect, FetchData, DataChunk,
-    LoadFailed,
+    LoadFailed, CancelJob,
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
 
@@ -681,7 +731,7 @@ def _from_body(cls: type[M], body: bytes) -> M:
         if check is None:
             raise ProtocolError(f"{cls.__name__} has no field '{shown(name)}'")
         if not check(value):
-            raise ProtocolError(f"{cls.__name__}.{name} has the wrong type {type(value).__name__}")
+            raise ProtocolError(f"{cls.__name__}.{name} {_why_not(cls, name, value)}")
     try:
         return cls(**fields)
     except TypeError as exc:  # a required field is missing
@@ -693,12 +743,30 @@ _CHECKS: dict[type[Message], dict[str, Check]] = {}
 
 
 def _checks_of(cls: type[Message]) -> dict[str, Check]:
-    """One type check per field of `cls`, built from its annotations on first use."""
+    """One check per field of `cls`, built from its annotations (and a field's "range"
+    metadata: an int within it) on first use."""
     if cls not in _CHECKS:
         hints = typing.get_type_hints(cls)
         fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-        _CHECKS[cls] = {f.name: _check_for(hints[f.name]) for f in fields}
+        _CHECKS[cls] = {f.name: _check_of_field(f, hints[f.name]) for f in fields}
     return _CHECKS[cls]
+
+
+def _check_of_field(field: dataclasses.Field[Any], hint: Any) -> Check:
+    bounds = field.metadata.get("range")
+    if bounds is None:
+        return _check_for(hint)
+    low, high = bounds
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _why_not(cls: type[Message], name: str, value: object) -> str:
+    """Why `value` failed the check of field `name` (for the error reply)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
+    bounds = field.metadata.get("range")
+    if bounds is not None and isinstance(value, int) and not isinstance(value, bool):
+        return f"is {value}, outside {bounds[0]}..{bounds[1]}"
+    return f"has the wrong type {type(value).__name__}"
 
 
 _SIMPLE_CHECKS: dict[Any, Check] = {

@@ -46,7 +46,9 @@ class LeasedConnection:
     def reconnected(self, value: bool) -> None:
         self._session.reconnected = value
 
-    def _write(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[tuple[Any, ...]]:
+    def _write(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> psycopg.Cursor[tuple[Any, ...]]:
         """Run a writing statement inside the open transaction (begun if need be)."""
         db = self._session.begin()
         self._changed = True

@@ -108,6 +108,19 @@ _WRITE = (
     f" (SELECT CASE WHEN seqs IS NOT NULL THEN ('{DEPOSED} ' || seqs)::int END FROM deposed),"
     " (SELECT count(*) FROM notified)"
 )
+# A job cancelled by any broker (PgStore.cancel): only while it runs (its holder's own
+# finish is then refused as one already recorded); its reason's bytes go to its key's
+# total and its number is NOTIFYd at commit, as a finish's are.
+_CANCEL = (
+    "WITH c AS (UPDATE jobs SET status = %(status)s, reason = %(reason)s,"
+    " finished_s = %(finished_s)s WHERE seq = %(seq)s AND status = 'running'"
+    " RETURNING seq, owner, octet_length(reason) AS size),"
+    " usage AS (INSERT INTO key_usage (owner, stored_bytes) SELECT owner, size FROM c"
+    " ON CONFLICT (owner) DO UPDATE SET stored_bytes = key_usage.stored_bytes"
+    " + excluded.stored_bytes),"
+    " notified AS (SELECT pg_notify(%(channel)s, seq::text) FROM c)"
+    " SELECT owner, (SELECT count(*) FROM notified) FROM c"
+)
 _ROW_BYTES = (
     "octet_length(request) + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0)"
 )
@@ -288,6 +301,23 @@ class PgStore(LeasedConnection):
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
         self._changed = True
+
+    @_op
+    def cancel(self, seq: int, reason: str, now_s: float) -> bool:
+        """End job `seq` CANCELLED if it is still running, whichever broker holds it: in
+        the turn's transaction, told to the others at commit as a finish is."""
+        self._write_finished()  # this broker's outcome of it, if any, comes first
+        params = {"status": JobStatus.CANCELLED.value, "reason": reason, "finished_s": now_s,
+                  "seq": seq, "channel": FINISHED_CHANNEL}  # fmt: skip
+        row = self._write(_CANCEL, params)
+        found = row.fetchone()
+        if found is None:
+            return False
+        self._usage_delta[str(found[0])] += stored_bytes(b"", None, reason)
+        self._counts[JobStatus.RUNNING] -= 1
+        self._counts[JobStatus.CANCELLED] += 1
+        self._changed = True
+        return True
 
     def _write_finished(self) -> None:
         """Write the jobs added and the outcomes recorded since the last call into the

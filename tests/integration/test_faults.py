@@ -322,7 +322,7 @@ def test_broker_sigkill_and_restart_loses_nothing_and_reuses_no_id(
 def test_the_same_request_id_gets_the_same_job_also_across_a_restart(
     service_factory: Callable[..., Service],
 ) -> None:
-    svc = service_factory(max_queue=3)  # no workers: every job stays queued
+    svc = service_factory(max_queue=3, producer_reserve=0)  # no workers: all stay queued
     with svc.client() as client:
         first = _submit_as(client, "request-1")
         assert _submit_as(client, "request-1") == first
@@ -347,7 +347,7 @@ def test_the_same_request_id_gets_the_same_job_also_across_a_restart(
 
 
 def test_a_full_queue_refuses_submits(service_factory: Callable[..., Service]) -> None:
-    svc = service_factory(max_queue=5)
+    svc = service_factory(max_queue=5, producer_reserve=0)  # no reserve past the cap
     with svc.client() as client:
         accepted = [client.submit("global_mean", question=OBESITY) for _ in range(5)]
         with pytest.raises(RequestRefused, match="queue full") as refusal:

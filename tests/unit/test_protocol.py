@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import msgpack
@@ -25,6 +26,9 @@ EXAMPLES: list[m.Message] = [
     m.Result("done", "f" * 64), m.Heartbeat(), m.Disconnect("shutdown"),
     m.FetchData(0, 1024), m.DataChunk(0, b"\x00\x01", 2, "f" * 64),
     m.LoadFailed("data.csv: missing required column(s) 'Question'", pid=12, host="h"),
+    m.Submit("req-3", "best5", {"question": "Q"}, priority=0, deadline_ms=1500),
+    m.Cancel("job_id_5"), m.Job("best5", {"question": "Q"}, deadline_ms=250), m.CancelJob(),
+    m.JobState("job_id_5", "cancelled", "deadline passed"),
 ]  # fmt: skip
 
 
@@ -108,6 +112,41 @@ def test_bad_version_and_unknown_command_have_their_codes() -> None:
     with pytest.raises(ProtocolError) as command:
         m.decode([m.PROTOCOL_ID + b"\x7f", b"\x80"])
     assert (version.value.code, command.value.code) == ("bad_version", "unknown_command")
+
+
+SUBMIT = {"request_id": "r", "statistic": "s", "params": {}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"priority": 10}, "Submit.priority is 10, outside 0..9"),
+        ({"priority": -1}, "Submit.priority is -1, outside 0..9"),
+        ({"priority": True}, "Submit.priority has the wrong type bool"),
+        ({"priority": 4.0}, "Submit.priority has the wrong type float"),
+        ({"deadline_ms": -5}, "Submit.deadline_ms is -5, outside 0..604800000"),
+        ({"deadline_ms": m.MAX_DEADLINE_MS + 1}, "outside 0..604800000"),
+        ({"deadline_ms": False}, "Submit.deadline_ms has the wrong type bool"),
+    ],
+)
+def test_a_priority_or_deadline_out_of_range_is_refused(
+    fields: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        m.decode([GOOD_HEADER, body(SUBMIT | fields)])
+
+
+def test_the_bounds_of_priority_and_deadline_are_accepted() -> None:
+    for fields in ({"priority": 0, "deadline_ms": m.MAX_DEADLINE_MS}, {"priority": 9}):
+        message = m.decode([GOOD_HEADER, body(SUBMIT | fields)]).message
+        assert isinstance(message, m.Submit)
+        assert (message.priority, message.deadline_ms) == (
+            fields["priority"],
+            fields.get("deadline_ms", 0),
+        )
+    job_body = body({"statistic": "s", "params": {}, "deadline_ms": -1})
+    with pytest.raises(ProtocolError, match=r"Job\.deadline_ms is -1"):
+        m.decode(m.frames_of(m.Command.JOB, b"job_id_1", job_body))
 
 
 def test_bool_is_not_an_int_and_ints_are_floats() -> None:
