@@ -259,6 +259,7 @@ def test_every_command_has_a_handler() -> None:
         "submit",
         "get",
         "wait",
+        "cancel",
         "jobs",
         "num-jobs",
         "shutdown",
