@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import zmq
 from tqdm import tqdm
@@ -51,6 +51,7 @@ from protocol.names import question_vocabulary
 from protocol.questions import QUESTIONS, question_list
 
 Handler = Callable[[argparse.Namespace], int]
+N = TypeVar("N", int, float)
 BULK_WINDOW = 64
 EXIT_JOBS_FAILED = config.EXIT_FAILURE
 CLI_SETTINGS = ("endpoint", "timeout")  # the commands' own arguments are theirs alone
@@ -497,18 +498,26 @@ def _scheduling_flags(sub: argparse.ArgumentParser, jobs: str) -> None:
 
 def _priority(text: str) -> int:
     try:
-        return operations.scheduling(priority=int(text)).priority
+        return operations.scheduling(priority=_number(text, int)).priority
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _deadline(text: str) -> float:
+    seconds = _number(text, float)
     try:
-        seconds = float(text)
         operations.scheduling(deadline=seconds)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return seconds
+
+
+def _number(text: str, kind: Callable[[str], N]) -> N:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"want {what}, got {text!r}") from None
 
 
 def _add_reads(commands: Any) -> None:

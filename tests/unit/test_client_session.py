@@ -251,8 +251,9 @@ def test_every_statistic_method_passes_priority_and_deadline_to_run(name: str) -
     job = getattr(recorder, name)("obesity", *state, priority=1, deadline=2.5)
     assert recorder.scheduled == (1, 2.5)
     assert "priority" not in job and "deadline" not in job  # not the job's parameters
-    getattr(recorder, name)("obesity", *state)
-    assert recorder.scheduled == (m.DEFAULT_PRIORITY, None)
+    by_default = _Recorder()
+    getattr(by_default, name)("obesity", *state)
+    assert by_default.scheduled == (m.DEFAULT_PRIORITY, None)
 
 
 def test_the_questions_are_listed_without_a_broker() -> None:
