@@ -16,6 +16,7 @@ from broker.access import OPEN, Caller, may_see, owner_filter
 from broker.history import recent_jobs
 from broker.outbox import over_budget
 from broker.pool import peer_name
+from broker.producers import ProducerQueue, connection_name, queue_refusal
 from broker.state import CoreState, final_state
 from broker.store import StorageError
 from protocol import messages as m
@@ -36,10 +37,14 @@ class ClientSide:
         self.on_shutdown_all: Callable[[], None] | None = None
         self.running_of: Callable[[str], int] | None = None
 
-    def finished_elsewhere(self, seqs: list[int]) -> None:
-        """Answer the waiters of jobs another broker finished (told by the store)."""
+    def finished_elsewhere(self, seqs: list[int], now_s: float) -> None:
+        """Answer the waiters of jobs another broker finished (told by the store); drop
+        this broker's jobs that another broker cancelled."""
         for seq in seqs:
-            if seq in self.state.jobs or not self.state.waiters.waiting(seq):
+            if seq in self.state.jobs:
+                self._cancelled_elsewhere(seq, now_s)
+                continue
+            if not self.state.waiters.waiting(seq):
                 continue
             record = self.state.store.get(seq)
             if record is None:  # expired meanwhile
@@ -48,6 +53,21 @@ class ClientSide:
             elif record.status is not JobStatus.RUNNING:
                 for identity, tag in self.state.waiters.pop(seq):
                     self.state.reply(identity, tag, final_state(seq, record), record.answer)
+
+    def _cancelled_elsewhere(self, seq: int, now_s: float) -> None:
+        """Job `seq` is this broker's: if another broker cancelled it through the store,
+        drop it here, tell its worker, and answer its waiters."""
+        record = self.state.store.get(seq)
+        if record is None or record.status is not JobStatus.CANCELLED:
+            return
+        holder = self.state.pool.holder(seq)
+        self.state.jobs.forget(seq)
+        self.state.latency.forget(seq)
+        if holder is not None:
+            self.state.to_worker(holder.identity, m.CancelJob(), now_s, job_id(seq).encode())
+        for identity, tag in self.state.waiters.pop(seq):
+            self.state.reply(identity, tag, final_state(seq, record))
+        log.debug("%s cancelled by another broker", job_id(seq))
 
     def remote_waits(self) -> list[int]:
         """Jobs waited for here that another broker runs."""
@@ -63,6 +83,8 @@ class ClientSide:
         elif isinstance(msg, m.Get | m.Wait):
             wait = isinstance(msg, m.Wait)
             self._read(identity, tag, job_seq(msg.job_id), wait=wait, caller=caller)
+        elif isinstance(msg, m.Cancel):
+            self._cancel(identity, tag, job_seq(msg.job_id), now_s, caller)
         elif isinstance(msg, m.ListJobs):
             self._list(identity, tag, msg, caller)
         elif isinstance(msg, m.NumJobs):
@@ -108,18 +130,21 @@ class ClientSide:
     def _submit(
         self, identity: bytes, tag: bytes, msg: m.Submit, now_s: float, caller: Caller
     ) -> None:
-        body = m.body_of(m.Job(msg.statistic, msg.params))
+        body = m.body_of(m.Job(msg.statistic, msg.params, msg.deadline_ms))
         malformed = self._malformed(identity, msg, body)
         if malformed:  # not looked up: it names no job, and its text may break a query
             self.state.refuse(identity, tag, *malformed)
             return
-        refusal = self._submit_refusal(caller, body)
+        producer = self._producer(identity, caller)
+        refusal = self._submit_refusal(caller, body, producer)
         seq = self.state.store.find_request(msg.request_id) if refusal else None
         if refusal and seq is None:
             self.state.refuse(identity, tag, *refusal)
             return
         if seq is None:
-            seq = self._accept_alone(identity, tag, msg, body=body, now_s=now_s, owner=caller.owner)
+            seq = self._accept_alone(
+                identity, tag, msg, body=body, now_s=now_s, owner=caller.owner, producer=producer
+            )
             if seq is None:
                 return
         if not self._visible(seq, caller):  # another key's request id: never its job
@@ -129,14 +154,23 @@ class ClientSide:
         else:
             self.state.reply(identity, tag, m.Submitted(job_id(seq)))
 
+    def _producer(self, identity: bytes, caller: Caller) -> ProducerQueue:
+        """Whose queue the caller's jobs join: its key with CURVE, else its connection."""
+        key = caller.owner or identity
+        producer = self.state.jobs.producers.get(key)
+        if producer is None:
+            name = caller.name if caller.owner else connection_name(identity)
+            producer = self.state.jobs.producers.of(key, name)
+        return producer
+
     def _accept_alone(
         self, identity: bytes, tag: bytes, msg: m.Submit, *, body: bytes, now_s: float,
-        owner: str,
+        owner: str, producer: ProducerQueue,
     ) -> int | None:  # fmt: skip
         """`_accept`, where a store error that took back only this request's write
         refuses this request only (None): the turn and every other peer's requests go on."""
         try:
-            return self._accept(msg, body, now_s, owner)
+            return self._accept(msg, body, now_s, owner, producer)
         except StorageError as exc:
             if not exc.contained:
                 raise  # the transaction is lost: the loop rolls the turn back
@@ -146,26 +180,36 @@ class ClientSide:
             self.state.refuse(identity, tag, ErrorCode.STORAGE, f"storage failed: {exc}")
             return None
 
-    def _accept(self, msg: m.Submit, body: bytes, now_s: float, owner: str) -> int:
+    def _accept(
+        self, msg: m.Submit, body: bytes, now_s: float, owner: str, producer: ProducerQueue
+    ) -> int:
         seq, new = self.state.store.add(
             msg.request_id, body, self.state.wall_clock(), owner, msg.statistic
         )
         if not new:
             return seq
-        self.state.jobs.add(seq, body, owner)
+        deadline_s = now_s + msg.deadline_ms / 1000 if msg.deadline_ms else None
+        self.state.jobs.add(
+            seq, body, owner, producer=producer, priority=msg.priority, deadline_s=deadline_s
+        )
         self.state.rates.count("submitted", now_s)
         self.state.latency.accepted(seq, msg.statistic, now_s)
         log.debug("%s accepted", job_id(seq))
         return seq
 
-    def _submit_refusal(self, caller: Caller, body: bytes) -> tuple[ErrorCode, str] | None:
+    def _submit_refusal(
+        self, caller: Caller, body: bytes, producer: ProducerQueue
+    ) -> tuple[ErrorCode, str] | None:
         if self.state.shutting_down:
             return ErrorCode.SHUTTING_DOWN, "shutting down"
         if self.state.storage_refusal:
             return ErrorCode.STORAGE, self.state.storage_refusal
         if no_worker := self.state.no_worker():
             return ErrorCode.NO_WORKER, no_worker
-        return self._queue_refusal() or self.state.quota.refusal(caller.owner, body)
+        full = queue_refusal(self.state.admission, len(self.state.jobs), producer.unfinished)
+        if full is not None:
+            return ErrorCode.QUEUE_FULL, full
+        return self.state.quota.refusal(caller.owner, body)
 
     def _malformed(
         self, identity: bytes, msg: m.Submit, body: bytes
@@ -183,14 +227,6 @@ class ClientSide:
             self.state.warn.warning(("bad submit", identity), "refused a submit from %s: %s",
                                peer_name(identity), problem)  # fmt: skip
             return ErrorCode.BAD_REQUEST, problem
-        return None
-
-    def _queue_refusal(self) -> tuple[ErrorCode, str] | None:
-        if len(self.state.jobs) >= self.state.settings.max_queue:
-            return (
-                ErrorCode.QUEUE_FULL,
-                f"queue full ({self.state.settings.max_queue} jobs waiting)",
-            )
         return None
 
     def _visible(self, seq: int, caller: Caller) -> bool:
@@ -229,6 +265,42 @@ class ClientSide:
                 self._add_waiter(identity, tag, seq)
             else:
                 self.state.reply(identity, tag, final_state(seq, record), record.answer)
+
+    def _cancel(
+        self, identity: bytes, tag: bytes, seq: int | None, now_s: float, caller: Caller
+    ) -> None:
+        """Cancel job `seq` and answer its state: CANCELLED (now or before), or how it
+        finished first. An unknown id, or another key's job, answers as GET does; an id
+        not issued yet is never remembered, so it can affect no later job."""
+        if seq is not None and seq in self.state.jobs:  # this broker's
+            if not may_see(caller, self.state.jobs.owner_of(seq)):
+                self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+                return
+            self.state.cancel(seq, m.REASON_CANCELLED, now_s)
+            state = m.JobState(job_id(seq), JobStatus.CANCELLED.value, m.REASON_CANCELLED)
+            self.state.reply(identity, tag, state)
+        elif seq is None or seq > self.state.store.last_seq():
+            self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+        else:
+            self._cancel_stored(identity, tag, seq, caller)
+
+    def _cancel_stored(self, identity: bytes, tag: bytes, seq: int, caller: Caller) -> None:
+        """Cancel a job this broker does not run: finished (left as it is), or another
+        broker's on a shared store (cancelled there through the store, which tells it)."""
+        record = self.state.store.get(seq)
+        if record is None:
+            self.state.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
+            return
+        if not may_see(caller, record.owner):
+            self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+            return
+        if record.status is JobStatus.RUNNING:
+            self.state.store.cancel(seq, m.REASON_CANCELLED, self.state.wall_clock())
+            record = self.state.store.get(seq) or record
+            if record.status is not JobStatus.RUNNING:  # waiters here are answered now
+                for waiter, waiter_tag in self.state.waiters.pop(seq):
+                    self.state.reply(waiter, waiter_tag, final_state(seq, record), record.answer)
+        self.state.reply(identity, tag, final_state(seq, record), record.answer)
 
     def _read_running(
         self, identity: bytes, tag: bytes, seq: int, wait: bool, caller: Caller

@@ -14,6 +14,7 @@ when the store fails (broker.turn), which undoes what the failed transaction did
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from broker.access import OPEN, Caller
@@ -170,7 +171,7 @@ class BrokerCore:
     def adopt(self, records: list[JobRecord]) -> int:
         """Queue unfinished jobs this broker now runs (at start, or taken over from a
         broker whose lease ran out); returns how many were new here."""
-        return self.state.jobs.adopt(records)
+        return self.state.jobs.adopt(records, time.monotonic(), self.state.wall_clock())
 
     def forget_jobs(self) -> None:
         """Drop every unfinished job (this broker was deposed: another one runs them).
@@ -180,8 +181,9 @@ class BrokerCore:
             self.state.latency.forget(seq)
 
     def finished_elsewhere(self, seqs: list[int]) -> None:
-        """Answer the waiters of jobs another broker finished (told by the store)."""
-        self._clients.finished_elsewhere(seqs)
+        """Answer the waiters of jobs another broker finished (told by the store); drop
+        this broker's jobs another broker cancelled, telling their workers."""
+        self._clients.finished_elsewhere(seqs, time.monotonic())
 
     def remote_waits(self) -> list[int]:
         """Jobs waited for here that another broker runs."""
@@ -254,5 +256,6 @@ class BrokerCore:
             "storage_failures": dict(s.storage_failures),
             "waiting_after_failed_commit": s.jobs.retrying(),
             "latency": s.latency.describe(),
+            "producers": s.jobs.producers.describe(now_s),
             **({"cluster": self._cluster_stats()} if self._cluster_stats else {}),
         }

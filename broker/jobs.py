@@ -1,5 +1,5 @@
 """The broker's unfinished jobs: one `UnfinishedJob` each, in a `JobTable` that owns
-the queue.
+the queues (one per producer, served fairly: broker.producers) and the deadlines.
 
 A job lives here from its submit (or its adoption from the store) until it finishes:
 its body, its owner, how often its workers were lost, whether it is a suspect, and its
@@ -11,14 +11,17 @@ and the caller is told which requests and waits to answer instead.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator, Set
+import heapq
+from collections.abc import Hashable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from broker.access import Owners
 from broker.limits import Waiter
+from broker.producers import ADOPTED, ProducerQueue, Producers
 from broker.store import JobRecord
+from protocol.errors import ProtocolError
+from protocol.messages import DEFAULT_PRIORITY, Job, decode_body
 
 # A job whose worker was lost this often is a suspect: it runs alone on an idle worker
 # from then on (SUSPECT_JOB), so that a job killing workers cannot take its neighbours to
@@ -46,6 +49,10 @@ class UnfinishedJob:
     suspect: bool = False  # runs alone (SUSPECT_AFTER_LOSSES)
     commit_failures: int = 0  # its finish failed to commit this often in a row
     retry_at_s: float | None = None  # after such a failure: when it may run again
+    producer: ProducerQueue | None = None  # whose queue it is in (broker.producers)
+    priority: int = DEFAULT_PRIORITY
+    deadline_s: float | None = None  # monotonic: not sent to a worker by then, never run
+    queued: bool = False  # waiting in its producer's queue
 
 
 class Undone(NamedTuple):
@@ -65,15 +72,23 @@ class _Journal:
 
 
 class JobTable:
-    """Unfinished jobs by number, the queue of those waiting for a worker, and the
-    journal of the open transaction."""
+    """Unfinished jobs by number, the queues of those waiting for a worker (a queue per
+    producer), their deadlines, and the journal of the open transaction."""
 
-    def __init__(self) -> None:
+    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
         self._jobs: dict[int, UnfinishedJob] = {}
-        self._queue: deque[int] = deque()
+        self.producers = Producers(weights or {}, self._is_queued)
+        self._queued = 0
         self._owners = Owners()
         self._waiting: set[int] = set()  # jobs with a `retry_at_s`
+        # (deadline, seq) of jobs with one; an entry whose job is gone or was sent is
+        # skipped when it comes up, so expiry costs O(jobs expired), never a scan.
+        self._deadlines: list[tuple[float, int]] = []
         self._journal = _Journal()
+
+    def _is_queued(self, seq: int) -> bool:
+        job = self._jobs.get(seq)
+        return job is not None and job.queued
 
     def __contains__(self, seq: int) -> bool:
         return seq in self._jobs
@@ -96,7 +111,12 @@ class JobTable:
         return self._owners.running(owner)
 
     def queued(self) -> int:
-        return len(self._queue)
+        return self._queued
+
+    def holding(self, producer: Hashable) -> int:
+        """How many unfinished jobs `producer` has here."""
+        known = self.producers.get(producer)
+        return known.unfinished if known else 0
 
     def retrying(self) -> int:
         """Jobs waiting for their backoff after a failed commit."""
@@ -104,21 +124,40 @@ class JobTable:
 
     # --- coming and going ------------------------------------------------------
 
-    def add(self, seq: int, body: bytes, owner: str) -> None:
-        """A job accepted in this turn's transaction, queued at the back."""
-        self._put(UnfinishedJob(seq, body, owner or None))
-        self._queue.append(seq)
+    def add(
+        self, seq: int, body: bytes, owner: str, *, producer: ProducerQueue | None = None,
+        priority: int = DEFAULT_PRIORITY, deadline_s: float | None = None,
+    ) -> None:  # fmt: skip
+        """A job accepted in this turn's transaction, queued at the back of its
+        producer's queue (`producers.of`; by default its owner's) at its priority."""
+        producer = producer or self._producer_of(owner)
+        job = UnfinishedJob(seq, body, owner or None, producer=producer, priority=priority)
+        self._put(job)
+        if deadline_s is not None:
+            job.deadline_s = deadline_s
+            heapq.heappush(self._deadlines, (deadline_s, seq))
+        self._enqueue(job)
         self._journal.added.add(seq)
 
-    def adopt(self, records: list[JobRecord]) -> int:
+    def adopt(self, records: list[JobRecord], now_s: float, wall_s: float) -> int:
         """Queue unfinished jobs from the store (at start, or taken over from another
-        broker); returns how many were new here."""
+        broker); returns how many were new here. A job's producer is its owner key, or
+        ADOPTED; its deadline is the one its body names, from its creation (by the wall
+        clock `wall_s`, at `now_s`); its priority the default (the store keeps none)."""
         new = [record for record in records if record.seq not in self._jobs]
         for record in new:
             suspect = record.attempts >= SUSPECT_AFTER_LOSSES
             owner = record.owner or None
-            self._put(UnfinishedJob(record.seq, record.job_body, owner, record.attempts, suspect))
-            self._queue.append(record.seq)
+            producer = self._producer_of(record.owner)
+            job = UnfinishedJob(
+                record.seq, record.job_body, owner, record.attempts, suspect, producer=producer
+            )
+            self._put(job)
+            deadline_ms = _deadline_ms(record.job_body)
+            if deadline_ms:
+                job.deadline_s = now_s + record.created_s + deadline_ms / 1000 - wall_s
+                heapq.heappush(self._deadlines, (job.deadline_s, record.seq))
+            self._enqueue(job)
         return len(new)
 
     def finish(self, seq: int, waiters: set[Waiter]) -> UnfinishedJob:
@@ -128,23 +167,49 @@ class JobTable:
         self._journal.finished[seq] = (job, waiters)
         return job
 
+    def _producer_of(self, owner: str) -> ProducerQueue:
+        """The producer of a job known only by its owner: the owner key, else ADOPTED."""
+        return self.producers.of(owner or ADOPTED, owner[:8] if owner else ADOPTED)
+
+    def forget(self, seq: int) -> UnfinishedJob:
+        """Take job `seq` out without a record of this turn (another broker finished
+        it: the store says so already)."""
+        return self._drop(seq)
+
     def clear(self) -> list[int]:
         """Drop every job (this broker was deposed); returns their numbers."""
         seqs = list(self._jobs)
         for seq in seqs:
             self._drop(seq)
-        self._queue.clear()
+        self.producers.clear_queues()
+        self._deadlines.clear()
         return seqs
 
     def _put(self, job: UnfinishedJob) -> None:
         self._jobs[job.seq] = job
         self._owners.own(job.seq, job.owner or "")
+        if job.producer is not None:
+            job.producer.unfinished += 1
 
     def _drop(self, seq: int) -> UnfinishedJob:
         job = self._jobs.pop(seq)
         self._owners.disown(seq)
         self._waiting.discard(seq)
+        if job.queued:
+            job.queued = False
+            self._queued -= 1
+            if job.producer is not None:
+                self.producers.unqueued(job.producer)
+        if job.producer is not None:
+            job.producer.unfinished -= 1
         return job
+
+    def _enqueue(self, job: UnfinishedJob, front: bool = False) -> None:
+        if job.queued or job.producer is None:
+            return
+        job.queued = True
+        self._queued += 1
+        self.producers.enqueue(job.producer, job.seq, job.priority, front)
 
     # --- the queue -------------------------------------------------------------
 
@@ -153,31 +218,42 @@ class JobTable:
         SUSPECT_AFTER_LOSSES times."""
         job = self._jobs[seq]
         job.attempts = max(job.attempts, attempts)
-        self._queue.appendleft(seq)
+        self._enqueue(job, front=True)
         if attempts >= SUSPECT_AFTER_LOSSES:
             job.suspect = True
 
     def next(self, now_s: float) -> UnfinishedJob | None:
-        """The job at the front of the queue (those whose backoff is over first), or None."""
+        """The job the producers' round serves next (within a producer: the jobs whose
+        backoff is over, then those lost by a worker, first), or None."""
         if self._waiting:
             self._queue_due(now_s)
-        while self._queue:
-            job = self._jobs.get(self._queue[0])
-            if job is not None:
-                return job
-            self._queue.popleft()  # finished while queued (a poison job failed)
-        return None
+        seq = self.producers.head()
+        return None if seq is None else self._jobs[seq]
 
-    def take(self) -> None:
-        """Take the front job (`next`) off the queue: a worker has it."""
-        self._queue.popleft()
+    def take(self, job: UnfinishedJob) -> None:
+        """Take `job` (what `next` returned) off its queue: a worker has it."""
+        self.producers.take()
+        job.queued = False
+        self._queued -= 1
+
+    def expired(self, now_s: float) -> list[int]:
+        """The queued jobs whose deadline passed by `now_s`, in deadline order (each told
+        once); costs O(entries due)."""
+        due: list[int] = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now_s:
+            _, seq = heapq.heappop(deadlines)
+            job = self._jobs.get(seq)
+            if job is not None and job.queued:
+                due.append(seq)
+        return due
 
     def _queue_due(self, now_s: float) -> None:
         due = sorted(seq for seq in self._waiting if self._retry_at(seq) <= now_s)
         for seq in reversed(due):
             self._waiting.discard(seq)
             self._jobs[seq].retry_at_s = None
-            self._queue.appendleft(seq)
+            self._enqueue(self._jobs[seq], front=True)
 
     def _retry_at(self, seq: int) -> float:
         return self._jobs[seq].retry_at_s or 0.0
@@ -215,6 +291,24 @@ class JobTable:
         """Queue exactly the jobs no worker holds (`held`) and none waits for its
         backoff; the front for the unqueued."""
         held = held | self._waiting
-        queued = [seq for seq in self._queue if seq in self._jobs and seq not in held]
-        missing = sorted(set(self._jobs) - held - set(queued))
-        self._queue = deque(missing + queued)
+        order = sorted(self._jobs.values(), key=lambda job: (job.queued, job.seq))
+        self.producers.clear_queues()
+        self._queued = 0
+        for job in order:
+            job.queued = False
+            if job.seq not in held:
+                self._enqueue(job)
+
+    def unwait(self, seq: int) -> None:
+        """Job `seq` waits for no backoff: a worker still holds it (a cancel rolled back)."""
+        if seq in self._waiting:
+            self._waiting.discard(seq)
+            self._jobs[seq].retry_at_s = None
+
+
+def _deadline_ms(body: bytes) -> int:
+    """The deadline a stored job body names (0: none, or a body that does not read)."""
+    try:
+        return decode_body(Job, body).deadline_ms
+    except ProtocolError:
+        return 0

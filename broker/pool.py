@@ -139,6 +139,10 @@ class WorkerPool:
             self._free[identity] = None
         return True
 
+    def holder(self, seq: int) -> WorkerInfo | None:
+        """The worker holding job `seq`, if any (a walk over the workers: for a cancel)."""
+        return next((w for w in self._workers.values() if seq in w.jobs), None)
+
     def silent_since(self, cutoff_s: float) -> list[bytes]:
         """Workers not heard from since `cutoff_s`."""
         return [w.identity for w in self._workers.values() if w.last_seen_s < cutoff_s]

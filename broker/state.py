@@ -22,13 +22,14 @@ from broker.limits import MAX_WAITERS, MAX_WAITERS_PER_PEER, Waiters
 from broker.load_failure import LoadFailure
 from broker.outbox import Outbox
 from broker.pool import WorkerPool
+from broker.producers import QueueRule
 from broker.quota import KeyQuota
 from broker.rates import RateMeter
 from broker.store import JobRecord, Outcome, Store
 from protocol import config
 from protocol import messages as m
 from protocol.logs import Throttle, shown
-from protocol.messages import ErrorCode, job_id
+from protocol.messages import ErrorCode, JobStatus, job_id
 
 log = logging.getLogger("lss.broker")
 
@@ -49,6 +50,9 @@ class CoreSettings:
     list_page_limit: int = 10_000
     key_quota_mb: float = config.KEY_QUOTA_MB  # bytes a key's jobs may take; 0: no quota
     max_workers: int = config.MAX_WORKERS  # registered at once; a READY past it is refused
+    producer_reserve: int = config.PRODUCER_RESERVE  # broker.producers.queue_refusal
+    max_producers: int = config.MAX_PRODUCERS
+    producer_weights: tuple[tuple[str, float], ...] = ()  # key name -> weight (default 1)
 
 
 class CoreState:
@@ -66,7 +70,11 @@ class CoreState:
         self.broker_id = broker_id or uuid.uuid4().hex
         self.outbox = Outbox()
         self.pool = WorkerPool()
-        self.jobs = JobTable()  # unfinished jobs, their queue, the turn's journal
+        # Unfinished jobs, their queues (one per producer), the turn's journal.
+        self.jobs = JobTable(dict(settings.producer_weights))
+        self.admission = QueueRule(
+            settings.max_queue, settings.producer_reserve, settings.max_producers
+        )
         self.waiters = Waiters(MAX_WAITERS_PER_PEER, MAX_WAITERS)
         self.quota = KeyQuota(store, settings.key_quota_mb, settings.result_ttl_s)
         self.shutting_down = False
@@ -111,7 +119,9 @@ class CoreState:
         """Record job `seq`'s outcome and answer its waiters."""
         self.store.finish(seq, outcome, self.wall_clock(), self.jobs.owner_of(seq) or "")
         waiters = self.waiters.pop(seq)
-        self.jobs.finish(seq, waiters)
+        job = self.jobs.finish(seq, waiters)
+        if job.producer is not None:
+            self.jobs.producers.finished(job.producer, now_s)
         status = str(outcome.status)
         self.rates.count(status, now_s)
         self.latency.finished(seq, now_s)
@@ -120,6 +130,15 @@ class CoreState:
         state = m.JobState(text, status, outcome.reason, outcome.fingerprint)
         for identity, tag in waiters:
             self.reply(identity, tag, state, outcome.answer)
+
+    def cancel(self, seq: int, reason: str, now_s: float) -> None:
+        """End job `seq` (one of this broker's) as CANCELLED: it is recorded and its
+        waiters answered now; a worker holding it is told (CANCEL_JOB), and its answer,
+        when it comes, is dropped (the job is no longer this broker's to finish)."""
+        holder = self.pool.holder(seq)
+        self.finish(seq, Outcome(JobStatus.CANCELLED, reason=reason), now_s)
+        if holder is not None:
+            self.to_worker(holder.identity, m.CancelJob(), now_s, job_id(seq).encode())
 
     def no_worker(self) -> str | None:
         """'no worker can load the data: REASON' while that holds, else None."""

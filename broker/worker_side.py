@@ -9,6 +9,7 @@ lost too often, fail (the poison rule below).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Set
 
@@ -169,9 +170,10 @@ class WorkerSide:
     def _outcome(self, msg: m.Result, payload: bytes | None) -> Outcome:
         if msg.fingerprint != self.state.fingerprint:
             return Outcome(JobStatus.ERROR, reason="worker answered from a different data set")
-        if msg.status == JobStatus.ERROR.value:
+        if msg.status in (JobStatus.ERROR.value, JobStatus.CANCELLED.value):
+            # CANCELLED: the worker skipped it, its deadline passed (docs/protocol.md).
             reason = escaped((msg.reason or "failed")[: m.MAX_REASON_CHARS])[: m.MAX_REASON_CHARS]
-            return Outcome(JobStatus.ERROR, reason=reason, fingerprint=msg.fingerprint)
+            return Outcome(JobStatus(msg.status), reason=reason, fingerprint=msg.fingerprint)
         if msg.status != JobStatus.DONE.value or payload is None or not m.is_answer(payload):
             return Outcome(JobStatus.ERROR, reason="worker sent a malformed answer")
         return Outcome(JobStatus.DONE, answer=payload, fingerprint=msg.fingerprint)
@@ -254,7 +256,10 @@ class WorkerSide:
         self.state.outbox.workers.append(m.route(identity, reply))
 
     def dispatch(self, now_s: float) -> None:
-        """Give queued jobs to free workers, least recently used first."""
+        """End the queued jobs whose deadline passed, then give queued jobs to free
+        workers (least recently used first), producers in turn (broker.producers)."""
+        for seq in self.state.jobs.expired(now_s):
+            self.state.cancel(seq, m.REASON_DEADLINE, now_s)
         while (job := self.state.jobs.next(now_s)) is not None and self.state.pool.has_free():
             seq = job.seq
             worker = self.state.pool.assign(
@@ -262,12 +267,15 @@ class WorkerSide:
             )
             if worker is None:
                 return  # a suspect waits at the front for an idle worker
-            self.state.jobs.take()
+            self.state.jobs.take(job)
             self.state.latency.dispatched(seq, now_s)
             worker.last_sent_s = now_s
             text = job_id(seq)
             command = m.Command.SUSPECT_JOB if job.suspect else m.Command.JOB
-            frames = m.frames_of(command, text.encode(), job.body)
+            body = job.body
+            if job.deadline_s is not None:
+                body = time_left(body, job.deadline_s - now_s)
+            frames = m.frames_of(command, text.encode(), body)
             self.state.outbox.workers.append([worker.identity, *frames])
             log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
 
@@ -290,3 +298,9 @@ class WorkerSide:
         for worker in self.state.pool.all():
             self.state.to_worker(worker.identity, m.Disconnect("shutdown"), now_s)
             self.state.pool.remove(worker.identity)
+
+
+def time_left(body: bytes, left_s: float) -> bytes:
+    """A job's body as sent: the deadline it names is the time left (at least 1 ms)."""
+    job = m.decode_body(m.Job, body)
+    return m.body_of(dataclasses.replace(job, deadline_ms=max(1, int(left_s * 1000))))

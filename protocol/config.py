@@ -12,6 +12,7 @@ default endpoints are on loopback: binding anything else must be asked for.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,11 @@ RECONNECT_MAX_MS = 5_000
 JOB_TIMEOUT_S = 60.0
 MAX_ATTEMPTS = 3  # worker deaths on one job before it ends as an error
 MAX_QUEUE = 100_000
+# A producer (a CURVE key, else a connection) holding fewer unfinished jobs than this
+# never gets "queue full" for the others' backlogs; the broker holds at most
+# MAX_QUEUE + PRODUCER_RESERVE x MAX_PRODUCERS unfinished jobs (broker.producers).
+PRODUCER_RESERVE = 1_000
+MAX_PRODUCERS = 100
 RESULT_TTL_S = 7 * 24 * 3600.0
 MAX_MESSAGE_BYTES = 1 << 20
 # Jobs a worker may hold at once. Eight lets the broker send a worker its jobs in one
@@ -95,6 +101,22 @@ def sha256_hex(text: str) -> str:
 def names(text: str) -> list[str]:
     """The names in a comma-separated list ("a, b" -> ["a", "b"]), empty ones dropped."""
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def producer_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """`alice=2,bob=0.5` as ((name, weight), ...); ValueError for a malformed one (a
+    weight must be from 0.01 to 100)."""
+    weights: list[tuple[str, float]] = []
+    for part in names(text):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not name.strip() or not 0.01 <= weight <= 100:
+            raise ValueError(f"producer weight {part!r}: expected NAME=WEIGHT, 0.01 to 100")
+        weights.append((name.strip(), weight))
+    return tuple(weights)
 
 
 def endpoints(text: str | Sequence[str]) -> list[str]:
@@ -176,6 +198,22 @@ SETTINGS = {
         Setting("job_timeout_s", JOB_TIMEOUT_S, "a job's lease on its worker"),
         Setting("max_attempts", MAX_ATTEMPTS, "worker deaths on one job before it fails"),
         Setting("max_queue", MAX_QUEUE, "unfinished jobs before submits get 'queue full'"),
+        Setting(
+            "producer_reserve",
+            PRODUCER_RESERVE,
+            "a producer holding fewer unfinished jobs never gets 'queue full' for others' backlogs",
+        ),
+        Setting(
+            "max_producers",
+            MAX_PRODUCERS,
+            "producers the reserve is kept for: at most max_queue + reserve x this jobs",
+        ),
+        Setting(
+            "producer_weights",
+            (),
+            "share of the workers per key name, NAME=WEIGHT,... (default 1 each)",
+            kind=producer_weights,
+        ),
         Setting("result_ttl_s", RESULT_TTL_S, "how long results stay readable"),
         Setting("max_message_bytes", MAX_MESSAGE_BYTES, "inbound message cap"),
         Setting("max_workers", MAX_WORKERS, "workers registered at once (more are refused)"),

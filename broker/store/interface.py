@@ -41,7 +41,7 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a job ended: DONE with an msgpack answer, or ERROR with a reason."""
+    """How a job ended: DONE with an msgpack answer, or ERROR (CANCELLED) with a reason."""
 
     status: JobStatus
     answer: bytes | None = None
@@ -71,6 +71,16 @@ def job_statistic(job_body: bytes) -> str:
         return ""
 
 
+def cancel_if_running(store: Store, seq: int, reason: str, now_s: float) -> bool:
+    """`Store.cancel` for a store only this broker writes: job `seq` ends CANCELLED with
+    `reason` (recorded as any outcome) if it is still running; whether it was."""
+    record = store.get(seq)
+    if record is None or record.status is not JobStatus.RUNNING:
+        return False
+    store.finish(seq, Outcome(JobStatus.CANCELLED, reason=reason), now_s, record.owner)
+    return True
+
+
 class Store(Protocol):
     """What the broker needs of a results store.
 
@@ -85,6 +95,9 @@ class Store(Protocol):
     on every write and expiry, never counted by a scan. `count(status)` is kept up to
     date in memory by the memory and SQLite stores; the PostgreSQL store, which other
     brokers write too, counts the table again (GROUP BY status) at most every second.
+    `cancel(seq, reason, now_s)` ends a running job CANCELLED whichever broker holds it
+    (True), or does nothing if it is not running (False); on PostgreSQL the holder is
+    told as of a finish (NOTIFY), and its own late finish is then refused quietly.
     """
 
     def add(
@@ -93,6 +106,7 @@ class Store(Protocol):
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None: ...
+    def cancel(self, seq: int, reason: str, now_s: float) -> bool: ...
     def stored_bytes(self, owner: str) -> int: ...
     def add_attempt(self, seq: int) -> int: ...
     def page(

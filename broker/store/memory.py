@@ -11,6 +11,7 @@ from broker.store.interface import (
     RECENT_SCAN,
     JobRecord,
     Outcome,
+    cancel_if_running,
     job_statistic,
     with_outcome,
 )
@@ -68,6 +69,9 @@ class MemoryStore:
 
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         self._put(seq, with_outcome(self._jobs[seq], outcome, now_s))
+
+    def cancel(self, seq: int, reason: str, now_s: float) -> bool:
+        return cancel_if_running(self, seq, reason, now_s)
 
     def stored_bytes(self, owner: str) -> int:
         return self._usage[owner]

@@ -56,6 +56,12 @@ _FINISH = (
     " WHERE jobs.seq = v.seq AND jobs.status = %s AND jobs.broker_epoch = %s"
     " RETURNING jobs.seq"
 )
+# A job cancelled by any broker (PgStore.cancel): only while it runs; its holder's own
+# finish is then refused as one already recorded.
+_CANCEL = (
+    "UPDATE jobs SET status = %s, reason = %s, finished_s = %s"
+    " WHERE seq = %s AND status = %s RETURNING owner"
+)
 # A new job, in a savepoint of its own (PgStore._insert_alone).
 _ADD = (
     "SAVEPOINT request; INSERT INTO jobs (seq, request_id, request, status, created_s, owner,"
@@ -184,6 +190,22 @@ class PgStore(LeasedConnection):
         self._counts[JobStatus.RUNNING] -= 1
         self._counts[outcome.status] += 1
         self._changed = True
+
+    @_op
+    def cancel(self, seq: int, reason: str, now_s: float) -> bool:
+        """End job `seq` CANCELLED if it is still running, whichever broker holds it: in
+        the turn's transaction, told to the others at commit as a finish is."""
+        self._write_finished()  # this broker's outcome of it, if any, comes first
+        row = self._write(_CANCEL, (JobStatus.CANCELLED.value, reason, now_s, seq, RUNNING))
+        found = row.fetchone()
+        if found is None:
+            return False
+        self._to_notify.append(seq)
+        self._usage_delta[str(found[0])] += stored_bytes(b"", None, reason)
+        self._counts[JobStatus.RUNNING] -= 1
+        self._counts[JobStatus.CANCELLED] += 1
+        self._changed = True
+        return True
 
     def _write_finished(self) -> None:
         """Write the outcomes recorded since the last call: one conditional UPDATE."""

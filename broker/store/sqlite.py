@@ -20,7 +20,13 @@ from pathlib import Path
 from broker.store import numbering
 from broker.store.checkpoint import WAL_LIMIT_BYTES, Checkpointer, bound_wal
 from broker.store.errors import StorageError, contained, translated
-from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
+from broker.store.interface import (
+    RECENT_SCAN,
+    JobRecord,
+    Outcome,
+    cancel_if_running,
+    stored_bytes,
+)
 from broker.store.numbering import SEQ_BLOCK
 from broker.store.pending import PendingOutcomes, rows_of
 from broker.store.sql import (
@@ -167,6 +173,9 @@ class SqliteStore:
         self._counts[outcome.status] += 1
         self._usage_delta[owner] += stored_bytes(b"", outcome.answer, outcome.reason)
         self._changed = True
+
+    def cancel(self, seq: int, reason: str, now_s: float) -> bool:
+        return cancel_if_running(self, seq, reason, now_s)
 
     def stored_bytes(self, owner: str) -> int:
         return self._usage[owner] + self._usage_delta[owner]

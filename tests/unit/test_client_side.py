@@ -49,7 +49,11 @@ def test_duplicate_request_id_gets_the_same_job(store: Store) -> None:
 @pytest.mark.parametrize(
     ("settings", "prepare", "reason"),
     [
-        (SETTINGS.__class__(**{**SETTINGS.__dict__, "max_queue": 2}), "fill", "queue full"),
+        (
+            SETTINGS.__class__(**{**SETTINGS.__dict__, "max_queue": 2, "producer_reserve": 2}),
+            "fill",
+            "queue full",
+        ),
         (SETTINGS, "shutdown", "shutting down"),
     ],
 )

@@ -16,17 +16,21 @@ def _queue(table: JobTable, now_s: float = 0.0) -> list[int]:
     order = []
     while (job := table.next(now_s)) is not None:
         order.append(job.seq)
-        table.take()
+        table.take(job)
     return order
 
 
 def test_jobs_are_queued_in_order_and_a_lost_one_goes_to_the_front() -> None:
     table = JobTable()
-    for seq in (1, 2, 3):
+    for seq in (1, 2, 3, 4):
         table.add(seq, b"body", "")
+    assert _queue(table)[:1] == [1]  # a worker holds them all
+    table.requeue_unheld({1, 2, 3, 4})
     table.lost(3, attempts=1)
-    assert _queue(table) == [3, 1, 2, 3]  # the stale entry behind is skipped once taken
-    assert len(table) == 3
+    table.lost(1, attempts=1)
+    table.add(5, b"body", "")
+    assert _queue(table) == [1, 3, 5]
+    assert len(table) == 5
 
 
 def test_a_job_lost_often_enough_is_a_suspect_and_adopted_ones_keep_it() -> None:
@@ -38,8 +42,8 @@ def test_a_job_lost_often_enough_is_a_suspect_and_adopted_ones_keep_it() -> None
     table.lost(1, attempts=SUSPECT_AFTER_LOSSES)
     assert job.suspect
     adopted = JobTable()
-    assert adopted.adopt([_record(7, SUSPECT_AFTER_LOSSES), _record(8)]) == 2
-    assert adopted.adopt([_record(7)]) == 0  # known already
+    assert adopted.adopt([_record(7, SUSPECT_AFTER_LOSSES), _record(8)], 0.0, 0.0) == 2
+    assert adopted.adopt([_record(7)], 0.0, 0.0) == 0  # known already
     assert [job.suspect for job in adopted] == [True, False]
 
 

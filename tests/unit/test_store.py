@@ -40,7 +40,7 @@ def test_finish_and_read_back(store: Store) -> None:
         "no data",
         3.0,
     )
-    assert [store.count(s) for s in JobStatus] == [0, 1, 1]
+    assert [store.count(s) for s in JobStatus] == [0, 1, 1, 0]
     assert store.get(99) is None
 
 
@@ -85,7 +85,7 @@ def test_a_rollback_undoes_every_write_but_never_a_number(store: Store) -> None:
     assert store.find_request("b") is None and store.get(b) is None
     record = store.get(a)
     assert record is not None and record.status is JobStatus.RUNNING
-    assert [store.count(s) for s in JobStatus] == [1, 0, 0]
+    assert [store.count(s) for s in JobStatus] == [1, 0, 0, 0]
     assert store.add("c", b"req", 2.0) == (b + 1, True)
 
 
@@ -138,3 +138,35 @@ def test_stored_bytes_per_key_are_kept_on_every_write_and_expiry(store: Store) -
     assert store.expire(finished_before_s=50.0) == 1
     store.commit()
     assert store.stored_bytes("KEY") == len(b"body-bb") + len("no data")
+
+
+def test_cancel_ends_a_running_job_only_and_is_a_final_state_everywhere(store: Store) -> None:
+    running, _ = store.add("a", b"req", 1.0, "KEY-A")
+    done, _ = store.add("b", b"req", 1.0)
+    store.finish(done, DONE, 2.0)
+    store.commit()
+    assert store.cancel(running, "cancelled", 3.0)
+    assert not store.cancel(running, "cancelled", 4.0), "a second cancel changes nothing"
+    assert not store.cancel(done, "cancelled", 4.0), "a finished job is left as it is"
+    store.commit()
+    record = store.get(running)
+    assert record is not None
+    assert (record.status, record.reason, record.finished_s) == (
+        JobStatus.CANCELLED,
+        "cancelled",
+        3.0,
+    )
+    assert [store.count(s) for s in JobStatus] == [0, 1, 0, 1]
+    assert store.page(0, 10, status="cancelled") == [(running, JobStatus.CANCELLED)]
+    assert store.unfinished() == []
+    assert [r.seq for r in store.recent(10, JobStatus.CANCELLED)] == [running]
+
+
+def test_a_rolled_back_cancel_leaves_the_job_running(store: Store) -> None:
+    seq, _ = store.add("a", b"req", 1.0)
+    store.commit()
+    assert store.cancel(seq, "deadline passed", 2.0)
+    store.rollback()
+    record = store.get(seq)
+    assert record is not None and record.status is JobStatus.RUNNING
+    assert store.count(JobStatus.CANCELLED) == 0

@@ -28,7 +28,7 @@ def test_sqlite_store_survives_reopening(tmp_path: Path) -> None:
     first.close()
     again = SqliteStore(path)
     assert again.last_seq() == 2
-    assert [again.count(s) for s in JobStatus] == [1, 1, 0]
+    assert [again.count(s) for s in JobStatus] == [1, 1, 0, 0]
     assert [r.request_id for r in again.unfinished()] == ["b"]
     assert again.add("a", b"req", 2.0) == (a, False)
     again.close()
