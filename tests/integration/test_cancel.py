@@ -14,7 +14,7 @@ import pytest
 from bench.harness import Service
 from clients import JobCancelled, UnknownJob
 from tests.integration.gateway_http import Http
-from tests.integration.test_cli import lss
+from tests.integration.test_cli import lss, ok
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +135,19 @@ def test_a_rest_deadline_behind_a_backlog_ends_cancelled(
     assert http.poll(body["job_id"]) == {"status": "cancelled", "reason": "deadline passed"}
     status, body = http.post("/api/best5", {"question": Q, "priority": 12})
     assert status == 400 and "priority" in body["reason"]
+
+
+def test_lss_status_and_metrics_show_each_producers_queue(
+    service_factory: Callable[..., Service],
+) -> None:
+    service = service_factory()
+    with service.client() as client:
+        for _ in range(3):
+            client.submit("best5", question=Q)
+        (row,) = [p for p in client.stats()["producers"] if p["queued"]]
+    assert row["producer"].startswith("conn-") and row["queued"] == 3
+    text = ok(lss(service, "status")).splitlines()
+    shown = next(line.split() for line in text if line.lstrip().startswith(row["producer"]))
+    assert shown[:3] == [row["producer"], "3", "0"]
+    metrics = ok(lss(service, "status", "--prometheus")).splitlines()
+    assert f'lss_producer_queued{{producer="{row["producer"]}"}} 3.0' in metrics
