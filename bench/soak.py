@@ -315,6 +315,8 @@ def _judge(state: dict[str, Any], spec: Spec) -> str:
         return "unfinished"
     if state["status"] == m.JobStatus.ERROR.value:
         return _judge_error(state["reason"], spec)  # "Invalid job_id" or "expired": "wrong"
+    if state["status"] == m.JobStatus.CANCELLED.value:
+        return "cancelled"  # a final state: cancelled, or its deadline passed
     return _judge_answer(state["data"], spec)
 
 

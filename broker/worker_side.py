@@ -303,4 +303,4 @@ class WorkerSide:
 def time_left(body: bytes, left_s: float) -> bytes:
     """A job's body as sent: the deadline it names is the time left (at least 1 ms)."""
     job = m.decode_body(m.Job, body)
-    return m.body_of(dataclasses.replace(job, deadline_ms=max(1, int(left_s * 1000))))
+    return m.body_of(dataclasses.replace(job, deadline_ms=max(1, round(left_s * 1000))))

@@ -65,8 +65,10 @@ class JobRunner:
         """The result of an identical earlier job, if remembered."""
         return self._cache.get(job_body)
 
-    def run(self, job_body: bytes) -> ResultFrames:
-        """The result of the job whose `Job` body is `job_body`."""
+    def run(self, job_body: bytes, received_s: float | None = None) -> ResultFrames:
+        """The result of the job whose `Job` body is `job_body`; CANCELLED ("deadline
+        passed") if it names a deadline that passed since it was received (`received_s`,
+        time.monotonic())."""
         cached = self._cache.get(job_body)
         if cached is not None:
             return cached
@@ -74,6 +76,9 @@ class JobRunner:
             job = m.decode_body(m.Job, job_body)
         except ProtocolError as exc:
             return self._error(f"malformed job: {exc}")
+        late = received_s is not None and time.monotonic() > received_s + job.deadline_ms / 1000
+        if job.deadline_ms and late:
+            return self.cancelled(m.REASON_DEADLINE)
         if job.statistic.startswith("_") and self._diagnostics:
             return self._diagnostic(job)
         result = self._computed(job)
@@ -99,6 +104,12 @@ class JobRunner:
         reason = shown(reason, m.MAX_REASON_CHARS)
         return ResultFrames(
             m.body_of(m.Result(m.JobStatus.ERROR.value, self._fingerprint, reason)), None
+        )
+
+    def cancelled(self, reason: str) -> ResultFrames:
+        """The result of a job skipped: cancelled by its broker, or its deadline passed."""
+        return ResultFrames(
+            m.body_of(m.Result(m.JobStatus.CANCELLED.value, self._fingerprint, reason)), None
         )
 
     def _remember(self, job_body: bytes, result: ResultFrames) -> None:

@@ -5,9 +5,11 @@ a comma-separated list): each registers (READY with credit and data fingerprint)
 heartbeats and reconnects on its own, so losing one broker never holds up the others.
 It hands every link's jobs to the one compute thread over an inproc pipe and sends the
 results back on the link they came on (those of one loop turn as one BATCH), so a slow
-job never silences a heartbeat. Before a SUSPECT_JOB the compute thread has its broker
-told STARTED and waits for the broker's STARTED back (docs/protocol.md, "Leases and
-poison jobs"). DISCONNECT "shutdown" from every broker, or
+job never silences a heartbeat. A job its broker cancels (CANCEL_JOB), or whose deadline
+passed before the compute thread came to it, is answered RESULT `cancelled` without
+being computed; one already started is answered as usual. Before a SUSPECT_JOB the
+compute thread has its broker told STARTED and waits for the broker's STARTED back
+(docs/protocol.md, "Leases and poison jobs"). DISCONNECT "shutdown" from every broker, or
 SIGTERM/SIGINT, drains: finish held jobs, then exit 0.
 """
 
@@ -19,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -44,6 +47,7 @@ PIPE = "inproc://lss-worker-compute"
 STOP = b""  # empty tag: tells the compute thread to end
 SUSPECT = b"s"  # marks a suspect job on the pipe
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
+RECEIVED = struct.Struct("<d")  # when the socket thread got a job, on the pipe
 
 
 class Worker:
@@ -68,6 +72,10 @@ class Worker:
             for endpoint in config.endpoints(settings.connect)
         ]
         self.held = 0  # jobs handed to the compute thread and not yet answered
+        # (connection, tag) of those jobs, and of those among them a broker cancelled
+        # (CANCEL_JOB): the compute thread skips these if it has not started them.
+        self.holding: set[tuple[bytes, bytes]] = set()
+        self.cancelled: set[tuple[bytes, bytes]] = set()
         # The suspect job the compute thread waits to start, as (connection, tag), and
         # the signal to start it: its broker said STARTED back, or its link is gone.
         # Both change together, under the lock (see `_announce`).
@@ -86,15 +94,19 @@ class Worker:
         pipe.connect(PIPE)
         try:
             while True:
-                tag, job_body, connection, suspect = pipe.recv_multipart()
+                tag, job_body, connection, suspect, received = pipe.recv_multipart()
                 if tag == STOP:
                     return
+                if (connection, tag) in self.cancelled:  # not started: skipped
+                    result = self.runner.cancelled(m.REASON_CANCELLED)
+                    pipe.send_multipart([tag, result.body, b"", connection])
+                    continue
                 if suspect and connection in self.live:
                     self._announce(pipe, tag, connection)
                 if connection not in self.live:  # its broker is lost: the result would be
                     pipe.send_multipart([tag, b"", b"", connection])  # dropped; skip the work
                     continue
-                result = self.runner.run(job_body)
+                result = self.runner.run(job_body, RECEIVED.unpack(received)[0])
                 pipe.send_multipart([tag, result.body, result.payload or b"", connection])
         finally:
             pipe.close(linger=0)
@@ -196,13 +208,19 @@ class Worker:
         if result is not None:
             link.outgoing.append(m.frames_of(m.Command.RESULT, tag, result.body, result.payload))
         else:
-            self.pipe.send_multipart([tag, job_body, link.identity, SUSPECT if suspect else b""])
+            received = RECEIVED.pack(time.monotonic())  # a deadline counts from here
+            suspect_mark = SUSPECT if suspect else b""
+            self.pipe.send_multipart([tag, job_body, link.identity, suspect_mark, received])
+            self.holding.add((link.identity, tag))
             self.held += 1
 
     def _on_broker(self, link: Link, env: m.Envelope) -> None:
         msg = env.message
         if isinstance(msg, m.Started):
             self._release(link.identity, env.tag)
+        elif isinstance(msg, m.CancelJob):
+            if (link.identity, env.tag) in self.holding:  # else answered already
+                self.cancelled.add((link.identity, env.tag))
         elif isinstance(msg, m.Disconnect):
             self._on_disconnect(link, msg.reason)
         elif isinstance(msg, m.ErrorReply):
@@ -228,6 +246,8 @@ class Worker:
                 continue
             tag, body, payload, connection = frames
             self.held -= 1
+            self.holding.discard((connection, tag))
+            self.cancelled.discard((connection, tag))
             link = links.get(connection)
             if link is None:
                 # A job of a connection we have since left: the job number may now name
@@ -255,7 +275,7 @@ class Worker:
     def _close(self) -> None:
         self.live.clear()  # the compute thread skips what it has not started,
         self.go.set()  # a suspect it waits to start included
-        self.pipe.send_multipart([STOP, b"", b"", b""])
+        self.pipe.send_multipart([STOP, b"", b"", b"", RECEIVED.pack(0.0)])
         self.compute_thread.join(timeout=1.0)
         for link in self.links:
             link.close(LEAVE_LINGER_MS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,3 +27,18 @@ def test_an_error_reason_is_capped_and_escaped() -> None:
     assert len(result.reason) < m.MAX_REASON_CHARS + 30
     assert result.reason.startswith("no data for question '\\x7f\\x7f")
     assert len(frames.body) < 2 * m.MAX_REASON_CHARS
+
+
+def test_a_job_past_its_deadline_when_its_turn_comes_is_skipped_not_computed() -> None:
+    computed: list[str] = []
+
+    def compute(statistic: str, _params: Mapping[str, object]) -> dict[str, Any]:
+        computed.append(statistic)
+        return {"x": 1.0}
+
+    runner = JobRunner(compute, Refused, "f" * 64, 1 << 20)
+    job = m.body_of(m.Job("best5", {"question": "Q"}, deadline_ms=200))
+    late = m.decode_body(m.Result, runner.run(job, received_s=time.monotonic() - 0.3).body)
+    assert (late.status, late.reason, computed) == ("cancelled", "deadline passed", [])
+    on_time = m.decode_body(m.Result, runner.run(job, received_s=time.monotonic()).body)
+    assert (on_time.status, computed) == ("done", ["best5"])

@@ -1,0 +1,138 @@
+"""Cancel, deadlines, producers and priorities through BrokerCore, on every store."""
+
+from __future__ import annotations
+
+from broker.store import Store
+from protocol import messages as m
+from tests.unit.broker_harness import ADMIN, ALICE, BOB, FP, Harness, ask, replies
+
+Q = {"question": "Q"}
+
+
+def _submit(
+    h: Harness, rid: str, who: bytes = b"c1", priority: int = 4, deadline_ms: int = 0
+) -> str:
+    submit = m.Submit(rid, "global_mean", Q, priority=priority, deadline_ms=deadline_ms)
+    h.client(submit, who=who, tag=rid.encode())
+    clients, h.core.outbox.clients = h.core.outbox.clients, []
+    (reply,) = [m.decode(f, routed=True).message for f in clients]
+    assert isinstance(reply, m.Submitted), reply
+    return reply.job_id
+
+
+def _cancel(h: Harness, job: str) -> m.Message:
+    h.client(m.Cancel(job), tag=b"cancel")
+    clients, _ = h.sent()
+    return replies(clients)[b"cancel"]
+
+
+def test_a_queued_job_cancelled_never_runs_and_its_waiter_is_told(store: Store) -> None:
+    h = Harness(store)
+    job = _submit(h, "r1")
+    h.client(m.Wait(job), who=b"waiter", tag=b"w")
+    assert _cancel(h, job) == m.JobState(job, "cancelled", "cancelled")
+    h.sent()
+    h.worker(m.Ready(4, FP), b"w1")
+    _, to_workers = h.sent()
+    assert to_workers == []
+    record = store.get(1)
+    assert record is not None and record.status is m.JobStatus.CANCELLED
+    assert _cancel(h, job) == m.JobState(job, "cancelled", "cancelled"), "idempotent"
+    assert h.core.stats(h.now)["jobs"] == {"running": 0, "done": 0, "error": 0, "cancelled": 1}
+
+
+def test_a_running_job_cancelled_tells_its_worker_and_its_answer_is_dropped(store: Store) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    job = _submit(h, "r1")
+    h.sent()
+    h.client(m.Wait(job), who=b"waiter", tag=b"w")
+    h.client(m.Cancel(job), tag=b"cancel")
+    clients, to_workers = h.sent()
+    assert replies(clients) == {
+        b"w": m.JobState(job, "cancelled", "cancelled"),
+        b"cancel": m.JobState(job, "cancelled", "cancelled"),
+    }
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.CancelJob, job.encode())]
+    _submit(h, "r2")
+    assert h.sent()[1] == [], "the worker's slot stays taken until it answers"
+    h.result(b"w1", job.encode())  # it had started: its answer comes, and is dropped
+    _, to_workers = h.sent()
+    assert h.jobs_to(to_workers) == [(b"w1", b"job_id_2")], "the credit came back"
+    record = store.get(1)
+    assert record is not None and (record.status, record.answer) == (m.JobStatus.CANCELLED, None)
+
+
+def test_a_finished_job_is_left_as_it_is(store: Store) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    job = _submit(h, "r1")
+    h.sent()
+    h.result(b"w1", job.encode())
+    h.sent()
+    assert _cancel(h, job) == m.JobState(job, "done", None, FP)
+
+
+def test_an_unknown_id_is_refused_and_never_cancels_the_job_that_later_gets_it(
+    store: Store,
+) -> None:
+    h = Harness(store)
+    invalid = m.ErrorReply("invalid_job_id", "Invalid job_id")
+    assert _cancel(h, "job_id_1") == invalid
+    assert _cancel(h, "nonsense") == invalid
+    job = _submit(h, "r1")
+    assert job == "job_id_1"
+    h.client(m.Get(job), tag=b"g")
+    assert replies(h.sent()[0])[b"g"] == m.JobState(job, "running")
+
+
+def test_only_the_owner_or_an_admin_cancels_and_another_key_sees_an_unknown_id(
+    store: Store,
+) -> None:
+    h = Harness(store)
+    h.core.on_client(m.Envelope(m.Submit("r1", "global_mean", Q), b"s", identity=b"c1"),
+                     h.now, ALICE)  # fmt: skip
+    h.sent()
+    assert ask(h, m.Cancel("job_id_1"), BOB) == m.ErrorReply("invalid_job_id", "Invalid job_id")
+    record = store.get(1)
+    assert record is not None and record.status is m.JobStatus.RUNNING
+    assert ask(h, m.Cancel("job_id_1"), ADMIN) == m.JobState("job_id_1", "cancelled", "cancelled")
+    assert ask(h, m.Cancel("job_id_1"), BOB) == m.ErrorReply("invalid_job_id", "Invalid job_id")
+
+
+def test_a_job_not_started_by_its_deadline_ends_cancelled_and_never_runs(store: Store) -> None:
+    h = Harness(store)
+    late = _submit(h, "r1", deadline_ms=500)
+    soon = _submit(h, "r2", deadline_ms=2000)
+    h.client(m.Wait(late), who=b"waiter", tag=b"w")
+    h.now += 0.6
+    clients, _ = h.sent()
+    assert replies(clients) == {b"w": m.JobState(late, "cancelled", "deadline passed")}
+    h.worker(m.Ready(4, FP), b"w1")
+    _, to_workers = h.sent()
+    assert [(e.tag, e.message) for e in to_workers] == [
+        (soon.encode(), m.Job("global_mean", Q, deadline_ms=1400))  # the time left
+    ]
+    h.worker(m.Result("cancelled", FP, "deadline passed"), b"w1", soon.encode())
+    h.sent()
+    record = store.get(2)
+    assert record is not None and (record.status, record.reason) == (
+        m.JobStatus.CANCELLED,
+        "deadline passed",
+    )
+
+
+def test_one_connections_job_runs_before_anothers_backlog_and_priorities_stay_within(
+    store: Store,
+) -> None:
+    h = Harness(store)
+    for i in range(5):
+        _submit(h, f"a{i}", who=b"A", priority=0)
+    _submit(h, "b0", who=b"B", priority=9)
+    h.worker(m.Ready(2, FP), b"w1")
+    _, to_workers = h.sent()
+    assert h.jobs_to(to_workers) == [(b"w1", b"job_id_1"), (b"w1", b"job_id_6")]
+    producers = h.core.stats(h.now)["producers"]
+    assert isinstance(producers, list)
+    assert [(p["queued"], p["running"]) for p in producers] == [(4, 1), (0, 1)]
+    assert all(str(p["producer"]).startswith("conn-") for p in producers)
