@@ -5,6 +5,7 @@ from clients.client import Client
 from clients.transport import Security
 from protocol.errors import (
     BrokerUnavailable,
+    JobCancelled,
     JobFailed,
     JobTimeout,
     LssError,
@@ -17,6 +18,7 @@ __all__ = [
     "AsyncClient",
     "BrokerUnavailable",
     "Client",
+    "JobCancelled",
     "JobFailed",
     "JobTimeout",
     "LssError",

@@ -102,9 +102,18 @@ class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
 
     # --- jobs: as `Client`'s methods of the same names --------------------------------
 
-    async def submit(self, statistic: str, /, **params: Any) -> str:
+    async def submit(
+        self,
+        statistic: str,
+        /,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+        **params: Any,
+    ) -> str:
         """See `Client.submit`."""
-        return await self._perform(operations.submit(self._session(), statistic, params))
+        when = operations.scheduling(priority, deadline)
+        return await self._perform(operations.submit(self._session(), statistic, params, when))
 
     async def submit_as(
         self,
@@ -112,9 +121,14 @@ class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
         statistic: str,
         params: dict[str, Any],
         timeout: float | None = None,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
     ) -> str:
         """See `Client.submit_as`."""
-        return await self._perform(operations.submit_as(request_id, statistic, params, timeout))
+        when = operations.scheduling(priority, deadline)
+        call = operations.submit_as(request_id, statistic, params, timeout, when)
+        return await self._perform(call)
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """See `Client.get`."""
@@ -124,6 +138,10 @@ class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
         """See `Client.wait`."""
         return await self._perform(operations.wait(job_id, timeout))
 
+    async def cancel(self, job_id: str) -> str:
+        """See `Client.cancel`."""
+        return await self._perform(operations.cancel(job_id))
+
     async def wait_all(
         self, job_ids: Sequence[str], timeout: float | None = None
     ) -> dict[str, Any]:
@@ -132,25 +150,61 @@ class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
         requests = await self._over([m.Wait(job) for job in job_ids], limit)
         return {job: _state_of(request) for job, request in zip(job_ids, requests, strict=True)}
 
-    async def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
-        """Submit a job and wait for its answer, in one round trip."""
-        return await self._perform(operations.run(self._session(), statistic, params, timeout))
+    async def run(
+        self,
+        statistic: str,
+        /,
+        timeout: float | None = None,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+        **params: Any,
+    ) -> Answer:
+        """Submit a job and wait for its answer, in one round trip (see `Client.run`)."""
+        when = operations.scheduling(priority, deadline)
+        return await self._perform(
+            operations.run(self._session(), statistic, params, timeout, when)
+        )
 
     async def frame(
-        self, statistic: str, /, timeout: float | None = None, **params: Any
+        self,
+        statistic: str,
+        /,
+        timeout: float | None = None,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+        **params: Any,
     ) -> DataFrame:
         """See `Client.frame`."""
-        return tidy.frame(await self.run(statistic, timeout=timeout, **params))
+        answer = await self.run(statistic, timeout, priority=priority, deadline=deadline, **params)
+        return tidy.frame(answer)
 
-    async def map(self, jobs: Jobs, window: int = 64) -> AsyncIterator[Answer]:
+    async def map(
+        self,
+        jobs: Jobs,
+        window: int = 64,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+    ) -> AsyncIterator[Answer]:
         """See `Client.map`; `jobs` may also be an asynchronous iterable."""
-        async with contextlib.aclosing(self._pipeline(jobs, window)) as requests:
+        when = operations.scheduling(priority, deadline)
+        async with contextlib.aclosing(self._pipeline(jobs, window, when)) as requests:
             async for request in requests:
                 yield session.final_answer(request.outcome())
 
-    async def outcomes(self, jobs: Jobs, window: int = 64) -> AsyncIterator[dict[str, Any]]:
+    async def outcomes(
+        self,
+        jobs: Jobs,
+        window: int = 64,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         """See `Client.outcomes`; `jobs` may also be an asynchronous iterable."""
-        async with contextlib.aclosing(self._pipeline(jobs, window)) as requests:
+        when = operations.scheduling(priority, deadline)
+        async with contextlib.aclosing(self._pipeline(jobs, window, when)) as requests:
             async for request in requests:
                 yield operations.state_of_over(request)
 
@@ -198,7 +252,9 @@ class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
             raise request.refusal or call.late(limit, self.endpoint)
         return call.answer(request.outcome())
 
-    async def _pipeline(self, jobs: Jobs, window: int) -> AsyncGenerator[Request, None]:
+    async def _pipeline(
+        self, jobs: Jobs, window: int, when: operations.Scheduling
+    ) -> AsyncGenerator[Request, None]:
         """The requests of `jobs`, over, in input order, up to `window` in flight (as
         clients.pipeline does for `Client`); a job late by the client's timeout fails."""
         if window < 1:
@@ -206,7 +262,7 @@ class AsyncClient(StatisticMethods[Coroutine[Any, Any, Answer]]):
         in_flight: deque[asyncio.Task[Request]] = deque()
         try:
             async for statistic, params in _aiter(jobs):
-                submit = operations.map_submit(self._session(), statistic, params)
+                submit = operations.map_submit(self._session(), statistic, params, when)
                 in_flight.append(asyncio.ensure_future(self._map_job(submit)))
                 if len(in_flight) >= window:
                     yield await in_flight.popleft()

@@ -1,14 +1,16 @@
 """`lss`, the command line of an LSS service (also `python -m clients.cli`, `./run.sh client`).
 
     lss questions                          -> the questions and their short ids
-    lss submit best5 --question Q          -> job_id_7   (--wait prints the answer; --format csv)
+    lss submit best5 --question Q          -> job_id_7   (--wait prints the answer; --format csv;
+                                              --priority 0..9, --deadline SECONDS)
     lss get job_id_7 / lss wait job_id_7   -> the job's state / its answer, as JSON (or CSV)
+    lss cancel job_id_7 [job_id_8 ...]     -> each id and its final status
     lss jobs [--status S] [--statistic S] [--limit N] [--after job_id_N]
     lss num-jobs / shutdown / status
     lss report --question Q [--state S]    -> every statistic as tables (or JSON, CSV;
                                               --years 2015-2020)
     lss plot --question Q --out FILE.svg   -> the states ranked, best and worst five marked
-    lss bulk jobs.jsonl [--out answers.jsonl] [--format csv]
+    lss bulk jobs.jsonl [--out answers.jsonl] [--format csv] [--priority N] [--deadline S]
 
 This module owns the commands: parsing, talking to the broker through `Client` (a
 `bulk` through `Client.outcomes`), exit codes and error messages. A failure is one line on
@@ -25,22 +27,31 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import zmq
 from tqdm import tqdm
 
-from clients import render, tidy
+from clients import operations, render, tidy
 from clients.client import Client
 from clients.listing import job_number
 from protocol import config
-from protocol.errors import BrokerUnavailable, JobFailed, LssError
+from protocol.errors import BrokerUnavailable, JobCancelled, JobFailed, LssError, UnknownJob
 from protocol.fingerprint import is_standin
-from protocol.messages import STATE_STATISTICS, STATISTICS, JobStatus
+from protocol.logs import shown
+from protocol.messages import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    STATE_STATISTICS,
+    STATISTICS,
+    JobStatus,
+)
 from protocol.names import question_vocabulary
 from protocol.questions import QUESTIONS, question_list
 
 Handler = Callable[[argparse.Namespace], int]
+N = TypeVar("N", int, float)
 BULK_WINDOW = 64
 EXIT_JOBS_FAILED = config.EXIT_FAILURE
 CLI_SETTINGS = ("endpoint", "timeout")  # the commands' own arguments are theirs alone
@@ -68,7 +79,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise UsageError("--format csv needs --wait: a job id has no CSV")
     params = _params(args.statistic, args.question, args.state, args.param, args.years)
     with _client(args) as client:
-        job_id = client.submit(args.statistic, **params)
+        job_id = client.submit(
+            args.statistic, priority=args.priority, deadline=args.deadline, **params
+        )
         if not args.wait:
             _print_json(job_id, raw=True)
             return config.EXIT_OK
@@ -84,13 +97,19 @@ def cmd_get(args: argparse.Namespace) -> int:
         sys.stdout.write(tidy.csv_text(tidy.rows(_done_answer(args.job_id, state))))
         return config.EXIT_OK
     _print_json(state)
-    return config.EXIT_FAILURE if state["status"] == "error" else config.EXIT_OK
+    return config.EXIT_OK if state["status"] in UNFAILED else config.EXIT_FAILURE
+
+
+UNFAILED = (JobStatus.RUNNING, JobStatus.DONE)
+"""What `lss get` exits 0 for: a job that has or may still get an answer."""
 
 
 def _done_answer(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
-    """A done job's answer; a failed or unfinished one has none to write as CSV."""
+    """A done job's answer; a failed, cancelled or unfinished one has none to write as CSV."""
     if state["status"] == JobStatus.ERROR:
         raise JobFailed(state.get("reason") or "no reason given")
+    if state["status"] == JobStatus.CANCELLED:
+        raise JobCancelled(job_id, state.get("reason") or "cancelled")
     if state["status"] != JobStatus.DONE:
         raise LssError(f"{job_id} is still {state['status']}: no answer yet (lss wait {job_id})")
     answer: dict[str, Any] = state["data"]
@@ -101,6 +120,23 @@ def cmd_wait(args: argparse.Namespace) -> int:
     with _client(args) as client:
         answer = client.wait(args.job_id, args.timeout)
     _print_answer(answer, args.format)
+    return config.EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel each job: prints its id and final status ("unknown" for an id the broker
+    does not know, or another key's job); exits 1 when any is unknown."""
+    unknown = 0
+    with _client(args) as client:
+        for job_id in args.job_ids:
+            try:
+                status = client.cancel(job_id)
+            except UnknownJob:
+                status, unknown = "unknown", unknown + 1
+            print(f"{shown(job_id)} {status}", flush=True)
+    if unknown:
+        print(f"lss: {unknown} of {len(args.job_ids)} job id(s) unknown", file=sys.stderr)
+        return config.EXIT_FAILURE
     return config.EXIT_OK
 
 
@@ -196,7 +232,8 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         failed = _run_bulk(args, jobs, out)
     if failed:
         print(
-            f'lss: {failed} of {len(jobs)} job(s) failed (see "reason" in the output)',
+            f"lss: {failed} of {len(jobs)} job(s) failed or were cancelled "
+            '(see "reason" in the output)',
             file=sys.stderr,
         )
         return EXIT_JOBS_FAILED
@@ -324,7 +361,8 @@ def _run_bulk(args: argparse.Namespace, jobs: list[dict[str, Any]], out: TextIO)
         client.ping()  # an unreachable broker fails `bulk` at once, not job by job
         pairs = ((job["statistic"], job["params"]) for job in jobs)
         write = _bulk_writer(args.format, out)
-        for job, state in zip(jobs, client.outcomes(pairs, args.window), strict=True):
+        states = client.outcomes(pairs, args.window, priority=args.priority, deadline=args.deadline)
+        for job, state in zip(jobs, states, strict=True):
             failed += state["status"] != "done"
             write(job, state)
             progress.update()
@@ -437,16 +475,62 @@ def _add_submit(commands: Any) -> None:
     )
     sub.add_argument("--wait", action="store_true", help="wait, and print the answer instead")
     _format_flag(sub, "with --wait: the answer as JSON or CSV")
+    _scheduling_flags(sub, "the job")
+
+
+def _scheduling_flags(sub: argparse.ArgumentParser, jobs: str) -> None:
+    sub.add_argument(
+        "--priority",
+        type=_priority,
+        default=DEFAULT_PRIORITY,
+        metavar="N",
+        help=f"{jobs}'s place among this run's own jobs: {MIN_PRIORITY} first .. "
+        f"{MAX_PRIORITY} last (default {DEFAULT_PRIORITY}); other producers keep their share",
+    )
+    sub.add_argument(
+        "--deadline",
+        type=_deadline,
+        metavar="SECONDS",
+        help=f"{jobs} must start within this many seconds, or never runs (it ends "
+        '"cancelled", reason "deadline passed"); default: no deadline',
+    )
+
+
+def _priority(text: str) -> int:
+    try:
+        return operations.scheduling(priority=_number(text, int)).priority
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _deadline(text: str) -> float:
+    seconds = _number(text, float)
+    try:
+        operations.scheduling(deadline=seconds)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return seconds
+
+
+def _number(text: str, kind: Callable[[str], N]) -> N:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"want {what}, got {text!r}") from None
 
 
 def _add_reads(commands: Any) -> None:
-    get_help = "a job's status (and answer) as JSON; exits 1 when it is an error"
+    get_help = "a job's status (and answer) as JSON; exits 1 when it failed or was cancelled"
     get = _command(commands, "get", cmd_get, get_help)
     get.add_argument("job_id")
     _format_flag(get, "the job's state as JSON, or a done job's answer as CSV")
     wait = _command(commands, "wait", cmd_wait, "wait for a job; print its answer")
     wait.add_argument("job_id")
     _format_flag(wait, "the answer as JSON or CSV")
+    cancel_help = "cancel jobs; prints each id and its final status; exits 1 if any is unknown"
+    cancel = _command(commands, "cancel", cmd_cancel, cancel_help)
+    cancel.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     sub = _command(commands, "jobs", cmd_jobs, "jobs with their status, oldest first")
     sub.add_argument("--json", action="store_true", help="as a JSON object")
     sub.add_argument("--status", choices=[s.value for s in JobStatus], help="only jobs in it")
@@ -509,6 +593,7 @@ def _add_bulk(commands: Any) -> None:
     )
     sub.add_argument("--out", help="output file (default: stdout)")
     sub.add_argument("--window", type=int, default=BULK_WINDOW, help="jobs in flight at once")
+    _scheduling_flags(sub, "each job")
     bar = sub.add_mutually_exclusive_group()
     bar.add_argument(
         "--progress",

@@ -110,9 +110,23 @@ class Client(StatisticMethods[Answer]):
 
     # --- jobs ---------------------------------------------------------------------
 
-    def submit(self, statistic: str, /, **params: Any) -> str:
-        """Create a job; returns its id (`job_id_N`). Raises `RequestRefused` if refused."""
-        return self._perform(operations.submit(self._transport.session, statistic, params))
+    def submit(
+        self,
+        statistic: str,
+        /,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+        **params: Any,
+    ) -> str:
+        """Create a job; returns its id (`job_id_N`). Raises `RequestRefused` if refused.
+
+        `priority` orders this client's own jobs: 0 first, 9 last. With `deadline` (s), a
+        job not started within it never runs: it ends "cancelled" ("deadline passed").
+        A bad value of either is a ValueError, before anything is sent. The same two
+        keywords are on every call that submits (`run`, the statistics, `map`...)."""
+        when = operations.scheduling(priority, deadline)
+        return self._perform(operations.submit(self._transport.session, statistic, params, when))
 
     def submit_as(
         self,
@@ -120,19 +134,32 @@ class Client(StatisticMethods[Answer]):
         statistic: str,
         params: dict[str, Any],
         timeout: float | None = None,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
     ) -> str:
         """`submit` under a request id of the caller's, which makes a retry safe: the same
         id names the same job, also after a broker restart. Raises `BrokerUnavailable`
         without a reply within `timeout` s (default: the client's)."""
-        return self._perform(operations.submit_as(request_id, statistic, params, timeout))
+        when = operations.scheduling(priority, deadline)
+        return self._perform(operations.submit_as(request_id, statistic, params, timeout, when))
 
     def get(self, job_id: str) -> dict[str, Any]:
-        """A job's state: {"status": "running" | "done" (with "data") | "error" (with "reason")}."""
+        """A job's state: {"status": "running" | "done" (with "data") | "error" (with
+        "reason") | "cancelled" (with "reason": "cancelled" or "deadline passed")}."""
         return self._perform(operations.get(job_id))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Answer:
-        """The job's answer once it is done; raises `JobFailed`, `JobTimeout` or `UnknownJob`."""
+        """The job's answer once it is done; raises `JobFailed`, `JobCancelled`,
+        `JobTimeout` or `UnknownJob`."""
         return self._perform(operations.wait(job_id, timeout))
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job of this client's key: a queued one never runs, a running one's
+        answer is dropped; its waiters get `JobCancelled`. Returns its final status:
+        "cancelled" (now or before), or "done" / "error" when it had finished first (left
+        as it is). Raises `UnknownJob` for an unknown id or another key's job."""
+        return self._perform(operations.cancel(job_id))
 
     def wait_all(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
         """The final state of each job, shaped like `get`'s, waiting for all at once (one
@@ -143,32 +170,71 @@ class Client(StatisticMethods[Answer]):
             job: self._state_of(request) for job, request in zip(job_ids, requests, strict=True)
         }
 
-    def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> Answer:
-        """Submit a job and wait for its answer, in one round trip."""
-        return self._perform(operations.run(self._transport.session, statistic, params, timeout))
+    def run(
+        self,
+        statistic: str,
+        /,
+        timeout: float | None = None,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+        **params: Any,
+    ) -> Answer:
+        """Submit a job and wait for its answer, in one round trip (`priority` and
+        `deadline` as in `submit`; a job cancelled raises `JobCancelled`)."""
+        when = operations.scheduling(priority, deadline)
+        call = operations.run(self._transport.session, statistic, params, timeout, when)
+        return self._perform(call)
 
-    def frame(self, statistic: str, /, timeout: float | None = None, **params: Any) -> DataFrame:
+    def frame(
+        self,
+        statistic: str,
+        /,
+        timeout: float | None = None,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+        **params: Any,
+    ) -> DataFrame:
         """`run`'s answer as a pandas DataFrame, one row per number, its keys split into
         columns (state, category, stratum, year; then value: see `clients.tidy`).
 
         pandas is imported only here: ImportError, saying so, when it is missing."""
-        return tidy.frame(self.run(statistic, timeout=timeout, **params))
+        answer = self.run(statistic, timeout, priority=priority, deadline=deadline, **params)
+        return tidy.frame(answer)
 
-    def map(self, jobs: Iterable[Job], window: int = 64) -> Iterator[Answer]:
-        """Answers to `(statistic, params)` jobs in input order, up to `window` in flight.
+    def map(
+        self,
+        jobs: Iterable[Job],
+        window: int = 64,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+    ) -> Iterator[Answer]:
+        """Answers to `(statistic, params)` jobs in input order, up to `window` in flight,
+        each with `priority` and `deadline` (as in `submit`).
 
-        Raises `JobFailed` at the position of a failed job, and `JobTimeout` when a job
-        takes longer than the client's timeout. The jobs travel on a socket of their own
-        (clients.pipeline), so other threads' calls are not held up.
+        Raises `JobFailed` (or `JobCancelled`) at the position of a failed (or cancelled)
+        job, and `JobTimeout` when a job takes longer than the client's timeout. The jobs
+        travel on a socket of their own (clients.pipeline), so other threads' calls are
+        not held up.
         """
-        for request in self._pipeline(jobs, window):
+        for request in self._pipeline(jobs, window, operations.scheduling(priority, deadline)):
             yield session.final_answer(request.outcome())
 
-    def outcomes(self, jobs: Iterable[Job], window: int = 64) -> Iterator[dict[str, Any]]:
+    def outcomes(
+        self,
+        jobs: Iterable[Job],
+        window: int = 64,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Like `map`, but each job's final state shaped like `get`'s, never raising for a
-        job: {"status": "done", "data": ...} or {"status": "error", "reason": ...} (a
-        refused job, a failed one, or one over the client's timeout)."""
-        for request in self._pipeline(jobs, window):
+        job: {"status": "done", "data": ...}, {"status": "cancelled", "reason": ...} or
+        {"status": "error", "reason": ...} (a refused job, a failed one, or one over the
+        client's timeout)."""
+        for request in self._pipeline(jobs, window, operations.scheduling(priority, deadline)):
             yield self._state_of(request)
 
     def jobs(
@@ -180,7 +246,7 @@ class Client(StatisticMethods[Answer]):
         limit: int | None = None,
     ) -> dict[str, str]:
         """Job ids with their status, in submission order: every job, or only those in
-        `status` ("running", "done", "error"), of `statistic`, numbered above `after`
+        `status` ("running", "done", "error", "cancelled"), of `statistic`, numbered above `after`
         (job_id_N, or its number N: the last id of a page gives the next), at most `limit`
         of them."""
         listing = JobListing(status, statistic, after, limit)
@@ -228,11 +294,14 @@ class Client(StatisticMethods[Answer]):
             return operations.still_running()
         return operations.state_of_over(request)
 
-    def _pipeline(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
+    def _pipeline(
+        self, jobs: Iterable[Job], window: int, when: operations.Scheduling
+    ) -> Iterator[Request]:
         if window < 1:
             raise ValueError("window must be at least 1")
         endpoints = self._transport.session.endpoints_from_here()  # where a broker answered
-        return Pipeline(Transport(endpoints, self._security), self.timeout).run(jobs, window)
+        pipeline = Pipeline(Transport(endpoints, self._security), self.timeout, when)
+        return pipeline.run(jobs, window)
 
     # --- the socket, one thread at a time (leader/followers) ----------------------------
 

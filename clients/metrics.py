@@ -10,16 +10,23 @@ answer, the scrape still succeeds with `lss_up 0`.
     lss_worker_credit{worker}                job slots a worker offers
     lss_worker_in_flight{worker}             jobs a worker is running
     lss_queue_depth / lss_in_flight          jobs waiting for / held by a worker
-    lss_jobs{status}                         jobs in the store by status
+    lss_jobs{status}                         jobs in the store by status (running, done,
+                                             error, cancelled)
     lss_job_rate_per_second{event,window}    recent rates (submitted, done, error)
     lss_shutting_down                        1 once a graceful shutdown has begun
+    lss_producer_queued{producer}            jobs a producer has waiting for a worker
+    lss_producer_running{producer}           jobs of a producer held by workers
+    lss_producer_finished_per_second{producer}  a producer's jobs finished per second lately
+    lss_producer_weight{producer}            a producer's weight in the fair share
     lss_job_queue_wait_seconds{statistic}    histogram: accepted -> handed to a worker
     lss_job_compute_seconds{statistic}       histogram: handed to a worker -> result
     lss_job_end_to_end_seconds{statistic}    histogram: accepted -> finished
     lss_store_round_trips_total              round trips to the store's database (0 on SQLite)
 
 The histograms are the broker's own (broker/latency.py), over the jobs that finished
-since it started.
+since it started. A producer is a CURVE key's name, or "conn-" and a hash of a connection
+without CURVE; at most 20 are named, the rest summed as "(others)" (clients.producers),
+so the `producer` label takes at most 21 values.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from clients.producers import ProducerRow, producer_rows
 from protocol.errors import LssError
 
 StatsSource = Callable[[], dict[str, Any]]
@@ -76,6 +84,7 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     yield _rates(stats.get("rates_per_s", {}))
     shutting_down = int(bool(stats.get("shutting_down")))
     yield _gauge("lss_shutting_down", "1 once a graceful shutdown has begun", shutting_down)
+    yield from _producers(producer_rows(stats))
     yield from _latency(stats.get("latency", {}))
     round_trips = stats.get("store", {}).get("round_trips")
     if round_trips is not None:
@@ -110,6 +119,22 @@ def _rates(rates: dict[str, dict[str, float]]) -> Metric:
         for event, rate in events.items():
             family.add_metric([str(event), str(window)], rate)
     return family
+
+
+PRODUCER_GAUGES = {  # lss_producer_<name>: (the row's field, help)
+    "queued": ("queued", "jobs a producer has waiting for a worker"),
+    "running": ("running", "jobs of a producer held by workers"),
+    "finished_per_second": ("finished_per_s", "a producer's jobs finished per second lately"),
+    "weight": ("weight", "a producer's weight in the fair share across producers"),
+}
+
+
+def _producers(rows: list[ProducerRow]) -> Iterator[Metric]:
+    for name, (field, documentation) in PRODUCER_GAUGES.items():
+        family = GaugeMetricFamily(f"lss_producer_{name}", documentation, labels=["producer"])
+        for row in rows:
+            family.add_metric([row.producer], getattr(row, field))
+        yield family
 
 
 PHASE_HELP = {

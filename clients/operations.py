@@ -11,6 +11,7 @@ clients/listing.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -41,14 +42,51 @@ class Call(Generic[T]):
         return BrokerUnavailable(f"no reply from {endpoint} within {limit_s:g} s")
 
 
-def submit(s: Session, statistic: str, params: dict[str, Any]) -> Call[str]:
-    return submit_as(s.new_request_id(), statistic, params)
+@dataclass(frozen=True)
+class Scheduling:
+    """Where a job waits among its producer's own: `priority` 0 (first) .. 9 (last), and
+    `deadline_ms`, within which it must start or never run (0: none). Build it with
+    `scheduling`, which checks the caller's values."""
+
+    priority: int = m.DEFAULT_PRIORITY
+    deadline_ms: int = 0
+
+
+def scheduling(priority: int = m.DEFAULT_PRIORITY, deadline: float | None = None) -> Scheduling:
+    """The `priority=` and `deadline=` (seconds, None: none) of a submitting call; a
+    ValueError saying what is wrong before anything is sent."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be a whole number, got {type(priority).__name__}")
+    if not m.MIN_PRIORITY <= priority <= m.MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be from {m.MIN_PRIORITY} (first) to {m.MAX_PRIORITY} (last), "
+            f"got {priority}"
+        )
+    return Scheduling(priority, 0 if deadline is None else _deadline_ms(deadline))
+
+
+def _deadline_ms(deadline: float) -> int:
+    """`deadline` seconds as whole milliseconds, rounded up (a short deadline stays one)."""
+    longest_s = m.MAX_DEADLINE_MS / 1000
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise ValueError(f"deadline must be a number of seconds, got {type(deadline).__name__}")
+    if not 0 < deadline <= longest_s:  # NaN too
+        raise ValueError(f"deadline must be above 0 and at most {longest_s:g} s, got {deadline}")
+    return math.ceil(deadline * 1000)
+
+
+def submit(s: Session, statistic: str, params: dict[str, Any], when: Scheduling) -> Call[str]:
+    return submit_as(s.new_request_id(), statistic, params, None, when)
 
 
 def submit_as(
-    request_id: str, statistic: str, params: dict[str, Any], timeout: float | None = None
+    request_id: str,
+    statistic: str,
+    params: dict[str, Any],
+    timeout: float | None,
+    when: Scheduling,
 ) -> Call[str]:
-    return Call(m.Submit(request_id, statistic, params), _job_id, timeout=timeout)
+    return Call(_submit(request_id, statistic, params, when), _job_id, timeout=timeout)
 
 
 def get(job_id: str) -> Call[dict[str, Any]]:
@@ -59,9 +97,17 @@ def wait(job_id: str, timeout: float | None) -> Call[Answer]:
     return Call(m.Wait(job_id), session.final_answer, job_id, timeout)
 
 
-def run(s: Session, statistic: str, params: dict[str, Any], timeout: float | None) -> Call[Answer]:
-    submit = m.Submit(s.new_request_id(), statistic, params, notify=True)
+def run(
+    s: Session, statistic: str, params: dict[str, Any], timeout: float | None, when: Scheduling
+) -> Call[Answer]:
+    submit = _submit(s.new_request_id(), statistic, params, when, notify=True)
     return Call(submit, session.final_answer, statistic, timeout)
+
+
+def cancel(job_id: str) -> Call[str]:
+    """Cancel a job: its final status ("cancelled", or "done" / "error" when it had
+    finished first); `UnknownJob` for an unknown id or another key's job."""
+    return Call(m.Cancel(job_id), session.final_status)
 
 
 def job_page(request: m.ListJobs) -> Call[m.JobList]:
@@ -89,9 +135,9 @@ def recent(limit: int) -> Call[dict[str, list[dict[str, Any]]]]:
     return Call(m.Recent(limit), _recent_jobs)
 
 
-def map_submit(s: Session, statistic: str, params: dict[str, Any]) -> m.Submit:
+def map_submit(s: Session, statistic: str, params: dict[str, Any], when: Scheduling) -> m.Submit:
     """One job of `map` or `outcomes`: submitted, its final state pushed back."""
-    return m.Submit(s.new_request_id(), statistic, dict(params), notify=True)
+    return _submit(s.new_request_id(), statistic, dict(params), when, notify=True)
 
 
 def map_timeout(request: Request, timeout_s: float) -> None:
@@ -112,6 +158,18 @@ def state_of_over(request: Request) -> dict[str, Any]:
 def still_running() -> dict[str, Any]:
     """`wait_all`'s state of a job not over within its deadline."""
     return {"status": m.JobStatus.RUNNING.value}
+
+
+def _submit(
+    request_id: str,
+    statistic: str,
+    params: dict[str, Any],
+    when: Scheduling,
+    notify: bool = False,
+) -> m.Submit:
+    return m.Submit(
+        request_id, statistic, params, notify, priority=when.priority, deadline_ms=when.deadline_ms
+    )
 
 
 def _job_id(envelope: m.Envelope) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from clients import operations
+from clients.operations import Scheduling
 from clients.session import Request
 from clients.transport import Transport
 
@@ -24,12 +25,14 @@ Job = tuple[str, dict[str, Any]]
 
 
 class Pipeline:
-    """Runs jobs with at most `window` in flight over `transport`, which it closes."""
+    """Runs jobs with at most `window` in flight over `transport`, which it closes; each
+    job is submitted with `when`'s priority and deadline."""
 
-    def __init__(self, transport: Transport, timeout_s: float) -> None:
+    def __init__(self, transport: Transport, timeout_s: float, when: Scheduling) -> None:
         self.transport = transport
         self.session = transport.session
         self.timeout_s = timeout_s
+        self.when = when
 
     def run(self, jobs: Iterable[Job], window: int) -> Iterator[Request]:
         """Each job's request, over (answered, or failed with `JobTimeout`), in input order."""
@@ -47,7 +50,8 @@ class Pipeline:
 
     def _submit(self, statistic: str, params: dict[str, Any]) -> tuple[Request, float]:
         now = time.monotonic()
-        return self.session.request(operations.map_submit(self.session, statistic, params)), now
+        submit = operations.map_submit(self.session, statistic, params, self.when)
+        return self.session.request(submit), now
 
     def _take(self, request: Request, sent_at: float) -> Request:
         """Wait for `request` to be over, serving other replies and liveness meanwhile."""

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clients.producers import producer_rows
 from clients.tidy import split_key
 from protocol.fingerprint import is_standin
 from protocol.logs import shown
@@ -136,7 +137,7 @@ _CATEGORY_HEADERS = {
 
 
 def status(stats: Mapping[str, Any]) -> str:
-    """The broker's `stats` reply: workers, queue, jobs by status, throughput."""
+    """The broker's `stats` reply: workers, queue, jobs by status, throughput, producers."""
     workers = list(stats.get("workers", []))
     registered = stats.get("workers_registered")  # a broker lists the first 1024
     unlisted = registered - len(workers) if isinstance(registered, int) else 0
@@ -159,7 +160,20 @@ def status(stats: Mapping[str, Any]) -> str:
         columns = ["id", "pid", "host", "credit", "in_flight"]
         rows = [[_safe(w.get(c, "")) for c in columns] for w in workers]
         lines.append(table(["worker", "pid", "host", "credit", "in flight"], rows))
+    lines += _producers(stats)
     return "\n".join(lines)
+
+
+def _producers(stats: Mapping[str, Any]) -> list[str]:
+    """The producers' table: queued, running, finished per second and weight of each."""
+    rows = [
+        [shown(p.producer), p.queued, p.running, p.finished_per_s, p.weight]
+        for p in producer_rows(stats)
+    ]
+    if not rows:
+        return []  # a broker from before per-producer queues, or nothing submitted yet
+    headers = ["producer", "queued", "running", "finished/s", "weight"]
+    return [f"producers   {len(rows)}", table(headers, rows)]
 
 
 def _key_usage(key: Mapping[str, int] | None) -> list[str]:

@@ -25,7 +25,14 @@ from typing import Any
 
 from protocol import config
 from protocol import messages as m
-from protocol.errors import JobFailed, LssError, ProtocolError, RequestRefused, UnknownJob
+from protocol.errors import (
+    JobCancelled,
+    JobFailed,
+    LssError,
+    ProtocolError,
+    RequestRefused,
+    UnknownJob,
+)
 from protocol.messages import ErrorCode, JobStatus
 
 log = logging.getLogger("lss.client")
@@ -287,15 +294,35 @@ def expect(message: m.Message, kind: type[m.M]) -> m.M:
 
 
 def final_answer(envelope: m.Envelope) -> Answer:
-    """A finished job's answer; `JobFailed`, `UnknownJob` or `RequestRefused` otherwise."""
+    """A finished job's answer; `JobFailed`, `JobCancelled`, `UnknownJob` or
+    `RequestRefused` otherwise."""
     msg = envelope.message
     if isinstance(msg, m.JobState):
         if msg.status == JobStatus.ERROR.value:
             raise JobFailed(msg.reason or "failed")
+        if msg.status == JobStatus.CANCELLED.value:
+            raise JobCancelled(msg.job_id, msg.reason or m.REASON_CANCELLED)
         return answer_of(envelope)
-    if isinstance(msg, m.ErrorReply) and msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
-        raise UnknownJob(msg.reason)
-    raise _unexpected(msg, m.JobState)
+    raise _unknown_or_unexpected(msg)
+
+
+def final_status(envelope: m.Envelope) -> str:
+    """A CANCEL's reply: the job's status once the cancel is committed ("cancelled", or
+    "done" / "error" when it had finished first); `UnknownJob` for an unknown id."""
+    msg = envelope.message
+    if isinstance(msg, m.JobState):
+        return msg.status
+    raise _unknown_or_unexpected(msg)
+
+
+def _unknown_or_unexpected(message: m.Message) -> LssError:
+    """The error of a reply about a job that is not its `JobState`."""
+    if isinstance(message, m.ErrorReply) and message.code in _UNKNOWN_JOB:
+        return UnknownJob(message.reason)
+    return _unexpected(message, m.JobState)
+
+
+_UNKNOWN_JOB = (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED)
 
 
 def _unexpected(message: m.Message, kind: type[m.Message]) -> LssError:
@@ -306,16 +333,19 @@ def _unexpected(message: m.Message, kind: type[m.Message]) -> LssError:
 
 def status_dict(envelope: m.Envelope) -> dict[str, Any]:
     """What `get` returns for a reply about a job: {"status": "running" | "done" (with
-    "data") | "error" (with "reason")}, the original service's shape; an unknown or
-    expired job is an error."""
+    "data") | "error" (with "reason")}, the original service's shape, or {"status":
+    "cancelled", "reason": "cancelled" | "deadline passed"}; an unknown or expired job is
+    an error."""
     msg = envelope.message
-    if isinstance(msg, m.ErrorReply) and msg.code in (ErrorCode.INVALID_JOB_ID, ErrorCode.EXPIRED):
+    if isinstance(msg, m.ErrorReply) and msg.code in _UNKNOWN_JOB:
         return {"status": JobStatus.ERROR.value, "reason": msg.reason}
     state = expect(msg, m.JobState)
     if state.status == JobStatus.DONE.value:
         return {"status": state.status, "data": answer_of(envelope)}
     if state.status == JobStatus.ERROR.value:
         return {"status": state.status, "reason": state.reason or "failed"}
+    if state.status == JobStatus.CANCELLED.value:
+        return {"status": state.status, "reason": state.reason or m.REASON_CANCELLED}
     return {"status": state.status}
 
 

@@ -31,6 +31,16 @@ class JobFailed(LssError):
     """A job finished with an error; `str()` is the reason."""
 
 
+class JobCancelled(LssError):
+    """A job ended cancelled and has no answer: `reason` is "cancelled" (by its owner or
+    an admin) or "deadline passed" (it had not started by its deadline)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"{job_id} was cancelled: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
 class RequestRefused(LssError):
     """The broker refused a request (queue full, shutting down, bad request...)."""
 

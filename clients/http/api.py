@@ -1,8 +1,12 @@
 """The original REST routes, over one shared `Client` (the gateway computes nothing).
 
-    POST /api/<statistic>          {"question": Q[, "state": S][, "years": [FIRST, LAST]]}
+    POST /api/<statistic>          {"question": Q[, "state": S][, "years": [FIRST, LAST]]
+                                    [, "priority": 0..9][, "deadline": SECONDS]}
                                    -> {"job_id": "job_id_N"}
-    GET  /api/get_results/<job_id> {"status": "running" | "done" + "data" | "error" + "reason"}
+    GET  /api/get_results/<job_id> {"status": "running" | "done" + "data" | "error" + "reason"
+                                    | "cancelled" + "reason"}
+    POST /api/cancel/<job_id>      {"job_id": ID, "status": "cancelled" | "done" | "error"};
+                                   404 (with GET's unknown-job reason) for an unknown id
     GET  /api/jobs                 {"status": "done", "data": [{"job_id_1": "done"}, ...]}
          ?status=S&statistic=S&limit=N&after=job_id_N   only those jobs (each optional)
     GET  /api/num_jobs             {"num_jobs": N}
@@ -12,7 +16,10 @@
 
 The JSON fields of a submit are passed to the job as its parameters, so the workers'
 validation answers missing or unexpected fields; malformed or too deeply nested JSON
-and fields of the wrong type get HTTP 400 here. Every reply is strict JSON
+and fields of the wrong type get HTTP 400 here. `priority` and `deadline` are not
+parameters but where the job waits (`Client.submit`'s); a bad value of either is 400.
+The gateway is one producer of the broker (one connection; with CURVE, its key): every
+job sent through it shares one fair share, whoever sent it. Every reply is strict JSON
 (`clients.http.strictjson`: no NaN or Infinity, whatever a peer stored). Who may call
 these routes at all is decided before them, by `clients.http.guard`.
 """
@@ -27,13 +34,14 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from clients import operations
 from clients.client import Client
 from clients.http.dashboard import Dashboard, register
 from clients.http.jsonbody import InvalidBody, parse_json
 from clients.http.strictjson import StrictJSON
 from clients.listing import job_number, whole_number
 from protocol import config
-from protocol.errors import BrokerUnavailable, RequestRefused
+from protocol.errors import BrokerUnavailable, RequestRefused, UnknownJob
 from protocol.logs import shown
 from protocol.messages import SHUTDOWN_ALL, STATISTICS, ErrorCode, JobStatus
 from protocol.questions import question_list
@@ -42,6 +50,7 @@ log = logging.getLogger("lss.gateway")
 
 SHUTTING_DOWN = {"job_id": -1, "reason": "shutting down"}
 TEXT_FIELDS = ("question", "state")
+SCHEDULING_FIELDS = ("priority", "deadline")  # where a job waits: not its parameters
 JOB_FILTERS = ("status", "statistic", "limit", "after")
 _REFUSAL_HTTP_STATUS: dict[str, int] = {
     ErrorCode.BAD_REQUEST: 400,
@@ -70,8 +79,10 @@ class GatewayRoutes:
         if self.drained.is_set():
             return jsonify(SHUTTING_DOWN)
         params = _params(request.get_data())
+        when = _scheduling(params)
         try:
-            return jsonify({"job_id": self.client.submit(statistic, **params)})
+            job_id = self.client.submit(statistic, **when, **params)
+            return jsonify({"job_id": job_id})
         except RequestRefused as exc:
             return self._refused(exc)
         except (OverflowError, ValueError) as exc:  # a number msgpack cannot carry
@@ -79,6 +90,14 @@ class GatewayRoutes:
 
     def get_results(self, job_id: str) -> ViewResult:
         return jsonify(self.client.get(job_id))
+
+    def cancel(self, job_id: str) -> ViewResult:
+        """The job's final status; 404 with GET's reason for an unknown id (no body needed)."""
+        try:
+            status = self.client.cancel(job_id)
+        except UnknownJob as exc:
+            return _error(404, str(exc))
+        return jsonify({"job_id": job_id, "status": status})
 
     def jobs(self) -> ViewResult:
         listing = self.client.jobs(**_job_filters(request.args))
@@ -126,6 +145,7 @@ def create_app(routes: GatewayRoutes) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_MESSAGE_BYTES
     app.add_url_rule("/api/<statistic>", view_func=routes.submit, methods=["POST"])
     app.add_url_rule("/api/get_results/<job_id>", view_func=routes.get_results)
+    app.add_url_rule("/api/cancel/<job_id>", view_func=routes.cancel, methods=["POST"])
     app.add_url_rule("/api/jobs", view_func=routes.jobs)
     app.add_url_rule("/api/num_jobs", view_func=routes.num_jobs)
     app.add_url_rule("/api/questions", "api_questions", view_func=routes.questions)
@@ -149,6 +169,17 @@ def _params(raw: bytes) -> dict[str, Any]:
         if name in body and not isinstance(body[name], str):
             raise InvalidBody(f"{name!r} must be a string, got {type(body[name]).__name__}")
     return body
+
+
+def _scheduling(body: dict[str, Any]) -> dict[str, Any]:
+    """Take `priority` and `deadline` (seconds; null: none) out of a submit's body, as
+    `Client.submit`'s keywords; `InvalidBody` (400) for a bad value."""
+    when = {name: body.pop(name) for name in SCHEDULING_FIELDS if name in body}
+    try:
+        operations.scheduling(**when)
+    except ValueError as exc:
+        raise InvalidBody(str(exc)) from exc
+    return when
 
 
 def _job_filters(args: Mapping[str, str]) -> dict[str, Any]:

@@ -3,8 +3,9 @@
     GET /                        the page (clients/http/static/index.html)
     GET /static/<asset>          its script and style sheet (no other files)
     GET /api/dashboard/live      workers (also those that left lately), queue, jobs by
-                                 status, latency p50/p99 per statistic and phase, recent
-                                 jobs and failures from the store, the data's fingerprint
+                                 status, producers (queued, running, finished/s, weight),
+                                 latency p50/p99 per statistic and phase, recent jobs and
+                                 failures from the store, the data's fingerprint
     GET /api/dashboard/questions the nine questions and which way is best
 
 The page reads these and runs statistics through the original routes (POST
@@ -20,12 +21,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, send_from_directory
 
 from clients.client import Client
+from clients.producers import producer_rows
 from protocol.errors import BrokerUnavailable
 from protocol.fingerprint import is_standin
 from protocol.questions import BEST_IS_MIN, QUESTIONS
@@ -132,6 +135,7 @@ class Dashboard:
                 "queue_depth": stats.get("queue_depth", 0),
                 "in_flight": stats.get("in_flight", 0),
                 "jobs": stats.get("jobs", {}),
+                "producers": [asdict(row) for row in producer_rows(stats)],
                 "last_job": stats.get("last_job"),
                 "rates_per_s": stats.get("rates_per_s", {}),
                 "latency": latency_summary(stats.get("latency", {})),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench.harness import Service
@@ -27,7 +29,7 @@ CASES = [
 
 @pytest.mark.parametrize(("statistic", "params", "reason"), CASES)
 def test_bad_job_fails_with_a_reason(
-    shared_service: Service, statistic: str, params: dict[str, object], reason: str
+    shared_service: Service, statistic: str, params: dict[str, Any], reason: str
 ) -> None:
     with shared_service.client() as client:
         job = client.submit(statistic, **params)

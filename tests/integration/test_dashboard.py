@@ -111,6 +111,8 @@ def test_the_dashboard_in_a_browser(
         map_s = time.monotonic() - started
         assert driver.find_element("id", "standin-banner").is_displayed()
         assert driver.find_element("id", "question").get_attribute("value") == QUESTIONS[0]
+        assert driver.find_element("id", "jobs-cancelled").text == "0"
+        assert driver.find_elements("css selector", "#producers tbody tr")  # painted
         map_job = driver.find_element("id", "map").get_attribute("data-job")
         assert tile_values(driver) == client.wait(map_job)  # the very numbers of that job
         assert close_enough(tile_values(driver), client.states_mean(QUESTIONS[0]))

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from clients import cli, render, tidy
-from protocol.errors import JobFailed, LssError
+from protocol.errors import JobCancelled, JobFailed, LssError
+from protocol.messages import DEFAULT_PRIORITY
 
 QUESTION = "Percent of adults aged 18 years and older who have obesity"
 ANSWERS: dict[str, dict[str, Any]] = {
@@ -191,6 +192,48 @@ def test_a_failed_or_unfinished_job_has_no_csv_answer() -> None:
     assert cli._done_answer("job_id_1", {"status": "done", "data": {"a": 1}}) == {"a": 1}
 
 
+def test_a_cancelled_job_has_no_csv_answer_and_says_why() -> None:
+    with pytest.raises(JobCancelled, match="job_id_1 was cancelled: deadline passed"):
+        cli._done_answer("job_id_1", {"status": "cancelled", "reason": "deadline passed"})
+
+
+def test_priority_and_deadline_on_submit_and_bulk() -> None:
+    parse = cli.build_parser().parse_args
+    for command in (["submit", "best5", "--question", "Q"], ["bulk", "-"]):
+        given = parse([*command, "--priority", "0", "--deadline", "2.5"])
+        assert (given.priority, given.deadline) == (0, 2.5)
+        assert (parse(command).priority, parse(command).deadline) == (DEFAULT_PRIORITY, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--priority", "10"], "priority must be from 0 (first) to 9 (last), got 10"),
+        (["--priority", "high"], "want a whole number, got 'high'"),
+        (["--priority", "2.5"], "want a whole number, got '2.5'"),
+        (["--deadline", "0"], "deadline must be above 0"),
+        (["--deadline", "nan"], "deadline must be above 0"),
+        (["--deadline", "soon"], "want a number, got 'soon'"),
+    ],
+)
+def test_bad_priorities_and_deadlines_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], flags: list[str], says: str
+) -> None:
+    for command in (["submit", "best5", "--question", "Q"], ["bulk", "-"]):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["--endpoint", "tcp://127.0.0.1:9", *command, *flags])
+        assert exited.value.code == 2
+        assert says in capsys.readouterr().err
+
+
+def test_cancel_takes_one_or_more_ids_and_jobs_lists_the_cancelled() -> None:
+    parse = cli.build_parser().parse_args
+    assert parse(["cancel", "job_id_1", "job_id_2"]).job_ids == ["job_id_1", "job_id_2"]
+    with pytest.raises(SystemExit):
+        parse(["cancel"])
+    assert parse(["jobs", "--status", "cancelled"]).status == "cancelled"
+
+
 def test_jobs_refuses_a_limit_below_one_before_asking_anyone(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -259,6 +302,7 @@ def test_every_command_has_a_handler() -> None:
         "submit",
         "get",
         "wait",
+        "cancel",
         "jobs",
         "num-jobs",
         "shutdown",

@@ -191,7 +191,7 @@ def test_the_statistic_methods_are_the_protocols_catalogue() -> None:
     assert own == set(m.STATISTICS)
     for name in m.STATISTICS:
         state = ["state"] if name in m.STATE_STATISTICS else []
-        wanted = ["self", "question", *state, "years"]
+        wanted = ["self", "question", *state, "years", "priority", "deadline"]
         method = getattr(StatisticMethods, name)
         assert list(inspect.signature(method).parameters) == wanted
         assert getattr(Client, name) is getattr(AsyncClient, name) is method
@@ -217,7 +217,19 @@ def test_silence_while_nothing_was_asked_is_no_sign_of_death() -> None:
 class _Recorder(StatisticMethods[dict[str, Any]]):
     """The statistic methods over a `run` that returns the job instead of sending it."""
 
-    def run(self, statistic: str, /, timeout: float | None = None, **params: Any) -> dict[str, Any]:
+    scheduled: tuple[int, float | None] | None = None
+
+    def run(
+        self,
+        statistic: str,
+        /,
+        timeout: float | None = None,
+        *,
+        priority: int = m.DEFAULT_PRIORITY,
+        deadline: float | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        self.scheduled = (priority, deadline)
         return {"statistic": statistic, **params}
 
 
@@ -230,6 +242,18 @@ def test_years_travel_as_first_last_and_only_when_given() -> None:
         "years": [2015, 2020],
     }
     assert recorder.best5("obesity") == {"statistic": "best5", "question": "obesity"}
+
+
+@pytest.mark.parametrize("name", m.STATISTICS)
+def test_every_statistic_method_passes_priority_and_deadline_to_run(name: str) -> None:
+    recorder = _Recorder()
+    state = ("OH",) if name in m.STATE_STATISTICS else ()
+    job = getattr(recorder, name)("obesity", *state, priority=1, deadline=2.5)
+    assert recorder.scheduled == (1, 2.5)
+    assert "priority" not in job and "deadline" not in job  # not the job's parameters
+    by_default = _Recorder()
+    getattr(by_default, name)("obesity", *state)
+    assert by_default.scheduled == (m.DEFAULT_PRIORITY, None)
 
 
 def test_the_questions_are_listed_without_a_broker() -> None:

@@ -2,7 +2,8 @@
 
 The async one's are coroutines, but for `map` and `outcomes`, asynchronous generators
 (as the sync ones are generators), whose jobs may also come from an asynchronous
-iterable; the context-manager methods differ by design.
+iterable; the context-manager methods differ by design. Every operation that submits a
+job takes `priority=` and `deadline=` as keywords, with the same defaults.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 import pytest
 
 from clients import AsyncClient, Client
+from protocol import messages as m
 
 SYNC_ONLY = {"__enter__", "__exit__"}
 ASYNC_ONLY = {"__aenter__", "__aexit__"}
 ITERATORS = {"map", "outcomes"}
 WIDER = {("map", "jobs"), ("outcomes", "jobs")}  # the async ones take async iterables too
+SUBMITTING = {"submit", "submit_as", "run", "frame", "map", "outcomes", *m.STATISTICS}
 
 
 def public_methods(cls: type) -> dict[str, Any]:
@@ -38,6 +41,16 @@ SYNC, ASYNC = public_methods(Client), public_methods(AsyncClient)
 def test_both_clients_have_the_same_operations() -> None:
     assert set(SYNC) - SYNC_ONLY == set(ASYNC) - ASYNC_ONLY
     assert {"submit_as", "wait_all", "outcomes", "recent", "frame", "questions"} <= set(ASYNC)
+    assert {"cancel", *SUBMITTING} <= set(ASYNC)
+
+
+@pytest.mark.parametrize("name", sorted(SUBMITTING))
+def test_every_submitting_operation_takes_priority_and_deadline_keywords(name: str) -> None:
+    for method in (SYNC[name], ASYNC[name]):
+        parameters = inspect.signature(method).parameters
+        priority, deadline = parameters["priority"], parameters["deadline"]
+        assert priority.kind == deadline.kind == inspect.Parameter.KEYWORD_ONLY
+        assert (priority.default, deadline.default) == (m.DEFAULT_PRIORITY, None)
 
 
 @pytest.mark.parametrize("name", sorted(set(SYNC) - SYNC_ONLY))

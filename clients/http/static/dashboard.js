@@ -91,6 +91,7 @@ async function runJob(statistic, params) {
     const result = await api(`/api/get_results/${submitted.job_id}`);
     if (result.status === "done") return { jobId: submitted.job_id, data: result.data };
     if (result.status === "error") throw new Error(`${submitted.job_id}: ${result.reason}`);
+    if (result.status === "cancelled") throw new Error(`${submitted.job_id} cancelled: ${result.reason}`);
     await sleep(delay);
   }
 }
@@ -426,6 +427,22 @@ function paintWorkers(workers, standin) {
   }));
 }
 
+// One row per producer; a name came from a peer (a key's name), so it is set as text.
+function paintProducers(producers) {
+  const rows = (producers || []).map((p) => {
+    const tr = el("tr");
+    tr.dataset.producer = p.producer;
+    tr.append(peerCell(p.producer, "mono"), el("td", p.queued, "num"), el("td", p.running, "num"),
+      el("td", fmt(p.finished_per_s, 1), "num"), el("td", fmt(p.weight, 1), "num"));
+    return tr;
+  });
+  if (!rows.length) {
+    rows.push(el("tr"));
+    rows[0].append(el("td", "no producer has work queued or running"));
+  }
+  $("producers").tBodies[0].replaceChildren(...rows);
+}
+
 function jobLink(jobId) {
   const link = el("a", jobId, "mono");
   link.href = `/api/get_results/${encodeURIComponent(jobId)}`;
@@ -479,7 +496,8 @@ function jobHeads() {
 
 function paintJobs(recent, failures) {
   $("recent").tBodies[0].replaceChildren(...recent.map((job) => {
-    const tr = jobRow(job, job.status, `status-${job.status}`);
+    const shown = job.status === "cancelled" && job.reason ? `cancelled: ${valueText(job.reason)}` : job.status;
+    const tr = jobRow(job, shown, `status-${job.status}`);
     const ms = job.finished_s && job.created_s ? (job.finished_s - job.created_s) * 1000 : null;
     tr.append(el("td", ms === null ? "running" : `${fmt(ms, 1)} ms`, "num"));
     return tr;
@@ -512,7 +530,7 @@ function paintLatency(latency) {
 
 function paintRates(live) {
   const submitted = Number(String(live.last_job || "job_id_0").split("_").pop());
-  const finished = (live.jobs.done || 0) + (live.jobs.error || 0);
+  const finished = (live.jobs.done || 0) + (live.jobs.error || 0) + (live.jobs.cancelled || 0);
   const now = live.now_s;
   state.samples.push({ now, submitted, finished });
   state.samples = state.samples.filter((s) => now - s.now <= CHART_WINDOW_S);
@@ -568,8 +586,11 @@ async function refreshLive() {
       `, updated ${new Date().toLocaleTimeString()}`;
     $("queue-depth").textContent = live.queue_depth;
     $("in-flight").textContent = live.in_flight;
-    for (const status of ["running", "done", "error"]) $(`jobs-${status}`).textContent = live.jobs[status] || 0;
+    for (const status of ["running", "done", "error", "cancelled"]) {
+      $(`jobs-${status}`).textContent = live.jobs[status] || 0;
+    }
     paintWorkers(live.workers, live.standin);
+    paintProducers(live.producers);
     paintLatency(live.latency);
     paintJobs(live.recent, live.failures);
     paintRates(live);
