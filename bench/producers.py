@@ -12,9 +12,10 @@ baseline measured in the same run.
 - `weights`: three producers with CURVE keys weighted 1:1:2 (`--producer-weights`),
   each saturating; each one's share of the jobs finished over the measured window.
   Goal: within +-10 % of 25/25/50 %.
-- `deadlines`: one producer queues a backlog, then 2,000 jobs with a 0.3 s deadline;
-  how many of them ran after their deadline, judged from the store (a job that ran
-  finished after it was created by at most its deadline plus its compute time).
+- `deadlines`: one producer queues a backlog of 10 ms jobs, then 2,000 more at priority
+  0 with a 0.3 s deadline, faster than the workers run them; how many of them ran after
+  their deadline, judged from the store (a job that ran finished after it was created
+  by at most its deadline plus its run and commit).
 - `cancel`: 5,000 jobs queued while no worker is registered, each cancelled (the p50
   of a cancel); then workers start and run a sentinel job; how many of the cancelled
   jobs reached a worker (its DEBUG log names every job it receives). Goal 0.
@@ -51,7 +52,8 @@ SECTIONS = ("one-call", "weights", "deadlines", "cancel")
 WEIGHTS = {"alice": 1, "bob": 1, "carol": 2}
 DEADLINE_S = 0.3
 DEADLINE_JOBS = 2_000
-COMPUTE_ALLOWANCE_S = 0.05  # a stand-in job computes in a few ms; this is generous
+SLEEP_S = 0.01  # each job of the deadlines section: a worker sleeps this long
+COMPUTE_ALLOWANCE_S = 0.05  # a job's run (SLEEP_S) and its commit; generous
 CANCEL_JOBS = 5_000
 READY_TIMEOUT_S = 60.0
 
@@ -138,8 +140,8 @@ def one_calls(endpoint: str, count: int, until: float = 0.0) -> list[float]:
 def _ms(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
-        "p50_ms": round(percentile(ordered, 50), 2),
-        "p99_ms": round(percentile(ordered, 99), 2),
+        "p50_ms": round(percentile(ordered, 0.5), 2),
+        "p99_ms": round(percentile(ordered, 0.99), 2),
     }
 
 
@@ -242,21 +244,20 @@ def weights(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def deadlines(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
-    with Service(work / "deadlines", data, args.workers) as service, service.client() as client:
-        backlog = [client.submit("state_mean", **params) for _, params in _take(args.backlog)]
+    """One connection (one producer): a backlog of `--backlog` jobs of SLEEP_S each, then
+    DEADLINE_JOBS at priority 0 with a DEADLINE_S deadline, submitted faster than the
+    workers run them: some start in time, the rest must end cancelled, never run late."""
+    service = Service(work / "deadlines", data, 0)
+    with service, service.client() as client:
+        service.start_workers(args.workers, diagnostics=True)
+        for _ in range(args.backlog):
+            client.submit("_sleep", seconds=SLEEP_S)
         ids = [
-            client.submit("state_mean", question=QUESTION, state="Ohio", deadline=DEADLINE_S)
+            client.submit("_sleep", seconds=SLEEP_S, priority=0, deadline=DEADLINE_S)
             for _ in range(DEADLINE_JOBS)
         ]
         wait_until(lambda: client.num_jobs() == 0, 600.0, "the backlog to drain")
-    assert len(backlog) == args.backlog
     return _judge_deadlines(service.state_dir, ids)
-
-
-def _take(count: int) -> Iterator[Job]:
-    jobs = bulk_jobs(seed=0)
-    for _ in range(count):
-        yield next(jobs)
 
 
 def _judge_deadlines(state_dir: Path, ids: list[str]) -> dict[str, Any]:
@@ -294,8 +295,11 @@ def cancel(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
             replies[job_id] = client.cancel(job_id)
             took_ms.append((time.perf_counter() - started) * 1000)
         service.start_workers(args.workers)
-        client.state_mean(QUESTION, "Texas")  # runs after anything queued before it
+        sentinel = client.submit("state_mean", question=QUESTION, state="Texas")
+        client.wait(sentinel)  # runs after anything queued before it
         logs = service.logs()
+    if f"{sentinel} received" not in logs:
+        raise RuntimeError("the workers' DEBUG log does not name the jobs they receive")
     received = sum(1 for job_id in ids if f"{job_id} received" in logs)
     statuses: dict[str, int] = {}
     for status in replies.values():
@@ -305,8 +309,8 @@ def cancel(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
         "jobs": CANCEL_JOBS,
         "replies": statuses,
         "reached_a_worker": received,
-        "cancel_p50_ms": round(percentile(ordered, 50), 3),
-        "cancel_p99_ms": round(percentile(ordered, 99), 3),
+        "cancel_p50_ms": round(percentile(ordered, 0.5), 3),
+        "cancel_p99_ms": round(percentile(ordered, 0.99), 3),
     }
 
 
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200, help="B's one-call requests per run")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured window")
     parser.add_argument("--warmup-s", type=float, default=3.0)
-    parser.add_argument("--backlog", type=int, default=20_000)
+    parser.add_argument("--backlog", type=int, default=2_000, help="deadlines: jobs ahead")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
     unknown = set(args.sections) - set(SECTIONS)
