@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sqlite3
 import statistics
 import sys
@@ -203,8 +204,9 @@ def weights(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     generate_keys(keys, ["worker:worker", *(f"client:{name}" for name in WEIGHTS)])
     weight_flag = ",".join(f"{name}={weight}" for name, weight in WEIGHTS.items())
     service = Service(work / "weights", data, 0, curve_dir=keys, producer_weights=weight_flag)
-    service.env["LSS_CURVE_SERVER_KEY"] = str(keys / "broker.key")
-    service.env["LSS_CURVE_SECRET"] = str(keys / f"{next(iter(WEIGHTS))}.key_secret")
+    # This process's own client (the service's pings and stats) holds a client key.
+    os.environ["LSS_CURVE_SERVER_KEY"] = str(keys / "broker.key")
+    os.environ["LSS_CURVE_SECRET"] = str(keys / f"{next(iter(WEIGHTS))}.key_secret")
     with service:
         service.start_workers(
             args.workers,
