@@ -71,6 +71,10 @@ class ProducerQueue:
     finished: deque[list[int]] = field(default_factory=deque)  # [second, count]
     last_finish_s: float = 0.0
 
+    def running(self) -> int:
+        """Its jobs on workers (or waiting for a retry): unfinished and not queued."""
+        return self.unfinished - self.queued
+
     def finished_per_s(self, now_s: float) -> float:
         since = int(now_s) - RATE_WINDOW_S
         return sum(n for second, n in self.finished if second > since) / RATE_WINDOW_S

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Set
 
 from broker.access import OPEN, Caller
+from broker.jobs import UnfinishedJob
 from broker.pool import WorkerInfo, peer_name
 from broker.state import CoreState
 from broker.store import Outcome
@@ -271,7 +272,7 @@ class WorkerSide:
             self.state.latency.dispatched(seq, now_s)
             worker.last_sent_s = now_s
             text = job_id(seq)
-            command = m.Command.SUSPECT_JOB if job.suspect else m.Command.JOB
+            command = _command_for(job, worker)
             body = job.body
             if job.deadline_s is not None:
                 body = time_left(body, job.deadline_s - now_s)
@@ -298,6 +299,18 @@ class WorkerSide:
         for worker in self.state.pool.all():
             self.state.to_worker(worker.identity, m.Disconnect("shutdown"), now_s)
             self.state.pool.remove(worker.identity)
+
+
+def _command_for(job: UnfinishedJob, worker: WorkerInfo) -> m.Command:
+    """How `job` is sent to `worker`, which now holds it: a suspect as such; the only
+    running job of its producer, to a worker holding others, as a front job (run before
+    them: a one-call does not wait behind a bulk producer's jobs already there)."""
+    if job.suspect:
+        return m.Command.SUSPECT_JOB
+    producer = job.producer
+    if len(worker.jobs) > 1 and producer is not None and producer.running() == 1:
+        return m.Command.FRONT_JOB
+    return m.Command.JOB
 
 
 def time_left(body: bytes, left_s: float) -> bytes:

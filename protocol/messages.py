@@ -123,6 +123,7 @@ class Command(enum.IntEnum):
     STARTED = 0x29
     LOAD_FAILED = 0x2A
     CANCEL_JOB = 0x2B
+    FRONT_JOB = 0x2C
     BATCH = 0x30
 
 
@@ -410,6 +411,16 @@ class SuspectJob(Job):
 
 
 @dataclass(frozen=True)
+class FrontJob(Job):
+    """A job whose producer has no other job running, sent to a worker that holds other
+    jobs: the worker runs it before those of them that are not front jobs, so that a
+    one-call is not queued behind a bulk producer's jobs already on the worker (as
+    FQ-CoDel serves a new flow first; docs/protocol.md, "Fair producers")."""
+
+    COMMAND: ClassVar[Command] = Command.FRONT_JOB
+
+
+@dataclass(frozen=True)
 class Started(Message):
     """Worker: it is about to compute the suspect job in the tag, alone; broker: noted."""
 
@@ -484,7 +495,7 @@ class DataChunk(Message):
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Submit, Get, Wait, ListJobs, NumJobs, Shutdown, Ping, Stats, Recent, Cancel,
     Submitted, JobState, JobList, JobCount, ShuttingDown, Pong, StatsReply, RecentJobs, ErrorReply,
-    Ready, Job, SuspectJob, Started, Result, Heartbeat, Disconnect, FetchData, DataChunk,
+    Ready, Job, SuspectJob, FrontJob, Started, Result, Heartbeat, Disconnect, FetchData, DataChunk,
     LoadFailed, CancelJob,
 )  # fmt: skip
 _BY_COMMAND: dict[int, type[Message]] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
@@ -516,6 +527,7 @@ _BODY_LIMITS: dict[type[Message], Limits] = {
     Submit: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
     Job: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
     SuspectJob: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
+    FrontJob: dataclasses.replace(BODY_LIMITS, max_str_bytes=MAX_JOB_BYTES),
 }
 ANSWER_LIMITS = Limits(
     max_str_bytes=MAX_JOB_BYTES, max_bin_bytes=0, max_array_items=0,

@@ -38,14 +38,13 @@ from protocol.logs import setup_logging, shown
 from protocol.wire import READS_PER_TURN, waiting
 from workers import report
 from workers.compute import JobRunner
+from workers.held import FRONT, STOP, SUSPECT, HeldJobs
 from workers.link import Link
 from workers.settings import WorkerSettings, add_worker_flags, settings_from
 
 log = logging.getLogger("lss.worker")
 
 PIPE = "inproc://lss-worker-compute"
-STOP = b""  # empty tag: tells the compute thread to end
-SUSPECT = b"s"  # marks a suspect job on the pipe
 LEAVE_LINGER_MS = 1000  # time to deliver the last results and DISCONNECT
 RECEIVED = struct.Struct("<d")  # when the socket thread got a job, on the pipe
 
@@ -92,9 +91,11 @@ class Worker:
     def _compute_loop(self) -> None:
         pipe: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
         pipe.connect(PIPE)
+        held = HeldJobs(pipe)
         try:
             while True:
-                tag, job_body, connection, suspect, received = pipe.recv_multipart()
+                tag, job_body, connection, mark, received = held.next()
+                suspect = mark == SUSPECT
                 if tag == STOP:
                     return
                 if (connection, tag) in self.cancelled:  # not started: skipped
@@ -194,13 +195,13 @@ class Worker:
     def _on_frames(self, link: Link, frames: list[bytes]) -> None:
         kind, tag = m.parse_header(frames[0])
         link.heard(time.monotonic(), disconnect=kind is m.Disconnect)
-        if kind in (m.Job, m.SuspectJob) and len(frames) == 2:
+        if kind in (m.Job, m.SuspectJob, m.FrontJob) and len(frames) == 2:
             # The body is decoded only if not cached.
-            self._on_job(link, tag, frames[1], suspect=kind is m.SuspectJob)
+            self._on_job(link, tag, frames[1], kind)
         else:
             self._on_broker(link, m.decode(frames))
 
-    def _on_job(self, link: Link, tag: bytes, job_body: bytes, suspect: bool) -> None:
+    def _on_job(self, link: Link, tag: bytes, job_body: bytes, kind: type[m.Message]) -> None:
         if self.draining:
             return  # the broker re-queues it when we leave
         log.debug("%s received from %s", tag.decode(errors="replace"), link.endpoint)
@@ -209,8 +210,8 @@ class Worker:
             link.outgoing.append(m.frames_of(m.Command.RESULT, tag, result.body, result.payload))
         else:
             received = RECEIVED.pack(time.monotonic())  # a deadline counts from here
-            suspect_mark = SUSPECT if suspect else b""
-            self.pipe.send_multipart([tag, job_body, link.identity, suspect_mark, received])
+            mark = SUSPECT if kind is m.SuspectJob else FRONT if kind is m.FrontJob else b""
+            self.pipe.send_multipart([tag, job_body, link.identity, mark, received])
             self.holding.add((link.identity, tag))
             self.held += 1
 

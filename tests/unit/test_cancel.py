@@ -191,3 +191,32 @@ def test_keys_are_producers_served_by_their_weights_and_named_in_stats(store: St
     producers = h.core.stats(h.now)["producers"]
     rows = sorted((p["producer"], p["weight"], p["queued"]) for p in producers)  # type: ignore[attr-defined]
     assert rows == [("alice", 2.0, 2), ("bob", 1.0, 4)]
+
+
+def test_a_lone_job_goes_to_a_busy_worker_as_a_front_job(store: Store) -> None:
+    """A producer with nothing else running (a one-call) gets FRONT_JOB on a worker that
+    holds a bulk producer's jobs, so that it runs before them; a job of a producer that
+    has another running stays a plain job."""
+    h = Harness(store)
+    h.worker(m.Ready(4, FP), b"w1")
+    for n in range(3):
+        _submit(h, f"bulk{n}", who=b"bulk")
+    h.sent()
+    _submit(h, "one", who=b"person")
+    _, to_workers = h.sent()
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.FrontJob, b"job_id_4")]
+    _submit(h, "two", who=b"person")
+    assert h.sent()[1] == [], "the worker is full"
+    h.result(b"w1", b"job_id_1")
+    _, to_workers = h.sent()
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.Job, b"job_id_5")], (
+        "the person's first job still runs: the second waits its turn on the worker"
+    )
+
+
+def test_a_lone_job_on_an_idle_worker_is_a_plain_job(store: Store) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(4, FP), b"w1")
+    _submit(h, "one", who=b"person")
+    _, to_workers = h.sent()
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.Job, b"job_id_1")]
