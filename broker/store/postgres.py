@@ -10,8 +10,12 @@ What sharing adds (docs/deployment.md, "Several brokers"): job numbers from a da
 sequence; each broker's lease and epoch (broker.store.pg_lease); `finish` is a
 conditional UPDATE on the broker's epoch, so a deposed broker's late answer is refused
 (`deposed` turns True) and every job is recorded as finished once. Counts by status
-are counted again with a GROUP BY over the jobs at most every `COUNTS_MAX_AGE_S`, since
-other brokers write them too. Each commit that finished jobs NOTIFYs `lss_finished`
+are running totals in `job_counts` (broker.store.pg_schema): each commit adds this
+broker's moves to its own rows, expiry takes its deletions off in the statement that
+deletes; `count` reads the few rows' sums at most every `COUNTS_MAX_AGE_S`, since other
+brokers write them too. Reads never scan: `get_many` reads a turn's jobs in one query,
+`recent` looks among the newest `RECENT_SCAN` jobs, expiry deletes `EXPIRE_BATCH` jobs
+a call (docs/deployment.md, "Growth"). Each commit that finished jobs NOTIFYs `lss_finished`
 with their numbers, for waiters on other brokers (broker.cluster).
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
@@ -30,7 +35,7 @@ from broker.store.interface import RECENT_SCAN, JobRecord, Outcome, stored_bytes
 from broker.store.pending import PendingOutcomes, rows_of
 from broker.store.pg_connection import Connection
 from broker.store.pg_lease import FINISHED_CHANNEL, LeasedConnection
-from broker.store.pg_schema import SchemaTooNew, migrate
+from broker.store.pg_schema import SchemaTooNew, count_slot, migrate
 from broker.store.sql import (
     JOB_COLUMNS,
     RUNNING,
@@ -45,6 +50,7 @@ log = logging.getLogger("lss.broker.store")
 
 NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
+EXPIRE_BATCH = 5_000  # jobs one expiry statement deletes at most (the broker calls again)
 USAGE_CACHE_KEYS = 10_000  # keys whose stored bytes are remembered (then all forgotten)
 # Every outcome of a turn in one statement, each only if the job is still running and
 # this broker's (its epoch): the fence of docs/deployment.md, "Several brokers".
@@ -74,14 +80,27 @@ _ADD_USAGE = (
 _ROW_BYTES = (
     "octet_length(request) + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0)"
 )
-# Expiry frees each deleted row's bytes from its key's total in the same statement: a
-# row another broker deleted first is not returned here, so it is freed once.
+# This broker's moves between statuses, added to its own rows of the running counts.
+_ADD_COUNTS = (
+    "INSERT INTO job_counts (slot, status, n)"
+    " SELECT %s, * FROM unnest(%s::text[], %s::bigint[]) ORDER BY 2"
+    " ON CONFLICT (slot, status) DO UPDATE SET n = job_counts.n + excluded.n"
+)
+_COUNTS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
+# Expiry deletes at most a batch of the oldest finished jobs (rows another broker is
+# deleting are skipped, not waited for), and in the same statement frees each deleted
+# row's bytes from its key's total and takes it off the counts: a row another broker
+# deleted first is not returned here, so it is freed and uncounted once.
 _EXPIRE = (
-    f"WITH gone AS (DELETE FROM jobs WHERE finished_s < %s RETURNING status, owner,"
-    f" {_ROW_BYTES} AS size),"
+    "WITH gone AS (DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_s < %s"
+    " ORDER BY finished_s LIMIT %s FOR UPDATE SKIP LOCKED)"
+    f" RETURNING status, owner, {_ROW_BYTES} AS size),"
     " freed AS (UPDATE key_usage SET stored_bytes = key_usage.stored_bytes - f.size"
     " FROM (SELECT owner, sum(size) AS size FROM gone GROUP BY owner ORDER BY owner) f"
-    " WHERE key_usage.owner = f.owner)"
+    " WHERE key_usage.owner = f.owner),"
+    " uncounted AS (INSERT INTO job_counts (slot, status, n)"
+    " SELECT %s, status, -count(*) FROM gone GROUP BY status ORDER BY status"
+    " ON CONFLICT (slot, status) DO UPDATE SET n = job_counts.n + excluded.n)"
     " SELECT status, count(*) FROM gone GROUP BY status"
 )
 _op = translated(psycopg.Error)
@@ -101,7 +120,10 @@ class PgStore(LeasedConnection):
         self._usage: dict[str, tuple[int, float]] = {}
         self._usage_delta: Counter[str] = Counter()
         self._issued = 0
-        self._counts: Counter[JobStatus] = Counter()
+        # Jobs by status: as last read from job_counts (with this broker's writes since),
+        # and this broker's moves in the open transaction (written at commit), by status.
+        self._counted: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
         self._counts_at = -COUNTS_MAX_AGE_S
         try:
             migrate(self._session.conn())
@@ -175,6 +197,14 @@ class PgStore(LeasedConnection):
             return None
         return self._pending.overlay(record_from_row(row))
 
+    @_op
+    def get_many(self, seqs: Collection[int]) -> dict[int, JobRecord]:
+        """The jobs of `seqs` that exist, each as `get` reads it: one query however many."""
+        if not seqs:
+            return {}
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ANY(%s)", (list(seqs),))
+        return {int(row[0]): self._pending.overlay(record_from_row(row)) for row in rows}
+
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         """Record how job `seq` ended, if this broker (epoch) still owns it: written with
         the others of the turn by one statement, at the latest at `commit`, which raises
@@ -197,6 +227,7 @@ class PgStore(LeasedConnection):
         for seq in pending.keys() - done:
             outcome, _, owner = pending[seq]  # not written: its bytes are not stored
             self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
+            self._counts.subtract({RUNNING: -1, outcome.status: 1})  # nor is its move
             self._refused_finish(seq)
 
     def stored_bytes(self, owner: str) -> int:
@@ -298,22 +329,29 @@ class PgStore(LeasedConnection):
         )
         return [record_from_row(row) for row in rows]
 
-    def count(self, status: JobStatus) -> int:
-        """Jobs in the whole store by status: counted at most every COUNTS_MAX_AGE_S,
-        plus this broker's own writes since (docs/deployment.md, "Several brokers")."""
+    def count(self, status: str) -> int:
+        """Jobs in the whole store by status (any status string): the running totals,
+        read at most every COUNTS_MAX_AGE_S, plus this broker's own moves since
+        (docs/deployment.md, "Several brokers"). Never scans the jobs."""
         if time.monotonic() - self._counts_at >= COUNTS_MAX_AGE_S:
             self._recount()
-        return self._counts[status]
+        return self._counted[status] + self._counts[status]
 
     def _recount(self) -> None:
         try:
-            rows = self._read("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+            rows = self._read(_COUNTS).fetchall()
         except (psycopg.Error, StorageError) as exc:
             log.debug("counts not refreshed: %s", exc)  # the last counts stand meanwhile
             return
-        self._counts = Counter({JobStatus(status): int(n) for status, n in rows})
-        self._pending.shift(self._counts)  # recorded here, not written yet
+        self._counted = Counter({str(status): int(n) for status, n in rows})
         self._counts_at = time.monotonic()
+
+    def _write_counts(self) -> None:
+        """Add this transaction's moves between statuses to this broker's rows."""
+        moved = sorted((status, n) for status, n in self._counts.items() if n)
+        if moved:
+            statuses, deltas = [status for status, _ in moved], [n for _, n in moved]
+            self._write(_ADD_COUNTS, (count_slot(self.epoch), statuses, deltas))
 
     @_op
     def running_of(self, owner: str) -> int:
@@ -336,11 +374,14 @@ class PgStore(LeasedConnection):
 
     @_op
     def expire(self, finished_before_s: float) -> int:
+        """Delete up to EXPIRE_BATCH of the jobs finished before `finished_before_s`,
+        oldest first; how many (the broker calls again while there are any)."""
         self._write_finished()
-        gone = self._write(_EXPIRE, (finished_before_s,)).fetchall()
+        params = (finished_before_s, EXPIRE_BATCH, count_slot(self.epoch))
+        gone = self._write(_EXPIRE, params).fetchall()
         self._usage.clear()  # the statement freed bytes in the table: read them again
-        for status, count in gone:
-            self._counts[JobStatus(status)] -= int(count)
+        for status, count in gone:  # and took them off the counts
+            self._counted[str(status)] -= int(count)
         return sum(int(count) for _, count in gone)
 
     @_op
@@ -351,6 +392,7 @@ class PgStore(LeasedConnection):
             raise StorageError("commit", "the transaction had failed; it must be rolled back")
         self._write_finished()
         self._write_usage()
+        self._write_counts()
         if not self._session.in_transaction():
             self._changed = False
             return
@@ -359,6 +401,8 @@ class PgStore(LeasedConnection):
         db.execute("COMMIT")
         self._to_notify = []
         self._changed = False
+        self._counted.update(self._counts)
+        self._counts.clear()
         for owner, delta in self._usage_delta.items():
             if owner in self._usage:
                 known, read_at = self._usage[owner]
@@ -370,6 +414,7 @@ class PgStore(LeasedConnection):
         self._pending.clear()
         self._usage_delta.clear()
         self._usage.clear()  # figures read in the failed transaction may be gone
+        self._counts.clear()
         self._to_notify = []
         self._changed = False
         self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`

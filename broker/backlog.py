@@ -1,0 +1,57 @@
+"""Client requests read and not served yet: per peer, taken in fair shares.
+
+The broker's loop serves client requests in slices of bounded time (broker.broker), so
+that a BATCH of 10,000 requests does not hold back worker heartbeats and every other
+client for as long as serving it takes. What a slice leaves waits here, each peer's
+requests in order; `take` gives each waiting peer an equal share, so a lone PING waits
+behind one share of a flood, not behind all of it. A peer holds at most
+PEER_MESSAGES_PER_TURN requests here (broker.limits): the broker drops more.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+from broker.access import Caller
+from protocol.messages import Envelope
+
+Request = tuple[Envelope, Caller]
+
+
+class ClientBacklog:
+    """Requests by peer, in the order they were read; peers in turn."""
+
+    def __init__(self) -> None:
+        self._by_peer: OrderedDict[bytes, deque[Request]] = OrderedDict()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def held(self, peer: bytes) -> int:
+        """Requests of `peer` waiting here."""
+        queue = self._by_peer.get(peer)
+        return len(queue) if queue is not None else 0
+
+    def add(self, peer: bytes, requests: list[Request]) -> None:
+        self._by_peer.setdefault(peer, deque()).extend(requests)
+        self._size += len(requests)
+
+    def take(self, limit: int) -> list[Request]:
+        """Up to `limit` requests: an equal share from each waiting peer, in turn (a
+        peer served last goes to the back), each peer's in order."""
+        taken: list[Request] = []
+        while self._by_peer and len(taken) < limit:
+            share = max(1, (limit - len(taken)) // len(self._by_peer))
+            for peer in list(self._by_peer):
+                queue = self._by_peer[peer]
+                for _ in range(min(share, len(queue), limit - len(taken))):
+                    taken.append(queue.popleft())
+                if queue:
+                    self._by_peer.move_to_end(peer)
+                else:
+                    del self._by_peer[peer]
+                if len(taken) >= limit:
+                    break
+        self._size -= len(taken)
+        return taken
