@@ -49,9 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lss.broker")
 
-# Messages (BATCH contents counted) handled from one socket in one turn: past it the
-# rest wait in ZeroMQ's queues (RECEIVE_HWM per peer) for the next turn, so that many
-# peers at once cannot make one turn's replies grow without bound either.
+# Messages (BATCH contents counted) handled from the worker socket in one turn, and
+# client requests read and waiting to be served: past it the rest wait in ZeroMQ's
+# queues (RECEIVE_HWM per peer) for a later turn, so that many peers at once cannot
+# make the broker's memory or one turn's replies grow without bound either.
 TURN_MESSAGES = 50_000
 # Client requests are served this long a turn at most (then workers', the commit and
 # the replies come), in chunks of CLIENT_CHUNK whose store reads are made at once.
@@ -177,7 +178,8 @@ class Broker:
         try:
             while self._signals < 2:
                 self._poll_store_news(poller)
-                ready = dict(poller.poll(0 if self._backlog else int(tick_every_s * 1000)))
+                busy = self._backlog or self._next_expiry <= time.monotonic()
+                ready = dict(poller.poll(0 if busy else int(tick_every_s * 1000)))
                 now = time.monotonic()
                 self._step_cluster(ready, now)
                 self.core.refuse_submits(self.guard.refusal(now))
