@@ -13,9 +13,23 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 from broker.access import Caller
-from protocol.messages import Envelope
+from protocol.messages import BATCH_HEADER
 
-Request = tuple[Envelope, Caller]
+Request = tuple[list[bytes], Caller]
+"""A request as read (its frames, decoded when it is served) and who sent it."""
+
+
+def announced(routed: list[bytes]) -> int:
+    """How many messages a received frame list says it carries: a BATCH's count as its
+    body's msgpack array header gives it (unchecked: unpacking it checks), else 1. A
+    flood over its share is dropped on this, without the cost of unpacking it."""
+    if len(routed) != 3 or routed[1] != BATCH_HEADER or not routed[2]:
+        return 1
+    body = routed[2]
+    if 0x90 <= body[0] <= 0x9F:  # fixarray
+        return body[0] & 0x0F
+    width = {0xDC: 2, 0xDD: 4}.get(body[0], 0)  # array 16, array 32
+    return int.from_bytes(body[1 : 1 + width], "big") if width else 1
 
 
 class ClientBacklog:

@@ -4,10 +4,11 @@ On PostgreSQL each read is a round trip inside the broker's loop: a BATCH of 10,
 GETs cost 10,000 of them while workers and other clients waited. So, before the loop
 serves a slice of client requests, `ReadAhead.of` reads in one query (`Store.get_many`)
 every job that a GET or WAIT among them reads from the store (jobs this broker runs are
-answered from its job table, broker.jobs), after the highest job number issued; and a
-key's unfinished jobs on every broker (NUM_JOBS) are counted once per slice, then moved
-by what this broker's own jobs did since. The broker.client_side handlers answer from
-it exactly as they would from the store; it is dropped when the slice is served.
+answered from its job table, broker.jobs), then, only if one was not found, the highest
+job number issued (to tell an expired job from one never issued); and a key's
+unfinished jobs on every broker (NUM_JOBS) are counted once per slice, then moved by
+what this broker's own jobs did since. The broker.client_side handlers answer from it
+exactly as they would from the store; it is dropped when the slice is served.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class ReadAhead:
     """The store's answers for one slice of requests."""
 
     def __init__(self, last_seq: int, asked: set[int], records: dict[int, JobRecord]) -> None:
-        self.last_seq = last_seq  # the highest job number issued, read before the jobs
+        self.last_seq = last_seq  # the highest job number issued, read if one was not found
         self.asked = asked  # the numbers read: those not in `records` were not found
         self.records = records
         # A key's unfinished jobs on every broker as read, and on this broker then.
@@ -40,17 +41,18 @@ class ReadAhead:
             and (seq := job_seq(env.message.job_id)) is not None
             and seq not in jobs
         }
-        last_seq = store.last_seq() if asked else 0
-        asked = {seq for seq in asked if seq <= last_seq}
-        return cls(last_seq, asked, store.get_many(asked) if asked else {})
+        records = store.get_many(asked) if asked else {}
+        # Whether a number not found was ever issued (expired) or not (invalid): the
+        # highest one issued, read only then (the jobs' rows are usually all there).
+        last_seq = store.last_seq() if len(records) < len(asked) else 0
+        return cls(last_seq, asked, records)
 
     def stored(self, seq: int) -> tuple[bool, JobRecord | None] | None:
         """(issued, record: None if not found) of job `seq`, or None if it was not read."""
-        if seq in self.asked:
-            return True, self.records.get(seq)
-        if seq > self.last_seq and self.asked:
-            return False, None  # numbered after the read: not issued then
-        return None
+        if seq not in self.asked:
+            return None
+        record = self.records.get(seq)
+        return record is not None or seq <= self.last_seq, record
 
     def running_of(self, owner: str, count: Callable[[str], int], jobs: JobTable) -> int:
         """`count(owner)` (a key's unfinished jobs on every broker): read once a slice,

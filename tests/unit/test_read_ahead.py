@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from broker.access import Caller
-from broker.backlog import ClientBacklog
+from broker.backlog import ClientBacklog, announced
 from broker.store import Store
 from protocol import messages as m
 from protocol.messages import job_id
@@ -84,11 +84,18 @@ def test_a_batch_of_gets_takes_a_constant_number_of_round_trips(
 
 def test_the_backlog_gives_each_peer_its_share_in_order() -> None:
     backlog = ClientBacklog()
-    flood = [(m.Envelope(m.Get(job_id(n)), tag=str(n).encode()), ALICE) for n in range(1, 101)]
-    ping = (m.Envelope(m.Ping(), tag=b"p"), ALICE)
+    flood = [(m.encode(m.Get(job_id(n)), str(n).encode()), ALICE) for n in range(1, 101)]
+    ping = (m.encode(m.Ping(), b"p"), ALICE)
     backlog.add(b"flood", flood)
     backlog.add(b"pinger", [ping])
     assert backlog.held(b"flood") == 100 and len(backlog) == 101
     first = backlog.take(10)
     assert ping in first and [r for r in first if r is not ping] == flood[:9]
     assert backlog.take(1000) == flood[9:] and len(backlog) == 0
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 10_000])
+def test_a_batch_is_counted_from_its_header_without_unpacking_it(count: int) -> None:
+    frames = [b"peer", *m.batch([m.encode(m.Ping(), b"t")] * count)]
+    assert announced(frames) == count == len(m.messages_in(frames, routed=True))
+    assert announced([b"peer", *m.encode(m.Ping(), b"t")]) == 1
