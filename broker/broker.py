@@ -271,7 +271,8 @@ class Broker:
         """Read the waiting client messages into the backlog (a BATCH unpacked, each
         message decoded only when served), while it holds fewer than TURN_MESSAGES."""
         for frames, user in self._waiting(self.frontend):
-            if not self._within_peer_share(frames[0], announced(frames)):
+            count = announced(frames)  # more than a BATCH holds: unpacking refuses it
+            if count <= m.MAX_BATCH and not self._within_peer_share(frames[0], count):
                 continue  # over its share: not even unpacked
             messages = self._unpack(self.frontend, frames, self._bad_client_message, now)
             if messages and self._within_peer_share(frames[0], len(messages)):
