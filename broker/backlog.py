@@ -5,7 +5,8 @@ that a BATCH of 10,000 requests does not hold back worker heartbeats and every o
 client for as long as serving it takes. What a slice leaves waits here, each peer's
 requests in order; `take` gives each waiting peer an equal share, so a lone PING waits
 behind one share of a flood, not behind all of it. A peer holds at most
-PEER_MESSAGES_PER_TURN requests here (broker.limits): the broker drops more.
+PEER_MESSAGES_PER_TURN requests here (broker.limits): the broker drops more; and the
+broker reads no more while BACKLOG_BYTES wait here (the rest wait in ZeroMQ's queues).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import OrderedDict, deque
 from broker.access import Caller
 from protocol.messages import BATCH_HEADER
 
+BACKLOG_BYTES = 16 << 20  # of requests waiting, in all: past it, the broker reads no more
 Request = tuple[list[bytes], Caller]
 """A request as read (its frames, decoded when it is served) and who sent it."""
 
@@ -38,6 +40,7 @@ class ClientBacklog:
     def __init__(self) -> None:
         self._by_peer: OrderedDict[bytes, deque[Request]] = OrderedDict()
         self._size = 0
+        self.bytes = 0  # the frames' bytes of the requests waiting
 
     def __len__(self) -> int:
         return self._size
@@ -50,6 +53,11 @@ class ClientBacklog:
     def add(self, peer: bytes, requests: list[Request]) -> None:
         self._by_peer.setdefault(peer, deque()).extend(requests)
         self._size += len(requests)
+        self.bytes += sum(len(frame) for frames, _ in requests for frame in frames)
+
+    def full(self, most: int) -> bool:
+        """Whether `most` requests, or BACKLOG_BYTES, wait: the broker reads no more."""
+        return self._size >= most or self.bytes >= BACKLOG_BYTES
 
     def take(self, limit: int) -> list[Request]:
         """Up to `limit` requests: an equal share from each waiting peer, in turn (a
@@ -68,4 +76,5 @@ class ClientBacklog:
                 if len(taken) >= limit:
                     break
         self._size -= len(taken)
+        self.bytes -= sum(len(frame) for frames, _ in taken for frame in frames)
         return taken

@@ -269,7 +269,8 @@ class Broker:
 
     def _read_clients(self, now: float) -> None:
         """Read the waiting client messages into the backlog (a BATCH unpacked, each
-        message decoded only when served), while it holds fewer than TURN_MESSAGES."""
+        message decoded only when served) until it is full (TURN_MESSAGES requests, or
+        broker.backlog.BACKLOG_BYTES)."""
         for frames, user in self._waiting(self.frontend):
             count = announced(frames)  # more than a BATCH holds: unpacking refuses it
             if count <= m.MAX_BATCH and not self._within_peer_share(frames[0], count):
@@ -278,7 +279,7 @@ class Broker:
             if messages and self._within_peer_share(frames[0], len(messages)):
                 caller = self._callers.of(user)
                 self._backlog.add(frames[0], [(message, caller) for message in messages])
-            if len(self._backlog) >= TURN_MESSAGES:
+            if self._backlog.full(TURN_MESSAGES):
                 return  # the rest wait in ZeroMQ's queues for a later turn
 
     def _within_peer_share(self, identity: bytes, count: int) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from broker.access import Caller
-from broker.backlog import ClientBacklog, announced
+from broker.backlog import BACKLOG_BYTES, ClientBacklog, announced
 from broker.store import Store
 from protocol import messages as m
 from protocol.messages import job_id
@@ -91,7 +91,7 @@ def test_the_backlog_gives_each_peer_its_share_in_order() -> None:
     assert backlog.held(b"flood") == 100 and len(backlog) == 101
     first = backlog.take(10)
     assert ping in first and [r for r in first if r is not ping] == flood[:9]
-    assert backlog.take(1000) == flood[9:] and len(backlog) == 0
+    assert backlog.take(1000) == flood[9:] and len(backlog) == 0 and backlog.bytes == 0
 
 
 @pytest.mark.parametrize("count", [1, 15, 16, 10_000])
@@ -99,3 +99,12 @@ def test_a_batch_is_counted_from_its_header_without_unpacking_it(count: int) -> 
     frames = [b"peer", *m.batch([m.encode(m.Ping(), b"t")] * count)]
     assert announced(frames) == count == len(m.messages_in(frames, routed=True))
     assert announced([b"peer", *m.encode(m.Ping(), b"t")]) == 1
+
+
+def test_the_backlog_is_full_at_its_bytes_as_at_its_count() -> None:
+    backlog = ClientBacklog()
+    big = [b"peer", b"x" * (1 << 20)]
+    backlog.add(b"peer", [(big, ALICE)] * (BACKLOG_BYTES >> 20))
+    assert backlog.full(most=50_000) and not ClientBacklog().full(most=50_000)
+    backlog.take(1)
+    assert not backlog.full(most=50_000)
