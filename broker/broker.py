@@ -302,12 +302,14 @@ class Broker:
                 for frames, caller in self._backlog.take(CLIENT_CHUNK)
                 if (envelope := self._decoded(frames, self._bad_client_message, now))
             ]
-            try:
+            try:  # `_serve` lets no exception out: any here is the reading ahead's
                 with self.core.read_ahead([envelope for envelope, _ in requests]):
                     self._serve(requests, now)
                 continue
-            except StorageError as exc:  # reading ahead failed: each reads alone
+            except StorageError as exc:  # then each request reads alone
                 self._storage_failed(exc, now)
+            except Exception:  # a bug must cost the chunk its reading ahead, never the broker
+                log.exception("failed to read %d client requests ahead", len(requests))
             self._serve(requests, now)
 
     def _serve(self, requests: list[tuple[Envelope, Caller]], now: float) -> None:

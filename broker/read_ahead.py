@@ -20,6 +20,10 @@ from broker.store import JobRecord, Store
 from protocol import messages as m
 from protocol.messages import Envelope, job_seq
 
+# The largest job number a store can hold (SQLite's INTEGER, PostgreSQL's bigint): a
+# larger one was never issued, and asked of a store it fails: answered without one.
+MAX_SEQ = 2**63 - 1
+
 
 class ReadAhead:
     """The store's answers for one slice of requests."""
@@ -39,6 +43,7 @@ class ReadAhead:
             for env in requests
             if isinstance(env.message, m.Get | m.Wait)
             and (seq := job_seq(env.message.job_id)) is not None
+            and seq <= MAX_SEQ
             and seq not in jobs
         }
         records = store.get_many(asked) if asked else {}
@@ -49,6 +54,8 @@ class ReadAhead:
 
     def stored(self, seq: int) -> tuple[bool, JobRecord | None] | None:
         """(issued, record: None if not found) of job `seq`, or None if it was not read."""
+        if seq > MAX_SEQ:
+            return False, None
         if seq not in self.asked:
             return None
         record = self.records.get(seq)

@@ -35,7 +35,7 @@ def jobs_of_two_keys(h: Harness) -> None:
 
 
 def requests() -> list[m.Message]:
-    ids = [job_id(seq) for seq in range(1, 8)]  # 6 and 7 never issued
+    ids = [job_id(seq) for seq in (*range(1, 8), 2**63, 10**20)]  # 6, 7 and up never issued
     return [*(m.Get(j) for j in ids), *(m.Wait(j) for j in ids), m.Get("nonsense"), m.NumJobs()]
 
 
