@@ -30,7 +30,7 @@ BROKER_SETTINGS = (
     "client_endpoint", "worker_endpoint", "state_dir", "data", "heartbeat_interval_ms",
     "heartbeat_liveness", "job_timeout_s", "max_attempts", "max_queue", "result_ttl_s",
     "max_message_bytes", "curve_dir", "sqlite_synchronous", "disk_reserve_mb", "store",
-    "broker_lease_s", "key_quota_mb", "max_workers", "log_level",
+    "broker_lease_s", "key_quota_mb", "max_workers", "client_slice_ms", "log_level",
 )  # fmt: skip
 """The settings the broker takes, defined in protocol.config.SETTINGS."""
 

@@ -4,7 +4,7 @@ Each loop turn drains both sockets (up to READS_PER_TURN, and PEER_MESSAGES_PER_
 from any one peer), lets `BrokerCore` act on the messages (with the sender's role when
 CURVE is on, broker.access), dispatches queued jobs, sends the jobs, commits the store
 once, and only then answers clients: the durability rule of docs/protocol.md
-("Durability"). Client requests are served for CLIENT_SLICE_S a turn at most, in
+("Durability"). Client requests are served for `client_slice_ms` a turn at most, in
 chunks whose store reads are made at once (broker.read_ahead); the rest wait in a
 backlog taken in fair shares by peer (broker.backlog), and the next turn comes at once,
 so that a flood of requests never holds worker heartbeats or a PING back for long. A
@@ -55,9 +55,8 @@ log = logging.getLogger("lss.broker")
 # queues (RECEIVE_HWM per peer) for a later turn, so that many peers at once cannot
 # make the broker's memory or one turn's replies grow without bound either.
 TURN_MESSAGES = 50_000
-# Client requests are served this long a turn at most (then workers', the commit and
-# the replies come), in chunks of CLIENT_CHUNK whose store reads are made at once.
-CLIENT_SLICE_S = 0.01
+# Client requests are served in chunks of this many, whose store reads are made at once,
+# for `client_slice_ms` a turn (then workers', the commit and the replies come).
 CLIENT_CHUNK = 100
 EXPIRY_EVERY_S = 60.0
 
@@ -77,6 +76,7 @@ class BrokerSettings:
     shutdown_linger_s: float = 1.0
     store: str = config.STORE  # "sqlite" or a postgresql:// URL
     broker_lease_s: float = config.BROKER_LEASE_S
+    client_slice_ms: float = config.CLIENT_SLICE_MS
 
 
 def default_core_settings() -> CoreSettings:
@@ -294,9 +294,9 @@ class Broker:
         return False
 
     def _serve_clients(self, now: float) -> None:
-        """Serve backlogged client requests, a chunk at a time, for CLIENT_SLICE_S."""
-        started = time.monotonic()
-        while self._backlog and time.monotonic() - started < CLIENT_SLICE_S:
+        """Serve backlogged client requests, a chunk at a time, for `client_slice_ms`."""
+        started, slice_s = time.monotonic(), self.settings.client_slice_ms / 1000
+        while self._backlog and time.monotonic() - started < slice_s:
             requests: list[tuple[Envelope, Caller]] = [
                 (envelope, caller)
                 for frames, caller in self._backlog.take(CLIENT_CHUNK)
