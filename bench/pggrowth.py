@@ -8,8 +8,9 @@ server-side INSERT ... SELECT generate_series of realistic rows (a real job body
 answer, 1 % failed, 1 % running, a few keys and statistics; the running counts and the
 keys' stored bytes filled to match, as the broker would have kept them), ANALYZEs, and
 times through `PgStore`, medians of `--reps` in ms: `get` of a random job, `get_many`
-of 500, a page of 100 (all jobs, by status, by key), `recent` (all, failed ones), the
-counts by status, and `expire` of one batch (rolled back: the size stays); next to them
+of 500, a page of 100 (all jobs, by status, by key, by key and status), a key's running
+jobs, `recent` (all, failed ones), the counts by status, and `expire` of one batch
+(rolled back: the size stays); next to them
 the GROUP BY over the jobs that the counts no longer run. Then the bytes per job of the
 table (TOAST included) and of each index. `--explain` prints each query's plan at the
 largest size.
@@ -127,6 +128,10 @@ def operations(store: PgStore, size: int) -> dict[str, Callable[[], object]]:
         "page": lambda: store.page(pick.randint(0, size - PAGE), PAGE),
         "page by status": lambda: store.page(pick.randint(0, size), PAGE, status="running"),
         "page by key": lambda: store.page(pick.randint(0, size), PAGE, owner="key-3"),
+        "page by key, status": lambda: store.page(  # none is in it: the worst case
+            pick.randint(0, size), PAGE, owner="key-3", status="error"
+        ),
+        "a key's running jobs": lambda: store.running_of("key-3"),
         "recent": lambda: store.recent(50),
         "recent failed": lambda: store.recent(50, status=JobStatus.ERROR),
         "counts": counts_read(store),
@@ -165,6 +170,11 @@ EXPLAINED: dict[str, tuple[str, tuple[Any, ...]]] = {
         "SELECT seq, status FROM jobs WHERE owner = %s AND owner != '' AND seq > %s"
         " ORDER BY seq LIMIT %s",
         ("key-3", 1000, PAGE),
+    ),
+    "page by key, status": (
+        "SELECT seq, status FROM jobs WHERE owner = %s AND owner != '' AND status = %s"
+        " AND seq > %s ORDER BY seq LIMIT %s",
+        ("key-3", "error", 1000, PAGE),
     ),
     "counts": (pg._COUNTS, ()),
 }

@@ -13,7 +13,9 @@ broker's commits and expiries keep (broker.store.postgres), filled from the jobs
 from version 4, `job_counts`: jobs by status as running totals in a few rows per status,
 one slot per live broker (`count_slot`), so that brokers never wait on each other's
 rows and a count is a SUM over at most `COUNT_SLOTS` rows, never a scan of the jobs.
-Version 4 also tells autovacuum to visit `jobs` after 2 % of it changed, not 20 %.
+Version 4 also lists a key's jobs by status with an index of their own (`jobs_owner_status`,
+which counts a key's running jobs too) and tells autovacuum to visit `jobs` after 2 % of
+it changed, not 20 %.
 Job numbers come from the sequence `job_seq`, epochs from `broker_epoch_seq`: neither
 is ever rolled back, so no number is issued twice.
 """
@@ -87,6 +89,11 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         " SELECT 0, status, count(*) FROM jobs GROUP BY status",
         # The jobs churn (added, finished, expired): vacuum after 2 % of them changed, so
         # that dead rows stay a small share of the table at a million jobs too.
+        # A key's jobs by status, in job order: a key's page of its running (or failed)
+        # jobs, and its count of running ones, read as many rows as they return.
+        "CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status, seq)"
+        " WHERE owner <> ''",
+        "DROP INDEX IF EXISTS jobs_owner_running",
         "ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.02,"
         " autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02)",
     ),

@@ -37,6 +37,7 @@ from broker.store.pg_connection import Connection
 from broker.store.pg_lease import FINISHED_CHANNEL, LeasedConnection
 from broker.store.pg_schema import SchemaTooNew, count_slot, migrate
 from broker.store.sql import (
+    IS_RUNNING,
     JOB_COLUMNS,
     RUNNING,
     SUMMARY_COLUMNS,
@@ -91,9 +92,11 @@ _COUNTS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
 # deleting are skipped, not waited for), and in the same statement frees each deleted
 # row's bytes from its key's total and takes it off the counts: a row another broker
 # deleted first is not returned here, so it is freed and uncounted once.
+# The batch is written in the statement, not a parameter: a plan PostgreSQL keeps for
+# the prepared statement must know it is small (not knowing, it scanned 1 M jobs).
 _EXPIRE = (
     "WITH gone AS (DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_s < %s"
-    " ORDER BY finished_s LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " ORDER BY finished_s LIMIT {batch:d} FOR UPDATE SKIP LOCKED)"
     f" RETURNING status, owner, {_ROW_BYTES} AS size),"
     " freed AS (UPDATE key_usage SET stored_bytes = key_usage.stored_bytes - f.size"
     " FROM (SELECT owner, sum(size) AS size FROM gone GROUP BY owner ORDER BY owner) f"
@@ -324,8 +327,8 @@ class PgStore(LeasedConnection):
         """The unfinished jobs this broker (its current epoch) dispatches."""
         self._write_finished()
         rows = self._read(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s AND broker_epoch = %s ORDER BY seq",
-            (RUNNING, self.epoch),
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {IS_RUNNING} AND broker_epoch = %s ORDER BY seq",
+            (self.epoch,),
         )
         return [record_from_row(row) for row in rows]
 
@@ -358,8 +361,8 @@ class PgStore(LeasedConnection):
         """Unfinished jobs of the key `owner`, on every broker."""
         self._write_finished()
         row = self._read(
-            "SELECT count(*) FROM jobs WHERE owner = %s AND owner <> '' AND status = %s",
-            (owner, RUNNING),
+            f"SELECT count(*) FROM jobs WHERE owner = %s AND owner <> '' AND {IS_RUNNING}",
+            (owner,),
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -377,8 +380,8 @@ class PgStore(LeasedConnection):
         """Delete up to EXPIRE_BATCH of the jobs finished before `finished_before_s`,
         oldest first; how many (the broker calls again while there are any)."""
         self._write_finished()
-        params = (finished_before_s, EXPIRE_BATCH, count_slot(self.epoch))
-        gone = self._write(_EXPIRE, params).fetchall()
+        params = (finished_before_s, count_slot(self.epoch))
+        gone = self._write(_EXPIRE.format(batch=EXPIRE_BATCH), params).fetchall()
         self._usage.clear()  # the statement freed bytes in the table: read them again
         for status, count in gone:  # and took them off the counts
             self._counted[str(status)] -= int(count)
