@@ -18,7 +18,7 @@ largest size.
 `--churn SECONDS` instead runs the broker's write path on 100,000 jobs for that long
 (add, finish, commit 50 at a time; expiry of the oldest as it goes, so the table keeps
 its size) and samples `pg_stat_user_tables` every 10 s: live and dead rows, and when
-autovacuum last visited `jobs`.
+autovacuum last visited `jobs`; `--naptime S` sets `autovacuum_naptime` first.
 """
 
 from __future__ import annotations
@@ -227,16 +227,20 @@ def growth(sizes: list[int], reps: int, show_plans: bool) -> None:
         store.close()
 
 
-def churn(seconds: float, size: int = 100_000) -> None:
-    """The broker's write path for `seconds` on `size` jobs, expiring as it goes."""
+def churn(seconds: float, naptime_s: float, size: int = 100_000) -> None:
+    """The broker's write path for `seconds` on `size` jobs, expiring as it goes, with
+    autovacuum looking every `naptime_s` (0: PostgreSQL's default, 60 s)."""
     with postgres_server() as server:
         store = PgStore(server.database(), "bench")
         store.register(lease_s=3600.0)
         fill(store, 1, size)
         db = store._session.conn()
+        if naptime_s:
+            db.execute(f"ALTER SYSTEM SET autovacuum_naptime = '{naptime_s:g}s'")
+            db.execute("SELECT pg_reload_conf()")
         started = next_sample = time.monotonic()
         n, written = 0, 0
-        print("  s     jobs/s   live rows   dead rows  last autovacuum of jobs")
+        print("  s     jobs/s   live rows   dead rows   MB in all  last autovacuum of jobs")
         while (now := time.monotonic()) - started < seconds:
             for _ in range(50):
                 n += 1
@@ -248,12 +252,13 @@ def churn(seconds: float, size: int = 100_000) -> None:
                 store.commit()
             store.commit()
             if now >= next_sample:
-                live, dead, vacuumed = db.execute(
-                    "SELECT n_live_tup, n_dead_tup, last_autovacuum FROM pg_stat_user_tables"
-                    " WHERE relname = 'jobs'"
-                ).fetchone() or (0, 0, None)
+                live, dead, total, vacuumed = db.execute(
+                    "SELECT n_live_tup, n_dead_tup, pg_total_relation_size('jobs'),"
+                    " last_autovacuum FROM pg_stat_user_tables WHERE relname = 'jobs'"
+                ).fetchone() or (0, 0, 0, None)
                 rate = written / max(now - started, 1e-9)
-                print(f"{now - started:5.0f} {rate:10.0f} {live:11,} {dead:11,}  {vacuumed}")
+                print(f"{now - started:5.0f} {rate:10.0f} {live:11,} {dead:11,}"
+                      f" {total / 2**20:11.1f}  {vacuumed}")  # fmt: skip
                 next_sample = now + 10.0
         store.close()
 
@@ -264,11 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--churn", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--naptime", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args(argv)
     if skip_reason():
         raise SystemExit(skip_reason())
     if args.churn:
-        churn(args.churn)
+        churn(args.churn, args.naptime)
     else:
         growth(sorted(int(s) for s in args.sizes.split(",")), args.reps, args.explain)
 
