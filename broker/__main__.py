@@ -31,7 +31,7 @@ BROKER_SETTINGS = (
     "heartbeat_liveness", "job_timeout_s", "max_attempts", "max_queue", "result_ttl_s",
     "max_message_bytes", "curve_dir", "sqlite_synchronous", "disk_reserve_mb", "store",
     "broker_lease_s", "key_quota_mb", "max_workers", "producer_reserve", "max_producers",
-    "producer_weights", "log_level",
+    "producer_weights", "client_slice_ms", "log_level",
 )  # fmt: skip
 """The settings the broker takes, defined in protocol.config.SETTINGS."""
 

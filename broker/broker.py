@@ -4,13 +4,18 @@ Each loop turn drains both sockets (up to READS_PER_TURN, and PEER_MESSAGES_PER_
 from any one peer), lets `BrokerCore` act on the messages (with the sender's role when
 CURVE is on, broker.access), dispatches queued jobs, sends the jobs, commits the store
 once, and only then answers clients: the durability rule of docs/protocol.md
-("Durability"). A store error rolls the transaction back and the core with it; the loop
-goes on. Several messages for one peer in a turn travel as one BATCH. Malformed input
-is answered or logged and dropped; it never ends the loop.
+("Durability"). Client requests are served for `client_slice_ms` a turn at most, in
+chunks whose store reads are made at once (broker.read_ahead); the rest wait in a
+backlog taken in fair shares by peer (broker.backlog), and the next turn comes at once,
+so that a flood of requests never holds worker heartbeats or a PING back for long. A
+store error rolls the transaction back and the core with it; the loop goes on. Several
+messages for one peer in a turn travel as one BATCH. Malformed input is answered or
+logged and dropped; it never ends the loop.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from broker.access import Caller, Callers
+from broker.backlog import ClientBacklog, announced
 from broker.core import BrokerCore, CoreSettings
 from broker.datafile import DataFile
 from broker.limits import PEER_MESSAGES_PER_TURN
@@ -44,10 +50,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lss.broker")
 
-# Messages (BATCH contents counted) handled from one socket in one turn: past it the
-# rest wait in ZeroMQ's queues (RECEIVE_HWM per peer) for the next turn, so that many
-# peers at once cannot make one turn's replies grow without bound either.
+# Messages (BATCH contents counted) handled from the worker socket in one turn, and
+# client requests read and waiting to be served: past it the rest wait in ZeroMQ's
+# queues (RECEIVE_HWM per peer) for a later turn, so that many peers at once cannot
+# make the broker's memory or one turn's replies grow without bound either.
 TURN_MESSAGES = 50_000
+# Client requests are served in chunks of this many, whose store reads are made at once,
+# for `client_slice_ms` a turn (then workers', the commit and the replies come).
+CLIENT_CHUNK = 100
 EXPIRY_EVERY_S = 60.0
 
 
@@ -66,6 +76,7 @@ class BrokerSettings:
     shutdown_linger_s: float = 1.0
     store: str = config.STORE  # "sqlite" or a postgresql:// URL
     broker_lease_s: float = config.BROKER_LEASE_S
+    client_slice_ms: float = config.CLIENT_SLICE_MS
 
 
 def default_core_settings() -> CoreSettings:
@@ -104,6 +115,8 @@ class Broker:
         if self.cluster is not None:  # another moment, or another broker, may serve it
             self.core.retry_refused_after(int(RETRY_AFTER_FAILURE_S * 1000))
         self._polled_fd: int | None = None
+        self._next_expiry = 0.0
+        self._backlog = ClientBacklog()
         warn_if_plaintext(
             [settings.client_endpoint, settings.worker_endpoint], self.curve is not None
         )
@@ -161,12 +174,17 @@ class Broker:
         tick_every_s = self.core_settings.heartbeat_interval_s / 5
         # Every timer runs on the monotonic clock: a step of the wall clock (NTP, an
         # operator) must neither stop failure detection nor expire every lease at once.
-        next_tick = next_expiry = time.monotonic()
+        next_tick = self._next_expiry = time.monotonic()
         drained_at: float | None = None
+        # What start-up made (modules, the data's fingerprint, the store) lives as long as
+        # the broker: out of the collector's sight, so that a full collection, which a
+        # flood of requests' garbage triggers, no longer takes tens of milliseconds.
+        gc.freeze()
         try:
             while self._signals < 2:
                 self._poll_store_news(poller)
-                ready = dict(poller.poll(int(tick_every_s * 1000)))
+                busy = self._backlog or self._next_expiry <= time.monotonic()
+                ready = dict(poller.poll(0 if busy else int(tick_every_s * 1000)))
                 now = time.monotonic()
                 self._step_cluster(ready, now)
                 self.core.refuse_submits(self.guard.refusal(now))
@@ -176,9 +194,11 @@ class Broker:
                     if self.curve:
                         self.curve.check()
                     next_tick = now + tick_every_s
-                if now >= next_expiry:
+                if now >= self._next_expiry:
+                    self._next_expiry = now + min(
+                        EXPIRY_EVERY_S, self.core_settings.result_ttl_s / 2
+                    )
                     self._guarded(self._expire, now)
-                    next_expiry = now + min(EXPIRY_EVERY_S, self.core_settings.result_ttl_s / 2)
                 drained_at = self._after_drain(drained_at, now)
                 self._flush(now)
                 if drained_at is not None and now - drained_at >= self.settings.shutdown_linger_s:
@@ -211,7 +231,9 @@ class Broker:
 
     def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
         if self.frontend in ready:
-            self._drain(self.frontend, self._on_client, self._bad_client_message, now)
+            self._read_clients(now)
+        if self._backlog:
+            self._serve_clients(now)
         if self.backend in ready:
             self._drain(self.backend, self._on_worker, self._bad_worker_message, now)
         self.core.dispatch(now)
@@ -244,6 +266,58 @@ class Broker:
         self.guard.failed(exc, now)
         self.core.refuse_submits(self.guard.refusal(now))
         return reason
+
+    def _read_clients(self, now: float) -> None:
+        """Read the waiting client messages into the backlog (a BATCH unpacked, each
+        message decoded only when served) until it is full (TURN_MESSAGES requests, or
+        broker.backlog.BACKLOG_BYTES)."""
+        for frames, user in self._waiting(self.frontend):
+            count = announced(frames)  # more than a BATCH holds: unpacking refuses it
+            if count <= m.MAX_BATCH and not self._within_peer_share(frames[0], count):
+                continue  # over its share: not even unpacked
+            messages = self._unpack(self.frontend, frames, self._bad_client_message, now)
+            if messages and self._within_peer_share(frames[0], len(messages)):
+                caller = self._callers.of(user)
+                self._backlog.add(frames[0], [(message, caller) for message in messages])
+            if self._backlog.full(TURN_MESSAGES):
+                return  # the rest wait in ZeroMQ's queues for a later turn
+
+    def _within_peer_share(self, identity: bytes, count: int) -> bool:
+        """False (logged) if a peer's requests waiting would go over its share, so that
+        one peer's flood costs bounded memory for its requests and replies."""
+        if self._backlog.held(identity) + count <= PEER_MESSAGES_PER_TURN:
+            return True
+        self._malformed.warning(
+            ("flood", identity), "dropped %d message(s) from client peer %s: over %d waiting",
+            count, shown(identity), PEER_MESSAGES_PER_TURN,
+        )  # fmt: skip
+        return False
+
+    def _serve_clients(self, now: float) -> None:
+        """Serve backlogged client requests, a chunk at a time, for `client_slice_ms`."""
+        started, slice_s = time.monotonic(), self.settings.client_slice_ms / 1000
+        while self._backlog and time.monotonic() - started < slice_s:
+            requests: list[tuple[Envelope, Caller]] = [
+                (envelope, caller)
+                for frames, caller in self._backlog.take(CLIENT_CHUNK)
+                if (envelope := self._decoded(frames, self._bad_client_message, now))
+            ]
+            try:  # `_serve` lets no exception out: any here is the reading ahead's
+                with self.core.read_ahead([envelope for envelope, _ in requests]):
+                    self._serve(requests, now)
+                continue
+            except StorageError as exc:  # then each request reads alone
+                self._storage_failed(exc, now)
+            except Exception:  # a bug must cost the chunk its reading ahead, never the broker
+                log.exception("failed to read %d client requests ahead", len(requests))
+            self._serve(requests, now)
+
+    def _serve(self, requests: list[tuple[Envelope, Caller]], now: float) -> None:
+        for envelope, caller in requests:
+            try:
+                self._on_client(envelope, now, caller)
+            except Exception:  # a bug must cost one message, never the broker
+                log.exception("failed to handle %s", type(envelope.message).__name__)
 
     def _drain(
         self,
@@ -315,15 +389,26 @@ class Broker:
         now: float,
         caller: Caller,
     ) -> None:
-        try:
-            envelope = m.decode(frames, routed=True)
-        except ProtocolError as exc:
-            on_error(frames, exc, now)
+        envelope = self._decoded(frames, on_error, now)
+        if envelope is None:
             return
         try:
             handle(envelope, now, caller)
         except Exception:  # a bug must cost one message, never the broker
             log.exception("failed to handle %s", type(envelope.message).__name__)
+
+    @staticmethod
+    def _decoded(
+        frames: list[bytes],
+        on_error: Callable[[list[bytes], ProtocolError, float], None],
+        now: float,
+    ) -> Envelope | None:
+        """The message in `frames`, or None (`on_error` told) if it does not decode."""
+        try:
+            return m.decode(frames, routed=True)
+        except ProtocolError as exc:
+            on_error(frames, exc, now)
+            return None
 
     def _size_error(self, frames: list[bytes]) -> str | None:
         size = sum(map(len, frames))
@@ -357,12 +442,15 @@ class Broker:
             self.core.refuse_worker(frames[0], exc.code, str(exc))
             self._unreadable_result(frames, f"worker sent a malformed result: {exc}", now)
 
-    def _expire(self, _now: float) -> None:
+    def _expire(self, now: float) -> None:
         removed = self.core.expire_results()
         if removed:
             log.info(
                 "expired %d result(s) older than %g s", removed, self.core_settings.result_ttl_s
             )
+            # A store may delete a batch a call (PostgreSQL): the next batch in the next
+            # turn, until a call finds none.
+            self._next_expiry = now
 
     def _after_drain(self, drained_at: float | None, now: float) -> float | None:
         if drained_at is None and self.core.drained():

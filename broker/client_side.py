@@ -5,13 +5,16 @@ the store's numbering, the key's quota), reads and waits, listings, counts, stat
 shutdown, each checked against the caller's role (broker.access). It queues replies in
 the turn's outbox (broker.outbox); the worker side runs the jobs it accepted. After a
 commit, `settle` answers again the submits told of a job the commit did not store.
+Reads of a slice of requests are made at once before they are served (`read_ahead`,
+broker.read_ahead): one query for all their jobs, not a round trip each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from broker import undo
 from broker.access import OPEN, Caller, may_see, owner_filter
@@ -19,8 +22,9 @@ from broker.history import recent_jobs
 from broker.outbox import over_budget
 from broker.pool import peer_name
 from broker.producers import ProducerQueue, connection_name, queue_refusal
+from broker.read_ahead import ReadAhead
 from broker.state import CoreState, final_state
-from broker.store import StorageError
+from broker.store import JobRecord, StorageError
 from protocol import messages as m
 from protocol.logs import shown
 from protocol.messages import Envelope, ErrorCode, JobStatus, job_id, job_seq
@@ -43,17 +47,28 @@ class ClientSide:
         self.on_shutdown_all: Callable[[], None] | None = None
         self.running_of: Callable[[str], int] | None = None
         self._told: dict[int, list[Told]] = {}  # by job added in the open transaction
+        self._ahead: ReadAhead | None = None
+
+    @contextlib.contextmanager
+    def read_ahead(self, requests: Sequence[Envelope]) -> Iterator[None]:
+        """Serve `requests` (inside the block) from reads made at once, now; a
+        `StorageError` reading them goes up before the block, which then is not run."""
+        self._ahead = ReadAhead.of(self.state.store, self.state.jobs, requests)
+        try:
+            yield
+        finally:
+            self._ahead = None
 
     def finished_elsewhere(self, seqs: list[int], now_s: float) -> None:
-        """Answer the waiters of jobs another broker finished (told by the store); drop
-        this broker's jobs that another broker cancelled."""
+        """Answer the waiters of jobs another broker finished (told by the store; their
+        jobs read in one query); drop this broker's jobs that another broker cancelled."""
         for seq in seqs:
             if seq in self.state.jobs:
                 self._cancelled_elsewhere(seq, now_s)
-                continue
-            if not self.state.waiters.waiting(seq):
-                continue
-            record = self.state.store.get(seq)
+        waited = [s for s in seqs if s not in self.state.jobs and self.state.waiters.waiting(s)]
+        records = self.state.store.get_many(waited) if waited else {}
+        for seq in waited:
+            record = records.get(seq)
             if record is None:  # expired meanwhile
                 for identity, tag in self.state.waiters.pop(seq):
                     self.state.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
@@ -300,6 +315,8 @@ class ClientSide:
         owner = owner_filter(caller)
         if owner is None:
             return self.state.store.count(JobStatus.RUNNING)
+        if self.running_of is not None and self._ahead is not None:
+            return self._ahead.running_of(owner, self.running_of, self.state.jobs)
         if self.running_of is not None:
             return self.running_of(owner)
         return self.state.jobs.running(owner)
@@ -311,18 +328,28 @@ class ClientSide:
         key's job answers exactly as a job id never issued."""
         if seq is not None and seq in self.state.jobs:  # answered without the store
             self._read_running(identity, tag, seq, wait, caller)
-        elif seq is None or seq > self.state.store.last_seq():
+            return
+        issued, record = (False, None) if seq is None else self._stored(seq)
+        if seq is None or not issued:
             self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+        elif record is None:
+            self.state.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
+        elif not may_see(caller, record.owner):
+            self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
+        elif wait and record.status is JobStatus.RUNNING:  # another broker runs it
+            self._add_waiter(identity, tag, seq)
         else:
-            record = self.state.store.get(seq)
-            if record is None:
-                self.state.refuse(identity, tag, ErrorCode.EXPIRED, "expired")
-            elif not may_see(caller, record.owner):
-                self.state.refuse(identity, tag, ErrorCode.INVALID_JOB_ID, "Invalid job_id")
-            elif wait and record.status is JobStatus.RUNNING:  # another broker runs it
-                self._add_waiter(identity, tag, seq)
-            else:
-                self.state.reply(identity, tag, final_state(seq, record), record.answer)
+            self.state.reply(identity, tag, final_state(seq, record), record.answer)
+
+    def _stored(self, seq: int) -> tuple[bool, JobRecord | None]:
+        """Whether job `seq` was issued, and its record (None: expired), as read ahead
+        for this slice of requests if it was, else from the store."""
+        ahead = self._ahead.stored(seq) if self._ahead is not None else None
+        if ahead is not None:
+            return ahead
+        if seq > self.state.store.last_seq():
+            return False, None
+        return True, self.state.store.get(seq)
 
     def _cancel(
         self, identity: bytes, tag: bytes, seq: int | None, now_s: float, caller: Caller

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from broker.access import OPEN, Caller
 from broker.client_side import ClientSide
@@ -143,6 +144,11 @@ class BrokerCore:
     def on_client(self, env: Envelope, now_s: float, caller: Caller = OPEN) -> None:
         """Serve one decoded client request from `caller`."""
         self._clients.on_client(env, now_s, caller)
+
+    def read_ahead(self, requests: Sequence[Envelope]) -> AbstractContextManager[None]:
+        """Serve `requests` inside the block from the store's reads made at once, now
+        (broker.read_ahead); a `StorageError` reading them goes up before the block."""
+        return self._clients.read_ahead(requests)
 
     def on_worker(self, env: Envelope, now_s: float, caller: Caller = OPEN) -> None:
         """Handle one decoded message from a worker."""

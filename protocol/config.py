@@ -78,6 +78,10 @@ SQLITE_SYNCHRONOUS = "NORMAL"
 # Free space in the state directory below which submits are refused (`storage`): room
 # for the answers of accepted jobs, the WAL between checkpoints (16 MiB) and the logs.
 DISK_RESERVE_MB = 64.0
+# How long one loop turn of the broker serves client requests before it reads workers,
+# commits and answers: the rest wait for the next turn, so that a flood of requests
+# holds heartbeats and other clients back this long at most (docs/protocol.md, "Limits").
+CLIENT_SLICE_MS = 10.0
 # Where the broker keeps its jobs: "sqlite" (<state dir>/jobs.sqlite3), or a
 # postgresql://... URL that several brokers may share (docs/deployment.md).
 STORE = "sqlite"
@@ -225,6 +229,11 @@ SETTINGS = {
             choices=("OFF", "NORMAL", "FULL", "EXTRA"),
         ),
         Setting("disk_reserve_mb", DISK_RESERVE_MB, "refuse submits below this free space"),
+        Setting(
+            "client_slice_ms",
+            CLIENT_SLICE_MS,
+            "ms a broker's loop turn serves client requests (the rest: next turn)",
+        ),
         Setting(
             "key_quota_mb",
             KEY_QUOTA_MB,

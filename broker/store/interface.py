@@ -7,6 +7,7 @@ broker.store.sqlite and broker.store.postgres.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -92,9 +93,12 @@ class Store(Protocol):
     `StorageError` (broker.store.errors); a failed `add` takes back only its own write
     if it can (then the error is `contained`). `stored_bytes(owner)` is what a key's
     jobs take in the store (`JobRecord.stored_bytes`, summed), kept as a running total
-    on every write and expiry, never counted by a scan. `count(status)` is kept up to
-    date in memory by the memory and SQLite stores; the PostgreSQL store, which other
-    brokers write too, counts the table again (GROUP BY status) at most every second.
+    on every write and expiry, never counted by a scan. `count(status)` never scans
+    either: kept up to date in memory by the memory and SQLite stores; the PostgreSQL
+    store, which other brokers write too, keeps running totals in the database and
+    reads them (a few rows) at most every second. `get_many` reads many jobs at once
+    (one query on PostgreSQL: a turn's reads). `expire` may delete only a batch of the
+    jobs it could: it returns how many, and the broker calls again while that is not 0.
 
     `add` may hand out a new job's number before it writes the job (the PostgreSQL
     store writes a turn's jobs at `commit`). Such a job, if the commit did not store
@@ -113,6 +117,7 @@ class Store(Protocol):
     ) -> tuple[int, bool]: ...
     def find_request(self, request_id: str) -> int | None: ...
     def get(self, seq: int) -> JobRecord | None: ...
+    def get_many(self, seqs: Collection[int]) -> dict[int, JobRecord]: ...
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None: ...
     def cancel(self, seq: int, reason: str, now_s: float) -> bool: ...
     def stored_bytes(self, owner: str) -> int: ...

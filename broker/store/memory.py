@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from broker.store.interface import (
@@ -66,6 +66,9 @@ class MemoryStore:
 
     def get(self, seq: int) -> JobRecord | None:
         return self._jobs.get(seq)
+
+    def get_many(self, seqs: Collection[int]) -> dict[int, JobRecord]:
+        return {seq: self._jobs[seq] for seq in seqs if seq in self._jobs}
 
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         self._put(seq, with_outcome(self._jobs[seq], outcome, now_s))

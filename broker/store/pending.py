@@ -10,10 +10,7 @@ is pending into the open transaction (`take`), where a rollback still takes it b
 
 from __future__ import annotations
 
-from collections import Counter
-
 from broker.store.interface import JobRecord, Outcome, with_outcome
-from protocol.messages import JobStatus
 
 Finish = tuple[Outcome, float, str]
 """A recorded outcome of a job: the outcome, when (`finished_s`), and the key that owns it."""
@@ -62,10 +59,3 @@ class PendingOutcomes:
     def clear(self) -> None:
         """Forget them all (the transaction was rolled back)."""
         self._by_seq.clear()
-
-    def shift(self, counts: Counter[JobStatus]) -> None:
-        """Move each pending job from RUNNING to its outcome's status in `counts` (counts
-        read from the table, where they are still running)."""
-        for outcome, _, _ in self._by_seq.values():
-            counts[JobStatus.RUNNING] -= 1
-            counts[outcome.status] += 1

@@ -17,7 +17,7 @@ import psycopg
 from broker.store.errors import translated
 from broker.store.interface import JobRecord
 from broker.store.pg_connection import PgSession
-from broker.store.sql import JOB_COLUMNS, RUNNING, record_from_row
+from broker.store.sql import IS_RUNNING, JOB_COLUMNS, record_from_row
 
 log = logging.getLogger("lss.broker.store")
 
@@ -102,10 +102,10 @@ class LeasedConnection:
             for epoch, broker_id in ended:
                 log.warning("the lease of broker %s (epoch %d) ran out", broker_id, epoch)
             rows = db.execute(
-                f"UPDATE jobs SET broker_id = %s, broker_epoch = %s WHERE status = %s"
+                f"UPDATE jobs SET broker_id = %s, broker_epoch = %s WHERE {IS_RUNNING}"
                 f" AND broker_epoch <> %s AND NOT EXISTS (SELECT 1 FROM brokers b"
                 f" WHERE b.epoch = jobs.broker_epoch) RETURNING {JOB_COLUMNS}",
-                (self.broker_id, self.epoch, RUNNING, self.epoch),
+                (self.broker_id, self.epoch, self.epoch),
             ).fetchall()
         return sorted((record_from_row(row) for row in rows), key=lambda record: record.seq)
 

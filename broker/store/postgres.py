@@ -10,10 +10,14 @@ What sharing adds (docs/deployment.md, "Several brokers"): job numbers from a da
 sequence, reserved a block at a time (broker.store.numbering.NumberBlocks); each
 broker's lease and epoch (broker.store.pg_lease); `finish` is a conditional UPDATE on
 the broker's epoch, so a deposed broker's late answer is refused (`deposed` turns True)
-and every job is recorded as finished once. Counts by status are counted again with a
-GROUP BY over the jobs at most every `COUNTS_MAX_AGE_S`, since other brokers write them
-too. Each commit that finished jobs NOTIFYs `lss_finished` with their numbers, for
-waiters on other brokers (broker.cluster).
+and every job is recorded as finished once. Counts by status are running totals in
+`job_counts` (broker.store.pg_schema): each commit adds this broker's moves to its own
+rows, expiry takes its deletions off in the statement that deletes; `count` reads the
+few rows' sums at most every `COUNTS_MAX_AGE_S`, since other brokers write them too.
+Reads never scan: `get_many` reads a turn's jobs in one query, `recent` looks among
+the newest `RECENT_SCAN` jobs, expiry deletes `EXPIRE_BATCH` jobs a call
+(docs/deployment.md, "Growth"). Each commit that finished jobs NOTIFYs `lss_finished`
+with their numbers, for waiters on other brokers (broker.cluster).
 
 A turn's writes take one round trip however many jobs it holds: `add` hands out a
 reserved number at once and keeps the job in memory; `commit` sends, in one pipeline,
@@ -33,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 import psycopg
@@ -44,8 +49,9 @@ from broker.store.numbering import NumberBlocks
 from broker.store.pending import Finish, PendingOutcomes
 from broker.store.pg_connection import Connection, Cursor
 from broker.store.pg_lease import FINISHED_CHANNEL, LeasedConnection
-from broker.store.pg_schema import SchemaTooNew, migrate
+from broker.store.pg_schema import SchemaTooNew, count_slot, migrate
 from broker.store.sql import (
+    IS_RUNNING,
     JOB_COLUMNS,
     RUNNING,
     SUMMARY_COLUMNS,
@@ -58,6 +64,7 @@ from protocol.messages import JobStatus, job_id
 log = logging.getLogger("lss.broker.store")
 
 COUNTS_MAX_AGE_S = 1.0  # other brokers' jobs show in counts at most this late
+EXPIRE_BATCH = 1_000  # jobs an expiry deletes at most: ~10 ms (the broker calls again)
 USAGE_CACHE_KEYS = 10_000  # keys whose stored bytes are remembered (then all forgotten)
 NOTIFY_SEQS = 300  # numbers per NOTIFY: 300 of up to 20 characters stay under 8000 bytes
 SEQ_BLOCK = 1000  # job numbers a broker reserves at a time, at least (its gap if it stops)
@@ -92,12 +99,16 @@ _WRITE = (
     " done AS (UPDATE jobs SET status = v.status, answer = v.answer, reason = v.reason,"
     " fingerprint = v.fingerprint, finished_s = v.finished_s FROM v"
     " WHERE jobs.seq = v.seq AND jobs.status = 'running' AND jobs.broker_epoch = %(epoch)s"
-    " RETURNING jobs.seq, jobs.owner, coalesce(octet_length(v.answer), 0)"
+    " RETURNING jobs.seq, jobs.owner, jobs.status, coalesce(octet_length(v.answer), 0)"
     " + coalesce(octet_length(v.reason), 0) AS size),"
     " usage AS (INSERT INTO key_usage (owner, stored_bytes) SELECT owner, sum(size)"
     " FROM (SELECT owner, size FROM ins UNION ALL SELECT owner, size FROM done) w"
     " GROUP BY owner ORDER BY owner ON CONFLICT (owner) DO UPDATE"
     " SET stored_bytes = key_usage.stored_bytes + excluded.stored_bytes),"
+    " counted AS (INSERT INTO job_counts (slot, status, n) SELECT %(slot)s, status, sum(n)"
+    " FROM (SELECT status, 1 AS n FROM ins UNION ALL SELECT status, 1 FROM done"
+    " UNION ALL SELECT 'running', -1 FROM done) m GROUP BY status ORDER BY status"
+    " ON CONFLICT (slot, status) DO UPDATE SET n = job_counts.n + excluded.n),"
     " deposed AS (SELECT string_agg(v.seq::text, ',') AS seqs FROM v"
     " WHERE v.seq NOT IN (SELECT seq FROM done) AND NOT EXISTS (SELECT 1 FROM jobs j"
     " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)s)),"
@@ -118,20 +129,32 @@ _CANCEL = (
     " usage AS (INSERT INTO key_usage (owner, stored_bytes) SELECT owner, size FROM c"
     " ON CONFLICT (owner) DO UPDATE SET stored_bytes = key_usage.stored_bytes"
     " + excluded.stored_bytes),"
+    " counted AS (INSERT INTO job_counts (slot, status, n) SELECT %(slot)s, m.status, m.n"
+    " FROM c, (VALUES ('cancelled', 1), ('running', -1)) AS m(status, n) ORDER BY 2"
+    " ON CONFLICT (slot, status) DO UPDATE SET n = job_counts.n + excluded.n),"
     " notified AS (SELECT pg_notify(%(channel)s, seq::text) FROM c)"
     " SELECT owner, (SELECT count(*) FROM notified) FROM c"
 )
 _ROW_BYTES = (
     "octet_length(request) + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0)"
 )
-# Expiry frees each deleted row's bytes from its key's total in the same statement: a
-# row another broker deleted first is not returned here, so it is freed once.
+_COUNTS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
+# Expiry deletes at most a batch of the oldest finished jobs (rows another broker is
+# deleting are skipped, not waited for), and in the same statement frees each deleted
+# row's bytes from its key's total and takes it off the counts: a row another broker
+# deleted first is not returned here, so it is freed and uncounted once.
+# The batch is written in the statement, not a parameter: a plan PostgreSQL keeps for
+# the prepared statement must know it is small (not knowing, it scanned 1 M jobs).
 _EXPIRE = (
-    f"WITH gone AS (DELETE FROM jobs WHERE finished_s < %s RETURNING status, owner,"
-    f" {_ROW_BYTES} AS size),"
+    "WITH gone AS (DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_s < %s"
+    " ORDER BY finished_s LIMIT {batch:d} FOR UPDATE SKIP LOCKED)"
+    f" RETURNING status, owner, {_ROW_BYTES} AS size),"
     " freed AS (UPDATE key_usage SET stored_bytes = key_usage.stored_bytes - f.size"
     " FROM (SELECT owner, sum(size) AS size FROM gone GROUP BY owner ORDER BY owner) f"
-    " WHERE key_usage.owner = f.owner)"
+    " WHERE key_usage.owner = f.owner),"
+    " uncounted AS (INSERT INTO job_counts (slot, status, n)"
+    " SELECT %s, status, -count(*) FROM gone GROUP BY status ORDER BY status"
+    " ON CONFLICT (slot, status) DO UPDATE SET n = job_counts.n + excluded.n)"
     " SELECT status, count(*) FROM gone GROUP BY status"
 )
 _op = translated(psycopg.Error)
@@ -189,7 +212,13 @@ class PgStore(LeasedConnection):
         self._usage: dict[str, tuple[int, float]] = {}
         self._usage_delta: Counter[str] = Counter()
         self._issued = 0
-        self._counts: Counter[JobStatus] = Counter()
+        # Jobs by status: as last read from job_counts and committed (with this broker's
+        # commits since); this broker's moves written into the open transaction (the
+        # statement that wrote them added them to its rows of the counts, uncommitted);
+        # and its moves not written yet.
+        self._counted: Counter[str] = Counter()
+        self._in_txn: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
         self._counts_at = -COUNTS_MAX_AGE_S
         self._jobs_written = 0
         self._trips_seen: deque[tuple[float, int, int]] = deque()  # (when, trips, jobs)
@@ -285,6 +314,14 @@ class PgStore(LeasedConnection):
             return None
         return self._pending.overlay(record_from_row(row))
 
+    @_op
+    def get_many(self, seqs: Collection[int]) -> dict[int, JobRecord]:
+        """The jobs of `seqs` that exist, each as `get` reads it: one query however many."""
+        if not seqs:
+            return {}
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ANY(%s)", (list(seqs),))
+        return {int(row[0]): self._pending.overlay(record_from_row(row)) for row in rows}
+
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         """Record how job `seq` ended, if this broker (epoch) still owns it: written with
         the others of the turn by one statement, at the latest at `commit`, which raises
@@ -308,14 +345,14 @@ class PgStore(LeasedConnection):
         the turn's transaction, told to the others at commit as a finish is."""
         self._write_finished()  # this broker's outcome of it, if any, comes first
         params = {"status": JobStatus.CANCELLED.value, "reason": reason, "finished_s": now_s,
-                  "seq": seq, "channel": FINISHED_CHANNEL}  # fmt: skip
+                  "seq": seq, "channel": FINISHED_CHANNEL,
+                  "slot": count_slot(self.epoch)}  # fmt: skip
         row = self._write(_CANCEL, params)
         found = row.fetchone()
         if found is None:
             return False
         self._usage_delta[str(found[0])] += stored_bytes(b"", None, reason)
-        self._counts[JobStatus.RUNNING] -= 1
-        self._counts[JobStatus.CANCELLED] += 1
+        self._in_txn.update({RUNNING: -1, JobStatus.CANCELLED.value: 1})  # counted by _CANCEL
         self._changed = True
         return True
 
@@ -351,6 +388,9 @@ class PgStore(LeasedConnection):
             self._written(write.fetchone(), added, finished)
         if reserved is not None:
             self._numbers.add([int(n) for (n,) in reserved.fetchall()])
+        if not commit:  # the moves of what was written are in the transaction's counts
+            self._in_txn.update(self._counts)
+            self._counts.clear()
 
     def _send(
         self,
@@ -457,6 +497,7 @@ class PgStore(LeasedConnection):
             "f_fingerprint": [o.fingerprint for o, _, _ in finished.values()],
             "f_finished_s": [finished_s for _, finished_s, _ in finished.values()],
             "channel": FINISHED_CHANNEL,
+            "slot": count_slot(self.epoch),
         }
 
     def _written(
@@ -479,6 +520,7 @@ class PgStore(LeasedConnection):
             outcome, _, owner = finished[seq]
             log.info("%s was already recorded as finished", job_id(seq))
             self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
+            self._counts.subtract({RUNNING: -1, outcome.status: 1})  # nor is its move
 
     def _jobs_of(self, request_ids: list[str]) -> tuple[dict[str, int], str]:
         """The jobs that `request_ids` name (one round trip), and why one has none."""
@@ -516,6 +558,10 @@ class PgStore(LeasedConnection):
                 known, read_at = self._usage[owner]
                 self._usage[owner] = (known + delta, read_at)
         self._usage_delta.clear()
+        self._counted.update(self._in_txn)
+        self._counted.update(self._counts)
+        self._in_txn.clear()
+        self._counts.clear()
 
     def stored_bytes(self, owner: str) -> int:
         """The bytes the key `owner` stores, on every broker: read at most every
@@ -593,28 +639,27 @@ class PgStore(LeasedConnection):
         """The unfinished jobs this broker (its current epoch) dispatches."""
         self._write_finished()
         rows = self._read(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s AND broker_epoch = %s ORDER BY seq",
-            (RUNNING, self.epoch),
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {IS_RUNNING} AND broker_epoch = %s ORDER BY seq",
+            (self.epoch,),
         )
         return [record_from_row(row) for row in rows]
 
-    def count(self, status: JobStatus) -> int:
-        """Jobs in the whole store by status: counted at most every COUNTS_MAX_AGE_S,
-        plus this broker's own writes since (docs/deployment.md, "Several brokers")."""
+    def count(self, status: str) -> int:
+        """Jobs in the whole store by status (any status string): the running totals,
+        read at most every COUNTS_MAX_AGE_S, plus this broker's own moves since
+        (docs/deployment.md, "Several brokers"). Never scans the jobs."""
         if time.monotonic() - self._counts_at >= COUNTS_MAX_AGE_S:
             self._recount()
-        return self._counts[status]
+        return self._counted[status] + self._in_txn[status] + self._counts[status]
 
     def _recount(self) -> None:
         try:
-            rows = self._read("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+            rows = self._read(_COUNTS).fetchall()
         except (psycopg.Error, StorageError) as exc:
             log.debug("counts not refreshed: %s", exc)  # the last counts stand meanwhile
             return
-        self._counts = Counter({JobStatus(status): int(n) for status, n in rows})
-        self._pending.shift(self._counts)  # recorded here, not written yet
-        for job in self._added.values():
-            self._counts[job.outcome.status if job.outcome else JobStatus.RUNNING] += 1
+        self._counted = Counter({str(status): int(n) for status, n in rows})
+        self._counted.subtract(self._in_txn)  # read in the open transaction: not committed
         self._counts_at = time.monotonic()
 
     @_op
@@ -622,8 +667,8 @@ class PgStore(LeasedConnection):
         """Unfinished jobs of the key `owner`, on every broker."""
         self._write_finished()
         row = self._read(
-            "SELECT count(*) FROM jobs WHERE owner = %s AND owner <> '' AND status = %s",
-            (owner, RUNNING),
+            f"SELECT count(*) FROM jobs WHERE owner = %s AND owner <> '' AND {IS_RUNNING}",
+            (owner,),
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -640,11 +685,14 @@ class PgStore(LeasedConnection):
 
     @_op
     def expire(self, finished_before_s: float) -> int:
+        """Delete up to EXPIRE_BATCH of the jobs finished before `finished_before_s`,
+        oldest first; how many (the broker calls again while there are any)."""
         self._write_finished()
-        gone = self._write(_EXPIRE, (finished_before_s,)).fetchall()
+        params = (finished_before_s, count_slot(self.epoch))
+        gone = self._write(_EXPIRE.format(batch=EXPIRE_BATCH), params).fetchall()
         self._usage.clear()  # the statement freed bytes in the table: read them again
-        for status, count in gone:
-            self._counts[JobStatus(status)] -= int(count)
+        for status, count in gone:  # and took them off the counts
+            self._counted[str(status)] -= int(count)
         return sum(int(count) for _, count in gone)
 
     @_op
@@ -670,6 +718,8 @@ class PgStore(LeasedConnection):
         self._pending.clear()
         self._usage_delta.clear()
         self._usage.clear()  # figures read in the failed transaction may be gone
+        self._counts.clear()
+        self._in_txn.clear()
         self._changed = False
         self._counts_at = -COUNTS_MAX_AGE_S  # counted again at the next `count`
         db = self._session.live()

@@ -9,6 +9,9 @@ from broker.store.interface import JobRecord, job_statistic
 from protocol.messages import JobStatus
 
 RUNNING = str(JobStatus.RUNNING)  # a plain str: cheaper than `.value` per insert
+# The condition written out, not a parameter, so that the indexes of running jobs
+# (partial: WHERE status = 'running') serve every plan a database keeps for the query.
+IS_RUNNING = f"status = '{RUNNING}'"
 JOB_COLUMNS = (
     "seq, request_id, request, status, attempts, answer, reason, fingerprint, created_s,"
     " finished_s, owner"

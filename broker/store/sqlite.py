@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 from broker.store import numbering
@@ -166,6 +167,10 @@ class SqliteStore:
         if row is None:
             return None
         return self._pending.overlay(record_from_row(row))
+
+    def get_many(self, seqs: Collection[int]) -> dict[int, JobRecord]:
+        """The jobs of `seqs` that exist (a local file: one lookup each costs microseconds)."""
+        return {seq: record for seq in seqs if (record := self.get(seq)) is not None}
 
     def finish(self, seq: int, outcome: Outcome, now_s: float, owner: str = "") -> None:
         self._pending.record(seq, outcome, now_s, owner)

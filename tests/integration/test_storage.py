@@ -161,7 +161,9 @@ def test_commit_time_disk_full(tmp_path: Path, standin_csv: Path) -> None:
 
 
 def test_insert_time_disk_full(tmp_path: Path, standin_csv: Path) -> None:
-    with service_on_small_disk(tmp_path, standin_csv, disk_reserve_mb=0) as svc:
+    # The burst is served in one loop turn, as one transaction: the turn is not sliced.
+    flags = {"disk_reserve_mb": 0, "client_slice_ms": 60_000}
+    with service_on_small_disk(tmp_path, standin_csv, **flags) as svc:
         producers = run_producers(svc)
         filler, burst = burst_submits(svc, 6 << 20, leave_bytes=1 << 20)
         wait_until(lambda: storage_failures(svc).get("add"), 30, "a failed INSERT")

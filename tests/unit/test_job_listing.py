@@ -144,7 +144,7 @@ def test_a_postgresql_store_at_version_1_is_migrated(pg_url: str) -> None:
         conn.execute("DROP INDEX jobs_status; DROP INDEX jobs_statistic")
         conn.execute("ALTER TABLE jobs DROP COLUMN statistic")
         conn.execute("DELETE FROM schema_version WHERE version >= 2")
-        conn.execute("DROP TABLE key_usage")
+        conn.execute("DROP TABLE key_usage; DROP TABLE job_counts")
         conn.execute(
             "INSERT INTO jobs (seq, request_id, request, status, created_s, broker_id,"
             " broker_epoch) VALUES (nextval('job_seq'), 'old', %s, 'done', 0, 'b', 0)",
@@ -155,6 +155,7 @@ def test_a_postgresql_store_at_version_1_is_migrated(pg_url: str) -> None:
         store.register(lease_s=60.0)
         assert store.page(0, 10, statistic="worst5") == [(1, JobStatus.DONE)]
         assert store.page(0, 10, statistic="best5") == []
+        assert store.count(JobStatus.DONE) == 1  # counted once, at migration
     finally:
         store.close()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from broker.store import JobRecord, Outcome
 from broker.store.pending import PendingOutcomes, rows_of
 from protocol.messages import JobStatus
@@ -40,12 +38,9 @@ def test_take_gives_every_outcome_once_in_the_order_recorded_and_rows_seq_first(
     assert not pending and pending.take() == {}
 
 
-def test_counts_read_from_the_table_move_pending_jobs_to_their_status() -> None:
+def test_clear_forgets_every_pending_outcome() -> None:
     pending = PendingOutcomes()
     pending.record(1, DONE, 1.0, "")
     pending.record(2, FAILED, 1.0, "")
-    counts = Counter({JobStatus.RUNNING: 3, JobStatus.DONE: 1})
-    pending.shift(counts)
-    assert counts == Counter({JobStatus.RUNNING: 1, JobStatus.DONE: 2, JobStatus.ERROR: 1})
     pending.clear()
     assert not pending and 1 not in pending
