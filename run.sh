@@ -146,7 +146,9 @@ run_tests() {
     # Lint first: a red lint is a red build, and it takes seconds.
     lint
     browser_setup
-    "$PY" -m pytest "$@"
+    # Two processes (CI has two cores), each module's tests on one (tests/conftest.py):
+    # much of the suite waits on services. `-n 0` runs it in this process.
+    "$PY" -m pytest -n 2 --dist loadgroup "$@"
 }
 
 lint() {

@@ -1,4 +1,9 @@
-"""Shared fixtures: a generated data set, and real services that always get stopped."""
+"""Shared fixtures: a generated data set, and real services that always get stopped.
+
+Also how `./run.sh test` spreads the suite over processes (pytest-xdist, `--dist
+loadgroup`): each module's tests run together on one worker, so a module-scoped service
+starts once; a test marked `@pytest.mark.xdist_group("NAME")` joins group NAME instead.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +65,16 @@ def shared_service(
     """Like `service`, but one per test module: for tests that only read and submit."""
     with Service(tmp_path_factory.mktemp("shared") / "state", standin_csv, workers=2) as svc:
         yield svc
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test with no `xdist_group` of its own is in its module's group; the netns tests
+    are one group (each builds a lab of a dozen processes: one lab at a time)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = "netns" if item.get_closest_marker("netns") else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
