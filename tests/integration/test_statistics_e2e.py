@@ -15,6 +15,14 @@ from protocol.questions import QUESTION_IDS
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def service(shared_service: Service) -> Service:
+    """These tests only submit and read (each waits for its own jobs): they share one
+    broker and its workers, started once for the module (tests/conftest.py)."""
+    return shared_service
+
+
 WHOLE = [s for s in STATISTICS if s not in STATE_STATISTICS]
 PER_STATE = [s for s in STATISTICS if s in STATE_STATISTICS]
 STATES = ["Ohio", "California", "National", "Guam", "District of Columbia"]
