@@ -51,9 +51,13 @@ def service_factory(
 
 
 @pytest.fixture
-def service(service_factory: Callable[..., Service]) -> Service:
-    """A broker with two real worker processes, registered and ready."""
-    svc = service_factory()
+def service(request: pytest.FixtureRequest) -> Service:
+    """A broker with two real worker processes, registered and ready: the test's own, or
+    its module's `shared_service` for a test marked `shares_service`."""
+    if request.node.get_closest_marker("shares_service"):
+        shared: Service = request.getfixturevalue("shared_service")
+        return shared
+    svc: Service = request.getfixturevalue("service_factory")()
     svc.start_workers(2)
     return svc
 

@@ -11,14 +11,7 @@ import pytest
 from bench.harness import Service
 from bench.service import wait_until
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def service(shared_service: Service) -> Service:
-    """These tests only submit and read (each waits for its own jobs): they share one
-    broker and its workers, started once for the module (tests/conftest.py)."""
-    return shared_service
+pytestmark = [pytest.mark.integration, pytest.mark.shares_service]
 
 
 OBESITY = "Percent of adults aged 18 years and older who have obesity"

@@ -13,14 +13,7 @@ from protocol.locations import USPS_CODES
 from protocol.messages import STATE_STATISTICS, STATISTICS
 from protocol.questions import QUESTION_IDS
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def service(shared_service: Service) -> Service:
-    """These tests only submit and read (each waits for its own jobs): they share one
-    broker and its workers, started once for the module (tests/conftest.py)."""
-    return shared_service
+pytestmark = [pytest.mark.integration, pytest.mark.shares_service]
 
 
 WHOLE = [s for s in STATISTICS if s not in STATE_STATISTICS]
