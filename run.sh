@@ -162,7 +162,8 @@ usage() {
 usage: ./run.sh [command] [args...]
 
   (no command)   set up, then run broker + workers (+ HTTP gateway) on the default data set
-  test [ARGS]    set up, lint, then run the test suite (pytest ARGS; -m slow: soak/bench)
+  test [ARGS]    set up, lint, then run the test suite on two processes (pytest ARGS;
+                 -m slow: soak/bench; -n 0: in one process)
   lint           ruff (lint + format check) and mypy --strict
   broker [ARGS]  run the broker only           (python -m broker --help)
   workers [ARGS] run the worker pool only      (python -m workers --help)
