@@ -146,7 +146,9 @@ run_tests() {
     # Lint first: a red lint is a red build, and it takes seconds.
     lint
     browser_setup
-    "$PY" -m pytest "$@"
+    # Two processes (CI has two cores), each module's tests on one (tests/conftest.py):
+    # much of the suite waits on services. `-n 0` runs it in this process.
+    "$PY" -m pytest -n 2 --dist loadgroup "$@"
 }
 
 lint() {
@@ -160,7 +162,8 @@ usage() {
 usage: ./run.sh [command] [args...]
 
   (no command)   set up, then run broker + workers (+ HTTP gateway) on the default data set
-  test [ARGS]    set up, lint, then run the test suite (pytest ARGS; -m slow: soak/bench)
+  test [ARGS]    set up, lint, then run the test suite on two processes (pytest ARGS;
+                 -m slow: soak/bench; -n 0: in one process)
   lint           ruff (lint + format check) and mypy --strict
   broker [ARGS]  run the broker only           (python -m broker --help)
   workers [ARGS] run the worker pool only      (python -m workers --help)

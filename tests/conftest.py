@@ -1,4 +1,9 @@
-"""Shared fixtures: a generated data set, and real services that always get stopped."""
+"""Shared fixtures: a generated data set, and real services that always get stopped.
+
+Also how `./run.sh test` spreads the suite over processes (pytest-xdist, `--dist
+loadgroup`): each module's tests run together on one worker, so a module-scoped service
+starts once; a test marked `@pytest.mark.xdist_group("NAME")` joins group NAME instead.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +51,13 @@ def service_factory(
 
 
 @pytest.fixture
-def service(service_factory: Callable[..., Service]) -> Service:
-    """A broker with two real worker processes, registered and ready."""
-    svc = service_factory()
+def service(request: pytest.FixtureRequest) -> Service:
+    """A broker with two real worker processes, registered and ready: the test's own, or
+    its module's `shared_service` for a test marked `shares_service`."""
+    if request.node.get_closest_marker("shares_service"):
+        shared: Service = request.getfixturevalue("shared_service")
+        return shared
+    svc: Service = request.getfixturevalue("service_factory")()
     svc.start_workers(2)
     return svc
 
@@ -60,6 +69,16 @@ def shared_service(
     """Like `service`, but one per test module: for tests that only read and submit."""
     with Service(tmp_path_factory.mktemp("shared") / "state", standin_csv, workers=2) as svc:
         yield svc
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test with no `xdist_group` of its own is in its module's group; the netns tests
+    are one group (each builds a lab of a dozen processes: one lab at a time)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = "netns" if item.get_closest_marker("netns") else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

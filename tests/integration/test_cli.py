@@ -88,6 +88,7 @@ def test_submit_get_wait_jobs_and_num_jobs(service: Service) -> None:
     assert ok(lss(service, "num-jobs")).strip() == "0"
 
 
+@pytest.mark.shares_service
 def test_status_as_text_json_and_prometheus(service: Service) -> None:
     text = ok(lss(service, "status"))
     assert "workers     2" in text and "queue" in text and "throughput" in text
@@ -97,6 +98,7 @@ def test_status_as_text_json_and_prometheus(service: Service) -> None:
     assert "lss_up 1.0" in exposition and "lss_workers 2.0" in exposition
 
 
+@pytest.mark.shares_service
 def test_report_shows_every_statistic(service: Service) -> None:
     with service.client() as client:
         means = client.states_mean(VEGETABLES)
@@ -124,6 +126,7 @@ def test_report_shows_every_statistic(service: Service) -> None:
     assert "state_mean" not in without_state and len(without_state) == 6
 
 
+@pytest.mark.shares_service
 def test_questions_by_id_states_by_code_and_years(service: Service) -> None:
     listed = json.loads(ok(lss(service, "questions", "--json")))
     assert {"id": "obesity", "question": OBESITY} in listed and len(listed) == 9
@@ -141,6 +144,7 @@ def test_questions_by_id_states_by_code_and_years(service: Service) -> None:
     assert "question not in the data set: 'obesty'; closest: 'obesity'" in line
 
 
+@pytest.mark.shares_service
 def test_plot_writes_a_png(service: Service, tmp_path: Path) -> None:
     out = tmp_path / "obesity.png"
     result = lss(service, "plot", "--question", OBESITY, "--out", str(out))
@@ -152,6 +156,7 @@ def test_plot_writes_a_png(service: Service, tmp_path: Path) -> None:
     assert len(data) > 30_000
 
 
+@pytest.mark.shares_service
 def test_answers_as_csv_and_plots_as_svg(service: Service, tmp_path: Path) -> None:
     with service.client() as client:
         by_category = client.mean_by_category(OBESITY)
@@ -185,6 +190,7 @@ def test_answers_as_csv_and_plots_as_svg(service: Service, tmp_path: Path) -> No
     assert "name it .png or .svg" in one_line_error(refused) and refused.returncode == 2
 
 
+@pytest.mark.shares_service
 def test_bulk_in_and_out_as_json_lines(service: Service, tmp_path: Path) -> None:
     jobs = [
         {"statistic": "global_mean", "question": OBESITY},
@@ -209,6 +215,7 @@ def test_bulk_in_and_out_as_json_lines(service: Service, tmp_path: Path) -> None
     assert [json.loads(line)["status"] for line in piped.splitlines()] == ["done", "done"]
 
 
+@pytest.mark.shares_service
 def test_errors_are_one_line_and_a_non_zero_exit(service: Service, tmp_path: Path) -> None:
     nowhere = f"tcp://127.0.0.1:{free_loopback_port()}"
     line = one_line_error(lss(service, "--timeout", "0.3", "num-jobs", endpoint=nowhere))

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 OBESITY = "Percent of adults aged 18 years and older who have obesity"
 
 
+@pytest.mark.shares_service
 def test_submit_as_names_the_same_job_for_the_same_request_id(service: Service) -> None:
     with service.client() as client:
         first = client.submit_as("my-request", "global_mean", {"question": OBESITY})
@@ -29,6 +30,7 @@ def test_submit_as_names_the_same_job_for_the_same_request_id(service: Service) 
             client.submit_as("", "global_mean", {"question": OBESITY})
 
 
+@pytest.mark.shares_service
 def test_wait_all_gives_each_jobs_final_state(service: Service) -> None:
     with service.client() as client:
         done = client.submit("global_mean", question=OBESITY)
@@ -46,6 +48,7 @@ def test_wait_all_leaves_unfinished_jobs_running(service_factory: Callable[..., 
         assert client.wait_all([job], timeout=0.3) == {job: {"status": "running"}}
 
 
+@pytest.mark.shares_service
 def test_outcomes_go_on_past_failed_and_refused_jobs(service: Service) -> None:
     jobs: list[tuple[str, dict[str, Any]]] = [
         ("global_mean", {"question": OBESITY}),
@@ -59,6 +62,7 @@ def test_outcomes_go_on_past_failed_and_refused_jobs(service: Service) -> None:
     assert len(states[3]["data"]) == 5
 
 
+@pytest.mark.shares_service
 def test_threads_sharing_a_client_each_get_their_own_answers(service: Service) -> None:
     states = ["Ohio", "Texas", "Iowa", "Utah"]
     with service.client(timeout=30) as client:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -37,11 +38,16 @@ REFUSAL_TIMEOUT_S = 1.5  # how long a refused producer waits before BrokerUnavai
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    """An authorized key set: broker, worker, two clients (client, bob), admin."""
-    root = tmp_path / "keys"
-    generate_keys(root, ["worker:worker", "client:client", "client:bob", "admin:admin"])
-    return root
+def keys() -> Iterator[Path]:
+    """An authorized key set: broker, worker, two clients (client, bob), admin.
+
+    In a short directory, not tmp_path: the broker logs a key file's path cut to 100
+    characters, and the file name at its end must fit whatever pytest's base directory
+    (pytest-xdist adds popen-gwN/ to it)."""
+    with tempfile.TemporaryDirectory(prefix="lss-keys-") as short:
+        root = Path(short) / "keys"
+        generate_keys(root, ["worker:worker", "client:client", "client:bob", "admin:admin"])
+        yield root
 
 
 @pytest.fixture

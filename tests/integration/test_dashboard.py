@@ -380,6 +380,7 @@ def test_metrics_histograms_count_the_jobs_run(
     assert all(cells["compute"]["p50_ms"] > 0 for cells in live["latency"].values())
 
 
+@pytest.mark.shares_service
 def test_the_page_and_its_assets_stay_small_and_self_contained(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
@@ -395,6 +396,7 @@ def test_the_page_and_its_assets_stay_small_and_self_contained(
     assert http.get("/static/index.html")[0] == 404
 
 
+@pytest.mark.shares_service
 def test_standin_answers_are_labelled_in_the_command_line(service: Service, tmp_path: Path) -> None:
     from clients.render import STANDIN_NOTE
     from tests.integration.test_cli import lss, ok

@@ -38,6 +38,7 @@ EXERCISE = (
 )
 
 
+@pytest.mark.shares_service
 def test_the_original_polling_pattern_for_every_statistic(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
@@ -70,6 +71,7 @@ def test_many_jobs_submitted_first_then_polled(
     assert http.get("/api/graceful_shutdown") == (200, {"status": "done"})  # nothing to drain
 
 
+@pytest.mark.shares_service
 def test_bad_requests_get_400_or_404_with_a_json_reason(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
@@ -91,6 +93,7 @@ def test_bad_requests_get_400_or_404_with_a_json_reason(
     assert http.get("/nowhere")[0] == 404
 
 
+@pytest.mark.shares_service
 def test_invalid_ids_and_failed_jobs_answer_with_a_reason(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
@@ -246,6 +249,7 @@ def test_deep_or_malformed_json_is_a_400_with_a_reason(
     _no_jobs_and_still_up(service)
 
 
+@pytest.mark.shares_service
 def test_slow_connections_do_not_hold_up_a_normal_request(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
@@ -262,6 +266,7 @@ def test_slow_connections_do_not_hold_up_a_normal_request(
         wait_until(lambda: slow.closed_by_server == 200 or None, 30, "overdue requests closed")
 
 
+@pytest.mark.shares_service
 def test_a_thousand_connections_at_once_do_not_end_the_event_loop(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
@@ -291,6 +296,7 @@ def test_a_thousand_connections_at_once_do_not_end_the_event_loop(
     assert status == (200, {"num_jobs": 0}) and http.proc.poll() is None
 
 
+@pytest.mark.shares_service
 def test_idle_connections_from_one_address_leave_room_for_others(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:
@@ -383,6 +389,7 @@ def test_a_public_address_without_a_token_refuses_to_start(tmp_path: Path) -> No
     assert done.returncode == 2 and "LSS_HTTP_TOKEN" in done.stderr, done.stderr
 
 
+@pytest.mark.shares_service
 def test_questions_listed_and_state_trend_with_years(
     service: Service, gateway_for: Callable[..., Http]
 ) -> None:

@@ -11,7 +11,8 @@ import pytest
 from bench.harness import Service
 from bench.service import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shares_service]
+
 
 OBESITY = "Percent of adults aged 18 years and older who have obesity"
 

@@ -13,7 +13,8 @@ from protocol.locations import USPS_CODES
 from protocol.messages import STATE_STATISTICS, STATISTICS
 from protocol.questions import QUESTION_IDS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shares_service]
+
 
 WHOLE = [s for s in STATISTICS if s not in STATE_STATISTICS]
 PER_STATE = [s for s in STATISTICS if s in STATE_STATISTICS]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,7 +78,14 @@ class Secured:
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> Iterator[Secured]:
+def secured() -> Iterator[Secured]:
+    # A short directory, not tmp_path: the log shows a path cut to a length, and the
+    # file name at its end must fit whatever the base (pytest-xdist adds popen-gwN/).
+    with tempfile.TemporaryDirectory(prefix="zap-") as short:
+        yield from _secured(Path(short))
+
+
+def _secured(tmp_path: Path) -> Iterator[Secured]:
     keys, rogue = tmp_path / "keys", tmp_path / "rogue"
     generate_keys(keys, ["worker:worker"])
     generate_keys(rogue, ["worker:stranger"])
