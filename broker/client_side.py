@@ -206,6 +206,23 @@ class ClientSide:
             for identity, tag, notify, caller in told.get(seq, ()):
                 self._answer_again(identity, tag, instead, notify, caller)
 
+    def restate(self, overruled: set[int]) -> None:
+        """After a commit: the replies that named a job whose outcome the store did not
+        take (it had ended already: another broker cancelled it) say what it holds."""
+        if not overruled:
+            return
+        states: dict[int, tuple[m.JobState, bytes | None]] = {}
+        for seq in overruled:
+            try:
+                record = self.state.store.get(seq)
+            except StorageError as exc:
+                log.warning("%s: its stored state could not be read: %s", job_id(seq), exc)
+                continue
+            if record is not None:
+                states[seq] = (final_state(seq, record), record.answer)
+        if states:
+            self.state.outbox.clients = undo.restated(self.state.outbox.clients, states)
+
     def _answer_again(
         self, identity: bytes, tag: bytes, instead: int | str, notify: bool, caller: Caller
     ) -> None:

@@ -218,6 +218,7 @@ class BrokerCore:
         Submits told of a job the commit did not store are answered again."""
         self._turn.commit()
         self._clients.settle(self.state.store.superseded())
+        self._clients.restate(self.state.store.overruled())
 
     def roll_back(self, failure: StorageError, now_s: float) -> str:
         """Roll the turn back after `failure` (broker.turn); returns the reason given."""

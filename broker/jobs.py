@@ -36,6 +36,8 @@ SUSPECT_AFTER_LOSSES = 2
 # disk) must not have its job run and fail to commit hundreds of times a second.
 COMMIT_RETRY_MIN_S = 0.25
 COMMIT_RETRY_MAX_S = 10.0
+# Deadline entries of jobs gone from the table kept at most, beyond twice the table.
+DEADLINES_SLACK = 1024
 
 
 @dataclass(slots=True)
@@ -205,7 +207,18 @@ class JobTable:
                 self.producers.unqueued(job.producer)
         if job.producer is not None:
             job.producer.unfinished -= 1
+        if len(self._deadlines) > 2 * len(self._jobs) + DEADLINES_SLACK:
+            self._rebuild_deadlines()
         return job
+
+    def _rebuild_deadlines(self) -> None:
+        """The deadline heap again, of the jobs still here only: a finished job's entry
+        stays until its deadline (up to 7 days), so without this the heap would grow
+        with every job finished. Rebuilt when twice as big as the table: O(1) a job."""
+        self._deadlines = [
+            (job.deadline_s, job.seq) for job in self._jobs.values() if job.deadline_s is not None
+        ]
+        heapq.heapify(self._deadlines)
 
     def _enqueue(self, job: UnfinishedJob, front: bool = False) -> None:
         if job.queued or job.producer is None:

@@ -46,6 +46,28 @@ def client_replies(
     return kept
 
 
+def restated(
+    routed: list[list[bytes]], states: dict[int, tuple[m.JobState, bytes | None]]
+) -> list[list[bytes]]:
+    """`routed` with every `JobState` of a job in `states` replaced by the state there
+    (and its answer): what the store holds, not what this broker had said."""
+    kept: list[list[bytes]] = []
+    for frames in routed:
+        try:
+            envelope = m.decode(frames, routed=True)
+        except ProtocolError:
+            kept.append(frames)
+            continue
+        message = envelope.message
+        seq = job_seq(message.job_id) if isinstance(message, m.JobState) else None
+        if seq is not None and seq in states:
+            state, answer = states[seq]
+            kept.append(m.route(envelope.identity or b"", state, envelope.tag, answer))
+        else:
+            kept.append(frames)
+    return kept
+
+
 def worker_jobs(
     routed: list[list[bytes]], void: set[int]
 ) -> tuple[list[list[bytes]], list[tuple[bytes, int]]]:

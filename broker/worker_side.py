@@ -263,6 +263,11 @@ class WorkerSide:
             self.state.cancel(seq, m.REASON_DEADLINE, now_s)
         while (job := self.state.jobs.next(now_s)) is not None and self.state.pool.has_free():
             seq = job.seq
+            if job.deadline_s is not None and job.deadline_s <= now_s:
+                # Back from a lost worker or a failed commit after its deadline passed:
+                # it is never sent again (the heap told of it while a worker had it).
+                self.state.cancel(seq, m.REASON_DEADLINE, now_s)
+                continue
             worker = self.state.pool.assign(
                 seq, now_s, self.state.settings.job_timeout_s, job.suspect
             )

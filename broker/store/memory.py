@@ -157,6 +157,10 @@ class MemoryStore:
         """Always empty: `add` writes at once, so every job it hands out is stored."""
         return {}
 
+    def overruled(self) -> set[int]:
+        """Always empty: one broker, so no other ends its jobs."""
+        return set()
+
     def round_trips(self) -> tuple[int, float | None]:
         """(0, 0.0): the store is in this process; no query travels."""
         return 0, 0.0

@@ -207,6 +207,7 @@ class PgStore(LeasedConnection):
         self._request_of: dict[int, str] = {}
         self._uncommitted: list[tuple[str, int]] = []  # the transaction's, written or not
         self._superseded: dict[int, int | str] = {}
+        self._overruled: set[int] = set()
         # Stored bytes by key: as last read (with when, monotonic), and what this
         # broker's open transaction adds (written by one statement at commit).
         self._usage: dict[str, tuple[int, float]] = {}
@@ -269,7 +270,7 @@ class PgStore(LeasedConnection):
 
     def _forget_known(self) -> None:
         """Forget the request ids of committed jobs (those of the turn's stay)."""
-        self._known = {self._request_of[seq]: seq for seq in self._added}
+        self._known = {self._request_of[s]: s for s in self._added if s in self._request_of}
         self._request_of = {seq: rid for rid, seq in self._known.items()}
 
     def superseded(self) -> dict[int, int | str]:
@@ -278,6 +279,13 @@ class PgStore(LeasedConnection):
         was refused."""
         superseded, self._superseded = self._superseded, {}
         return superseded
+
+    def overruled(self) -> set[int]:
+        """The jobs whose outcome the last commit did not record, as they had ended
+        already (cancelled by another broker, or recorded by a commit whose success a
+        lost connection hid)."""
+        overruled, self._overruled = self._overruled, set()
+        return overruled
 
     def round_trips(self) -> tuple[int, float | None]:
         """Round trips to the database since the start, and per job added over the last
@@ -326,6 +334,8 @@ class PgStore(LeasedConnection):
         """Record how job `seq` ended, if this broker (epoch) still owns it: written with
         the others of the turn by one statement, at the latest at `commit`, which raises
         `StorageError` (and sets `deposed`) if another broker owns it."""
+        if seq in self._superseded:  # not stored (its request id had a job): moot
+            return
         new = self._added.get(seq)
         if new is not None:  # not written yet: written finished
             self._added[seq] = new._replace(outcome=outcome, finished_s=now_s)
@@ -521,6 +531,7 @@ class PgStore(LeasedConnection):
             log.info("%s was already recorded as finished", job_id(seq))
             self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
             self._counts.subtract({RUNNING: -1, outcome.status: 1})  # nor is its move
+            self._overruled.add(seq)
 
     def _jobs_of(self, request_ids: list[str]) -> tuple[dict[str, int], str]:
         """The jobs that `request_ids` name (one round trip), and why one has none."""
@@ -715,6 +726,7 @@ class PgStore(LeasedConnection):
         self._added = {}
         self._added_in_turn = 0
         self._superseded.clear()
+        self._overruled.clear()
         self._pending.clear()
         self._usage_delta.clear()
         self._usage.clear()  # figures read in the failed transaction may be gone

@@ -198,7 +198,7 @@ def test_100_submits_with_1_mb_parameters(
     assert isinstance(reply.message, m.ErrorReply) and reply.message.code == "too_large"
     assert len(reply.message.reason) < 200
     with svc.client() as client:
-        assert client.stats()["jobs"] == {"running": 0, "done": 0, "error": 0}
+        assert client.stats()["jobs"] == {"running": 0, "done": 0, "error": 0, "cancelled": 0}
 
 
 def test_fetch_data_floods_from_a_peer_that_does_not_read(

@@ -123,7 +123,7 @@ def test_unknown_and_missing_keys_get_nothing(
     wait_until(lambda: refusals(secure_service, rogue_key), 10, "the unknown key's refusal")
     wait_until(lambda: refusals(secure_service, "does not speak CURVE"), 10, "keyless refusal")
     with secure_service.client() as client:
-        assert client.stats()["jobs"] == {"running": 0, "done": 0, "error": 0}
+        assert client.stats()["jobs"] == {"running": 0, "done": 0, "error": 0, "cancelled": 0}
 
 
 def test_workers_with_unknown_client_or_no_keys_get_no_jobs(
