@@ -82,6 +82,24 @@ def cancel_if_running(store: Store, seq: int, reason: str, now_s: float) -> bool
     return True
 
 
+class InProcessStore:
+    """What a store in the broker's own process (memory, SQLite, one broker) says of the
+    things a shared database has: every job it hands out is stored at once, no other
+    broker ends its jobs, and no query travels."""
+
+    def superseded(self) -> dict[int, int | str]:
+        """Always empty: `add` writes at once, so every job it hands out is stored."""
+        return {}
+
+    def overruled(self) -> set[int]:
+        """Always empty: one broker, so no other ends its jobs."""
+        return set()
+
+    def round_trips(self) -> tuple[int, float | None]:
+        """(0, 0.0): the store is in this process; no query travels."""
+        return 0, 0.0
+
+
 class Store(Protocol):
     """What the broker needs of a results store.
 

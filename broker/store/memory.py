@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from broker.store.interface import (
     RECENT_SCAN,
+    InProcessStore,
     JobRecord,
     Outcome,
     cancel_if_running,
@@ -18,7 +19,7 @@ from broker.store.interface import (
 from protocol.messages import JobStatus
 
 
-class MemoryStore:
+class MemoryStore(InProcessStore):
     """A `Store` in a dict: fast, forgets everything at exit. For tests.
 
     Rollback is real (an undo log), so that the broker's tests can run on either store.
@@ -152,18 +153,6 @@ class MemoryStore:
         for step in reversed(undo):
             step()
         self._undo = []  # what the steps themselves logged
-
-    def superseded(self) -> dict[int, int | str]:
-        """Always empty: `add` writes at once, so every job it hands out is stored."""
-        return {}
-
-    def overruled(self) -> set[int]:
-        """Always empty: one broker, so no other ends its jobs."""
-        return set()
-
-    def round_trips(self) -> tuple[int, float | None]:
-        """(0, 0.0): the store is in this process; no query travels."""
-        return 0, 0.0
 
     def has_changes(self) -> bool:
         return bool(self._undo)

@@ -23,6 +23,7 @@ from broker.store.checkpoint import WAL_LIMIT_BYTES, Checkpointer, bound_wal
 from broker.store.errors import StorageError, contained, translated
 from broker.store.interface import (
     RECENT_SCAN,
+    InProcessStore,
     JobRecord,
     Outcome,
     cancel_if_running,
@@ -65,7 +66,7 @@ _FINISH = (
 _op = translated(sqlite3.Error, OSError)
 
 
-class SqliteStore:
+class SqliteStore(InProcessStore):
     """A durable `Store` in one SQLite file (WAL). Call `commit()` once per batch."""
 
     def __init__(
@@ -308,18 +309,6 @@ class SqliteStore:
         self._changed = False
         self._db.rollback()
         self._counts = self._read_counts()
-
-    def superseded(self) -> dict[int, int | str]:
-        """Always empty: `add` writes at once, so every job it hands out is stored."""
-        return {}
-
-    def overruled(self) -> set[int]:
-        """Always empty: one broker, so no other ends its jobs."""
-        return set()
-
-    def round_trips(self) -> tuple[int, float | None]:
-        """(0, 0.0): the store is in this process; no query travels."""
-        return 0, 0.0
 
     def has_changes(self) -> bool:
         """Whether anything was written since the last commit."""
