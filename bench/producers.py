@@ -27,6 +27,7 @@ measurements through the GIL).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -121,6 +122,21 @@ class Saturating:
             self._proc.kill()
 
 
+@contextlib.contextmanager
+def patched_env(values: dict[str, str]) -> Iterator[None]:
+    """`values` in this process's environment inside the block only."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _count_between(times: list[float], start: float, end: float) -> int:
     return sum(1 for t in times if start <= t < end)
 
@@ -205,9 +221,9 @@ def weights(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     weight_flag = ",".join(f"{name}={weight}" for name, weight in WEIGHTS.items())
     service = Service(work / "weights", data, 0, curve_dir=keys, producer_weights=weight_flag)
     # This process's own client (the service's pings and stats) holds a client key.
-    os.environ["LSS_CURVE_SERVER_KEY"] = str(keys / "broker.key")
-    os.environ["LSS_CURVE_SECRET"] = str(keys / f"{next(iter(WEIGHTS))}.key_secret")
-    with service:
+    curve = {"LSS_CURVE_SERVER_KEY": str(keys / "broker.key"),
+             "LSS_CURVE_SECRET": str(keys / f"{next(iter(WEIGHTS))}.key_secret")}  # fmt: skip
+    with patched_env(curve), service:
         service.start_workers(
             args.workers,
             curve_server_key=keys / "broker.key",
