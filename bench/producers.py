@@ -237,9 +237,9 @@ def weights(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
             )
             for name in WEIGHTS
         }
-        for producer in producers.values():
-            producer.__enter__()
-        try:
+        with contextlib.ExitStack() as running:
+            for producer in producers.values():
+                running.enter_context(producer)
             time.sleep(args.warmup_s)  # a measurement window, not synchronisation
             started = time.monotonic()
             time.sleep(args.seconds)
@@ -247,9 +247,6 @@ def weights(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
             counts = {
                 name: _count_between(p.stop(), started, ended) for name, p in producers.items()
             }
-        finally:
-            for producer in producers.values():
-                producer.__exit__(None, None, None)
     total = sum(counts.values()) or 1
     shares = {name: round(100 * count / total, 1) for name, count in counts.items()}
     goal = {name: 100 * w / sum(WEIGHTS.values()) for name, w in WEIGHTS.items()}

@@ -60,13 +60,15 @@ class ClientSide:
             self._ahead = None
 
     def finished_elsewhere(self, seqs: list[int], now_s: float) -> None:
-        """Answer the waiters of jobs another broker finished (told by the store; their
-        jobs read in one query); drop this broker's jobs that another broker cancelled."""
-        for seq in seqs:
-            if seq in self.state.jobs:
-                self._cancelled_elsewhere(seq, now_s)
+        """Answer the waiters of jobs another broker finished, and drop this broker's
+        jobs that another broker cancelled (told by the store; all read in one query)."""
+        own = [s for s in seqs if s in self.state.jobs]
         waited = [s for s in seqs if s not in self.state.jobs and self.state.waiters.waiting(s)]
-        records = self.state.store.get_many(waited) if waited else {}
+        records = self.state.store.get_many(own + waited) if own or waited else {}
+        for seq in own:
+            record = records.get(seq)
+            if record is not None and record.status is JobStatus.CANCELLED:
+                self._cancelled_elsewhere(seq, record, now_s)
         for seq in waited:
             record = records.get(seq)
             if record is None:  # expired meanwhile
@@ -76,12 +78,9 @@ class ClientSide:
                 for identity, tag in self.state.waiters.pop(seq):
                     self.state.reply(identity, tag, final_state(seq, record), record.answer)
 
-    def _cancelled_elsewhere(self, seq: int, now_s: float) -> None:
-        """Job `seq` is this broker's: if another broker cancelled it through the store,
+    def _cancelled_elsewhere(self, seq: int, record: JobRecord, now_s: float) -> None:
+        """Job `seq` is this broker's and another broker cancelled it through the store:
         drop it here, tell its worker, and answer its waiters."""
-        record = self.state.store.get(seq)
-        if record is None or record.status is not JobStatus.CANCELLED:
-            return
         holder = self.state.pool.holder(seq)
         self.state.jobs.forget(seq)
         self.state.latency.forget(seq)
