@@ -69,11 +69,16 @@ def test_a_running_job_cancelled_tells_its_worker_and_its_answer_is_dropped(stor
         b"cancel": m.JobState(job, "cancelled", "cancelled"),
     }
     assert [(type(e.message), e.tag) for e in to_workers] == [(m.CancelJob, job.encode())]
-    _submit(h, "r2")
+    _submit(h, "r2")  # c1 has nothing running: the worker's front slot (broker.pool)
+    assert h.jobs_to(h.sent()[1]) == [(b"w1", b"job_id_2")]
+    _submit(h, "r3")
     assert h.sent()[1] == [], "the worker's slot stays taken until it answers"
     h.result(b"w1", job.encode())  # it had started: its answer comes, and is dropped
+    worker = h.core.pool.get(b"w1")
+    assert worker is not None and list(worker.jobs) == [2], "the cancelled job's slot came back"
+    h.result(b"w1", b"job_id_2")
     _, to_workers = h.sent()
-    assert h.jobs_to(to_workers) == [(b"w1", b"job_id_2")], "the credit came back"
+    assert h.jobs_to(to_workers) == [(b"w1", b"job_id_3")], "the credit came back"
     record = store.get(1)
     assert record is not None and (record.status, record.answer) == (m.JobStatus.CANCELLED, None)
 
@@ -187,7 +192,8 @@ def test_keys_are_producers_served_by_their_weights_and_named_in_stats(store: St
     owners = [
         h.core.jobs.owner_of(m.job_seq(tag.decode()) or 0) for _, tag in h.jobs_to(to_workers)
     ]
-    assert owners == [ALICE.key, ALICE.key, BOB.key, ALICE.key, ALICE.key, BOB.key]
+    newcomers = [ALICE.key, BOB.key]  # each key's first job: it had nothing running
+    assert owners == [*newcomers, ALICE.key, ALICE.key, BOB.key, ALICE.key], "then 2:1"
     producers = h.core.stats(h.now)["producers"]
     rows = sorted((p["producer"], p["weight"], p["queued"]) for p in producers)  # type: ignore[attr-defined]
     assert rows == [("alice", 2.0, 2), ("bob", 1.0, 4)]
