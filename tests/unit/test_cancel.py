@@ -220,6 +220,29 @@ def test_a_lone_job_goes_to_a_busy_worker_as_a_front_job(store: Store) -> None:
     )
 
 
+def test_a_newcomers_job_takes_a_full_workers_front_slot_at_once(store: Store) -> None:
+    """A producer with nothing running gets its job sent at once, into the front slot
+    of a worker whose credit a bulk producer holds; the slot is one job, no more."""
+    h = Harness(store)
+    h.worker(m.Ready(2, FP), b"w1")
+    for n in range(4):
+        _submit(h, f"bulk{n}", who=b"bulk")
+    assert h.jobs_to(h.sent()[1]) == [(b"w1", b"job_id_1"), (b"w1", b"job_id_2")]
+    _submit(h, "one", who=b"person")
+    _, to_workers = h.sent()
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.FrontJob, b"job_id_5")]
+    _submit(h, "other", who=b"another person")
+    _submit(h, "two", who=b"person")
+    assert h.sent()[1] == [], "the front slot is taken, and the person has a job running"
+    h.result(b"w1", b"job_id_1")
+    _, to_workers = h.sent()
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.FrontJob, b"job_id_6")], (
+        "the worker holds its credit (2 and 5): its front slot takes the other newcomer"
+    )
+    h.result(b"w1", b"job_id_5")
+    assert h.sent()[1] == [], "its credit is taken again (2 and 6)"
+
+
 def test_a_lone_job_on_an_idle_worker_is_a_plain_job(store: Store) -> None:
     h = Harness(store)
     h.worker(m.Ready(4, FP), b"w1")
