@@ -35,6 +35,11 @@ def _submit(
     return reply.job_id
 
 
+def _to_workers(h: Harness) -> list[tuple[type[m.Message], bytes]]:
+    """What the next dispatch sends to workers: each message's type and tag."""
+    return [(type(e.message), e.tag) for e in h.sent()[1]]
+
+
 def _cancel(h: Harness, job: str) -> m.Message:
     h.client(m.Cancel(job), tag=b"cancel")
     clients, _ = h.sent()
@@ -229,18 +234,16 @@ def test_a_newcomers_job_takes_a_full_workers_front_slot_at_once(store: Store) -
         _submit(h, f"bulk{n}", who=b"bulk")
     assert h.jobs_to(h.sent()[1]) == [(b"w1", b"job_id_1"), (b"w1", b"job_id_2")]
     _submit(h, "one", who=b"person")
-    _, to_workers = h.sent()
-    assert [(type(e.message), e.tag) for e in to_workers] == [(m.FrontJob, b"job_id_5")]
+    assert _to_workers(h) == [(m.FrontJob, b"job_id_5")]
     _submit(h, "other", who=b"another person")
     _submit(h, "two", who=b"person")
-    assert h.sent()[1] == [], "the front slot is taken, and the person has a job running"
+    assert _to_workers(h) == [], "the front slot is taken, and the person has a job running"
     h.result(b"w1", b"job_id_1")
-    _, to_workers = h.sent()
-    assert [(type(e.message), e.tag) for e in to_workers] == [(m.FrontJob, b"job_id_6")], (
+    assert _to_workers(h) == [(m.FrontJob, b"job_id_6")], (
         "the worker holds its credit (2 and 5): its front slot takes the other newcomer"
     )
     h.result(b"w1", b"job_id_5")
-    assert h.sent()[1] == [], "its credit is taken again (2 and 6)"
+    assert _to_workers(h) == [], "its credit is taken again (2 and 6)"
 
 
 def test_a_lone_job_on_an_idle_worker_is_a_plain_job(store: Store) -> None:
