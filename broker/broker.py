@@ -234,14 +234,16 @@ class Broker:
         peers, then workers' messages and dispatch: a one-call served in this turn
         leaves for its worker at once, and its answer, if it is back by the drain, is
         committed and replied to in this same turn."""
+        sent = False  # a newcomer's job: its answer may be back by the drain
         if self.frontend in ready:
             self._read_clients(now)
         if self._backlog:
-            self._serve_lone(now)
-            self._serve_clients(now)
+            sent = self._serve_lone(now)
+            sent = self._serve_clients(now) or sent
             self._read_clients(now)
-            self._serve_lone(now)
-        self._drain(self.backend, self._on_worker, self._bad_worker_message, now)
+            sent = self._serve_lone(now) or sent
+        if self.backend in ready or sent:
+            self._drain(self.backend, self._on_worker, self._bad_worker_message, now)
         self.core.dispatch(now)
 
     def _on_client(self, envelope: Envelope, now: float, caller: Caller) -> None:
@@ -300,24 +302,34 @@ class Broker:
         )  # fmt: skip
         return False
 
-    def _serve_clients(self, now: float) -> None:
+    def _serve_clients(self, now: float) -> bool:
         """Serve backlogged client requests, a chunk at a time, for `client_slice_ms`.
         After each chunk, the jobs of producers with nothing running leave at once
-        (broker.producers, newcomers): their answers can come back, and be committed
-        and replied to, in this same turn."""
+        (`_send_newcomers`). True if any did."""
         started, slice_s = time.monotonic(), self.settings.client_slice_ms / 1000
+        sent = False
         while self._backlog and time.monotonic() - started < slice_s:
             self._serve_chunk(self._decoded_requests(self._backlog.take(CLIENT_CHUNK), now), now)
-            if self.core.dispatch_newcomers(now):
-                self._send_to_workers()
+            sent = self._send_newcomers(now) or sent
+        return sent
 
-    def _serve_lone(self, now: float) -> None:
-        """Serve the lone requests waiting (broker.backlog), a chunk at most."""
+    def _serve_lone(self, now: float) -> bool:
+        """Serve the lone requests waiting (broker.backlog), a chunk at most; True if a
+        newcomer's job left (`_send_newcomers`)."""
         requests = self._decoded_requests(self._backlog.take_lone(CLIENT_CHUNK), now)
-        if requests:
-            self._serve_chunk(requests, now)
-            if self.core.dispatch_newcomers(now):
-                self._send_to_workers()
+        if not requests:
+            return False
+        self._serve_chunk(requests, now)
+        return self._send_newcomers(now)
+
+    def _send_newcomers(self, now: float) -> bool:
+        """Send the jobs of producers with nothing running at once (broker.producers,
+        newcomers): their answers can come back, and be committed and replied to, in
+        this same turn. True if any left."""
+        if not self.core.dispatch_newcomers(now):
+            return False
+        self._send_to_workers()
+        return True
 
     def _decoded_requests(
         self, taken: list[tuple[list[bytes], Caller]], now: float
