@@ -7,6 +7,10 @@ requests in order; `take` gives each waiting peer an equal share, so a lone PING
 behind one share of a flood, not behind all of it. A peer holds at most
 PEER_MESSAGES_PER_TURN requests here (broker.limits): the broker drops more; and the
 broker reads no more while BACKLOG_BYTES wait here (the rest wait in ZeroMQ's queues).
+
+A lone request (its peer's only one waiting, from a producer with nothing unfinished: a
+one-call) is also listed apart, and `take_lone` gives those first, so that the loop can
+serve them before the slice and again in the middle of a turn (broker.broker).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from broker.access import Caller
 from protocol.messages import BATCH_HEADER
 
 BACKLOG_BYTES = 16 << 20  # of requests waiting, in all: past it, the broker reads no more
+# Lone requests listed at most: past it, a lone request waits for its peer's share too.
+LONE_LISTED = 1024
 Request = tuple[list[bytes], Caller]
 """A request as read (its frames, decoded when it is served) and who sent it."""
 
@@ -39,6 +45,7 @@ class ClientBacklog:
 
     def __init__(self) -> None:
         self._by_peer: OrderedDict[bytes, deque[Request]] = OrderedDict()
+        self._lone: deque[bytes] = deque()  # peers whose one request came alone
         self._size = 0
         self.bytes = 0  # the frames' bytes of the requests waiting
 
@@ -50,10 +57,31 @@ class ClientBacklog:
         queue = self._by_peer.get(peer)
         return len(queue) if queue is not None else 0
 
-    def add(self, peer: bytes, requests: list[Request]) -> None:
+    def add(self, peer: bytes, requests: list[Request], lone: bool = False) -> None:
+        """Add `peer`'s `requests`; `lone`: its producer has nothing unfinished, so one
+        request with none of the peer's waiting is listed for `take_lone`."""
+        if lone and len(requests) == 1 and peer not in self._by_peer and self._room():
+            self._lone.append(peer)
         self._by_peer.setdefault(peer, deque()).extend(requests)
         self._size += len(requests)
         self.bytes += sum(len(frame) for frames, _ in requests for frame in frames)
+
+    def _room(self) -> bool:
+        return len(self._lone) < LONE_LISTED
+
+    def take_lone(self, limit: int) -> list[Request]:
+        """Up to `limit` lone requests, in the order they came: each listed peer's one
+        request, if it is still alone (else the peer waits for its share in `take`)."""
+        taken: list[Request] = []
+        while self._lone and len(taken) < limit:
+            peer = self._lone.popleft()
+            queue = self._by_peer.get(peer)
+            if queue is not None and len(queue) == 1:
+                del self._by_peer[peer]
+                taken.append(queue[0])
+        self._size -= len(taken)
+        self.bytes -= sum(len(frame) for frames, _ in taken for frame in frames)
+        return taken
 
     def full(self, most: int) -> bool:
         """Whether `most` requests, or BACKLOG_BYTES, wait: the broker reads no more."""

@@ -230,11 +230,19 @@ class Broker:
             self._storage_failed(exc, now)
 
     def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
+        """Clients' requests (lone ones first), those that came meanwhile from lone
+        peers, then workers' messages and dispatch: a one-call served in this turn
+        leaves for its worker at once, and its answer, if it is back by the drain, is
+        committed and replied to in this same turn."""
+        sent = False  # a newcomer's job: its answer may be back by the drain
         if self.frontend in ready:
             self._read_clients(now)
         if self._backlog:
-            self._serve_clients(now)
-        if self.backend in ready:
+            sent = self._serve_lone(now)
+            sent = self._serve_clients(now) or sent
+            self._read_clients(now)
+            sent = self._serve_lone(now) or sent
+        if self.backend in ready or sent:
             self._drain(self.backend, self._on_worker, self._bad_worker_message, now)
         self.core.dispatch(now)
 
@@ -278,7 +286,8 @@ class Broker:
             messages = self._unpack(self.frontend, frames, self._bad_client_message, now)
             if messages and self._within_peer_share(frames[0], len(messages)):
                 caller = self._callers.of(user)
-                self._backlog.add(frames[0], [(message, caller) for message in messages])
+                lone = len(messages) == 1 and self.core.unoccupied(frames[0], caller)
+                self._backlog.add(frames[0], [(message, caller) for message in messages], lone)
             if self._backlog.full(TURN_MESSAGES):
                 return  # the rest wait in ZeroMQ's queues for a later turn
 
@@ -293,24 +302,55 @@ class Broker:
         )  # fmt: skip
         return False
 
-    def _serve_clients(self, now: float) -> None:
-        """Serve backlogged client requests, a chunk at a time, for `client_slice_ms`."""
+    def _serve_clients(self, now: float) -> bool:
+        """Serve backlogged client requests, a chunk at a time, for `client_slice_ms`.
+        After each chunk, the jobs of producers with nothing running leave at once
+        (`_send_newcomers`). True if any did."""
         started, slice_s = time.monotonic(), self.settings.client_slice_ms / 1000
+        sent = False
         while self._backlog and time.monotonic() - started < slice_s:
-            requests: list[tuple[Envelope, Caller]] = [
-                (envelope, caller)
-                for frames, caller in self._backlog.take(CLIENT_CHUNK)
-                if (envelope := self._decoded(frames, self._bad_client_message, now))
-            ]
-            try:  # `_serve` lets no exception out: any here is the reading ahead's
-                with self.core.read_ahead([envelope for envelope, _ in requests]):
-                    self._serve(requests, now)
-                continue
-            except StorageError as exc:  # then each request reads alone
-                self._storage_failed(exc, now)
-            except Exception:  # a bug must cost the chunk its reading ahead, never the broker
-                log.exception("failed to read %d client requests ahead", len(requests))
-            self._serve(requests, now)
+            self._serve_chunk(self._decoded_requests(self._backlog.take(CLIENT_CHUNK), now), now)
+            sent = self._send_newcomers(now) or sent
+        return sent
+
+    def _serve_lone(self, now: float) -> bool:
+        """Serve the lone requests waiting (broker.backlog), a chunk at most; True if a
+        newcomer's job left (`_send_newcomers`)."""
+        requests = self._decoded_requests(self._backlog.take_lone(CLIENT_CHUNK), now)
+        if not requests:
+            return False
+        self._serve_chunk(requests, now)
+        return self._send_newcomers(now)
+
+    def _send_newcomers(self, now: float) -> bool:
+        """Send the jobs of producers with nothing running at once (broker.producers,
+        newcomers): their answers can come back, and be committed and replied to, in
+        this same turn. True if any left."""
+        if not self.core.dispatch_newcomers(now):
+            return False
+        self._send_to_workers()
+        return True
+
+    def _decoded_requests(
+        self, taken: list[tuple[list[bytes], Caller]], now: float
+    ) -> list[tuple[Envelope, Caller]]:
+        return [
+            (envelope, caller)
+            for frames, caller in taken
+            if (envelope := self._decoded(frames, self._bad_client_message, now))
+        ]
+
+    def _serve_chunk(self, requests: list[tuple[Envelope, Caller]], now: float) -> None:
+        """Serve `requests` from the store's reads made at once, else each alone."""
+        try:  # `_serve` lets no exception out: any here is the reading ahead's
+            with self.core.read_ahead([envelope for envelope, _ in requests]):
+                self._serve(requests, now)
+            return
+        except StorageError as exc:  # then each request reads alone
+            self._storage_failed(exc, now)
+        except Exception:  # a bug must cost the chunk its reading ahead, never the broker
+            log.exception("failed to read %d client requests ahead", len(requests))
+        self._serve(requests, now)
 
     def _serve(self, requests: list[tuple[Envelope, Caller]], now: float) -> None:
         for envelope, caller in requests:
@@ -470,13 +510,21 @@ class Broker:
 
         The order is the durability rule of docs/protocol.md ("Durability").
         """
-        limit = self.core_settings.max_message_bytes
-        for frames in group_by_peer(self.core.take_worker_frames(), limit):
-            send_frames(self.backend, frames)
+        self._send_to_workers()
         if self.store.has_changes():
             self._guarded(lambda _: self.core.commit(), now)
-        for frames in group_by_peer(self.core.take_client_frames(), limit):
+        for frames in group_by_peer(self.core.take_client_frames(), self._max_bytes):
             send_frames(self.frontend, frames)
+
+    def _send_to_workers(self) -> None:
+        """Send what is queued for workers: jobs may leave before the turn's commit
+        (docs/protocol.md, "Durability", rule 2)."""
+        for frames in group_by_peer(self.core.take_worker_frames(), self._max_bytes):
+            send_frames(self.backend, frames)
+
+    @property
+    def _max_bytes(self) -> int:
+        return self.core_settings.max_message_bytes
 
     def close(self) -> None:
         if self.cluster is not None:

@@ -238,6 +238,12 @@ class ClientSide:
         except StorageError as exc:  # after the commit: this request alone goes unanswered
             self.state.refuse(identity, tag, ErrorCode.STORAGE, f"storage failed: {exc}")
 
+    def unoccupied(self, identity: bytes, caller: Caller) -> bool:
+        """Whether the producer `caller` on connection `identity` is (`_producer`) has no
+        unfinished job here."""
+        producer = self.state.jobs.producers.get(caller.owner or identity)
+        return producer is None or not producer.unfinished
+
     def _producer(self, identity: bytes, caller: Caller, owner: str) -> ProducerQueue:
         """Whose queue the caller's jobs join: its key (`owner`) with CURVE, else its
         connection."""

@@ -145,6 +145,11 @@ class BrokerCore:
         """Serve one decoded client request from `caller`."""
         self._clients.on_client(env, now_s, caller)
 
+    def unoccupied(self, identity: bytes, caller: Caller = OPEN) -> bool:
+        """Whether the producer of `caller` on connection `identity` has no unfinished
+        job here (its request is a lone one: broker.backlog)."""
+        return self._clients.unoccupied(identity, caller)
+
     def read_ahead(self, requests: Sequence[Envelope]) -> AbstractContextManager[None]:
         """Serve `requests` inside the block from the store's reads made at once, now
         (broker.read_ahead); a `StorageError` reading them goes up before the block."""
@@ -200,6 +205,12 @@ class BrokerCore:
     def dispatch(self, now_s: float) -> None:
         """Give queued jobs to free workers, least recently used first."""
         self._workers.dispatch(now_s)
+
+    def dispatch_newcomers(self, now_s: float) -> bool:
+        """Give the jobs of producers with nothing running their slots now (the loop
+        sends them at once: their answer may come back in the same turn); True if any
+        went."""
+        return self._workers.dispatch_newcomers(now_s)
 
     def tick(self, now_s: float) -> None:
         """Heartbeats, lost and hung workers (results expire in `expire_results`)."""

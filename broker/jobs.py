@@ -246,9 +246,19 @@ class JobTable:
         seq = self.producers.head()
         return None if seq is None else self._jobs[seq]
 
-    def take(self, job: UnfinishedJob) -> None:
-        """Take `job` (what `next` returned) off its queue: a worker has it."""
-        self.producers.take()
+    def newcomer(self) -> UnfinishedJob | None:
+        """The next job of a producer that has nothing running and had nothing running
+        when it was queued (broker.producers), or None: it may take a front slot."""
+        seq = self.producers.newcomer()
+        return None if seq is None else self._jobs[seq]
+
+    def take(self, job: UnfinishedJob, newcomer: bool = False) -> None:
+        """Take `job` (what `next` returned, or with `newcomer` what `newcomer` did) off
+        its queue: a worker has it."""
+        if newcomer:
+            self.producers.take_newcomer()
+        else:
+            self.producers.take()
         job.queued = False
         self._queued -= 1
 

@@ -3,7 +3,9 @@
 Dispatch is least-recently-used with credit: a worker offers `credit` job slots; the
 workers with a free slot wait in a queue ordered by when they last got a job, so work
 spreads across workers before any worker gets a second job, and a busy worker (no
-free slot) is never given more.
+free slot) is never given more, but for its front slot: one job beyond its credit, kept
+for a producer with nothing running (`assign_front`), so that a one-call is sent at
+once instead of waiting for a bulk producer's job to finish somewhere.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ class WorkerInfo:
 
     @property
     def free_slots(self) -> int:
-        return 0 if self.runs_suspect else self.credit - len(self.jobs)
+        return 0 if self.runs_suspect else max(0, self.credit - len(self.jobs))
+
+    @property
+    def front_slot_free(self) -> bool:
+        """Full (its credit taken) and its one front slot not taken (`assign_front`)."""
+        return not self.runs_suspect and len(self.jobs) == self.credit
 
     def describe(self, now_s: float | None = None) -> dict[str, object]:
         """The worker for `stats`; with `now_s`, also how long ago it was last heard from."""
@@ -69,6 +76,7 @@ class WorkerPool:
     def __init__(self) -> None:
         self._workers: dict[bytes, WorkerInfo] = {}
         self._free: OrderedDict[bytes, None] = OrderedDict()
+        self._front_free: OrderedDict[bytes, None] = OrderedDict()  # see `assign_front`
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -86,18 +94,35 @@ class WorkerPool:
         """Add a worker; if its identity was known, return the jobs it held (to re-queue)."""
         orphans = self.remove(info.identity)
         self._workers[info.identity] = info
-        if info.free_slots > 0:
-            self._free[info.identity] = None
+        self._refile(info)
         return orphans
 
     def remove(self, identity: bytes) -> list[int]:
         """Forget a worker; return the jobs it held, oldest first."""
         info = self._workers.pop(identity, None)
         self._free.pop(identity, None)
+        self._front_free.pop(identity, None)
         return sorted(info.jobs) if info else []
 
     def has_free(self) -> bool:
         return bool(self._free)
+
+    def has_front_slot(self) -> bool:
+        """Whether `assign_front` would find a slot."""
+        return bool(self._free or self._front_free)
+
+    def _refile(self, info: WorkerInfo) -> None:
+        """File `info` among the workers with a free slot (at the back if it was not
+        there: least recently used first) and those with their front slot free."""
+        identity = info.identity
+        if info.free_slots > 0:
+            self._free.setdefault(identity, None)
+        else:
+            self._free.pop(identity, None)
+        if info.front_slot_free:
+            self._front_free.setdefault(identity, None)
+        else:
+            self._front_free.pop(identity, None)
 
     def assign(
         self, seq: int, now_s: float, lease_s: float, suspect: bool = False
@@ -112,20 +137,34 @@ class WorkerPool:
         if suspect:
             return self._assign_suspect(seq, now_s + lease_s)
         identity, _ = self._free.popitem(last=False)
-        info = self._workers[identity]
+        return self._give(self._workers[identity], seq, now_s, lease_s)
+
+    def assign_front(self, seq: int, now_s: float, lease_s: float) -> WorkerInfo | None:
+        """Give job `seq`, whose producer has nothing running, to the least recently used
+        worker with a free slot, else to a full worker's front slot (one job beyond its
+        credit, which it runs before the jobs it holds: docs/protocol.md, "Fair
+        producers"); None if neither is there. A flood of such jobs takes one slot per
+        worker beyond the credit, no more."""
+        if self._free:
+            return self.assign(seq, now_s, lease_s)
+        if not self._front_free:
+            return None
+        identity, _ = self._front_free.popitem(last=False)
+        return self._give(self._workers[identity], seq, now_s, lease_s)
+
+    def _give(self, info: WorkerInfo, seq: int, now_s: float, lease_s: float) -> WorkerInfo:
         info.jobs[seq] = now_s + lease_s * (len(info.jobs) + 1)
-        if info.free_slots > 0:
-            self._free[identity] = None
+        self._refile(info)
         return info
 
     def _assign_suspect(self, seq: int, deadline_s: float) -> WorkerInfo | None:
         idle = next((i for i in self._free if not self._workers[i].jobs), None)
         if idle is None:
             return None
-        del self._free[idle]
         info = self._workers[idle]
         info.jobs[seq] = deadline_s
         info.runs_suspect = True
+        self._refile(info)
         return info
 
     def release(self, identity: bytes, seq: int) -> bool:
@@ -135,8 +174,7 @@ class WorkerPool:
             return False
         info.started.discard(seq)
         info.runs_suspect = info.runs_suspect and bool(info.jobs)
-        if identity not in self._free:
-            self._free[identity] = None
+        self._refile(info)
         return True
 
     def holder(self, seq: int) -> WorkerInfo | None:

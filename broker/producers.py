@@ -9,6 +9,12 @@ smallest weight, so at least one job), spends one per job taken, and yields its 
 when less than one is left. A dispatch costs O(1) (amortized); priorities order a
 producer's own jobs only, so no producer jumps another by raising them.
 
+A newcomer, a producer that had nothing running when a job of its was queued (a
+one-call, or the first job of a batch), is also listed apart: while it still has
+nothing running, its next job may go before the round's, into a free slot or a
+worker's front slot (broker.pool, `assign_front`), without spending its deficit. It
+gains one job on a worker at a time by it, as a new flow does in FQ-CoDel.
+
 Entries are removed lazily: a job taken out of its queue (cancelled, expired, failed)
 only has its producer's count lowered; `head` skips its entry when it reaches it.
 The admission rule per producer (`queue_refusal`) and the STATS figures per producer
@@ -68,6 +74,7 @@ class ProducerQueue:
     unfinished: int = 0  # its jobs in the table: queued, running or waiting for a retry
     deficit: float = 0.0
     in_round: bool = False
+    newcomer: bool = False  # listed among the newcomers (see the module's docstring)
     finished: deque[list[int]] = field(default_factory=deque)  # [second, count]
     last_finish_s: float = 0.0
 
@@ -89,6 +96,7 @@ class Producers:
         self._jobs = jobs  # a FIFO entry counts while its job is there and queued
         self._by_key: dict[Hashable, ProducerQueue] = {}
         self._round: deque[ProducerQueue] = deque()
+        self._newcomers: deque[ProducerQueue] = deque()
         self._latest_s = 0.0  # the last finish's time: the clock `forget_idle` needs
         self._sweep_at = SWEEP_MIN  # producers known when `of` next forgets idle ones
 
@@ -136,6 +144,9 @@ class Producers:
             producer.in_round = True
             producer.deficit = 0.0
             self._round.append(producer)
+        if not producer.running() and not producer.newcomer:
+            producer.newcomer = True
+            self._newcomers.append(producer)
 
     def head(self) -> int | None:
         """The job the round serves next (`take` takes it), or None if none is queued."""
@@ -162,6 +173,30 @@ class Producers:
         elif producer.deficit < 1.0 and len(self._round) > 1:
             self._round.rotate(-1)  # alone in the round, it begins its next turn in place
 
+    def newcomer(self) -> int | None:
+        """The next job of the first newcomer that still has nothing running (its
+        producer's `take_newcomer` takes it), or None."""
+        while self._newcomers:
+            producer = self._newcomers[0]
+            if producer.queued and not producer.running():
+                seq = self._front(producer)
+                if seq is not None:
+                    return seq
+            self.pass_newcomer()
+        return None
+
+    def take_newcomer(self) -> None:
+        """Take the job `newcomer` returned, out of the round's order: its producer
+        stays in the round for its other jobs, its deficit as it was."""
+        producer = self._newcomers[0]
+        self.pass_newcomer()
+        producer.fifos[producer.lowest].popleft()
+        producer.queued -= 1
+
+    def pass_newcomer(self) -> None:
+        """Unlist the first newcomer (its job is for the round to serve)."""
+        self._newcomers.popleft().newcomer = False
+
     def _front(self, producer: ProducerQueue) -> int | None:
         fifos = producer.fifos
         while producer.lowest <= MAX_PRIORITY:
@@ -183,8 +218,9 @@ class Producers:
         for producer in self._by_key.values():
             producer.fifos = _fifos()
             producer.lowest, producer.queued = MAX_PRIORITY + 1, 0
-            producer.in_round, producer.deficit = False, 0.0
+            producer.in_round, producer.deficit, producer.newcomer = False, 0.0, False
         self._round.clear()
+        self._newcomers.clear()
 
     # --- finishing and forgetting ------------------------------------------------
 

@@ -257,33 +257,64 @@ class WorkerSide:
         self.state.outbox.workers.append(m.route(identity, reply))
 
     def dispatch(self, now_s: float) -> None:
-        """End the queued jobs whose deadline passed, then give queued jobs to free
-        workers (least recently used first), producers in turn (broker.producers)."""
+        """End the queued jobs whose deadline passed, give newcomers' jobs their slots
+        (`dispatch_newcomers`), then give queued jobs to free workers (least recently
+        used first), producers in turn (broker.producers)."""
         for seq in self.state.jobs.expired(now_s):
             self.state.cancel(seq, m.REASON_DEADLINE, now_s)
+        self.dispatch_newcomers(now_s)
         while (job := self.state.jobs.next(now_s)) is not None and self.state.pool.has_free():
-            seq = job.seq
-            if job.deadline_s is not None and job.deadline_s <= now_s:
-                # Back from a lost worker or a failed commit after its deadline passed:
-                # it is never sent again (the heap told of it while a worker had it).
-                self.state.cancel(seq, m.REASON_DEADLINE, now_s)
+            if self._past_deadline(job, now_s):
                 continue
             worker = self.state.pool.assign(
-                seq, now_s, self.state.settings.job_timeout_s, job.suspect
+                job.seq, now_s, self.state.settings.job_timeout_s, job.suspect
             )
             if worker is None:
                 return  # a suspect waits at the front for an idle worker
             self.state.jobs.take(job)
-            self.state.latency.dispatched(seq, now_s)
-            worker.last_sent_s = now_s
-            text = job_id(seq)
-            command = _command_for(job, worker)
-            body = job.body
-            if job.deadline_s is not None:
-                body = time_left(body, job.deadline_s - now_s)
-            frames = m.frames_of(command, text.encode(), body)
-            self.state.outbox.workers.append([worker.identity, *frames])
-            log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
+            self._send(job, worker, now_s)
+
+    def dispatch_newcomers(self, now_s: float) -> bool:
+        """Give the job of each producer with nothing running (a one-call) a free slot,
+        else a full worker's front slot (broker.pool), before the round's jobs; True if
+        any went. A suspect is left to the round (it waits for an idle worker)."""
+        sent = False
+        while (job := self.state.jobs.newcomer()) is not None and self.state.pool.has_front_slot():
+            if job.suspect:
+                self.state.jobs.producers.pass_newcomer()
+                continue
+            if self._past_deadline(job, now_s):
+                continue
+            worker = self.state.pool.assign_front(job.seq, now_s, self.state.settings.job_timeout_s)
+            if worker is None:
+                break
+            self.state.jobs.take(job, newcomer=True)
+            self._send(job, worker, now_s)
+            sent = True
+        return sent
+
+    def _past_deadline(self, job: UnfinishedJob, now_s: float) -> bool:
+        """End `job` if its deadline passed: back from a lost worker or a failed commit
+        after it passed, it is never sent again (the heap told of it while a worker had
+        it). True if it ended."""
+        if job.deadline_s is None or job.deadline_s > now_s:
+            return False
+        self.state.cancel(job.seq, m.REASON_DEADLINE, now_s)
+        return True
+
+    def _send(self, job: UnfinishedJob, worker: WorkerInfo, now_s: float) -> None:
+        """Queue `job` for `worker`, which now holds it."""
+        seq = job.seq
+        self.state.latency.dispatched(seq, now_s)
+        worker.last_sent_s = now_s
+        text = job_id(seq)
+        command = _command_for(job, worker)
+        body = job.body
+        if job.deadline_s is not None:
+            body = time_left(body, job.deadline_s - now_s)
+        frames = m.frames_of(command, text.encode(), body)
+        self.state.outbox.workers.append([worker.identity, *frames])
+        log.debug("%s dispatched to %s", text, worker)  # formatted only at DEBUG
 
     def tick(self, now_s: float) -> None:
         """Heartbeats, lost and hung workers (results expire in `expire_results`)."""

@@ -35,6 +35,11 @@ def _submit(
     return reply.job_id
 
 
+def _to_workers(h: Harness) -> list[tuple[type[m.Message], bytes]]:
+    """What the next dispatch sends to workers: each message's type and tag."""
+    return [(type(e.message), e.tag) for e in h.sent()[1]]
+
+
 def _cancel(h: Harness, job: str) -> m.Message:
     h.client(m.Cancel(job), tag=b"cancel")
     clients, _ = h.sent()
@@ -69,11 +74,16 @@ def test_a_running_job_cancelled_tells_its_worker_and_its_answer_is_dropped(stor
         b"cancel": m.JobState(job, "cancelled", "cancelled"),
     }
     assert [(type(e.message), e.tag) for e in to_workers] == [(m.CancelJob, job.encode())]
-    _submit(h, "r2")
+    _submit(h, "r2")  # c1 has nothing running: the worker's front slot (broker.pool)
+    assert h.jobs_to(h.sent()[1]) == [(b"w1", b"job_id_2")]
+    _submit(h, "r3")
     assert h.sent()[1] == [], "the worker's slot stays taken until it answers"
     h.result(b"w1", job.encode())  # it had started: its answer comes, and is dropped
+    worker = h.core.pool.get(b"w1")
+    assert worker is not None and list(worker.jobs) == [2], "the cancelled job's slot came back"
+    h.result(b"w1", b"job_id_2")
     _, to_workers = h.sent()
-    assert h.jobs_to(to_workers) == [(b"w1", b"job_id_2")], "the credit came back"
+    assert h.jobs_to(to_workers) == [(b"w1", b"job_id_3")], "the credit came back"
     record = store.get(1)
     assert record is not None and (record.status, record.answer) == (m.JobStatus.CANCELLED, None)
 
@@ -187,7 +197,8 @@ def test_keys_are_producers_served_by_their_weights_and_named_in_stats(store: St
     owners = [
         h.core.jobs.owner_of(m.job_seq(tag.decode()) or 0) for _, tag in h.jobs_to(to_workers)
     ]
-    assert owners == [ALICE.key, ALICE.key, BOB.key, ALICE.key, ALICE.key, BOB.key]
+    newcomers = [ALICE.key, BOB.key]  # each key's first job: it had nothing running
+    assert owners == [*newcomers, ALICE.key, ALICE.key, BOB.key, ALICE.key], "then 2:1"
     producers = h.core.stats(h.now)["producers"]
     rows = sorted((p["producer"], p["weight"], p["queued"]) for p in producers)  # type: ignore[attr-defined]
     assert rows == [("alice", 2.0, 2), ("bob", 1.0, 4)]
@@ -212,6 +223,27 @@ def test_a_lone_job_goes_to_a_busy_worker_as_a_front_job(store: Store) -> None:
     assert [(type(e.message), e.tag) for e in to_workers] == [(m.Job, b"job_id_5")], (
         "the person's first job still runs: the second waits its turn on the worker"
     )
+
+
+def test_a_newcomers_job_takes_a_full_workers_front_slot_at_once(store: Store) -> None:
+    """A producer with nothing running gets its job sent at once, into the front slot
+    of a worker whose credit a bulk producer holds; the slot is one job, no more."""
+    h = Harness(store)
+    h.worker(m.Ready(2, FP), b"w1")
+    for n in range(4):
+        _submit(h, f"bulk{n}", who=b"bulk")
+    assert h.jobs_to(h.sent()[1]) == [(b"w1", b"job_id_1"), (b"w1", b"job_id_2")]
+    _submit(h, "one", who=b"person")
+    assert _to_workers(h) == [(m.FrontJob, b"job_id_5")]
+    _submit(h, "other", who=b"another person")
+    _submit(h, "two", who=b"person")
+    assert _to_workers(h) == [], "the front slot is taken, and the person has a job running"
+    h.result(b"w1", b"job_id_1")
+    assert _to_workers(h) == [(m.FrontJob, b"job_id_6")], (
+        "the worker holds its credit (2 and 5): its front slot takes the other newcomer"
+    )
+    h.result(b"w1", b"job_id_5")
+    assert _to_workers(h) == [], "its credit is taken again (2 and 6)"
 
 
 def test_a_lone_job_on_an_idle_worker_is_a_plain_job(store: Store) -> None:

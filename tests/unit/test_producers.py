@@ -51,6 +51,21 @@ def test_a_new_producer_waits_at_most_one_round_behind_a_backlog() -> None:
     assert _served(table, 2) == [3, 5000]
 
 
+def test_a_newcomers_job_goes_before_the_round_once_while_it_has_nothing_running() -> None:
+    table = _table()
+    for i in range(10):
+        _add(table, i, "bulk")
+    assert _served(table, 2) == [0, 1]
+    assert table.newcomer() is None, "bulk has jobs running"
+    _add(table, 100, "person", priority=9)
+    _add(table, 101, "person", priority=0)
+    newcomer = table.newcomer()
+    assert newcomer is not None and newcomer.seq == 101, "its first by priority"
+    table.take(newcomer, newcomer=True)
+    assert table.newcomer() is None, "one at a time: it has a job running now"
+    assert _served(table) == [2, 100, *range(3, 10)], "its other job waits in the round"
+
+
 def test_priorities_order_a_producers_own_jobs_only() -> None:
     table = _table()
     _add(table, 1, "a", priority=9)

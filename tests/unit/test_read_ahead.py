@@ -94,6 +94,21 @@ def test_the_backlog_gives_each_peer_its_share_in_order() -> None:
     assert backlog.take(1000) == flood[9:] and len(backlog) == 0 and backlog.bytes == 0
 
 
+def test_a_lone_request_is_taken_first_and_only_while_it_is_alone() -> None:
+    backlog = ClientBacklog()
+    flood = [(m.encode(m.Get(job_id(n)), str(n).encode()), ALICE) for n in range(1, 11)]
+    one, two, three = ((m.encode(m.Ping(), tag), ALICE) for tag in (b"1", b"2", b"3"))
+    backlog.add(b"flood", flood, lone=True)  # many at once: never lone
+    backlog.add(b"person", [one], lone=True)
+    backlog.add(b"other", [two], lone=True)
+    backlog.add(b"other", [three], lone=True)  # no longer alone: waits for its share
+    backlog.add(b"busy", [three])  # its producer has jobs unfinished
+    assert backlog.take_lone(10) == [one] and len(backlog) == 13
+    assert backlog.take_lone(10) == []
+    assert backlog.take(100) == [*flood, two, three, three]
+    assert len(backlog) == 0 and backlog.bytes == 0
+
+
 @pytest.mark.parametrize("count", [1, 15, 16, 10_000])
 def test_a_batch_is_counted_from_its_header_without_unpacking_it(count: int) -> None:
     frames = [b"peer", *m.batch([m.encode(m.Ping(), b"t")] * count)]
