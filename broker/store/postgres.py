@@ -80,39 +80,43 @@ _RESERVE = "SELECT nextval('job_seq') FROM generate_series(1, %s)"
 # writes add to the same rows). An outcome refused to a job this epoch had not already
 # finished (a deposed broker) fails the statement with `DEPOSED` and the numbers. The
 # jobs it finished are NOTIFYd (`NOTIFY_SEQS` numbers a payload), at its commit.
+# Its parameters travel in binary (`%b`): psycopg's text form of the arrays escaped
+# every string and byte string in Python, which cost more than the rest of the store's
+# work on a job; and it is prepared once per connection (`prepare=True`), not parsed
+# and planned again every turn.
 DEPOSED = "lss-deposed"
 _WRITE = (
-    "WITH new AS (SELECT * FROM unnest(%(seq)s::bigint[], %(request_id)s::text[],"
-    " %(request)s::bytea[], %(status)s::text[], %(answer)s::bytea[], %(reason)s::text[],"
-    " %(fingerprint)s::text[], %(created_s)s::float8[], %(finished_s)s::float8[],"
-    " %(owner)s::text[], %(statistic)s::text[]) AS n(seq, request_id, request, status,"
+    "WITH new AS (SELECT * FROM unnest(%(seq)b::bigint[], %(request_id)b::text[],"
+    " %(request)b::bytea[], %(status)b::text[], %(answer)b::bytea[], %(reason)b::text[],"
+    " %(fingerprint)b::text[], %(created_s)b::float8[], %(finished_s)b::float8[],"
+    " %(owner)b::text[], %(statistic)b::text[]) AS n(seq, request_id, request, status,"
     " answer, reason, fingerprint, created_s, finished_s, owner, statistic)),"
     " ins AS (INSERT INTO jobs (seq, request_id, request, status, answer, reason,"
     " fingerprint, created_s, finished_s, owner, statistic, broker_id, broker_epoch)"
     " SELECT seq, request_id, request, status, answer, reason, fingerprint, created_s,"
-    " finished_s, owner, statistic, %(broker_id)s, %(epoch)s FROM new ORDER BY request_id"
+    " finished_s, owner, statistic, %(broker_id)b, %(epoch)b FROM new ORDER BY request_id"
     " ON CONFLICT (request_id) DO NOTHING RETURNING seq, status, owner, octet_length(request)"
     " + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0) AS size),"
-    " v AS (SELECT * FROM unnest(%(f_seq)s::bigint[], %(f_status)s::text[],"
-    " %(f_answer)s::bytea[], %(f_reason)s::text[], %(f_fingerprint)s::text[],"
-    " %(f_finished_s)s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)),"
+    " v AS (SELECT * FROM unnest(%(f_seq)b::bigint[], %(f_status)b::text[],"
+    " %(f_answer)b::bytea[], %(f_reason)b::text[], %(f_fingerprint)b::text[],"
+    " %(f_finished_s)b::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)),"
     " done AS (UPDATE jobs SET status = v.status, answer = v.answer, reason = v.reason,"
     " fingerprint = v.fingerprint, finished_s = v.finished_s FROM v"
-    " WHERE jobs.seq = v.seq AND jobs.status = 'running' AND jobs.broker_epoch = %(epoch)s"
+    " WHERE jobs.seq = v.seq AND jobs.status = 'running' AND jobs.broker_epoch = %(epoch)b"
     " RETURNING jobs.seq, jobs.owner, jobs.status, coalesce(octet_length(v.answer), 0)"
     " + coalesce(octet_length(v.reason), 0) AS size),"
     " usage AS (INSERT INTO key_usage (owner, stored_bytes) SELECT owner, sum(size)"
     " FROM (SELECT owner, size FROM ins UNION ALL SELECT owner, size FROM done) w"
     " GROUP BY owner ORDER BY owner ON CONFLICT (owner) DO UPDATE"
     " SET stored_bytes = key_usage.stored_bytes + excluded.stored_bytes),"
-    " counted AS (INSERT INTO job_counts (slot, status, n) SELECT %(slot)s, status, sum(n)"
+    " counted AS (INSERT INTO job_counts (slot, status, n) SELECT %(slot)b, status, sum(n)"
     " FROM (SELECT status, 1 AS n FROM ins UNION ALL SELECT status, 1 FROM done"
     " UNION ALL SELECT 'running', -1 FROM done) m GROUP BY status ORDER BY status"
     " ON CONFLICT (slot, status) DO UPDATE SET n = job_counts.n + excluded.n),"
     " deposed AS (SELECT string_agg(v.seq::text, ',') AS seqs FROM v"
     " WHERE v.seq NOT IN (SELECT seq FROM done) AND NOT EXISTS (SELECT 1 FROM jobs j"
-    " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)s)),"
-    " notified AS (SELECT pg_notify(%(channel)s, string_agg(seq::text, ',')) FROM (SELECT seq,"
+    " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)b)),"
+    " notified AS (SELECT pg_notify(%(channel)b, string_agg(seq::text, ',')) FROM (SELECT seq,"
     f" (row_number() OVER (ORDER BY seq) - 1) / {NOTIFY_SEQS} AS chunk FROM (SELECT seq FROM done"
     " UNION ALL SELECT seq FROM ins WHERE status <> 'running') f) c GROUP BY chunk)"
     " SELECT (SELECT array_agg(seq) FROM ins), (SELECT array_agg(seq) FROM done),"
@@ -425,7 +429,7 @@ class PgStore(LeasedConnection):
             if savepoint:
                 db.execute("SAVEPOINT batch")
             if added or finished:
-                write = db.execute(_WRITE, self._params(added, finished))
+                write = db.execute(_WRITE, self._params(added, finished), prepare=True)
             if savepoint:
                 db.execute("RELEASE SAVEPOINT batch")
             if commit and in_transaction:
