@@ -417,9 +417,13 @@ class PgStore(LeasedConnection):
     ) -> tuple[Cursor | None, Cursor | None]:
         """One pipeline: `reserve` numbers; the batch, in the open transaction (in a
         savepoint if it adds jobs) or as one of its own; COMMIT if `commit` and a
-        transaction is open. The cursors of the batch and of the numbers (None if not sent)."""
+        transaction is open. The cursors of the batch and of the numbers (None if not sent).
+        A turn's usual write, the batch alone as its own transaction, is sent without a
+        pipeline: the same one round trip, and half the broker's CPU of one."""
         write = reserved = None
         in_transaction = self._session.in_transaction()
+        if commit and not in_transaction and not reserve and (added or finished):
+            return db.execute(_WRITE, self._params(added, finished), prepare=True), None
         savepoint = bool(added) and (in_transaction or not commit)
         with db.pipeline():
             if reserve:
