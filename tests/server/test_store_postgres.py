@@ -9,6 +9,7 @@ PostgreSQL binaries.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -236,9 +237,14 @@ def test_a_turn_s_write_is_prepared_from_the_first_turn_and_sent_without_a_pipel
     a.add("warm-up", b"q", 0.0)  # the first block of numbers is reserved here
     a.commit()
     db = a._session.conn()
-    pipelines = []
+    pipelines: list[int] = []
     piped = db.pipeline
-    monkeypatch.setattr(db, "pipeline", lambda: pipelines.append(1) or piped())
+
+    def counted_pipeline() -> Any:
+        pipelines.append(1)
+        return piped()
+
+    monkeypatch.setattr(db, "pipeline", counted_pipeline)
     trips_before = a.round_trips()[0]
     seq, _ = a.add("r", b"q", 0.0, "KEY")
     a.commit()
