@@ -93,8 +93,9 @@ _WRITE = (
     " answer, reason, fingerprint, created_s, finished_s, owner, statistic)),"
     " ins AS (INSERT INTO jobs (seq, request_id, request, status, answer, reason,"
     " fingerprint, created_s, finished_s, owner, statistic, broker_id, broker_epoch)"
-    " SELECT seq, request_id, request, status, answer, reason, fingerprint, created_s,"
-    " finished_s, owner, statistic, %(broker_id)b, %(epoch)b FROM new ORDER BY request_id"
+    f" SELECT seq, request_id, request, coalesce(status, '{RUNNING}'), answer, reason,"
+    " fingerprint, created_s, finished_s, owner, statistic, %(broker_id)b, %(epoch)b"
+    " FROM new ORDER BY request_id"
     " ON CONFLICT (request_id) DO NOTHING RETURNING seq, status, owner, octet_length(request)"
     " + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0) AS size),"
     " v AS (SELECT * FROM unnest(%(f_seq)b::bigint[], %(f_status)b::text[],"
@@ -162,6 +163,12 @@ _EXPIRE = (
     " SELECT status, count(*) FROM gone GROUP BY status"
 )
 _op = translated(psycopg.Error)
+
+
+def _column(values: list[Any]) -> list[Any] | None:
+    """`values` as a parameter of `_WRITE`, or None (a NULL array) if they are all None:
+    `unnest` pads a NULL array with NULLs, and psycopg need not convert the list."""
+    return values if any(value is not None for value in values) else None
 
 
 class NewJob(NamedTuple):
@@ -492,28 +499,29 @@ class PgStore(LeasedConnection):
     def _params(
         self, added: list[tuple[int, NewJob]], finished: dict[int, Finish]
     ) -> dict[str, Any]:
-        """The parameters of `_WRITE`: one array per column."""
+        """The parameters of `_WRITE`: one array per column (NULL for a column of NULLs)."""
         outcomes = [job.outcome for _, job in added]
+        ended = finished.values()
         return {
             "seq": [seq for seq, _ in added],
             "request_id": [job.request_id for _, job in added],
             "request": [job.body for _, job in added],
-            "status": [str(o.status) if o else RUNNING for o in outcomes],
-            "answer": [o.answer if o else None for o in outcomes],
-            "reason": [o.reason if o else None for o in outcomes],
-            "fingerprint": [o.fingerprint if o else None for o in outcomes],
+            "status": _column([str(o.status) if o else None for o in outcomes]),
+            "answer": _column([o.answer if o else None for o in outcomes]),
+            "reason": _column([o.reason if o else None for o in outcomes]),
+            "fingerprint": _column([o.fingerprint if o else None for o in outcomes]),
             "created_s": [job.created_s for _, job in added],
-            "finished_s": [job.finished_s for _, job in added],
+            "finished_s": _column([job.finished_s for _, job in added]),
             "owner": [job.owner for _, job in added],
             "statistic": [job.statistic for _, job in added],
             "broker_id": self.broker_id,
             "epoch": self.epoch,
             "f_seq": list(finished),
-            "f_status": [str(o.status) for o, _, _ in finished.values()],
-            "f_answer": [o.answer for o, _, _ in finished.values()],
-            "f_reason": [o.reason for o, _, _ in finished.values()],
-            "f_fingerprint": [o.fingerprint for o, _, _ in finished.values()],
-            "f_finished_s": [finished_s for _, finished_s, _ in finished.values()],
+            "f_status": [str(o.status) for o, _, _ in ended],
+            "f_answer": _column([o.answer for o, _, _ in ended]),
+            "f_reason": _column([o.reason for o, _, _ in ended]),
+            "f_fingerprint": _column([o.fingerprint for o, _, _ in ended]),
+            "f_finished_s": [finished_s for _, finished_s, _ in ended],
             "channel": FINISHED_CHANNEL,
             "slot": count_slot(self.epoch),
         }
