@@ -79,7 +79,10 @@ _RESERVE = "SELECT nextval('job_seq') FROM generate_series(1, %s)"
 # was written, added to the keys' totals (owners in order, likewise; every broker's
 # writes add to the same rows). An outcome refused to a job this epoch had not already
 # finished (a deposed broker) fails the statement with `DEPOSED` and the numbers. The
-# jobs it finished are NOTIFYd (`NOTIFY_SEQS` numbers a payload), at its commit.
+# jobs it finishes are NOTIFYd (`NOTIFY_SEQS` numbers a payload, made here: a finish
+# it refuses is one already recorded, whose NOTIFY a reader only reads again), at its
+# commit. It names the jobs it did not insert, and the outcomes it did not record, only
+# when there are any (NULL: all were written).
 # Its parameters travel in binary (`%b`): psycopg's text form of the arrays escaped
 # every string and byte string in Python, which cost more than the rest of the store's
 # work on a job; and it is prepared once per connection (`prepare=True`), not parsed
@@ -117,10 +120,10 @@ _WRITE = (
     " deposed AS (SELECT string_agg(v.seq::text, ',') AS seqs FROM v"
     " WHERE v.seq NOT IN (SELECT seq FROM done) AND NOT EXISTS (SELECT 1 FROM jobs j"
     " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)b)),"
-    " notified AS (SELECT pg_notify(%(channel)b, string_agg(seq::text, ',')) FROM (SELECT seq,"
-    f" (row_number() OVER (ORDER BY seq) - 1) / {NOTIFY_SEQS} AS chunk FROM (SELECT seq FROM done"
-    " UNION ALL SELECT seq FROM ins WHERE status <> 'running') f) c GROUP BY chunk)"
-    " SELECT (SELECT array_agg(seq) FROM ins), (SELECT array_agg(seq) FROM done),"
+    " notified AS (SELECT pg_notify(%(channel)b, p) FROM unnest(%(notify)b::text[]) p)"
+    " SELECT (SELECT CASE WHEN count(*) < %(adding)b THEN coalesce(array_agg(seq), '{}') END"
+    " FROM ins), (SELECT CASE WHEN count(*) < %(finishing)b THEN coalesce(array_agg(seq), '{}')"
+    " END FROM done),"
     f" (SELECT CASE WHEN seqs IS NOT NULL THEN ('{DEPOSED} ' || seqs)::int END FROM deposed),"
     " (SELECT count(*) FROM notified)"
 )
@@ -163,6 +166,13 @@ _EXPIRE = (
     " SELECT status, count(*) FROM gone GROUP BY status"
 )
 _op = translated(psycopg.Error)
+
+
+def _payloads(seqs: list[int]) -> list[str] | None:
+    """The NOTIFY payloads naming `seqs`, in order, `NOTIFY_SEQS` a payload (None: none)."""
+    seqs.sort()
+    chunks = range(0, len(seqs), NOTIFY_SEQS)
+    return [",".join(map(str, seqs[n : n + NOTIFY_SEQS])) for n in chunks] or None
 
 
 def _column(values: list[Any]) -> list[Any] | None:
@@ -523,6 +533,11 @@ class PgStore(LeasedConnection):
             "f_fingerprint": _column([o.fingerprint for o, _, _ in ended]),
             "f_finished_s": [finished_s for _, finished_s, _ in ended],
             "channel": FINISHED_CHANNEL,
+            "notify": _payloads(
+                [*finished, *(seq for seq, job in added if job.outcome is not None)]
+            ),
+            "adding": len(added),
+            "finishing": len(finished),
             "slot": count_slot(self.epoch),
         }
 
@@ -535,14 +550,16 @@ class PgStore(LeasedConnection):
         """Account for what `_WRITE` wrote (`row`): jobs whose request id was taken are
         superseded by that job; outcomes not written (recorded already by this epoch: a
         commit whose success a lost connection hid) do not count their bytes again."""
-        inserted, done = (set(row[0] or ()), set(row[1] or ())) if row else (set(), set())
-        self._jobs_written += len(inserted)
-        taken = [(seq, job) for seq, job in added if seq not in inserted]
+        if row is None:
+            row = ((), ())
+        inserted = None if row[0] is None else set(row[0])
+        self._jobs_written += len(added) if inserted is None else len(inserted)
+        taken = [] if inserted is None else [(s, job) for s, job in added if s not in inserted]
         if taken:
             existing, why = self._jobs_of([job.request_id for _, job in taken])
             for seq, job in taken:
                 self._drop_added(seq, job, existing.get(job.request_id, why))
-        for seq in finished.keys() - done:
+        for seq in () if row[1] is None else finished.keys() - set(row[1]):
             outcome, _, owner = finished[seq]
             log.info("%s was already recorded as finished", job_id(seq))
             self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)
