@@ -79,43 +79,51 @@ _RESERVE = "SELECT nextval('job_seq') FROM generate_series(1, %s)"
 # was written, added to the keys' totals (owners in order, likewise; every broker's
 # writes add to the same rows). An outcome refused to a job this epoch had not already
 # finished (a deposed broker) fails the statement with `DEPOSED` and the numbers. The
-# jobs it finished are NOTIFYd (`NOTIFY_SEQS` numbers a payload), at its commit.
+# jobs it finishes are NOTIFYd (`NOTIFY_SEQS` numbers a payload, made here: a finish
+# it refuses is one already recorded, whose NOTIFY a reader only reads again), at its
+# commit. It names the jobs it did not insert, and the outcomes it did not record, only
+# when there are any (NULL: all were written).
+# Its parameters travel in binary (`%b`): psycopg's text form of the arrays escaped
+# every string and byte string in Python, which cost more than the rest of the store's
+# work on a job; and it is prepared once per connection (`prepare=True`), not parsed
+# and planned again every turn.
 DEPOSED = "lss-deposed"
 _WRITE = (
-    "WITH new AS (SELECT * FROM unnest(%(seq)s::bigint[], %(request_id)s::text[],"
-    " %(request)s::bytea[], %(status)s::text[], %(answer)s::bytea[], %(reason)s::text[],"
-    " %(fingerprint)s::text[], %(created_s)s::float8[], %(finished_s)s::float8[],"
-    " %(owner)s::text[], %(statistic)s::text[]) AS n(seq, request_id, request, status,"
+    "WITH new AS (SELECT * FROM unnest(%(seq)b::bigint[], %(request_id)b::text[],"
+    " %(request)b::bytea[], %(status)b::text[], %(answer)b::bytea[], %(reason)b::text[],"
+    " %(fingerprint)b::text[], %(created_s)b::float8[], %(finished_s)b::float8[],"
+    " %(owner)b::text[], %(statistic)b::text[]) AS n(seq, request_id, request, status,"
     " answer, reason, fingerprint, created_s, finished_s, owner, statistic)),"
     " ins AS (INSERT INTO jobs (seq, request_id, request, status, answer, reason,"
     " fingerprint, created_s, finished_s, owner, statistic, broker_id, broker_epoch)"
-    " SELECT seq, request_id, request, status, answer, reason, fingerprint, created_s,"
-    " finished_s, owner, statistic, %(broker_id)s, %(epoch)s FROM new ORDER BY request_id"
+    f" SELECT seq, request_id, request, coalesce(status, '{RUNNING}'), answer, reason,"
+    " fingerprint, created_s, finished_s, owner, statistic, %(broker_id)b, %(epoch)b"
+    " FROM new ORDER BY request_id"
     " ON CONFLICT (request_id) DO NOTHING RETURNING seq, status, owner, octet_length(request)"
     " + coalesce(octet_length(answer), 0) + coalesce(octet_length(reason), 0) AS size),"
-    " v AS (SELECT * FROM unnest(%(f_seq)s::bigint[], %(f_status)s::text[],"
-    " %(f_answer)s::bytea[], %(f_reason)s::text[], %(f_fingerprint)s::text[],"
-    " %(f_finished_s)s::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)),"
+    " v AS (SELECT * FROM unnest(%(f_seq)b::bigint[], %(f_status)b::text[],"
+    " %(f_answer)b::bytea[], %(f_reason)b::text[], %(f_fingerprint)b::text[],"
+    " %(f_finished_s)b::float8[]) AS v(seq, status, answer, reason, fingerprint, finished_s)),"
     " done AS (UPDATE jobs SET status = v.status, answer = v.answer, reason = v.reason,"
     " fingerprint = v.fingerprint, finished_s = v.finished_s FROM v"
-    " WHERE jobs.seq = v.seq AND jobs.status = 'running' AND jobs.broker_epoch = %(epoch)s"
+    " WHERE jobs.seq = v.seq AND jobs.status = 'running' AND jobs.broker_epoch = %(epoch)b"
     " RETURNING jobs.seq, jobs.owner, jobs.status, coalesce(octet_length(v.answer), 0)"
     " + coalesce(octet_length(v.reason), 0) AS size),"
     " usage AS (INSERT INTO key_usage (owner, stored_bytes) SELECT owner, sum(size)"
     " FROM (SELECT owner, size FROM ins UNION ALL SELECT owner, size FROM done) w"
     " GROUP BY owner ORDER BY owner ON CONFLICT (owner) DO UPDATE"
     " SET stored_bytes = key_usage.stored_bytes + excluded.stored_bytes),"
-    " counted AS (INSERT INTO job_counts (slot, status, n) SELECT %(slot)s, status, sum(n)"
+    " counted AS (INSERT INTO job_counts (slot, status, n) SELECT %(slot)b, status, sum(n)"
     " FROM (SELECT status, 1 AS n FROM ins UNION ALL SELECT status, 1 FROM done"
     " UNION ALL SELECT 'running', -1 FROM done) m GROUP BY status ORDER BY status"
     " ON CONFLICT (slot, status) DO UPDATE SET n = job_counts.n + excluded.n),"
     " deposed AS (SELECT string_agg(v.seq::text, ',') AS seqs FROM v"
     " WHERE v.seq NOT IN (SELECT seq FROM done) AND NOT EXISTS (SELECT 1 FROM jobs j"
-    " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)s)),"
-    " notified AS (SELECT pg_notify(%(channel)s, string_agg(seq::text, ',')) FROM (SELECT seq,"
-    f" (row_number() OVER (ORDER BY seq) - 1) / {NOTIFY_SEQS} AS chunk FROM (SELECT seq FROM done"
-    " UNION ALL SELECT seq FROM ins WHERE status <> 'running') f) c GROUP BY chunk)"
-    " SELECT (SELECT array_agg(seq) FROM ins), (SELECT array_agg(seq) FROM done),"
+    " WHERE j.seq = v.seq AND j.status <> 'running' AND j.broker_epoch = %(epoch)b)),"
+    " notified AS (SELECT pg_notify(%(channel)b, p) FROM unnest(%(notify)b::text[]) p)"
+    " SELECT (SELECT CASE WHEN count(*) < %(adding)b THEN coalesce(array_agg(seq), '{}') END"
+    " FROM ins), (SELECT CASE WHEN count(*) < %(finishing)b THEN coalesce(array_agg(seq), '{}')"
+    " END FROM done),"
     f" (SELECT CASE WHEN seqs IS NOT NULL THEN ('{DEPOSED} ' || seqs)::int END FROM deposed),"
     " (SELECT count(*) FROM notified)"
 )
@@ -158,6 +166,19 @@ _EXPIRE = (
     " SELECT status, count(*) FROM gone GROUP BY status"
 )
 _op = translated(psycopg.Error)
+
+
+def _payloads(seqs: list[int]) -> list[str] | None:
+    """The NOTIFY payloads naming `seqs`, in order, `NOTIFY_SEQS` a payload (None: none)."""
+    seqs.sort()
+    chunks = range(0, len(seqs), NOTIFY_SEQS)
+    return [",".join(map(str, seqs[n : n + NOTIFY_SEQS])) for n in chunks] or None
+
+
+def _column(values: list[Any]) -> list[Any] | None:
+    """`values` as a parameter of `_WRITE`, or None (a NULL array) if they are all None:
+    `unnest` pads a NULL array with NULLs, and psycopg need not convert the list."""
+    return values if any(value is not None for value in values) else None
 
 
 class NewJob(NamedTuple):
@@ -413,9 +434,13 @@ class PgStore(LeasedConnection):
     ) -> tuple[Cursor | None, Cursor | None]:
         """One pipeline: `reserve` numbers; the batch, in the open transaction (in a
         savepoint if it adds jobs) or as one of its own; COMMIT if `commit` and a
-        transaction is open. The cursors of the batch and of the numbers (None if not sent)."""
+        transaction is open. The cursors of the batch and of the numbers (None if not sent).
+        A turn's usual write, the batch alone as its own transaction, is sent without a
+        pipeline: the same one round trip, and half the broker's CPU of one."""
         write = reserved = None
         in_transaction = self._session.in_transaction()
+        if commit and not in_transaction and not reserve and (added or finished):
+            return db.execute(_WRITE, self._params(added, finished), prepare=True), None
         savepoint = bool(added) and (in_transaction or not commit)
         with db.pipeline():
             if reserve:
@@ -425,7 +450,7 @@ class PgStore(LeasedConnection):
             if savepoint:
                 db.execute("SAVEPOINT batch")
             if added or finished:
-                write = db.execute(_WRITE, self._params(added, finished))
+                write = db.execute(_WRITE, self._params(added, finished), prepare=True)
             if savepoint:
                 db.execute("RELEASE SAVEPOINT batch")
             if commit and in_transaction:
@@ -484,29 +509,35 @@ class PgStore(LeasedConnection):
     def _params(
         self, added: list[tuple[int, NewJob]], finished: dict[int, Finish]
     ) -> dict[str, Any]:
-        """The parameters of `_WRITE`: one array per column."""
+        """The parameters of `_WRITE`: one array per column (NULL for a column of NULLs)."""
         outcomes = [job.outcome for _, job in added]
+        ended = finished.values()
         return {
             "seq": [seq for seq, _ in added],
             "request_id": [job.request_id for _, job in added],
             "request": [job.body for _, job in added],
-            "status": [str(o.status) if o else RUNNING for o in outcomes],
-            "answer": [o.answer if o else None for o in outcomes],
-            "reason": [o.reason if o else None for o in outcomes],
-            "fingerprint": [o.fingerprint if o else None for o in outcomes],
+            "status": _column([str(o.status) if o else None for o in outcomes]),
+            "answer": _column([o.answer if o else None for o in outcomes]),
+            "reason": _column([o.reason if o else None for o in outcomes]),
+            "fingerprint": _column([o.fingerprint if o else None for o in outcomes]),
             "created_s": [job.created_s for _, job in added],
-            "finished_s": [job.finished_s for _, job in added],
+            "finished_s": _column([job.finished_s for _, job in added]),
             "owner": [job.owner for _, job in added],
             "statistic": [job.statistic for _, job in added],
             "broker_id": self.broker_id,
             "epoch": self.epoch,
             "f_seq": list(finished),
-            "f_status": [str(o.status) for o, _, _ in finished.values()],
-            "f_answer": [o.answer for o, _, _ in finished.values()],
-            "f_reason": [o.reason for o, _, _ in finished.values()],
-            "f_fingerprint": [o.fingerprint for o, _, _ in finished.values()],
-            "f_finished_s": [finished_s for _, finished_s, _ in finished.values()],
+            "f_status": [str(o.status) for o, _, _ in ended],
+            "f_answer": _column([o.answer for o, _, _ in ended]),
+            "f_reason": _column([o.reason for o, _, _ in ended]),
+            "f_fingerprint": _column([o.fingerprint for o, _, _ in ended]),
+            "f_finished_s": [finished_s for _, finished_s, _ in ended],
             "channel": FINISHED_CHANNEL,
+            "notify": _payloads(
+                [*finished, *(seq for seq, job in added if job.outcome is not None)]
+            ),
+            "adding": len(added),
+            "finishing": len(finished),
             "slot": count_slot(self.epoch),
         }
 
@@ -519,14 +550,16 @@ class PgStore(LeasedConnection):
         """Account for what `_WRITE` wrote (`row`): jobs whose request id was taken are
         superseded by that job; outcomes not written (recorded already by this epoch: a
         commit whose success a lost connection hid) do not count their bytes again."""
-        inserted, done = (set(row[0] or ()), set(row[1] or ())) if row else (set(), set())
-        self._jobs_written += len(inserted)
-        taken = [(seq, job) for seq, job in added if seq not in inserted]
+        if row is None:
+            row = ((), ())
+        inserted = None if row[0] is None else set(row[0])
+        self._jobs_written += len(added) if inserted is None else len(inserted)
+        taken = [] if inserted is None else [(s, job) for s, job in added if s not in inserted]
         if taken:
             existing, why = self._jobs_of([job.request_id for _, job in taken])
             for seq, job in taken:
                 self._drop_added(seq, job, existing.get(job.request_id, why))
-        for seq in finished.keys() - done:
+        for seq in () if row[1] is None else finished.keys() - set(row[1]):
             outcome, _, owner = finished[seq]
             log.info("%s was already recorded as finished", job_id(seq))
             self._usage_delta[owner] -= stored_bytes(b"", outcome.answer, outcome.reason)

@@ -9,6 +9,7 @@ PostgreSQL binaries.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -227,6 +228,31 @@ def test_a_turn_is_written_and_committed_in_one_round_trip_however_many_jobs_it_
         trips.append(a.round_trips()[0] - before)
     assert trips == [2, 2, 2]  # one a commit
     assert len(a.page(0, 1000, status="done")) == 411
+
+
+def test_a_turn_s_write_is_prepared_from_the_first_turn_and_sent_without_a_pipeline(
+    brokers: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = brokers
+    a.add("warm-up", b"q", 0.0)  # the first block of numbers is reserved here
+    a.commit()
+    db = a._session.conn()
+    pipelines: list[int] = []
+    piped = db.pipeline
+
+    def counted_pipeline() -> Any:
+        pipelines.append(1)
+        return piped()
+
+    monkeypatch.setattr(db, "pipeline", counted_pipeline)
+    trips_before = a.round_trips()[0]
+    seq, _ = a.add("r", b"q", 0.0, "KEY")
+    a.commit()
+    a.finish(seq, DONE, 1.0, "KEY")
+    a.commit()
+    assert a.round_trips()[0] - trips_before == 2 and not pipelines
+    statements = db.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    assert any("INSERT INTO jobs" in text for (text,) in statements)
 
 
 def test_a_row_the_batch_cannot_take_fails_its_own_job_only(pg_url: str) -> None:
