@@ -12,6 +12,7 @@ clients) and the brokers' database round trips per job over its runs (their `sta
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,12 @@ class SharedStoreBrokers(Processes):
             broker.env[config.SETTINGS["store"].variable] = store
         self.server = server
         self.name = f"ours-{'postgresql' if server else 'sqlite'}-x{count}"
+
+    def set_env(self, variable: str, value: str) -> None:
+        """`variable`=`value` in every broker's environment (before `start`)."""
+        for broker in self.brokers:
+            broker.env[variable] = value
+        self.name += f"-{value.lower()}"
 
     def start(self) -> None:
         for broker in self.brokers:
@@ -116,7 +123,28 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{row.get('round_trips_per_job', 0.0):.3f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *pair_ratios(rows)])
+
+
+# (PostgreSQL's row, SQLite's row) compared: the default of each, then like for like.
+PAIRS = ((1, 0), (1, 2), (3, 0))
+
+
+def pair_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """PostgreSQL's jobs/s and p50 over SQLite's, for each pair measured in turns."""
+    one_broker = [row for row in rows if row["brokers"] == 1]
+    if len(one_broker) < len(DURABILITY_LABELS):
+        return []
+    lines = []
+    for pg, lite in PAIRS:
+        pg_median, lite_median = one_broker[pg]["median"], one_broker[lite]["median"]
+        rate = pg_median["jobs_per_s"] / lite_median["jobs_per_s"]
+        p50 = pg_median["p50_ms"] / lite_median["p50_ms"]
+        lines.append(
+            f"- {DURABILITY_LABELS[pg]} / {DURABILITY_LABELS[lite]}: "
+            f"jobs/s {rate:.2f} x, p50 {p50:.2f} x"
+        )
+    return lines
 
 
 def measure_all(bench: Any, data: Path) -> list[dict[str, Any]]:
@@ -133,14 +161,45 @@ def measure_all(bench: Any, data: Path) -> list[dict[str, Any]]:
     with postgres_server(fsync=True) as server:
         state = bench.work_dir / "postgresql-1"
         on_pg = SharedStoreBrokers(state, data, server.database(), 1, n, server=server)
-        with bench.started(on_sqlite) as sqlite, bench.started(on_pg) as postgresql:
-            rows = in_turns(bench, shape, [(sqlite, "sqlite"), (postgresql, "postgresql")])
+        on_sqlite_full = SharedStoreBrokers(bench.work_dir / "sqlite-full", data, "sqlite", 1, n)
+        on_sqlite_full.set_env(config.SETTINGS["sqlite_synchronous"].variable, "FULL")
+        lazy_db = asynchronous_commit_database(server)
+        on_pg_lazy = SharedStoreBrokers(
+            bench.work_dir / "postgresql-lazy", data, lazy_db, 1, n, server=server
+        )
+        on_pg_lazy.name += "-lazy"
+        with contextlib.ExitStack() as stack:
+            started = [stack.enter_context(bench.started(s)) for s in
+                       (on_sqlite, on_pg, on_sqlite_full, on_pg_lazy)]  # fmt: skip
+            rows = in_turns(bench, shape, list(zip(started, DURABILITY_LABELS, strict=True)))
         for count in BROKER_COUNTS[1:]:
             state = bench.work_dir / f"postgresql-{count}"
             brokers = SharedStoreBrokers(state, data, server.database(), count, n, server=server)
             with bench.started(brokers) as running:
                 rows.append(measured(bench, running, shape, store="postgresql", brokers=count))
     return rows
+
+
+# One broker on each store in the default durability of each (the issue's comparison),
+# then in like-for-like pairs: every commit synced before its reply (SQLite FULL against
+# PostgreSQL's default), and a commit that survives the broker's crash but not its
+# host's (SQLite's default NORMAL against PostgreSQL with synchronous_commit off).
+DURABILITY_LABELS = (
+    "sqlite",
+    "postgresql",
+    "sqlite (synchronous FULL)",
+    "postgresql (synchronous_commit off)",
+)
+
+
+def asynchronous_commit_database(server: PostgresServer) -> str:
+    """A new database on `server` whose sessions commit without waiting for the WAL's
+    sync (`synchronous_commit = off`, a deployment's choice: docs/deployment.md); its URL."""
+    url = server.database()
+    with psycopg.connect(url, autocommit=True) as db:
+        name = db.info.dbname
+        db.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    return url
 
 
 def measured(bench: Any, service: SharedStoreBrokers, shape: Any, **about: Any) -> dict[str, Any]:
