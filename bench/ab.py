@@ -11,8 +11,10 @@ PYTHONPATH are that export, on the bench's stand-in data set, with this venv's P
 baseline and gets a twin arm, the same code on a service of its own: an A/A control.
 
 Each round runs every shape (`MIX:PxW[:STYLE]`, P producers with W jobs in flight each,
-`bench.driver`) on every arm in turn, the arms' order reversed every other round, so that
-a drift of the machine's load does not favour one arm. A producer imports the client of
+`bench.driver`) on every arm in turn; the arms' order is reversed every other round and
+rotated every two, so that neither a drift of the machine's load nor a place in the
+order favours one arm. An unrecorded warm-up round comes first (each service's first
+runs pay for cold caches). A producer imports the client of
 the arm it drives (`bench.driver.import_code_of`, in the producer's process only).
 
 One JSON line per run goes to `--out-dir` (arm, shape, round, jobs/s, p50, CPU ms per
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.data import dataset
+from bench.data import DATA_DIR, dataset
 from bench.driver import MIXES, Shape, run, wait_for_quiet
 from bench.harness import Service
 from bench.plan import BASE_ROWS
@@ -103,8 +105,12 @@ def arm_labels(revs: Sequence[str]) -> list[str]:
 
 
 def round_order(arms: Sequence[T], number: int) -> list[T]:
-    """The arms in round `number`: as given in even rounds, reversed in odd ones."""
-    return list(arms) if number % 2 == 0 else list(reversed(arms))
+    """The arms in round `number`: each pair of rounds mirrors one order, and each pair
+    rotates the order by one more, so that over 2 x len(arms) rounds every arm runs in
+    every position equally often (a middle arm never moving would bias the A/A twin)."""
+    shift = (number // 2) % len(arms) if arms else 0
+    rotated = [*arms[shift:], *arms[:shift]]
+    return rotated if number % 2 == 0 else rotated[::-1]
 
 
 def paired_ratios(
@@ -209,10 +215,9 @@ class ArmService(Service):
 
 @contextlib.contextmanager
 def services(
-    revs: Sequence[str], workers: int, rows: int
+    revs: Sequence[str], workers: int, data: Path
 ) -> Iterator[list[tuple[Arm, ArmService]]]:
     """Every arm's service, started; on leaving, all stopped and their exports removed."""
-    data = dataset(rows)
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lss-ab-")))
         roots = {
@@ -247,8 +252,13 @@ def record(arm: Arm, shape: Shape, number: int, result: Any) -> dict[str, Any]:
 def measure(
     arms: list[tuple[Arm, ArmService]], shapes: Sequence[Shape], rounds: int, out: Path
 ) -> list[dict[str, Any]]:
-    """Every round, every arm (order reversed every other round), every shape."""
+    """A warm-up, then every round, every arm (in `round_order`), every shape."""
     rows = []
+    for arm, service in arms:
+        for shape in shapes:
+            say(f"warm-up: {arm.label} {shape_label(shape)}")
+            service.settle()
+            run(service, shape)
     with out.open("w") as lines:
         for number in range(rounds):
             for arm, service in round_order(arms, number):
@@ -278,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rows", type=int, default=BASE_ROWS)
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     try:
@@ -286,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"ab-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.jsonl"
-    with services(args.revs, args.workers, args.rows) as arms:
+    with services(args.revs, args.workers, dataset(args.rows, args.data_dir)) as arms:
         rows = measure(arms, shapes, args.rounds, out)
     labels = [arm.label for arm, _service in arms]
     print(summary(rows, labels, [shape_label(s) for s in shapes]))

@@ -55,11 +55,17 @@ def test_parse_shape() -> None:
             parse_shape(bad, 2.0, 0.5)
 
 
-def test_round_order_reverses_every_other_round() -> None:
+def test_round_order_reverses_every_other_round_and_rotates_every_two() -> None:
     arms = ["base", "base A/A", "new"]
-    assert round_order(arms, 0) == arms
-    assert round_order(arms, 1) == ["new", "base A/A", "base"]
-    assert round_order(arms, 2) == arms
+    orders = [round_order(arms, n) for n in range(7)]
+    assert orders[:4] == [arms, ["new", "base A/A", "base"],
+                          ["base A/A", "new", "base"], ["base", "new", "base A/A"]]  # fmt: skip
+    for first, second in zip(orders[::2], orders[1::2], strict=False):
+        assert second == first[::-1]
+    for arm in arms:  # over six rounds, each arm twice in each place
+        assert [order.index(arm) for order in orders[:6]].count(1) == 2
+    assert orders[6] == arms
+    assert round_order([], 3) == []
 
 
 def test_arm_labels_give_the_baseline_a_twin_and_number_repeats() -> None:
