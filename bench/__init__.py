@@ -8,4 +8,6 @@ with Redis (`bench.celery_app`, when `redis-server`, celery and redis are instal
 `bench.driver` runs the producer processes, `bench.report` prints and saves the tables.
 Every service is a set of real processes on OS-picked loopback ports, always stopped.
 (`bench.soak`, the random-kill soak of issue 3, lives here too but is separate.)
+`python -m bench.NAME` (`./run.sh bench NAME`) runs one measurement of its own, e.g.
+`bench.ab`: revisions side by side, paired ratios to a baseline beside an A/A control.
 """

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import array
 import gc
+import importlib
 import math
 import multiprocessing
 import os
 import random
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +39,7 @@ QUESTION_TEXTS = tuple(question[-1] for question in QUESTIONS)
 STATE_NAMES = tuple(location[1] for location in LOCATIONS)
 READY_TIMEOUT_S = 120.0
 START_DELAY_S = 0.05
+PROJECT_PACKAGES = ("broker", "clients", "protocol", "workers")
 QUIET_BUSY_SHARE = 0.15  # of all cores: a machine this busy between runs is still settling
 
 
@@ -157,6 +160,8 @@ def _producer(target: Target, shape: Shape, index: int, conn: Connection) -> Non
     """One producer process: warm up, say ready, start at the shared instant, report."""
     try:
         addresses = target.options.get("addresses") or [target.address]  # one per producer
+        if "code_root" in target.options:
+            import_code_of(target.options["code_root"])
         producer = _producer_for(target.kind, shape.style)(addresses[index % len(addresses)])
         try:
             seed = shape.seed * 1000 + index
@@ -174,6 +179,20 @@ def _producer(target: Target, shape: Shape, index: int, conn: Connection) -> Non
     except BaseException as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         raise
+
+
+def import_code_of(root: str) -> None:
+    """In a producer process only: import the project's packages (the client, the
+    protocol) from the checkout at `root` from now on, not from this one.
+
+    The process was forked from the driver, which holds this checkout's modules; they
+    are forgotten here, so the producer speaks with the client code of the service it
+    drives (`bench.ab` compares revisions). The driver's own modules are untouched."""
+    for name in list(sys.modules):
+        if name.split(".", 1)[0] in PROJECT_PACKAGES:
+            del sys.modules[name]
+    sys.path.insert(0, root)
+    importlib.invalidate_caches()
 
 
 def _own_cpu_s() -> float:

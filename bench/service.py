@@ -73,6 +73,7 @@ class Processes:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
+        self.root = ROOT  # the code the processes run: their cwd and PYTHONPATH
         self.procs: list[subprocess.Popen[bytes]] = []
         self.roles: list[str] = []  # per process: "broker", "worker", ...
         self.env = child_env({**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
@@ -84,7 +85,7 @@ class Processes:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, *args] if python else args
         with open(self.state_dir / f"{log_name}.stderr", "ab") as log:
-            proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+            proc = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=log)
         self.procs.append(proc)
         self.roles.append(log_name.split("-", maxsplit=1)[0])  # worker-1, worker-2 -> worker
         return proc

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import procstat, report
+from bench import ab, procstat, report
 from bench.__main__ import main
 from bench.data import cached_path
 from bench.driver import FULL_MIX, PER_STATE, jobs, percentile
@@ -121,3 +122,23 @@ def test_the_report_checks_targets_against_the_same_run_and_renders_every_table(
     assert "| workers \\ producers | 1 | 4 |" in text
     assert "| 1,000,000 | 7.00 | 16.0 |" in text
     assert "| ours | small | 1 x 1 (one call at a time) |" in text
+
+
+def test_a_tiny_ab_run_compares_an_arm_with_its_twin(
+    tmp_path: Path, standin_csv: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    data_dir, out, scratch = tmp_path / "data", tmp_path / "out", tmp_path / "scratch"
+    data_dir.mkdir()
+    scratch.mkdir()
+    shutil.copy(standin_csv, cached_path(18_000, data_dir))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the export goes
+    flags = ["--shape=small:1x1", "--rounds=2", "--seconds=0.1", "--warmup-s=0.05"]
+    assert ab.main(["HEAD", *flags, f"--data-dir={data_dir}", f"--out-dir={out}"]) == 0
+    (written,) = out.glob("ab-*.jsonl")
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [(r["round"], r["arm"]) for r in rows] == [
+        (0, "HEAD"), (0, "HEAD A/A"), (1, "HEAD A/A"), (1, "HEAD"),
+    ]  # fmt: skip
+    assert all(r["jobs"] > 0 and r["errors"] == 0 and r["p50_ms"] > 0 for r in rows), rows
+    assert "| small:1x1 | HEAD A/A (the noise) | 2 |" in capsys.readouterr().out
+    assert list(scratch.iterdir()) == []  # the export and the state directories are gone
