@@ -280,10 +280,10 @@ class WorkerSide:
         any went. A suspect is left to the round (it waits for an idle worker); while one
         waits at the round's head, newcomers wait with the round, or their jobs taking
         each worker's free and front slots in turn could keep every worker from idling."""
+        if self.state.jobs.newcomer() is None or self._suspect_waits(now_s):
+            return False  # (asked first: `next` may queue jobs whose backoff is over)
         sent = False
         while (job := self.state.jobs.newcomer()) is not None and self.state.pool.has_front_slot():
-            if self._suspect_waits(now_s):
-                break
             if job.suspect:
                 self.state.jobs.producers.pass_newcomer()
                 continue
