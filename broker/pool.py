@@ -53,6 +53,13 @@ class WorkerInfo:
         """Full (its credit taken) and its one front slot not taken (`assign_front`)."""
         return not self.runs_suspect and len(self.jobs) == self.credit
 
+    def jumped_by(self, front: int, lease_s: float) -> None:
+        """Job `front` runs before the jobs held here (a front job): each may wait one
+        job more, so each gets one lease more (one per job ahead of it)."""
+        for seq in self.jobs:
+            if seq != front:
+                self.jobs[seq] += lease_s
+
     def describe(self, now_s: float | None = None) -> dict[str, object]:
         """The worker for `stats`; with `now_s`, also how long ago it was last heard from."""
         described: dict[str, object] = {

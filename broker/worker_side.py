@@ -318,6 +318,8 @@ class WorkerSide:
         worker.last_sent_s = now_s
         text = job_id(seq)
         command = _command_for(job, worker)
+        if command is m.Command.FRONT_JOB:
+            worker.jumped_by(seq, self.state.settings.job_timeout_s)
         body = job.body
         if job.deadline_s is not None:
             body = time_left(body, job.deadline_s - now_s)

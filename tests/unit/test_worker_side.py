@@ -345,3 +345,34 @@ def test_one_calls_do_not_keep_a_waiting_suspect_from_the_idle_worker_it_needs(
         if isinstance(e.message, m.Job)
     ]
     assert sent == [(m.SuspectJob, b"job_id_2")], "the suspect gets the first idle worker"
+
+
+@pytest.mark.parametrize("bulk", [2, 3], ids=["free slot", "front slot"])
+def test_a_front_job_gives_the_jobs_it_jumps_one_lease_more(store: Store, bulk: int) -> None:
+    """A job gets one lease per job ahead of it on its worker; a front job (in a free
+    slot, or in the front slot) runs before the jobs held there, so each may wait one
+    job more: a worker that computes each job within its lease is never taken for hung."""
+    h = Harness(store)
+    step = SETTINGS.job_timeout_s * 0.9  # each job takes 0.9 leases
+
+    def computed(job: int) -> None:  # at the end of the next step: tick, then its answer
+        h.now += step
+        h.worker(m.Heartbeat(), b"w1")
+        h.core.tick(h.now)
+        assert [w.identity for w in h.core.state.pool.all()] == [b"w1"], "taken for hung"
+        h.result(b"w1", f"job_id_{job}".encode())
+        h.sent()
+
+    h.worker(m.Ready(2, FP), b"w1")
+    h.submit(bulk)  # c1's: jobs 1 and 2 on w1, job 3 (if any) waits for a slot
+    assert len(h.jobs_to(h.sent()[1])) == 2
+    computed(1)  # job 3 takes its slot; then job 2 is computed, or the front job first
+    h.client(m.Submit("one-call", "global_mean", {"question": "Q"}), who=b"c2")
+    _, to_workers = h.sent()
+    assert [(type(e.message), e.tag) for e in to_workers] == [
+        (m.FrontJob, f"job_id_{bulk + 1}".encode())
+    ]
+    if bulk == 3:
+        computed(2)  # job 2 was computing: the front job runs after it, before job 3
+    computed(bulk + 1)
+    computed(bulk)
