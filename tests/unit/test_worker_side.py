@@ -347,11 +347,11 @@ def test_one_calls_do_not_keep_a_waiting_suspect_from_the_idle_worker_it_needs(
     assert sent == [(m.SuspectJob, b"job_id_2")], "the suspect gets the first idle worker"
 
 
-@pytest.mark.parametrize("bulk", [2, 3], ids=["free slot", "front slot"])
-def test_a_front_job_gives_the_jobs_it_jumps_one_lease_more(store: Store, bulk: int) -> None:
-    """A job gets one lease per job ahead of it on its worker; a front job (in a free
-    slot, or in the front slot) runs before the jobs held there, so each may wait one
-    job more: a worker that computes each job within its lease is never taken for hung."""
+def test_a_front_job_gives_the_jobs_it_jumps_one_lease_more(store: Store) -> None:
+    """A job gets one lease per job ahead of it on its worker; a job in the front slot
+    runs before the jobs held there but the one being computed, so each of those may
+    wait one job more: a worker that computes each job within its lease is never taken
+    for hung."""
     h = Harness(store)
     step = SETTINGS.job_timeout_s * 0.9  # each job takes 0.9 leases
 
@@ -364,15 +364,28 @@ def test_a_front_job_gives_the_jobs_it_jumps_one_lease_more(store: Store, bulk: 
         h.sent()
 
     h.worker(m.Ready(2, FP), b"w1")
-    h.submit(bulk)  # c1's: jobs 1 and 2 on w1, job 3 (if any) waits for a slot
+    h.submit(3)  # c1's: jobs 1 and 2 on w1, job 3 waits for a slot
     assert len(h.jobs_to(h.sent()[1])) == 2
-    computed(1)  # job 3 takes its slot; then job 2 is computed, or the front job first
+    computed(1)  # job 3 takes its slot, job 2 is computed
     h.client(m.Submit("one-call", "global_mean", {"question": "Q"}), who=b"c2")
     _, to_workers = h.sent()
-    assert [(type(e.message), e.tag) for e in to_workers] == [
-        (m.FrontJob, f"job_id_{bulk + 1}".encode())
-    ]
-    if bulk == 3:
-        computed(2)  # job 2 was computing: the front job runs after it, before job 3
-    computed(bulk + 1)
-    computed(bulk)
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.FrontJob, b"job_id_4")]
+    computed(2)
+    computed(4)  # the front job, before job 3
+    computed(3)
+
+
+def test_a_stuck_job_is_not_given_more_time_by_the_front_jobs_sent_after_it(
+    store: Store,
+) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(2, FP), b"w1")
+    h.submit(1)  # job 1 never ends
+    h.sent()
+    h.client(m.Submit("one-call", "global_mean", {"question": "Q"}), who=b"c2")
+    _, to_workers = h.sent()
+    assert [type(e.message) for e in to_workers] == [m.FrontJob]
+    h.now += SETTINGS.job_timeout_s + 1
+    h.worker(m.Heartbeat(), b"w1")
+    h.core.tick(h.now)
+    assert h.core.state.pool.all() == [], "its lease ran out as before"
