@@ -45,7 +45,8 @@ class ClientBacklog:
 
     def __init__(self) -> None:
         self._by_peer: OrderedDict[bytes, deque[Request]] = OrderedDict()
-        self._lone: deque[bytes] = deque()  # peers whose one request came alone
+        # Peers whose one request came alone, unlisted when their requests are taken.
+        self._lone: OrderedDict[bytes, None] = OrderedDict()
         self._size = 0
         self.bytes = 0  # the frames' bytes of the requests waiting
 
@@ -61,7 +62,7 @@ class ClientBacklog:
         """Add `peer`'s `requests`; `lone`: its producer has nothing unfinished, so one
         request with none of the peer's waiting is listed for `take_lone`."""
         if lone and len(requests) == 1 and peer not in self._by_peer and self._room():
-            self._lone.append(peer)
+            self._lone[peer] = None
         self._by_peer.setdefault(peer, deque()).extend(requests)
         self._size += len(requests)
         self.bytes += sum(len(frame) for frames, _ in requests for frame in frames)
@@ -74,7 +75,7 @@ class ClientBacklog:
         request, if it is still alone (else the peer waits for its share in `take`)."""
         taken: list[Request] = []
         while self._lone and len(taken) < limit:
-            peer = self._lone.popleft()
+            peer, _ = self._lone.popitem(last=False)
             queue = self._by_peer.get(peer)
             if queue is not None and len(queue) == 1:
                 del self._by_peer[peer]
@@ -101,6 +102,7 @@ class ClientBacklog:
                     self._by_peer.move_to_end(peer)
                 else:
                     del self._by_peer[peer]
+                    self._lone.pop(peer, None)
                 if len(taken) >= limit:
                     break
         self._size -= len(taken)

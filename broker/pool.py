@@ -53,6 +53,19 @@ class WorkerInfo:
         """Full (its credit taken) and its one front slot not taken (`assign_front`)."""
         return not self.runs_suspect and len(self.jobs) == self.credit
 
+    def jumped_by(self, front: int, lease_s: float) -> None:
+        """Job `front` runs before the jobs held here but the one being computed (a front
+        job): each may wait one job more, so each gets one lease more (one per job ahead
+        of it). The oldest is taken for the one being computed: a worker computes its jobs
+        in order, and a front job is sent only after an answer has freed its slot, or to
+        the front slot while the oldest runs; so the lease of a job stuck there still runs
+        out as it would have, however many front jobs come after it."""
+        held = iter(self.jobs)
+        next(held, None)
+        for seq in held:
+            if seq != front:
+                self.jobs[seq] += lease_s
+
     def describe(self, now_s: float | None = None) -> dict[str, object]:
         """The worker for `stats`; with `now_s`, also how long ago it was last heard from."""
         described: dict[str, object] = {

@@ -277,7 +277,11 @@ class WorkerSide:
     def dispatch_newcomers(self, now_s: float) -> bool:
         """Give the job of each producer with nothing running (a one-call) a free slot,
         else a full worker's front slot (broker.pool), before the round's jobs; True if
-        any went. A suspect is left to the round (it waits for an idle worker)."""
+        any went. A suspect is left to the round (it waits for an idle worker); while one
+        waits at the round's head, newcomers wait with the round, or their jobs taking
+        each worker's free and front slots in turn could keep every worker from idling."""
+        if self.state.jobs.newcomer() is None or self._suspect_waits(now_s):
+            return False  # (asked first: `next` may queue jobs whose backoff is over)
         sent = False
         while (job := self.state.jobs.newcomer()) is not None and self.state.pool.has_front_slot():
             if job.suspect:
@@ -292,6 +296,11 @@ class WorkerSide:
             self._send(job, worker, now_s)
             sent = True
         return sent
+
+    def _suspect_waits(self, now_s: float) -> bool:
+        """Whether the round's next job is a suspect (which waits for an idle worker)."""
+        head = self.state.jobs.next(now_s)
+        return head is not None and head.suspect
 
     def _past_deadline(self, job: UnfinishedJob, now_s: float) -> bool:
         """End `job` if its deadline passed: back from a lost worker or a failed commit
@@ -309,6 +318,8 @@ class WorkerSide:
         worker.last_sent_s = now_s
         text = job_id(seq)
         command = _command_for(job, worker)
+        if command is m.Command.FRONT_JOB:
+            worker.jumped_by(seq, self.state.settings.job_timeout_s)
         body = job.body
         if job.deadline_s is not None:
             body = time_left(body, job.deadline_s - now_s)

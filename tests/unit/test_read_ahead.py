@@ -123,3 +123,16 @@ def test_the_backlog_is_full_at_its_bytes_as_at_its_count() -> None:
     assert backlog.full(most=50_000) and not ClientBacklog().full(most=50_000)
     backlog.take(1)
     assert not backlog.full(most=50_000)
+
+
+def test_a_lone_request_taken_in_its_share_leaves_no_listing_behind() -> None:
+    """A lone request served by `take` (the lone ones past a chunk are) is unlisted with
+    it: the peer's next request, not a lone one, waits for its share like the others."""
+    backlog = ClientBacklog()
+    one, two, three = ((m.encode(m.Ping(), tag), ALICE) for tag in (b"1", b"2", b"3"))
+    backlog.add(b"person", [one], lone=True)
+    assert backlog.take(10) == [one]
+    backlog.add(b"other", [two])
+    backlog.add(b"person", [three])  # its producer now has a job unfinished: not lone
+    assert backlog.take_lone(10) == []
+    assert backlog.take(10) == [two, three]

@@ -310,3 +310,82 @@ def test_a_ready_past_max_workers_is_disconnected_with_the_reason(
         f"worker {w} (pid 7 on h) refused: 2 workers registered already (LSS_MAX_WORKERS)"
         for w in ("w3", "w4")
     ]
+
+
+def test_one_calls_do_not_keep_a_waiting_suspect_from_the_idle_worker_it_needs(
+    store: Store,
+) -> None:
+    """A suspect at the round's head waits for an idle worker, and the round with it:
+    newcomers' jobs (broker.producers) wait too, or one-calls taking a worker's free and
+    front slots one after another would keep it from ever being idle."""
+    h = Harness(store)
+    h.worker(m.Ready(1, FP), b"w1")
+    h.submit(1)  # job 1, c1's, keeps w1 busy
+    assert h.jobs_to(h.sent()[1]) == [(b"w1", b"job_id_1")]
+    h.client(m.Submit("poison", "global_mean", {"question": "Q"}), who=b"c2", tag=b"p")
+    for dead in (b"d0", b"d1"):  # job 2 becomes a suspect; w1 stays busy
+        h.worker(m.Ready(1, FP), dead)
+        assert h.jobs_to(h.sent()[1]) == [(dead, b"job_id_2")]
+        h.core.lose_worker(dead, "died", h.now)
+    one_calls = 0
+
+    def one_call(who: bytes) -> None:
+        nonlocal one_calls
+        one_calls += 1
+        h.client(m.Submit(f"one{one_calls}", "global_mean", {"question": "Q"}), who=who)
+
+    one_call(b"a")
+    _, to_workers = h.sent()
+    h.result(b"w1", b"job_id_1")  # w1 would be idle now but for a one-call's job
+    one_call(b"b")
+    _, to_workers2 = h.sent()
+    sent = [
+        (type(e.message), e.tag)
+        for e in [*to_workers, *to_workers2]
+        if isinstance(e.message, m.Job)
+    ]
+    assert sent == [(m.SuspectJob, b"job_id_2")], "the suspect gets the first idle worker"
+
+
+def test_a_front_job_gives_the_jobs_it_jumps_one_lease_more(store: Store) -> None:
+    """A job gets one lease per job ahead of it on its worker; a job in the front slot
+    runs before the jobs held there but the one being computed, so each of those may
+    wait one job more: a worker that computes each job within its lease is never taken
+    for hung."""
+    h = Harness(store)
+    step = SETTINGS.job_timeout_s * 0.9  # each job takes 0.9 leases
+
+    def computed(job: int) -> None:  # at the end of the next step: tick, then its answer
+        h.now += step
+        h.worker(m.Heartbeat(), b"w1")
+        h.core.tick(h.now)
+        assert [w.identity for w in h.core.state.pool.all()] == [b"w1"], "taken for hung"
+        h.result(b"w1", f"job_id_{job}".encode())
+        h.sent()
+
+    h.worker(m.Ready(2, FP), b"w1")
+    h.submit(3)  # c1's: jobs 1 and 2 on w1, job 3 waits for a slot
+    assert len(h.jobs_to(h.sent()[1])) == 2
+    computed(1)  # job 3 takes its slot, job 2 is computed
+    h.client(m.Submit("one-call", "global_mean", {"question": "Q"}), who=b"c2")
+    _, to_workers = h.sent()
+    assert [(type(e.message), e.tag) for e in to_workers] == [(m.FrontJob, b"job_id_4")]
+    computed(2)
+    computed(4)  # the front job, before job 3
+    computed(3)
+
+
+def test_a_stuck_job_is_not_given_more_time_by_the_front_jobs_sent_after_it(
+    store: Store,
+) -> None:
+    h = Harness(store)
+    h.worker(m.Ready(2, FP), b"w1")
+    h.submit(1)  # job 1 never ends
+    h.sent()
+    h.client(m.Submit("one-call", "global_mean", {"question": "Q"}), who=b"c2")
+    _, to_workers = h.sent()
+    assert [type(e.message) for e in to_workers] == [m.FrontJob]
+    h.now += SETTINGS.job_timeout_s + 1
+    h.worker(m.Heartbeat(), b"w1")
+    h.core.tick(h.now)
+    assert h.core.state.pool.all() == [], "its lease ran out as before"
