@@ -4,7 +4,9 @@ requests, and room for a new connection when all are taken."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import socket
 import threading
 import time
@@ -162,12 +164,22 @@ def test_a_wrong_token_is_refused_at_the_head_before_the_body_is_sent() -> None:
     assert app.bodies == [body]
 
 
+def started_requests(server: Any, count: int) -> bool | None:
+    """Whether `count` of `server`'s connections have read the first byte of a request."""
+    channels = list(server.channels.values())
+    started = sum(getattr(channel, "request_started_s", None) is not None for channel in channels)
+    return started >= count or None
+
+
 def test_connections_that_drip_from_many_addresses_cannot_lock_out_a_request() -> None:
     limits = HttpLimits(connections=20, per_address=5, header_timeout_s=30.0)
-    with served(limits, App()) as server:
-        drippers = [connect(server, f"127.0.0.{2 + n % 4}") for n in range(20)]
-        for sock in drippers:
+    with served(limits, App()) as server, contextlib.ExitStack() as held:
+        drippers = [held.enter_context(connect(server, f"127.0.0.{2 + n % 4}")) for n in range(20)]
+        for number, sock in enumerate(drippers, 1):
             sock.sendall(b"GET /ok HTTP/1.1\r\nX-Slow: a")
+            # each one's first byte read before the next is sent: the server's order of
+            # waiting is then theirs (bytes read in one pass of its loop may go in any order)
+            wait_until(functools.partial(started_requests, server, number), 5, "a byte read")
         wait_until(lambda: len(server.channels) >= 22 or None, 5, "all 20 connections")
         for _ in range(3):
             started = time.monotonic()
@@ -179,8 +191,6 @@ def test_connections_that_drip_from_many_addresses_cannot_lock_out_a_request() -
         # requests came one after the other)
         assert closed_by_server(drippers[0], 0.5)
         assert not any(closed_by_server(sock, 0.01) for sock in drippers[1:])
-        for sock in drippers:
-            sock.close()
 
 
 def test_requests_being_served_are_never_closed_to_make_room() -> None:
