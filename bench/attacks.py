@@ -42,7 +42,7 @@ from typing import Any
 import zmq
 
 from bench import procstat
-from bench.harness import Service
+from bench.harness import Service, raw_dealer
 from bench.postgres import postgres_server, skip_reason
 from clients import Client
 from clients.transport import Security
@@ -65,9 +65,7 @@ def _request(sock: zmq.Socket[bytes], submit: m.Submit) -> m.Message | None:
 def _victim_submits(endpoint: str, duration_s: float) -> Counter[str]:
     """Submits one at a time for `duration_s`: how many were accepted, refused (by code)."""
     got: Counter[str] = Counter()
-    with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+    with raw_dealer(endpoint) as sock:
         deadline, n = time.monotonic() + duration_s, 0
         while time.monotonic() < deadline:
             n += 1
@@ -78,9 +76,7 @@ def _victim_submits(endpoint: str, duration_s: float) -> Counter[str]:
 
 
 def _nul_attacker(endpoint: str, stop: threading.Event) -> None:
-    with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+    with raw_dealer(endpoint) as sock:
         n = 0
         while not stop.is_set():
             n += 1
@@ -110,9 +106,7 @@ def nul_submit(service: Service, duration_s: float) -> None:
 
 def _fake_worker(endpoint: str, fingerprint: str, stop: threading.Event) -> None:
     """Takes jobs and answers each with an error whose reason holds a NUL."""
-    with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+    with raw_dealer(endpoint) as sock:
         sock.send_multipart(m.encode(m.Ready(8, fingerprint, 0, "fake")))
         beat = time.monotonic()
         while not stop.is_set():

@@ -14,11 +14,15 @@ they should (the main thread, or an executor thread that outlives its use).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zmq
 
 from bench import procstat
 from bench.service import Processes, Target, read_json, wait_until
@@ -199,3 +203,15 @@ def as_flags(flags: dict[str, Any]) -> list[str]:
         elif value is not False and value is not None:
             out.append(f"{flag}={value}")
     return out
+
+
+@contextlib.contextmanager
+def raw_dealer(endpoint: str, *, receive_hwm: int | None = None) -> Iterator[zmq.Socket[bytes]]:
+    """A DEALER on a context of its own, connected to `endpoint` and dropped at once on
+    leaving (no linger): for the attacks that speak the wire protocol by hand."""
+    with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        if receive_hwm is not None:
+            sock.setsockopt(zmq.RCVHWM, receive_hwm)
+        sock.connect(endpoint)
+        yield sock

@@ -28,9 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import zmq
-
-from bench.harness import Service
+from bench.harness import Service, raw_dealer
 from bench.postgres import postgres_server, skip_reason
 from clients import Client
 from protocol import messages as m
@@ -43,9 +41,7 @@ QUIET_S = 10.0  # the attacker stops reading once no answer came for this long
 
 def _pinger(endpoint: str, stop: threading.Event, rtts: list[tuple[float, float]]) -> None:
     """Ping every PING_EVERY_S until `stop`; (when sent, round trip) of each into `rtts`."""
-    with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+    with raw_dealer(endpoint) as sock:
         n = 0
         while not stop.is_set():
             n += 1
@@ -81,10 +77,7 @@ def _flood(
 ) -> tuple[int, float, float]:
     """Send `batches` BATCHes of `size` of `requests` (cycled) at once, then read answers
     until none came for QUIET_S: (answers, when the first was sent, when the last came)."""
-    with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(endpoint)
+    with raw_dealer(endpoint, receive_hwm=0) as sock:
         started = last = time.monotonic()
         for b in range(batches):
             sock.send_multipart(m.batch([
