@@ -4,7 +4,6 @@ brokers run at once without waiting on each other; many jobs read in one query."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import cast
 
 import psycopg
@@ -21,14 +20,12 @@ STATUSES = ("running", "done", "error")
 
 
 @pytest.fixture
-def brokers(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PgStore, PgStore]]:
-    monkeypatch.setattr("broker.store.postgres.COUNTS_MAX_AGE_S", 0.0)  # read them each time
-    a, b = PgStore(pg_url, "broker-a"), PgStore(pg_url, "broker-b")
-    a.register(lease_s=60.0)
-    b.register(lease_s=60.0)
-    yield a, b
-    a.close()
-    b.close()
+def brokers(
+    brokers: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch
+) -> tuple[PgStore, PgStore]:
+    """conftest's two stores, reading the counts each time they are asked."""
+    monkeypatch.setattr("broker.store.postgres.COUNTS_MAX_AGE_S", 0.0)
+    return brokers
 
 
 def counts(store: PgStore) -> dict[str, int]:

@@ -8,7 +8,6 @@ PostgreSQL binaries.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,16 +21,6 @@ from broker.store.postgres import SEQ_BLOCK, PgStore
 from protocol.messages import JobStatus
 
 DONE = Outcome(JobStatus.DONE, answer=b"\x81\xa1a\x01", fingerprint="f")
-
-
-@pytest.fixture
-def brokers(pg_url: str) -> Iterator[tuple[PgStore, PgStore]]:
-    a, b = PgStore(pg_url, "broker-a"), PgStore(pg_url, "broker-b")
-    a.register(lease_s=60.0)
-    b.register(lease_s=60.0)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_numbers_are_reserved_in_blocks_unique_across_brokers(
