@@ -1,8 +1,10 @@
 """The bench's PostgreSQL section (`python -m bench --postgres`): brokers on one database.
 
 One broker on SQLite and one on a throwaway PostgreSQL (with fsync on, as in
-production), both running, measured in turns (SQLite, PostgreSQL, SQLite...: the same
-load on the machine for both, medians of the runs); then 2 and 3 brokers sharing one
+production), each in its default durability, and one more of each in like-for-like pairs
+(SQLite FULL; PostgreSQL with synchronous_commit off), all running and measured in turns
+(the same load on the machine for all, medians of the runs; each pair's ratio printed
+after the table); then 2 and 3 brokers sharing one
 database, each broker with its own workers; producer N is given every broker's
 endpoint, starting with broker N mod count: it works with that one, and would move on
 if it fell silent, as a user's client does. Each row gives jobs/s, p50, CPU per job by
